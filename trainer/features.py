@@ -1,0 +1,40 @@
+"""The single home of every name the stages agree on.
+
+A catalog row becomes a raw example with the RAW_* keys; the transform graph turns it into the
+TRANSFORMED_* keys the model reads; the exported model answers with the OUTPUT_* keys under the
+SIGNATURE_* names. Nothing else in the project spells these strings.
+"""
+
+# Raw features: what the preprocess stage reads from a catalog and what a serving client sends.
+ID_KEY = "id"
+TITLE_KEY = "title"
+IMAGE_BYTES_KEY = "image_bytes"  # encoded JPEG/PNG/GIF/BMP/WebP bytes, any size
+LABEL_KEY = "label"  # the category string, whatever the catalog's column is called
+
+# Transformed features: outputs of the transform graph, inputs of the model.
+INPUT_WORD_IDS_KEY = "input_word_ids"  # the TF-Hub BERT encoder's input dict
+INPUT_MASK_KEY = "input_mask"
+INPUT_TYPE_IDS_KEY = "input_type_ids"
+BERT_INPUT_KEYS = (INPUT_WORD_IDS_KEY, INPUT_MASK_KEY, INPUT_TYPE_IDS_KEY)
+IMAGE_KEY = "image"  # JPEG bytes, already resized to the model's square input size
+LABEL_ID_KEY = "label_id"  # int64 index into the label vocabulary (OOV bucket last)
+
+# The label vocabulary computed by tensorflow-transform, as named in the transform graph's assets.
+LABEL_VOCABULARY_NAME = "label_vocabulary"
+
+# Serving: the exported SavedModel's signatures and outputs.
+SERVING_SIGNATURE = "serving_default"  # raw title + image_bytes
+TF_EXAMPLE_SIGNATURE = "serving_tf_example"  # serialized tf.Example with the raw keys
+TRANSFORMED_SIGNATURE = "transformed_features"  # the TRANSFORMED_* tensors, for evaluation
+OUTPUT_CLASSES_KEY = "classes"
+OUTPUT_SCORES_KEY = "scores"
+DEFAULT_TOP_K = 5
+
+# TF Serving: the model's name under the serving base, and its ports.
+MODEL_NAME = "hanet"
+GRPC_PORT = 8500
+REST_PORT = 8501
+
+# Split names, as directories under the examples artifact.
+TRAIN_SPLIT = "train"
+EVAL_SPLIT = "eval"
