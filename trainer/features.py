@@ -28,6 +28,7 @@ TF_EXAMPLE_SIGNATURE = "serving_tf_example"  # serialized tf.Example with the ra
 TRANSFORMED_SIGNATURE = "transformed_features"  # the TRANSFORMED_* tensors, for evaluation
 OUTPUT_CLASSES_KEY = "classes"
 OUTPUT_SCORES_KEY = "scores"
+OUTPUT_PROBABILITIES_KEY = "probabilities"  # every class, from the transformed-features signature
 DEFAULT_TOP_K = 5
 
 # TF Serving: the model's name under the serving base, and its ports.
