@@ -1,0 +1,182 @@
+"""One catalog row → one validated raw example, or one quarantine record saying why not.
+
+Everything here is a plain function of one row, so Beam can run it in parallel on any runner and
+a test can call it directly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from typing import Mapping
+
+import PIL.Image
+import tensorflow as tf
+
+from components.preprocess.catalog import CatalogColumns, CatalogRow, resolve_image_uri
+from trainer import features
+
+# Reason codes of quarantined rows: stable strings, counted in metrics.json.
+MALFORMED_ROW = "malformed_row"
+MISSING_ID = "missing_id"
+MISSING_TITLE = "missing_title"
+INVALID_UTF8 = "invalid_utf8"
+MISSING_LABEL = "missing_label"
+MISSING_IMAGE = "missing_image"
+UNREADABLE_IMAGE = "unreadable_image"
+IMAGE_TOO_LARGE = "image_too_large"
+DUPLICATE_ID = "duplicate_id"
+
+# A 20-megapixel photo decodes to 60 MB of RGB; anything larger is almost surely a decompression bomb.
+DEFAULT_MAX_IMAGE_PIXELS = 20_000_000
+# Formats and modes that tf.io.decode_image reads to the same RGB pixels PIL sees; others are
+# converted to RGB here, once, so the transform graph never meets CMYK, 16-bit or palette images.
+_TF_NATIVE = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Quarantined:
+    source: str
+    row_number: int
+    id: str | None
+    reason: str
+    message: str
+    fields: Mapping[str, object]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "source": self.source,
+                "row_number": self.row_number,
+                "id": self.id,
+                "reason": self.reason,
+                "message": self.message,
+                "fields": {k: _jsonable(v) for k, v in self.fields.items()},
+            },
+            ensure_ascii=False,
+        )
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, str):
+        # Undecodable bytes were kept as surrogates; show them escaped rather than fail to write.
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value if isinstance(value, (int, float, bool, type(None))) else str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class RawProduct:
+    """A validated product: the raw features of the transform graph, plus where it came from."""
+
+    source: str
+    row_number: int
+    id: str
+    title: str
+    label: str
+    image_bytes: bytes
+
+    def as_raw_example(self) -> dict[str, bytes]:
+        return {
+            features.ID_KEY: self.id.encode("utf-8"),
+            features.TITLE_KEY: self.title.encode("utf-8"),
+            features.LABEL_KEY: self.label.encode("utf-8"),
+            features.IMAGE_BYTES_KEY: self.image_bytes,
+        }
+
+
+class RowError(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _text_field(row: CatalogRow, column: str) -> str:
+    value = row.fields.get(column)
+    if value is None:
+        return ""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RowError(INVALID_UTF8, f"column {column!r} is not valid UTF-8") from None
+    return text.strip()
+
+
+def validate_row(row: CatalogRow, columns: CatalogColumns) -> tuple[str, str, str, str]:
+    """Checks the text fields of a row; returns (id, title, label, image URI) or raises RowError."""
+    if row.parse_error:
+        raise RowError(MALFORMED_ROW, row.parse_error)
+    product_id = _text_field(row, columns.id)
+    if not product_id:
+        raise RowError(MISSING_ID, f"column {columns.id!r} is empty or missing")
+    if not _text_field(row, columns.title):
+        raise RowError(MISSING_TITLE, f"column {columns.title!r} is empty or whitespace")
+    title = " ".join(
+        part for part in (_text_field(row, c) for c in (columns.title, *columns.extra_text)) if part
+    )
+    label = _text_field(row, columns.label)
+    if not label:
+        raise RowError(MISSING_LABEL, f"column {columns.label!r} is empty or missing")
+    image = _text_field(row, columns.image)
+    if not image:
+        raise RowError(MISSING_IMAGE, f"column {columns.image!r} is empty or missing")
+    return product_id, title, label, resolve_image_uri(row.source, image)
+
+
+def read_image(uri: str) -> bytes:
+    try:
+        with tf.io.gfile.GFile(uri, "rb") as f:
+            return f.read()
+    except tf.errors.NotFoundError:
+        raise RowError(MISSING_IMAGE, f"image {uri} does not exist") from None
+    except tf.errors.OpError as e:
+        raise RowError(MISSING_IMAGE, f"image {uri} cannot be read: {e.message}") from None
+
+
+def normalize_image(data: bytes, uri: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> bytes:
+    """Checks that the bytes are a decodable image of a sane size; returns bytes TF decodes as RGB."""
+    try:
+        image = PIL.Image.open(io.BytesIO(data))  # reads the header only
+    except (PIL.UnidentifiedImageError, OSError) as e:
+        raise RowError(UNREADABLE_IMAGE, f"image {uri} is not a readable image: {e}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise RowError(
+            IMAGE_TOO_LARGE, f"image {uri} is {width}x{height} pixels, more than the {max_pixels} allowed"
+        )
+    try:
+        image.load()  # a full decode: catches truncated and corrupt files
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
+        raise RowError(UNREADABLE_IMAGE, f"image {uri} cannot be decoded: {e}") from None
+    if (image.format, image.mode) in _TF_NATIVE:
+        return data
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Product photos are shown on white; compositing keeps transparent areas from turning black.
+        rgba = image.convert("RGBA")
+        rgb = PIL.Image.new("RGB", rgba.size, (255, 255, 255))
+        rgb.paste(rgba, mask=rgba.getchannel("A"))
+    elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: scale to 8 bits by its own range rather than clipping at 255.
+        rgb = image.point(lambda v: v / 256).convert("L").convert("RGB")
+    else:
+        rgb = image.convert("RGB")
+    out = io.BytesIO()
+    rgb.save(out, format="PNG")  # lossless: the transform graph re-encodes after resizing anyway
+    return out.getvalue()
+
+
+def to_product(row: CatalogRow, columns: CatalogColumns, max_pixels: int) -> RawProduct | Quarantined:
+    try:
+        product_id, title, label, uri = validate_row(row, columns)
+        image_bytes = normalize_image(read_image(uri), uri, max_pixels)
+    except RowError as e:
+        return quarantine(row, columns, e.reason, e.message)
+    return RawProduct(row.source, row.row_number, product_id, title, label, image_bytes)
+
+
+def quarantine(row: CatalogRow, columns: CatalogColumns, reason: str, message: str) -> Quarantined:
+    raw_id = row.fields.get(columns.id)
+    return Quarantined(
+        row.source, row.row_number, None if raw_id in (None, "") else str(raw_id), reason, message, row.fields
+    )
