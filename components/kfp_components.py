@@ -1,0 +1,128 @@
+"""Thin KFP shells around the stage functions: typed artifacts in and out, a few lines of glue.
+
+Each body imports the real stage from this project (installed in the component image, on the
+PYTHONPATH under kfp.local), so the logic lives and is tested in plain Python modules.
+"""
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+# The images that carry this project; `kfp component build`/Dockerfiles produce them.
+COMPONENT_IMAGE = "hanet-components:latest"
+TRAINER_IMAGE = "hanet-trainer:latest"
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def preprocess(
+    catalog: str,
+    label_column: str,
+    bert_handle: str,
+    image_size: int,
+    max_seq_length: int,
+    eval_fraction: float,
+    beam_args: list,
+    examples: Output[Dataset],
+    transform_graph: Output[Artifact],
+    report: Output[Artifact],
+    metrics: Output[Metrics],
+):
+    from components.preprocess.catalog import CatalogColumns
+    from components.preprocess.job import preprocess as run
+    from components.preprocess.transform import TransformOptions
+    from trainer import encoders
+
+    result = run(
+        catalog=catalog,
+        columns=CatalogColumns(label=label_column),
+        options=TransformOptions(
+            vocab_file=encoders.vocab_file(bert_handle),
+            lower_case=encoders.lower_case(bert_handle),
+            max_seq_length=max_seq_length,
+            image_size=image_size,
+        ),
+        examples_dir=examples.path,
+        transform_graph_dir=transform_graph.path,
+        report_dir=report.path,
+        eval_fraction=eval_fraction,
+        beam_args=beam_args,
+    )
+    metrics.log_metric("rows_in", result.metrics["rows_in"])
+    for split, n in result.metrics["kept"].items():
+        metrics.log_metric(f"kept_{split}", n)
+    for reason, n in result.metrics["quarantined"].items():
+        metrics.log_metric(f"quarantined_{reason}", n)
+    metrics.log_metric("label_vocabulary_size", result.metrics["label_vocabulary_size"])
+
+
+@dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
+def train(
+    examples: Input[Dataset],
+    transform_graph: Input[Artifact],
+    fusion: str,
+    bert_handle: str,
+    image_weights: str,
+    image_variant: str,
+    image_size: int,
+    max_seq_length: int,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    model: Output[Model],
+    training_state: Output[Artifact],
+):
+    from trainer.model import ModelConfig
+    from trainer.train import TrainConfig
+    from trainer.train import train as run
+
+    run(
+        examples_dir=examples.path,
+        transform_graph_dir=transform_graph.path,
+        export_dir=model.path,
+        work_dir=training_state.path,
+        model_config=ModelConfig(
+            fusion=fusion,
+            bert_handle=bert_handle,
+            image_weights=image_weights or None,
+            image_variant=image_variant,
+            image_size=image_size,
+            max_seq_length=max_seq_length,
+        ),
+        train_config=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate),
+    )
+    model.metadata["fusion"] = fusion
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def evaluate(
+    model: Input[Model],
+    examples: Input[Dataset],
+    transform_graph: Input[Artifact],
+    accuracy_threshold: float,
+    metrics: Output[Metrics],
+    blessing: Output[Artifact],
+) -> bool:
+    """Returns whether the model is blessed; the single return value (not a NamedTuple field) keeps
+    the `dsl.If` condition resolvable by kfp.local as well as by the cluster's backend."""
+    import json
+
+    from components.evaluate import evaluate_model, gate
+
+    figures = evaluate_model(model.path, examples.path, transform_graph.path)
+    for name, value in figures.items():
+        metrics.log_metric(name, value)
+    verdict = gate(figures, accuracy_threshold)
+    blessing.metadata.update({"blessed": verdict.blessed, "reason": verdict.reason})
+    with open(blessing.path, "w") as f:
+        json.dump({"blessed": verdict.blessed, "reason": verdict.reason, "metrics": figures}, f, indent=2)
+    print(f"gate: {'blessed' if verdict.blessed else 'not blessed'}: {verdict.reason}")
+    return verdict.blessed
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def push(model: Input[Model], serving_base: str, model_name: str, pushed_model: Output[Model]) -> str:
+    from components.push import push as run
+
+    version_dir = run(model.path, serving_base, model_name)
+    pushed_model.uri = version_dir
+    pushed_model.metadata["version"] = int(version_dir.rstrip("/").rsplit("/", 1)[-1])
+    print(f"pushed {model.path} to {version_dir}")
+    return version_dir
