@@ -8,16 +8,17 @@ WordpieceTokenizeWithOffsets) into that graph, which stock TF Serving cannot loa
 TensorFlow build registers: tf.strings (RE2 regexes, n-grams), tf.lookup hash tables, ragged
 tensors and a tf.while_loop.
 
-Build the tokenizer inside the `preprocessing_fn` (or inside whatever function is being traced):
-its lookup tables are then created in the traced graph, which is where tensorflow-transform
-looks for table initializers.
+Build the tokenizer inside the `preprocessing_fn`: its lookup tables are then created in the traced
+graph, where tensorflow-transform looks for table initializers (a tokenizer built outside and
+captured fails when TFT writes the transform graph). TFT then logs that tables initialized inside
+a tf.function are re-initialized on every call; measured, they are not: a call costs the same as
+with tables built once outside.
 """
 from __future__ import annotations
 
 import functools
 import unicodedata
 
-import numpy as np
 import tensorflow as tf
 
 from trainer.features import INPUT_MASK_KEY, INPUT_TYPE_IDS_KEY, INPUT_WORD_IDS_KEY
@@ -101,7 +102,7 @@ def fold_mapping() -> tuple[tuple[str, str], ...]:
 
     The whole-string operation equals this per-code-point mapping applied character by character,
     except for canonical reordering of combining marks that are not \\p{Mn} (only a few Mc musical
-    symbols), which a per-character table cannot reorder. Computed once per process (~1 s).
+    symbols), which a per-character table cannot reorder. Computed once per process (~0.5 s).
     """
     pairs = []
     for cp in range(0x110000):
@@ -163,21 +164,29 @@ class BertTokenizer(tf.Module):
         self.sep_id = token_to_id[SEP_TOKEN]
         self.pad_id = token_to_id[PAD_TOKEN]
         self.unk_id = token_to_id[UNK_TOKEN]
+
+        # One table keyed by the piece text without "##", whose value packs two ids, each + 1 so
+        # that 0 means "no such entry": the id of "text" as the start of a word (high 32 bits) and
+        # of "##text" inside a word (low 32 bits). Candidate pieces then need no "##" string
+        # concatenation and only one lookup, whichever role they are looked up in.
+        packed_ids: dict[str, int] = {}
+        for token, i in token_to_id.items():
+            if token.startswith(SUFFIX_INDICATOR):
+                text, shift = token[len(SUFFIX_INDICATOR):], 0
+            else:
+                text, shift = token, 32
+            packed_ids[text] = packed_ids.get(text, 0) | ((i + 1) << shift)
         # No vocabulary entry is longer than this many characters (suffix indicator excluded), so
         # no longer substring of a word can ever match: the widest n-gram worth looking up.
-        self.max_piece_chars = max(
-            len(t[len(SUFFIX_INDICATOR):] if t.startswith(SUFFIX_INDICATOR) else t)
-            for t in token_to_id
-        )
-
+        self.max_piece_chars = max(len(text) for text in packed_ids)
         # Embedded as constants rather than an asset file: the transform graph and the serving
         # model stay self-contained, with no vocabulary path to ship or rewrite.
         self._vocab_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
-                keys=tf.constant(list(token_to_id), tf.string),
-                values=tf.constant(list(token_to_id.values()), tf.int64),
+                keys=tf.constant([t.encode("utf-8") for t in packed_ids], tf.string),
+                values=tf.constant(list(packed_ids.values()), tf.int64),
             ),
-            default_value=-1,
+            default_value=0,
         )
         if self.lower_case:
             pairs = fold_mapping()
@@ -236,7 +245,7 @@ class BertTokenizer(tf.Module):
         fits = tf.strings.length(words) <= MAX_BYTES_PER_WORD  # bytes, see MAX_BYTES_PER_WORD
         # Most title words are vocabulary entries: their longest match from the start is the whole
         # word, one piece, no n-grams needed.
-        whole_id = self._vocab_table.lookup(words)
+        whole_id = self._word_start_id(self._vocab_table.lookup(words))
         is_whole = fits & (whole_id >= 0)
         # Only the remaining words get characters. A word over the byte limit becomes [UNK]
         # whatever it contains, so it gets none either (a 10 kB "word" would otherwise cost
@@ -258,9 +267,8 @@ class BertTokenizer(tf.Module):
         gram_start = tf.ragged.range(counts).flat_values
         gram_width = tf.repeat(widths, counts)
 
-        grams = grams.flat_values
-        keys = tf.strings.join([tf.where(gram_start > 0, SUFFIX_INDICATOR, ""), grams])
-        ids = self._vocab_table.lookup(keys)
+        packed = self._vocab_table.lookup(grams.flat_values)
+        ids = tf.where(gram_start > 0, self._inner_id(packed), self._word_start_id(packed))
         # width in the high half so that the segment max picks the longest match, id in the low
         # half so that it comes along (there is one n-gram per (position, width)).
         score = tf.where(ids >= 0, tf.bitwise.left_shift(gram_width, 32) + ids, -1)
@@ -298,6 +306,16 @@ class BertTokenizer(tf.Module):
         unk_row = tf.where(first_column, tf.constant(self.unk_id, tf.int64), -1)
         piece_ids = tf.where(unk[:, tf.newaxis], unk_row, piece_ids)
         return tf.ragged.boolean_mask(piece_ids, piece_ids >= 0)
+
+    @staticmethod
+    def _word_start_id(packed: tf.Tensor) -> tf.Tensor:
+        """Id of the looked-up text as a word start ("text"), -1 if not in the vocabulary."""
+        return tf.bitwise.right_shift(packed, 32) - 1
+
+    @staticmethod
+    def _inner_id(packed: tf.Tensor) -> tf.Tensor:
+        """Id of the looked-up text inside a word ("##text"), -1 if not in the vocabulary."""
+        return tf.bitwise.bitwise_and(packed, 0xFFFFFFFF) - 1
 
     def _pack(self, tokens: tf.RaggedTensor) -> dict[str, tf.Tensor]:
         """[CLS] tokens[:max_seq_length - 2] [SEP], then [PAD] to max_seq_length."""
