@@ -36,3 +36,48 @@ def tiny_bert_handle() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def bert_vocab_file(tiny_bert_handle) -> pathlib.Path:
     return _require(tiny_bert_handle / "assets" / "vocab.txt", "the BERT uncased WordPiece vocabulary")
+
+
+def write_small_catalog(path: pathlib.Path, n: int, extra_rows: list[dict] | None = None) -> pathlib.Path:
+    """The first n products of the fashion catalog, images by absolute path, plus extra rows."""
+    import csv
+
+    with open(FASHION_CATALOG, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [row for _, row in zip(range(n), reader)]
+    for row in rows:
+        row["image"] = str(FASHION_DIR / row["image"])
+    rows += extra_rows or []
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_preprocessed(tmp_path_factory, bert_vocab_file):
+    """48 real products (and 3 bad rows) through the real preprocess stage, once per test session."""
+    from components.preprocess.catalog import CatalogColumns
+    from components.preprocess.job import preprocess
+    from components.preprocess.transform import TransformOptions
+
+    root = tmp_path_factory.mktemp("preprocessed")
+    bad = [
+        {"id": "900001", "title": "Ghost Shirt", "image": str(root / "absent.jpg"), "articleType": "Shirts"},
+        {"id": "900002", "title": "   ", "image": str(FASHION_DIR / "images" / "15970.jpg"), "articleType": "Shirts"},
+    ]
+    catalog = write_small_catalog(root / "catalog.csv", 48, bad)
+    with open(catalog) as f:
+        first = f.readlines()[1]
+    with open(catalog, "a") as f:
+        f.write(first)  # the first product again: a duplicate id
+    result = preprocess(
+        catalog=str(catalog),
+        columns=CatalogColumns(label="articleType"),
+        options=TransformOptions(vocab_file=str(bert_vocab_file), max_seq_length=24, image_size=32),
+        examples_dir=str(root / "examples"),
+        transform_graph_dir=str(root / "transform_graph"),
+        report_dir=str(root / "report"),
+    )
+    return result
