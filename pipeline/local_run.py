@@ -1,0 +1,64 @@
+"""`run-local`: the Kubeflow pipeline itself, run on this machine through kfp.local (no cluster)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from pipeline import cli, config
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("run-local", help="run the whole pipeline on this machine through kfp.local")
+    cli.add_param_flags(parser, config.local_params())
+    parser.add_argument("--work-dir", required=True, help="where the run's artifacts go")
+    parser.add_argument("--serving-base", default="", help="where blessed models are pushed (default WORK_DIR/serving)")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> None:
+    result = run_local(cli.params_from_args(args, config.local_params()), args.work_dir)
+    print("evaluation: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(result["metrics"].items())))
+    print(f"gate: {'blessed' if result['blessed'] else 'not blessed'}: {result['reason']}")
+    print(f"pushed model: {result['pushed_model']}" if result["pushed_model"] else "nothing pushed")
+
+
+def _check_local_inputs(params: config.PipelineParams) -> None:
+    for name, path in (("--bert-handle", params.bert_handle), ("--image-weights", params.image_weights)):
+        if path and "://" not in path and path != "imagenet" and not os.path.exists(path):
+            raise cli.UserError(f"{name} {path} does not exist: run scripts/setup_encoders.sh (see README)")
+    if "://" not in params.catalog and not os.path.exists(params.catalog):
+        raise cli.UserError(f"catalog {params.catalog} does not exist")
+
+
+def run_local(params: config.PipelineParams, work_dir: str) -> dict:
+    """Runs the pipeline through kfp.local: each task in a subprocess, artifacts under WORK_DIR."""
+    from kfp import local
+
+    from components.push import served_versions
+    from pipeline.pipeline import hanet_pipeline
+
+    _check_local_inputs(params)
+    work_dir = os.path.abspath(work_dir)
+    if "://" not in params.catalog:
+        params.catalog = os.path.abspath(params.catalog)
+    params.serving_base = params.serving_base or os.path.join(work_dir, "serving")
+    # Component subprocesses import this project's modules, as the component images do.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(config.REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    before = served_versions(params.serving_base, params.model_name)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=os.path.join(work_dir, "pipeline_root"),
+        raise_on_error=True,
+    )
+    try:
+        run = hanet_pipeline(**params.as_arguments())
+    except RuntimeError as e:
+        raise cli.UserError(f"the local pipeline run failed: {e} (the failing task's log is above)") from None
+    pushed = [v for v in served_versions(params.serving_base, params.model_name) if v not in before]
+    blessing = run.outputs["blessing"].metadata
+    return {
+        "metrics": run.outputs["metrics"].metadata,
+        "blessed": blessing["blessed"],
+        "reason": blessing["reason"],
+        "pushed_model": os.path.join(params.serving_base, params.model_name, str(pushed[-1])) if pushed else None,
+    }
