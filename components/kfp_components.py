@@ -1,17 +1,22 @@
 """Thin KFP shells around the stage functions: typed artifacts in and out, a few lines of glue.
 
-Each body imports the real stage from this project (installed in the component image, on the
+Each body imports the real stage from this project (copied into the images of docker/, on the
 PYTHONPATH under kfp.local), so the logic lives and is tested in plain Python modules.
+
+The shells are plain functions; `containerized()` and `lightweight()` at the end make the KFP
+components of them. A cluster runs containerized components: `python3 -m kfp.dsl.executor_main` in
+this project's image, which finds the function through the image's kfp_config.ini. kfp.local's
+SubprocessRunner refuses those, so run-local uses lightweight ones (the function's source inlined in
+the command). Both forms run the same function. No `from __future__ import annotations` here: the
+executor reads the annotations as types.
 """
+import dataclasses
+from typing import Callable
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
-# The images that carry this project; `kfp component build`/Dockerfiles produce them.
-COMPONENT_IMAGE = "hanet-components:latest"
-TRAINER_IMAGE = "hanet-trainer:latest"
 
-
-@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def preprocess(
     catalog: str,
     label_column: str,
@@ -53,7 +58,6 @@ def preprocess(
     metrics.log_metric("label_vocabulary_size", result.metrics["label_vocabulary_size"])
 
 
-@dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
 def train(
     examples: Input[Dataset],
     transform_graph: Input[Artifact],
@@ -91,7 +95,6 @@ def train(
     model.metadata["fusion"] = fusion
 
 
-@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def evaluate(
     model: Input[Model],
     examples: Input[Dataset],
@@ -117,7 +120,6 @@ def evaluate(
     return verdict.blessed
 
 
-@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def push(model: Input[Model], serving_base: str, model_name: str, pushed_model: Output[Model]) -> str:
     from components.push import push as run
 
@@ -126,3 +128,37 @@ def push(model: Input[Model], serving_base: str, model_name: str, pushed_model: 
     pushed_model.metadata["version"] = int(version_dir.rstrip("/").rsplit("/", 1)[-1])
     print(f"pushed {model.path} to {version_dir}")
     return version_dir
+
+
+# The FROM of docker/component.Dockerfile and docker/trainer.Dockerfile: what the images build on.
+COMPONENT_BASE_IMAGE = "python:3.11-slim-bookworm"
+TRAINER_BASE_IMAGE = "tensorflow/tensorflow:2.21.0-gpu"
+
+
+@dataclasses.dataclass(frozen=True)
+class Components:
+    """The four stages as KFP components, all of one form."""
+
+    preprocess: Callable[..., dsl.PipelineTask]
+    train: Callable[..., dsl.PipelineTask]
+    evaluate: Callable[..., dsl.PipelineTask]
+    push: Callable[..., dsl.PipelineTask]
+
+
+def containerized(component_image: str, trainer_image: str) -> Components:
+    """For a cluster: train runs in the CUDA image, the other stages in the CPU image."""
+    return Components(
+        preprocess=dsl.component(preprocess, base_image=COMPONENT_BASE_IMAGE, target_image=component_image),
+        train=dsl.component(train, base_image=TRAINER_BASE_IMAGE, target_image=trainer_image),
+        evaluate=dsl.component(evaluate, base_image=COMPONENT_BASE_IMAGE, target_image=component_image),
+        push=dsl.component(push, base_image=COMPONENT_BASE_IMAGE, target_image=component_image),
+    )
+
+
+def lightweight() -> Components:
+    """For kfp.local: each task runs the function's inlined source with this machine's Python, which
+    imports the project from the PYTHONPATH (set by run-local) rather than from an image."""
+    return Components(
+        *(dsl.component(func, base_image=COMPONENT_BASE_IMAGE, install_kfp_package=False)
+          for func in (preprocess, train, evaluate, push))
+    )

@@ -13,9 +13,11 @@ def register(commands) -> None:
 def compile_pipeline(output: str) -> str:
     from kfp import compiler
 
-    from pipeline.pipeline import hanet_pipeline
+    from components import kfp_components
+    from pipeline.pipeline import create_pipeline
 
-    compiler.Compiler().compile(hanet_pipeline, output)
+    components = kfp_components.containerized("hanet-components:latest", "hanet-trainer:latest")
+    compiler.Compiler().compile(create_pipeline(components), output)
     return output
 
 

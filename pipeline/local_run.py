@@ -34,8 +34,9 @@ def run_local(params: config.PipelineParams, work_dir: str) -> dict:
     """Runs the pipeline through kfp.local: each task in a subprocess, artifacts under WORK_DIR."""
     from kfp import local
 
+    from components import kfp_components
     from components.push import served_versions
-    from pipeline.pipeline import hanet_pipeline
+    from pipeline.pipeline import create_pipeline
 
     _check_local_inputs(params)
     work_dir = os.path.abspath(work_dir)
@@ -51,7 +52,7 @@ def run_local(params: config.PipelineParams, work_dir: str) -> dict:
         raise_on_error=True,
     )
     try:
-        run = hanet_pipeline(**params.as_arguments())
+        run = create_pipeline(kfp_components.lightweight())(**params.as_arguments())
     except RuntimeError as e:
         raise cli.UserError(f"the local pipeline run failed: {e} (the failing task's log is above)") from None
     pushed = [v for v in served_versions(params.serving_base, params.model_name) if v not in before]
