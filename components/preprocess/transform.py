@@ -56,6 +56,9 @@ def make_preprocessing_fn(options: TransformOptions) -> Callable[[dict], dict]:
         outputs = dict(tokenizer(inputs[features.TITLE_KEY]))
         outputs[features.IMAGE_KEY] = resize_image(inputs[features.IMAGE_BYTES_KEY], options.image_size)
         outputs[features.ID_KEY] = tf.identity(inputs[features.ID_KEY])
+        # Passed through for the evaluation report and for scoring the served model through its
+        # raw-title serving signature; the model itself reads only the token ids.
+        outputs[features.TITLE_KEY] = tf.identity(inputs[features.TITLE_KEY])
         outputs[features.LABEL_ID_KEY] = tft.compute_and_apply_vocabulary(
             inputs[features.LABEL_KEY],
             # TFT warns that a threshold of 1 is a no-op; None says the same without the warning.
