@@ -1,4 +1,5 @@
-"""What every command of `python -m pipeline` shares: one-line user errors and the pipeline flags."""
+"""What every command of `python -m pipeline` shares: one-line user errors, the config file and its
+overrides, and the pipeline flags."""
 from __future__ import annotations
 
 import argparse
@@ -11,16 +12,70 @@ class UserError(Exception):
     """An error the user can fix; printed as one line, without a traceback."""
 
 
+def add_config_flags(parser: argparse.ArgumentParser, default_config: str | None) -> None:
+    """`--config FILE` and `--set KEY=VALUE`: the deployment file and any key of it."""
+    parser.add_argument(
+        "--config",
+        default=default_config,
+        metavar="FILE",
+        help=f"the YAML config (default: {default_config or 'none, the defaults of this command'})",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. tasks.train.accelerator_count=2 or images.tag=v3 (repeatable)",
+    )
+
+
+def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of the commands that target a cluster (compile, submit)."""
+    add_config_flags(parser, str(config.DEFAULT_CONFIG))
+    parser.add_argument(
+        "--param",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a pipeline parameter, e.g. catalog=gs://b/catalog.jsonl or epochs=20 (repeatable)",
+    )
+    parser.add_argument("--image-tag", help="the tag of both images (overrides images.tag)")
+    parser.add_argument("--pipeline-root", help="where the run's artifacts go, e.g. gs://BUCKET/pipeline_root")
+    parser.add_argument("--no-cache", action="store_true", help="run every task, reusing no cached result")
+
+
+def load_config(args: argparse.Namespace, base: config.Config | None = None) -> config.Config:
+    """The config file (if any) over `base`, then --set, --param and the dedicated flags."""
+    overrides = list(args.overrides) + [f"params.{p}" for p in getattr(args, "params", [])]
+    try:
+        cfg = config.with_overrides(config.load(args.config, base), overrides)
+    except config.ConfigError as e:
+        raise UserError(str(e)) from None
+    if getattr(args, "image_tag", None):
+        cfg.images.tag = args.image_tag
+    if getattr(args, "pipeline_root", None):
+        cfg.pipeline_root = args.pipeline_root
+    if getattr(args, "no_cache", False):
+        cfg.caching = False
+    return cfg
+
+
 def add_param_flags(parser: argparse.ArgumentParser, defaults: config.PipelineParams) -> None:
-    """One flag per pipeline parameter (`--epochs`, `--fusion`, ...), defaulting to `defaults`."""
-    parser.add_argument("--catalog", required=True, help="CSV or JSON Lines catalog (path or tf.io.gfile URI)")
-    parser.add_argument("--label-column", required=True, help="the catalog column holding the category")
+    """One flag per pipeline parameter (`--epochs`, `--fusion`, ...); a flag not given leaves the
+    config's value (or `defaults`, shown in the help) in place."""
+    parser.add_argument("--catalog", default=argparse.SUPPRESS, help="CSV or JSON Lines catalog (path or tf.io.gfile URI)")
+    parser.add_argument("--label-column", default=argparse.SUPPRESS, help="the catalog column holding the category")
     for field in dataclasses.fields(defaults):
         if field.name in ("catalog", "label_column", "serving_base", "beam_args"):
             continue
+        default = getattr(defaults, field.name)
         flag = "--" + field.name.replace("_", "-")
-        parser.add_argument(flag, type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name))
-    parser.add_argument("--beam-arg", dest="beam_args", action="append", default=[], help="a Beam pipeline option")
+        parser.add_argument(flag, type=type(default), default=argparse.SUPPRESS, help=f"default: {default!r}")
+    parser.add_argument(
+        "--beam-arg", dest="beam_args", action="append", default=argparse.SUPPRESS, help="a Beam pipeline option"
+    )
 
 
 def params_from_args(args: argparse.Namespace, defaults: config.PipelineParams) -> config.PipelineParams:

@@ -10,13 +10,22 @@ from pipeline import cli, config
 def register(commands) -> None:
     parser = commands.add_parser("run-local", help="run the whole pipeline on this machine through kfp.local")
     cli.add_param_flags(parser, config.local_params())
+    cli.add_config_flags(parser, None)
     parser.add_argument("--work-dir", required=True, help="where the run's artifacts go")
-    parser.add_argument("--serving-base", default="", help="where blessed models are pushed (default WORK_DIR/serving)")
+    parser.add_argument(
+        "--serving-base", default=argparse.SUPPRESS, help="where blessed models are pushed (default WORK_DIR/serving)"
+    )
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> None:
-    result = run_local(cli.params_from_args(args, config.local_params()), args.work_dir)
+    # The local defaults, then the config file (if given) and --set, then the parameter flags.
+    cfg = cli.load_config(args, config.Config(params=config.local_params()))
+    params = cli.params_from_args(args, cfg.params)
+    for name in ("catalog", "label_column"):
+        if not getattr(params, name):
+            raise cli.UserError(f"run-local needs --{name.replace('_', '-')} (or params.{name} in a --config file)")
+    result = run_local(params, args.work_dir, cfg.task_settings())
     print("evaluation: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(result["metrics"].items())))
     print(f"gate: {'blessed' if result['blessed'] else 'not blessed'}: {result['reason']}")
     print(f"pushed model: {result['pushed_model']}" if result["pushed_model"] else "nothing pushed")
@@ -30,7 +39,7 @@ def _check_local_inputs(params: config.PipelineParams) -> None:
         raise cli.UserError(f"catalog {params.catalog} does not exist")
 
 
-def run_local(params: config.PipelineParams, work_dir: str) -> dict:
+def run_local(params: config.PipelineParams, work_dir: str, tasks: config.Tasks | None = None) -> dict:
     """Runs the pipeline through kfp.local: each task in a subprocess, artifacts under WORK_DIR."""
     from kfp import local
 
@@ -39,6 +48,10 @@ def run_local(params: config.PipelineParams, work_dir: str) -> dict:
     from pipeline.pipeline import create_pipeline
 
     _check_local_inputs(params)
+    try:
+        pipeline = create_pipeline(kfp_components.lightweight(), tasks)
+    except config.ConfigError as e:
+        raise cli.UserError(str(e)) from None
     work_dir = os.path.abspath(work_dir)
     if "://" not in params.catalog:
         params.catalog = os.path.abspath(params.catalog)
@@ -52,7 +65,7 @@ def run_local(params: config.PipelineParams, work_dir: str) -> dict:
         raise_on_error=True,
     )
     try:
-        run = create_pipeline(kfp_components.lightweight())(**params.as_arguments())
+        run = pipeline(**params.as_arguments())
     except RuntimeError as e:
         raise cli.UserError(f"the local pipeline run failed: {e} (the failing task's log is above)") from None
     pushed = [v for v in served_versions(params.serving_base, params.model_name) if v not in before]

@@ -1,23 +1,30 @@
-"""The HANet Kubeflow pipeline: preprocess → train → evaluate (gate) → push. Wiring only.
+"""The HANet Kubeflow pipeline: preprocess → train → evaluate (gate) → push. Wiring and task settings.
 
 `create_pipeline` builds the same graph from either form of the components (containerized for a
-cluster, lightweight for kfp.local; see components/kfp_components.py).
+cluster, lightweight for kfp.local; see components/kfp_components.py). kfp.local ignores the task
+settings (resources, placement, retries, caching); a cluster applies them.
 """
 from typing import NamedTuple
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl import Artifact, Metrics
 
 from components import kfp_components
+from pipeline import config
 from trainer import features
 
+PIPELINE_NAME = "hanet-product-classifier"
 
-def create_pipeline(ops: kfp_components.Components):
-    """The pipeline (a KFP graph component) whose tasks run `ops`."""
+
+def create_pipeline(ops: kfp_components.Components, tasks: config.Tasks | None = None, pipeline_root: str = ""):
+    """The pipeline (a KFP graph component) whose tasks run `ops` with `tasks`' settings; artifacts
+    go under `pipeline_root` (empty: the cluster's default)."""
+    tasks = tasks or config.Tasks()
 
     @dsl.pipeline(
-        name="hanet-product-classifier",
+        name=PIPELINE_NAME,
         description="Two-stream hybrid attention network (title + photo) for product classification.",
+        pipeline_root=pipeline_root or None,
     )
     def hanet_pipeline(
         catalog: str,
@@ -46,6 +53,7 @@ def create_pipeline(ops: kfp_components.Components):
             eval_fraction=eval_fraction,
             beam_args=beam_args,
         ).set_display_name("preprocess")
+        _configure(prep, tasks.preprocess, "preprocess")
         trained = ops.train(
             examples=prep.outputs["examples"],
             transform_graph=prep.outputs["transform_graph"],
@@ -59,18 +67,58 @@ def create_pipeline(ops: kfp_components.Components):
             batch_size=batch_size,
             learning_rate=learning_rate,
         ).set_display_name("train")
+        _configure(trained, tasks.train, "train")
         evaluated = ops.evaluate(
             model=trained.outputs["model"],
             examples=prep.outputs["examples"],
             transform_graph=prep.outputs["transform_graph"],
             accuracy_threshold=accuracy_threshold,
         ).set_display_name("evaluate")
+        _configure(evaluated, tasks.evaluate, "evaluate")
         with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712 (a KFP condition)
-            ops.push(model=trained.outputs["model"], serving_base=serving_base, model_name=model_name).set_display_name(
-                "push"
-            )
+            pushed = ops.push(
+                model=trained.outputs["model"], serving_base=serving_base, model_name=model_name
+            ).set_display_name("push")
+            _configure(pushed, tasks.push, "push")
         return NamedTuple("Outputs", metrics=Metrics, blessing=Artifact)(
             metrics=evaluated.outputs["metrics"], blessing=evaluated.outputs["blessing"]
         )
 
     return hanet_pipeline
+
+
+def _configure(task: dsl.PipelineTask, settings: config.TaskSettings, name: str) -> None:
+    """Resources, node placement, volumes, retries and caching of one task."""
+    try:
+        if settings.cpu_request:
+            task.set_cpu_request(settings.cpu_request)
+        if settings.cpu_limit:
+            task.set_cpu_limit(settings.cpu_limit)
+        if settings.memory_request:
+            task.set_memory_request(settings.memory_request)
+        if settings.memory_limit:
+            task.set_memory_limit(settings.memory_limit)
+    except ValueError as e:  # KFP checks the quantities' syntax
+        raise config.ConfigError(f"tasks.{name}: {e}") from None
+    if settings.accelerator_count:
+        task.set_accelerator_type(settings.accelerator_type).set_accelerator_limit(settings.accelerator_count)
+    for label, value in settings.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=label, label_value=value)
+    for toleration in settings.tolerations:
+        kubernetes.add_toleration(
+            task,
+            key=toleration.key or None,
+            operator=toleration.operator,
+            value=toleration.value or None,
+            effect=toleration.effect or None,
+        )
+    for claim, mount_path in settings.pvc_mounts.items():
+        kubernetes.mount_pvc(task, pvc_name=claim, mount_path=mount_path)
+    if settings.retries:
+        task.set_retry(
+            settings.retries,
+            backoff_duration=settings.retry_backoff,
+            backoff_factor=settings.retry_backoff_factor,
+            backoff_max_duration=settings.retry_backoff_max,
+        )
+    task.set_caching_options(settings.caching)

@@ -13,7 +13,8 @@ def test_compile_writes_the_pipeline_spec(tmp_path):
     import yaml
 
     assert main(["compile", "--output", str(tmp_path / "p.yaml")]) == 0
-    spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    # The pipeline spec, then the Kubernetes platform spec (node selector, tolerations) as a second document.
+    spec = next(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))
     assert set(spec["root"]["dag"]["tasks"]) == {"preprocess", "train", "evaluate", "condition-1"}
 
 
