@@ -1,7 +1,7 @@
 """Thin KFP shells around the stage functions: typed artifacts in and out, a few lines of glue.
 
-Each body imports the real stage from this project (copied into the images of docker/, on the
-PYTHONPATH under kfp.local), so the logic lives and is tested in plain Python modules.
+Each body imports the real stage from this project (copied into the container images of images/,
+on the PYTHONPATH under kfp.local), so the logic lives and is tested in plain Python modules.
 
 The shells are plain functions; `containerized()` and `lightweight()` at the end make the KFP
 components of them. A cluster runs containerized components: `python3 -m kfp.dsl.executor_main` in
@@ -130,9 +130,8 @@ def push(model: Input[Model], serving_base: str, model_name: str, pushed_model: 
     return version_dir
 
 
-# The FROM of docker/component.Dockerfile and docker/trainer.Dockerfile: what the images build on.
-COMPONENT_BASE_IMAGE = "python:3.11-slim-bookworm"
-TRAINER_BASE_IMAGE = "tensorflow/tensorflow:2.21.0-gpu"
+# The FROM of both images (images/*.Dockerfile): what `target_image` builds on.
+BASE_IMAGE = "python:3.11-slim-bookworm"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,10 +147,10 @@ class Components:
 def containerized(component_image: str, trainer_image: str) -> Components:
     """For a cluster: train runs in the CUDA image, the other stages in the CPU image."""
     return Components(
-        preprocess=dsl.component(preprocess, base_image=COMPONENT_BASE_IMAGE, target_image=component_image),
-        train=dsl.component(train, base_image=TRAINER_BASE_IMAGE, target_image=trainer_image),
-        evaluate=dsl.component(evaluate, base_image=COMPONENT_BASE_IMAGE, target_image=component_image),
-        push=dsl.component(push, base_image=COMPONENT_BASE_IMAGE, target_image=component_image),
+        preprocess=dsl.component(preprocess, base_image=BASE_IMAGE, target_image=component_image),
+        train=dsl.component(train, base_image=BASE_IMAGE, target_image=trainer_image),
+        evaluate=dsl.component(evaluate, base_image=BASE_IMAGE, target_image=component_image),
+        push=dsl.component(push, base_image=BASE_IMAGE, target_image=component_image),
     )
 
 
@@ -159,6 +158,6 @@ def lightweight() -> Components:
     """For kfp.local: each task runs the function's inlined source with this machine's Python, which
     imports the project from the PYTHONPATH (set by run-local) rather than from an image."""
     return Components(
-        *(dsl.component(func, base_image=COMPONENT_BASE_IMAGE, install_kfp_package=False)
+        *(dsl.component(func, base_image=BASE_IMAGE, install_kfp_package=False)
           for func in (preprocess, train, evaluate, push))
     )
