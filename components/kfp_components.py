@@ -24,38 +24,69 @@ def preprocess(
     image_size: int,
     max_seq_length: int,
     eval_fraction: float,
+    id_column: str,
+    title_column: str,
+    image_column: str,
+    extra_text_columns: str,
+    text_separator: str,
+    label_min_count: int,
     beam_args: list,
     examples: Output[Dataset],
     transform_graph: Output[Artifact],
+    quarantine: Output[Dataset],
+    label_vocabulary: Output[Artifact],
     report: Output[Artifact],
     metrics: Output[Metrics],
 ):
-    from components.preprocess.catalog import CatalogColumns
-    from components.preprocess.job import preprocess as run
+    """`quarantine`: the rejected rows (JSON Lines, with reasons); `report`: metrics.json, the counts
+    and the labels only in eval or below the min count; `metrics`: the counts, for the UI."""
+    import tensorflow as tf
+
+    from components.preprocess import job
+    from components.preprocess.catalog import CatalogColumns, split_column_list
     from components.preprocess.transform import TransformOptions
     from trainer import encoders
 
-    result = run(
+    # Remote workers (Dataflow, a Flink or Spark cluster) write to the artifacts' URIs, not to this pod.
+    local = job.runs_on_this_machine(beam_args)
+    location = (lambda artifact: artifact.path) if local else (lambda artifact: artifact.uri)
+    result = job.preprocess(
         catalog=catalog,
-        columns=CatalogColumns(label=label_column),
+        columns=CatalogColumns(
+            label=label_column,
+            id=id_column,
+            title=title_column,
+            image=image_column,
+            extra_text=split_column_list(extra_text_columns),
+            text_separator=text_separator,
+        ),
         options=TransformOptions(
             vocab_file=encoders.vocab_file(bert_handle),
             lower_case=encoders.lower_case(bert_handle),
             max_seq_length=max_seq_length,
             image_size=image_size,
+            label_min_count=label_min_count,
         ),
-        examples_dir=examples.path,
-        transform_graph_dir=transform_graph.path,
-        report_dir=report.path,
+        examples_dir=location(examples),
+        transform_graph_dir=location(transform_graph),
+        quarantine_file=location(quarantine),
+        metrics_file=location(report),
         eval_fraction=eval_fraction,
         beam_args=beam_args,
     )
+    tf.io.gfile.copy(result.label_vocabulary_file, location(label_vocabulary), overwrite=True)
+    label_vocabulary.metadata["size"] = result.metrics["label_vocabulary_size"]
+    quarantine.metadata["rows"] = sum(result.metrics["quarantined"].values())
+    print(job.format_counts(result.metrics))
     metrics.log_metric("rows_in", result.metrics["rows_in"])
     for split, n in result.metrics["kept"].items():
         metrics.log_metric(f"kept_{split}", n)
     for reason, n in result.metrics["quarantined"].items():
         metrics.log_metric(f"quarantined_{reason}", n)
     metrics.log_metric("label_vocabulary_size", result.metrics["label_vocabulary_size"])
+    metrics.log_metric("labels_only_in_eval", len(result.metrics["labels_only_in_eval"]))
+    for split, n in result.metrics["out_of_vocabulary_rows"].items():
+        metrics.log_metric(f"out_of_vocabulary_rows_{split}", n)
 
 
 def train(

@@ -11,6 +11,12 @@ import typing
 
 import yaml
 
+from components.preprocess.catalog import (
+    DEFAULT_ID_COLUMN,
+    DEFAULT_IMAGE_COLUMN,
+    DEFAULT_TEXT_SEPARATOR,
+    DEFAULT_TITLE_COLUMN,
+)
 from trainer import features
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -34,6 +40,15 @@ class PipelineParams:
     image_size: int = 224
     max_seq_length: int = 64
     eval_fraction: float = 0.2
+    # The catalog's columns (the label's is label_column); extra_text_columns: comma-separated, each
+    # appended to the title after text_separator.
+    id_column: str = DEFAULT_ID_COLUMN
+    title_column: str = DEFAULT_TITLE_COLUMN
+    image_column: str = DEFAULT_IMAGE_COLUMN
+    extra_text_columns: str = ""
+    text_separator: str = DEFAULT_TEXT_SEPARATOR
+    # Labels seen fewer times in train share the out-of-vocabulary bucket.
+    label_min_count: int = 1
     accuracy_threshold: float = 0.5
     beam_args: list = dataclasses.field(default_factory=list)
     model_name: str = features.MODEL_NAME

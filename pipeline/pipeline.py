@@ -10,6 +10,12 @@ from kfp import dsl, kubernetes
 from kfp.dsl import Artifact, Metrics
 
 from components import kfp_components
+from components.preprocess.catalog import (
+    DEFAULT_ID_COLUMN,
+    DEFAULT_IMAGE_COLUMN,
+    DEFAULT_TEXT_SEPARATOR,
+    DEFAULT_TITLE_COLUMN,
+)
 from pipeline import config
 from trainer import features
 
@@ -40,6 +46,12 @@ def create_pipeline(ops: kfp_components.Components, tasks: config.Tasks | None =
         image_size: int = 224,
         max_seq_length: int = 64,
         eval_fraction: float = 0.2,
+        id_column: str = DEFAULT_ID_COLUMN,
+        title_column: str = DEFAULT_TITLE_COLUMN,
+        image_column: str = DEFAULT_IMAGE_COLUMN,
+        extra_text_columns: str = "",
+        text_separator: str = DEFAULT_TEXT_SEPARATOR,
+        label_min_count: int = 1,
         accuracy_threshold: float = 0.5,
         beam_args: list = [],
         model_name: str = features.MODEL_NAME,
@@ -51,6 +63,12 @@ def create_pipeline(ops: kfp_components.Components, tasks: config.Tasks | None =
             image_size=image_size,
             max_seq_length=max_seq_length,
             eval_fraction=eval_fraction,
+            id_column=id_column,
+            title_column=title_column,
+            image_column=image_column,
+            extra_text_columns=extra_text_columns,
+            text_separator=text_separator,
+            label_min_count=label_min_count,
             beam_args=beam_args,
         ).set_display_name("preprocess")
         _configure(prep, tasks.preprocess, "preprocess")

@@ -78,6 +78,9 @@ def small_preprocessed(tmp_path_factory, bert_vocab_file):
         options=TransformOptions(vocab_file=str(bert_vocab_file), max_seq_length=24, image_size=32),
         examples_dir=str(root / "examples"),
         transform_graph_dir=str(root / "transform_graph"),
-        report_dir=str(root / "report"),
+        quarantine_file=str(root / "report" / "quarantine.jsonl"),
+        metrics_file=str(root / "report" / "metrics.json"),
+        # One process: for 51 rows, starting a worker per core costs more than it saves.
+        beam_args=["--direct_running_mode=in_memory"],
     )
     return result

@@ -114,7 +114,7 @@ def test_every_component_output_is_a_typed_artifact_for_lineage(shipped):
     spec, _ = shipped
     expected = {
         "preprocess": {"examples": "system.Dataset", "transform_graph": "system.Artifact", "report": "system.Artifact",
-                       "metrics": "system.Metrics"},
+                       "quarantine": "system.Dataset", "label_vocabulary": "system.Artifact", "metrics": "system.Metrics"},
         "train": {"model": "system.Model", "training_state": "system.Artifact"},
         "evaluate": {"metrics": "system.Metrics", "blessing": "system.Artifact"},
         "push": {"pushed_model": "system.Model"},

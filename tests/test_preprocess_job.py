@@ -1,4 +1,5 @@
 """The preprocess stage end to end on real products: records, transform graph, quarantine, metrics."""
+import csv
 import json
 import os
 
@@ -8,6 +9,7 @@ import tensorflow_transform as tft
 
 from components.preprocess import records
 from components.preprocess.job import split_of
+from tests.conftest import FASHION_CATALOG
 from trainer import data, features
 
 
@@ -27,6 +29,8 @@ def test_every_row_is_kept_or_quarantined_with_its_reason(small_preprocessed):
     assert sorted(q["reason"] for q in lines) == sorted(metrics["quarantined"])
     duplicate = next(q for q in lines if q["reason"] == records.DUPLICATE_ID)
     assert duplicate["row_number"] == 51 and "row 1" in duplicate["message"]
+    with open(small_preprocessed.metrics_file) as f:
+        assert json.load(f) == metrics
 
 
 def test_split_is_by_hash_of_id_and_records_carry_model_features(small_preprocessed):
@@ -56,3 +60,33 @@ def test_split_of_is_stable_and_close_to_the_ratio():
     eval_share = sum(split_of(i, 0.2) == features.EVAL_SPLIT for i in ids) / len(ids)
     assert abs(eval_share - 0.2) < 0.01
     assert split_of("15970", 0.2) == split_of("15970", 0.2)
+
+
+def test_eval_labels_unseen_in_train_are_kept_mapped_to_oov_and_reported(small_preprocessed):
+    tft_output = tft.TFTransformOutput(small_preprocessed.transform_graph_dir)
+    vocabulary = [v.decode() for v in tft_output.vocabulary_by_name(features.LABEL_VOCABULARY_NAME)]
+    with open(FASHION_CATALOG, newline="") as f:
+        label_of = {row["id"]: row["articleType"] for row in csv.DictReader(f)}
+    spec = tft_output.transformed_feature_spec()
+    eval_rows = [(label_of[e[features.ID_KEY].decode()], e[features.LABEL_ID_KEY])
+                 for e in _read(small_preprocessed.examples_dir, features.EVAL_SPLIT, spec)]
+    train_labels = {label_of[e[features.ID_KEY].decode()]
+                    for e in _read(small_preprocessed.examples_dir, features.TRAIN_SPLIT, spec)}
+    only_in_eval = {}
+    for label, label_id in eval_rows:
+        if label in train_labels:
+            assert vocabulary[label_id] == label
+        else:
+            assert label_id == len(vocabulary)  # the OOV bucket
+            only_in_eval[label] = only_in_eval.get(label, 0) + 1
+    metrics = small_preprocessed.metrics
+    assert only_in_eval and metrics["labels_only_in_eval"] == only_in_eval  # 48 products do have some
+    assert metrics["out_of_vocabulary_rows"] == {features.TRAIN_SPLIT: 0, features.EVAL_SPLIT: sum(only_in_eval.values())}
+    assert metrics["labels_below_min_count"] == {} and metrics["label_min_count"] == 1
+
+
+def test_the_label_vocabulary_file_holds_each_train_label_once(small_preprocessed):
+    with open(small_preprocessed.label_vocabulary_file) as f:
+        vocabulary = f.read().splitlines()
+    assert len(vocabulary) == small_preprocessed.metrics["label_vocabulary_size"]
+    assert "Shirts" in vocabulary and len(set(vocabulary)) == len(vocabulary)

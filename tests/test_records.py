@@ -13,8 +13,11 @@ COLUMNS = CatalogColumns(label="articleType")
 
 
 def _first_rows(catalog, n):
-    with open(catalog, "rb") as f:
-        return [row for _, row in zip(range(n), read_rows(str(catalog), f))]
+    return [row for _, row in zip(range(n), read_rows(str(catalog), lambda: open(catalog, "rb")))]
+
+
+def _rows(path):
+    return list(read_rows(str(path), lambda: open(path, "rb")))
 
 
 def test_real_rows_become_products_with_their_photo(fashion_catalog):
@@ -32,8 +35,7 @@ def test_real_rows_become_products_with_their_photo(fashion_catalog):
 def test_jsonl_rows_and_a_broken_line_are_read_with_row_numbers(tmp_path):
     path = tmp_path / "catalog.jsonl"
     path.write_text('{"id": "1", "title": "a"}\nnot json\n\n["list"]\n{"id": "2"}\n')
-    with open(path, "rb") as f:
-        rows = list(read_rows(str(path), f))
+    rows = _rows(path)
     assert [r.row_number for r in rows] == [1, 2, 4, 5]
     assert rows[0].fields == {"id": "1", "title": "a"} and rows[0].parse_error is None
     assert "invalid JSON" in rows[1].parse_error
@@ -105,3 +107,73 @@ def test_unusual_formats_and_modes_become_rgb_not_rejects(tmp_path, image, name,
     assert isinstance(product, records.RawProduct), product
     decoded = PIL.Image.open(io.BytesIO(product.image_bytes))
     assert decoded.mode in ("RGB", "L") and decoded.size == (16, 16)
+
+
+def test_csv_rows_survive_a_huge_cell_and_a_broken_row(tmp_path):
+    path = tmp_path / "catalog.csv"
+    huge_title = "Blue Shirt " * 20_000  # 220 kB: over the csv module's 128 KiB default cell limit
+    path.write_text(f'id,title\n1,{huge_title}\n2,a,surplus\n3,"ok"\n')
+    rows = _rows(path)
+    assert [r.row_number for r in rows] == [1, 2, 3]
+    assert rows[0].fields["title"] == huge_title and rows[0].parse_error is None
+    assert "more cells than the header" in rows[1].parse_error
+    assert rows[2].fields == {"id": "3", "title": "ok"}
+
+
+def _example(**features):
+    import tensorflow as tf
+
+    def feature(value):
+        if isinstance(value, int):
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+        values = value if isinstance(value, list) else [value]
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+    return tf.train.Example(
+        features=tf.train.Features(feature={k: feature(v) for k, v in features.items()})
+    ).SerializeToString()
+
+
+def test_tf_example_rows_keep_embedded_images_as_bytes_and_numbers_as_text(tmp_path, fashion_catalog):
+    import tensorflow as tf
+
+    photo = (fashion_catalog.parent / "images" / "15970.jpg").read_bytes()
+    path = tmp_path / "catalog.tfrecord.gz"
+    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+        writer.write(_example(id=15970, title=b"Navy Shirt", image=photo, articleType=b"Shirts"))
+        writer.write(b"not a tf.Example")
+        writer.write(_example(id=2, title=b"Caf\xe9", image=b"img.jpg", articleType=[b"Top", b"Wear"]))
+    rows = _rows(path)
+    assert [r.row_number for r in rows] == [1, 2, 3]
+    first = rows[0].fields
+    assert first["id"] == "15970" and first["title"] == "Navy Shirt" and first["image"] == photo
+    product = records.to_product(rows[0], COLUMNS, records.DEFAULT_MAX_IMAGE_PIXELS)
+    assert isinstance(product, records.RawProduct) and product.image_bytes == photo
+    assert "not a tf.Example" in rows[1].parse_error
+    assert rows[2].fields["articleType"] == "Top Wear"  # several values: one text
+    bad_title = records.to_product(rows[2], COLUMNS, 10_000)
+    assert bad_title.reason == records.INVALID_UTF8
+    assert json.loads(bad_title.to_json())["fields"]["title"] == "<4 bytes>"
+
+
+def test_a_corrupt_tfrecord_file_ends_in_one_quarantined_row(tmp_path):
+    import tensorflow as tf
+
+    path = tmp_path / "catalog.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(_example(id=1, title=b"a"))
+        writer.write(_example(id=2, title=b"b"))
+    data = path.read_bytes()
+    path.write_bytes(data[:-5])  # the second record's data and checksum cut short
+    rows = _rows(path)
+    assert [r.row_number for r in rows] == [1, 2]
+    assert rows[0].fields["id"] == "1" and "corrupt TFRecord" in rows[1].parse_error
+
+
+def test_extra_text_columns_are_joined_with_the_separator_and_labels_made_one_line(tmp_path):
+    _save(tmp_path, PIL.Image.new("RGB", (8, 8)))
+    columns = CatalogColumns(label="articleType", extra_text=("brand", "description"), text_separator=" ; ")
+    row = _row(tmp_path, brand="  Acme ", description="", articleType="Casual\nShoes ")
+    product = records.to_product(row, columns, 10_000)
+    assert product.title == "Blue Shirt ; Acme"  # the empty description adds no separator
+    assert product.label == "Casual Shoes"

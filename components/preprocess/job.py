@@ -1,10 +1,21 @@
-"""The preprocess stage: a Beam pipeline from a raw catalog to transformed TFRecords and a transform graph.
+"""The preprocess stage: Beam pipelines from a raw catalog to transformed TFRecords and a transform graph.
 
-    catalog files → rows → text checks → one row per id → image checks → split by hash of id
-        → tensorflow-transform (label vocabulary analysed on train only) → GZIP TFRecords
-    and every rejected row → quarantine.jsonl, with its reason.
+Two Beam pipelines, one after the other, as TFX's ExampleGen and Transform are:
 
-The pipeline is built and run inside `preprocess()`: a Beam/TFT pipeline built at import time crashes
+    validate:  catalog files → rows → text checks → one row per id → images read and checked
+               → split by hash of id → raw tf.Examples (temporary TFRecords)
+               and every rejected row → quarantine.jsonl, with its reason
+    transform: raw train → tensorflow-transform analysis (label vocabulary on train only) → transform graph
+               raw train, raw eval → transform → GZIP TFRecords of model features
+
+Why two: the analysis must finish before any row is transformed, so in one pipeline every raw example,
+photo included, would wait in the runner for the analysis; the DirectRunner waits in memory (measured:
+peak memory grew with the catalog). Read back from files, the transform streams: each split is read
+once for analysis (train) and once for the transform, the way TFT's own AnalyzeAndTransformDataset
+re-reads its input rather than holding it. What the runner still shuffles is the text of each row
+(grouping by id), never an image.
+
+The pipelines are built and run inside `preprocess()`: a Beam/TFT pipeline built at import time crashes
 the interpreter at exit (protobuf's C extension).
 """
 from __future__ import annotations
@@ -14,24 +25,36 @@ import hashlib
 import json
 import logging
 import os
+import pathlib
 import tempfile
-from typing import Iterable, Sequence
+import uuid
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from components.preprocess import records
-from components.preprocess.catalog import CatalogColumns, CatalogRow, read_rows
-from components.preprocess.transform import RAW_FEATURE_SPEC, TransformOptions, make_preprocessing_fn
+from components.preprocess.catalog import CatalogColumns, CatalogRow, check_catalog, read_rows
 from trainer import features
-from trainer.data import write_split_sizes
+
+if TYPE_CHECKING:
+    from components.preprocess.transform import TransformOptions
 
 QUARANTINE_FILE = "quarantine.jsonl"
 METRICS_FILE = "metrics.json"
 RECORD_SUFFIX = ".tfrecord.gz"
+SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
+DEFAULT_EVAL_FRACTION = 0.2
+_RAW_SUFFIX = ".tfrecord"  # temporary raw examples: JPEG bytes do not compress, gzip would only cost CPU
 _COUNTS_PREFIX = "counts"
 _QUARANTINE_TAG = "quarantine"
+_PROJECT_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
+
+
+class PreprocessError(ValueError):
+    """The outputs cannot be written as asked: the user's to fix before anything runs."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +63,8 @@ class PreprocessResult:
     examples_dir: str
     transform_graph_dir: str
     quarantine_file: str
+    metrics_file: str
+    label_vocabulary_file: str
 
 
 def split_of(product_id: str, eval_fraction: float) -> str:
@@ -72,10 +97,11 @@ class _KeepFirstOfEachId(beam.DoFn):
 
     def process(self, keyed: tuple[str, Iterable[CatalogRow]]):
         product_id, rows = keyed
+        # The rows of one id only: a handful, whatever the catalog's size.
         ordered = sorted(rows, key=lambda r: (r.source, r.row_number))
-        yield ordered[0]
+        first = ordered[0]
+        yield first
         for dup in ordered[1:]:
-            first = ordered[0]
             message = f"id {product_id!r} already seen at {first.source} row {first.row_number}"
             yield beam.pvalue.TaggedOutput(
                 _QUARANTINE_TAG, records.quarantine(dup, self._columns, records.DUPLICATE_ID, message)
@@ -95,16 +121,32 @@ class _ToProduct(beam.DoFn):
             yield result
 
 
-def _count(pcoll, name: str):
-    return pcoll | f"Count{name}" >> beam.combiners.Count.Globally() | f"Key{name}" >> beam.Map(lambda n: (name, n))
-
-
-def _beam_options(beam_args: Sequence[str]) -> PipelineOptions:
+def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
+    """Pipeline options from command-line style arguments, passed through unchanged, plus defaults:
+    the DirectRunner, and on it one worker process per core."""
     args = list(beam_args)
-    if not any(a.startswith("--runner") for a in args):
+    if PipelineOptions(args).view_as(StandardOptions).runner is None:
         # Beam's own default is now Prism, which downloads a binary at run time.
         args.append("--runner=DirectRunner")
+    runner = PipelineOptions(args).view_as(StandardOptions).runner
+    if runner in ("DirectRunner", "direct") and not any(a.startswith("--direct_running_mode") for a in args):
+        args.append("--direct_running_mode=multi_processing")
+        if not any(a.startswith("--direct_num_workers") for a in args):
+            args.append("--direct_num_workers=0")  # 0: as many as there are cores
     return PipelineOptions(args)
+
+
+def runs_on_this_machine(beam_args: Sequence[str]) -> bool:
+    """Whether the runner's workers share this machine's files: only then may outputs be local paths
+    (remote workers need URIs such as gs:// or s3://)."""
+    return beam_options(beam_args).view_as(StandardOptions).runner in ("DirectRunner", "direct")
+
+
+def check_outputs(examples_dir: str) -> None:
+    for split in SPLITS:
+        # Shards of an earlier run would be read as part of this one.
+        if FileSystems.match([split_file_pattern(examples_dir, split)])[0].metadata_list:
+            raise PreprocessError(f"{examples_dir} already holds {split} records: write to a new directory")
 
 
 def preprocess(
@@ -114,140 +156,245 @@ def preprocess(
     options: TransformOptions,
     examples_dir: str,
     transform_graph_dir: str,
-    report_dir: str,
-    eval_fraction: float = 0.2,
+    quarantine_file: str,
+    metrics_file: str,
+    eval_fraction: float = DEFAULT_EVAL_FRACTION,
     max_image_pixels: int = records.DEFAULT_MAX_IMAGE_PIXELS,
     beam_args: Sequence[str] = (),
     temp_dir: str | None = None,
 ) -> PreprocessResult:
-    """Runs the preprocess stage; returns its metrics (rows in, kept per split, quarantined per reason)."""
-    # Imported here: tensorflow_transform.beam registers Beam coders and pulls TF in; the CLI's
-    # argument errors should not pay for it.
-    import tensorflow_transform as tft
-    import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+    """Runs the preprocess stage; returns its metrics (rows in, kept per split, quarantined per reason,
+    label vocabulary and out-of-vocabulary labels), also written to `metrics_file`.
 
+    `temp_dir` holds the raw examples between the two pipelines and TFT's scratch files; by default a
+    new directory under the pipeline's --temp_location (needed on remote runners) or the local temp dir.
+    It is deleted when the stage succeeds.
+    """
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
-    temp_dir = temp_dir or tempfile.mkdtemp(prefix="hanet-preprocess-")
-    raw_metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(RAW_FEATURE_SPEC))
-    preprocessing_fn = make_preprocessing_fn(options)
+    check_catalog(catalog, columns)
+    check_outputs(examples_dir)
+    pipeline_options = beam_options(beam_args)
+    if pipeline_options.view_as(DirectOptions).direct_running_mode == "multi_processing":
+        # The worker processes unpickle this project's DoFns, so they must be able to import it.
+        paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        if _PROJECT_ROOT not in paths:
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_PROJECT_ROOT, *paths]))
+    temp_location = pipeline_options.view_as(GoogleCloudOptions).temp_location
+    if temp_dir is None:
+        temp_dir = (
+            FileSystems.join(temp_location, f"hanet-preprocess-{uuid.uuid4().hex}")
+            if temp_location
+            else tempfile.mkdtemp(prefix="hanet-preprocess-")
+        )
+    raw_dir = FileSystems.join(temp_dir, "raw")
 
-    with beam.Pipeline(options=_beam_options(beam_args)) as pipeline:
-        with tft_beam.Context(temp_dir=os.path.join(temp_dir, "tft")):
-            rows = (
-                pipeline
-                | "Catalog" >> beam.Create([catalog])
-                | "Match" >> fileio.MatchAll()
-                | "Open" >> fileio.ReadMatches()
-                | "Rows" >> beam.FlatMap(lambda f: read_rows(f.metadata.path, f.open()))
-            )
-            checked = rows | "CheckText" >> beam.ParDo(_CheckText(columns)).with_outputs(
-                _QUARANTINE_TAG, main="valid"
-            )
-            unique = (
-                checked.valid
-                | "GroupById" >> beam.GroupByKey()
-                | "KeepFirst" >> beam.ParDo(_KeepFirstOfEachId(columns)).with_outputs(_QUARANTINE_TAG, main="first")
-            )
-            products = (
-                unique.first
-                # Spreads image reads over all workers: a catalog file is read by one worker.
-                | "Spread" >> beam.Reshuffle()
-                | "ReadImages" >> beam.ParDo(_ToProduct(columns, max_image_pixels)).with_outputs(
-                    _QUARANTINE_TAG, main="product"
-                )
-            )
-            quarantined = (
-                checked[_QUARANTINE_TAG],
-                unique[_QUARANTINE_TAG],
-                products[_QUARANTINE_TAG],
-            ) | "AllQuarantined" >> beam.Flatten()
+    _validate(catalog, columns, eval_fraction, max_image_pixels, raw_dir, quarantine_file, temp_dir, pipeline_options)
+    _transform(options, raw_dir, examples_dir, transform_graph_dir, temp_dir, pipeline_options)
 
-            by_split = products.product | "Split" >> beam.Partition(
-                lambda p, _: 0 if split_of(p.id, eval_fraction) == features.TRAIN_SPLIT else 1, 2
+    metrics = _metrics(temp_dir, transform_graph_dir, options.label_min_count)
+    _write_json(metrics_file, metrics)
+    # The trainer's steps per epoch come from here rather than from a pass over the records.
+    from trainer.data import write_split_sizes
+
+    write_split_sizes(examples_dir, metrics["kept"])
+    _delete(temp_dir)
+    return PreprocessResult(
+        metrics,
+        examples_dir,
+        transform_graph_dir,
+        quarantine_file,
+        metrics_file,
+        label_vocabulary_file(transform_graph_dir),
+    )
+
+
+def _validate(catalog, columns, eval_fraction, max_image_pixels, raw_dir, quarantine_file, temp_dir, pipeline_options):
+    """Pipeline 1: catalog → raw examples per split, quarantine, counts."""
+    import tensorflow_transform as tft
+    from tensorflow_transform.tf_metadata import schema_utils
+
+    from components.preprocess.transform import RAW_FEATURE_SPEC
+
+    raw_coder = tft.coders.ExampleProtoCoder(schema_utils.schema_from_feature_spec(RAW_FEATURE_SPEC))
+    with beam.Pipeline(options=pipeline_options) as pipeline:
+        rows = (
+            pipeline
+            | "Catalog" >> beam.Create([catalog])
+            | "Match" >> fileio.MatchAll()
+            | "Open" >> fileio.ReadMatches()
+            # One worker reads one catalog file (a sharded catalog, e.g. part-*.csv, is read in parallel).
+            | "Rows" >> beam.FlatMap(lambda f: read_rows(f.metadata.path, f.open))
+        )
+        checked = rows | "CheckText" >> beam.ParDo(_CheckText(columns)).with_outputs(_QUARANTINE_TAG, main="valid")
+        unique = (
+            checked.valid
+            | "GroupById" >> beam.GroupByKey()
+            | "KeepFirst" >> beam.ParDo(_KeepFirstOfEachId(columns)).with_outputs(_QUARANTINE_TAG, main="first")
+        )
+        products = (
+            unique.first
+            # Spreads the image reads evenly over all workers, whatever the runner made of the grouping.
+            | "Spread" >> beam.Reshuffle()
+            | "ReadImages" >> beam.ParDo(_ToProduct(columns, max_image_pixels)).with_outputs(
+                _QUARANTINE_TAG, main="product"
             )
-            raw = {
-                split: by_split[i] | f"RawExample{split}" >> beam.Map(records.RawProduct.as_raw_example)
-                for i, split in enumerate((features.TRAIN_SPLIT, features.EVAL_SPLIT))
-            }
+        )
+        quarantined = (
+            checked[_QUARANTINE_TAG],
+            unique[_QUARANTINE_TAG],
+            products[_QUARANTINE_TAG],
+        ) | "AllQuarantined" >> beam.Flatten()
+
+        by_split = products.product | "Split" >> beam.Partition(
+            lambda p, _: SPLITS.index(split_of(p.id, eval_fraction)), len(SPLITS)
+        )
+        for i, split in enumerate(SPLITS):
+            _ = (
+                by_split[i]
+                | f"RawExample{split}" >> beam.Map(lambda p: raw_coder.encode(p.as_raw_example()))
+                | f"WriteRaw{split}" >> beam.io.WriteToTFRecord(FileSystems.join(raw_dir, split, "part"), file_name_suffix=_RAW_SUFFIX)
+            )
+        _ = (
+            quarantined
+            | "QuarantineJson" >> beam.Map(records.Quarantined.to_json)
+            | "WriteQuarantine" >> beam.io.WriteToText(quarantine_file, shard_name_template="")
+        )
+        # Everything metrics.json reports, counted by the runner as (what, ...) keys.
+        counted = (
+            rows | "KeyRowsIn" >> beam.Map(lambda _: ("rows_in",)),
+            quarantined | "KeyReasons" >> beam.Map(lambda q: ("quarantined", q.reason)),
+            *(
+                by_split[i] | f"KeyLabels{split}" >> beam.Map(lambda p, split=split: ("label", split, p.label))
+                for i, split in enumerate(SPLITS)
+            ),
+        ) | "AllKeys" >> beam.Flatten()
+        _ = (
+            counted
+            | "Count" >> beam.combiners.Count.PerElement()
+            | "CountsJson" >> beam.MapTuple(lambda key, n: json.dumps([*key, n]))
+            | "WriteCounts" >> beam.io.WriteToText(FileSystems.join(temp_dir, _COUNTS_PREFIX), file_name_suffix=".jsonl")
+        )
+
+
+def _transform(options, raw_dir, examples_dir, transform_graph_dir, temp_dir, pipeline_options):
+    """Pipeline 2: raw examples → transform graph (analysed on train only) → transformed records."""
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import schema_utils
+    from tfx_bsl.public import tfxio
+
+    from components.preprocess.transform import RAW_FEATURE_SPEC, make_preprocessing_fn
+
+    raw_schema = schema_utils.schema_from_feature_spec(RAW_FEATURE_SPEC)
+
+    def raw_examples(split: str) -> tfxio.TFExampleRecord:
+        return tfxio.TFExampleRecord(
+            FileSystems.join(raw_dir, split, f"part-*{_RAW_SUFFIX}"),
+            schema=raw_schema,
+            telemetry_descriptors=["hanet", "preprocess"],
+        )
+
+    encoder = tfxio.RecordBatchToExamplesEncoder()
+    with beam.Pipeline(options=pipeline_options) as pipeline:
+        with tft_beam.Context(temp_dir=FileSystems.join(temp_dir, "tft")):
+            train = raw_examples(features.TRAIN_SPLIT)
             # The label vocabulary is analysed on train only: an eval label unseen in train maps to OOV.
-            transform_fn = (raw[features.TRAIN_SPLIT], raw_metadata) | "Analyze" >> tft_beam.AnalyzeDataset(
-                preprocessing_fn
-            )
+            transform_fn = (
+                pipeline | "ReadTrainForAnalysis" >> train.BeamSource(),
+                train.TensorAdapterConfig(),
+            ) | "Analyze" >> tft_beam.AnalyzeDataset(make_preprocessing_fn(options))
             _ = transform_fn | "WriteTransformGraph" >> tft_beam.WriteTransformFn(transform_graph_dir)
-            for split, raw_examples in raw.items():
-                transformed, transformed_metadata = (
-                    (raw_examples, raw_metadata),
+            for split in SPLITS:
+                source = raw_examples(split)
+                transformed, _ = (
+                    (pipeline | f"Read{split}" >> source.BeamSource(), source.TensorAdapterConfig()),
                     transform_fn,
-                ) | f"Transform{split}" >> tft_beam.TransformDataset()
-                coder = tft.coders.ExampleProtoCoder(transformed_metadata.schema)
+                ) | f"Transform{split}" >> tft_beam.TransformDataset(output_record_batches=True)
                 _ = (
                     transformed
-                    | f"Encode{split}" >> beam.Map(coder.encode)
+                    | f"Encode{split}" >> beam.FlatMapTuple(lambda batch, _: encoder.encode(batch))
                     | f"Write{split}"
                     >> beam.io.WriteToTFRecord(os.path.join(examples_dir, split, "part"), file_name_suffix=RECORD_SUFFIX)
                 )
 
-            _ = (
-                quarantined
-                | "QuarantineJson" >> beam.Map(records.Quarantined.to_json)
-                | "WriteQuarantine"
-                >> beam.io.WriteToText(os.path.join(report_dir, QUARANTINE_FILE), shard_name_template="")
-            )
-            counts = (
-                _count(rows, "rows_in"),
-                _count(raw[features.TRAIN_SPLIT], f"kept_{features.TRAIN_SPLIT}"),
-                _count(raw[features.EVAL_SPLIT], f"kept_{features.EVAL_SPLIT}"),
-                quarantined
-                | "Reasons" >> beam.Map(lambda q: f"quarantined_{q.reason}")
-                | "CountReasons" >> beam.combiners.Count.PerElement(),
-            ) | "AllCounts" >> beam.Flatten()
-            _ = (
-                counts
-                | "CountsJson" >> beam.Map(json.dumps)
-                | "WriteCounts"
-                >> beam.io.WriteToText(os.path.join(temp_dir, _COUNTS_PREFIX), file_name_suffix=".jsonl")
-            )
 
-    metrics = _metrics(temp_dir, transform_graph_dir)
-    _write_json(os.path.join(report_dir, METRICS_FILE), metrics)
-    # The trainer's steps per epoch come from here rather than from a pass over the records.
-    write_split_sizes(examples_dir, metrics["kept"])
-    return PreprocessResult(metrics, examples_dir, transform_graph_dir, os.path.join(report_dir, QUARANTINE_FILE))
+def label_vocabulary_file(transform_graph_dir: str) -> str:
+    import tensorflow_transform as tft
+
+    return tft.TFTransformOutput(transform_graph_dir).vocabulary_file_by_name(features.LABEL_VOCABULARY_NAME)
 
 
-def _metrics(temp_dir: str, transform_graph_dir: str) -> dict:
+def _metrics(temp_dir: str, transform_graph_dir: str, label_min_count: int) -> dict:
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    counts: dict[str, int] = {}
-    for path in tf.io.gfile.glob(os.path.join(temp_dir, f"{_COUNTS_PREFIX}*")):
+    rows_in, quarantined = 0, {}
+    label_rows: dict[str, dict[str, int]] = {split: {} for split in SPLITS}  # one entry per label, not per row
+    for path in tf.io.gfile.glob(FileSystems.join(temp_dir, f"{_COUNTS_PREFIX}*")):
         with tf.io.gfile.GFile(path) as f:
             for line in f:
-                name, n = json.loads(line)
-                counts[name] = counts.get(name, 0) + n
-    kept = {split: counts.get(f"kept_{split}", 0) for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT)}
-    quarantined = {k.removeprefix("quarantined_"): v for k, v in sorted(counts.items()) if k.startswith("quarantined_")}
-    metrics = {
-        "rows_in": counts.get("rows_in", 0),
-        "kept": kept,
-        "quarantined": quarantined,
-        "label_vocabulary_size": tft.TFTransformOutput(transform_graph_dir).vocabulary_size_by_name(
-            features.LABEL_VOCABULARY_NAME
-        ),
+                what, *key, n = json.loads(line)
+                if what == "rows_in":
+                    rows_in += n
+                elif what == "quarantined":
+                    quarantined[key[0]] = quarantined.get(key[0], 0) + n
+                else:
+                    split, label = key
+                    label_rows[split][label] = label_rows[split].get(label, 0) + n
+    vocabulary = {
+        v.decode("utf-8") for v in tft.TFTransformOutput(transform_graph_dir).vocabulary_by_name(features.LABEL_VOCABULARY_NAME)
     }
-    accounted = sum(kept.values()) + sum(quarantined.values())
-    if accounted != metrics["rows_in"]:
+    train_labels, eval_labels = label_rows[features.TRAIN_SPLIT], label_rows[features.EVAL_SPLIT]
+    metrics = {
+        "rows_in": rows_in,
+        "kept": {split: sum(label_rows[split].values()) for split in SPLITS},
+        "quarantined": dict(sorted(quarantined.items())),
+        "label_vocabulary_size": len(vocabulary),
+        "label_min_count": label_min_count,
+        # Rows whose label the model cannot predict: it maps to the out-of-vocabulary bucket.
+        "out_of_vocabulary_rows": {
+            split: sum(n for label, n in label_rows[split].items() if label not in vocabulary) for split in SPLITS
+        },
+        # Kept (evaluated against the OOV bucket) but never trained on.
+        "labels_only_in_eval": {label: n for label, n in sorted(eval_labels.items()) if label not in train_labels},
+        # In train, but fewer times than label_min_count.
+        "labels_below_min_count": {
+            label: n for label, n in sorted(train_labels.items()) if label not in vocabulary
+        },
+    }
+    accounted = sum(metrics["kept"].values()) + sum(quarantined.values())
+    if accounted != rows_in:
         # Every row must end in exactly one place; a mismatch is a bug in this stage, never in the data.
-        raise RuntimeError(f"preprocess lost rows: {metrics['rows_in']} in, {accounted} kept or quarantined")
+        raise RuntimeError(f"preprocess lost rows: {rows_in} in, {accounted} kept or quarantined")
     logging.info("preprocess metrics: %s", metrics)
     return metrics
+
+
+def format_counts(metrics: dict) -> str:
+    """The counts of a run as a few lines for a terminal or a component log."""
+    lines = [
+        f"rows in: {metrics['rows_in']}",
+        "kept: " + ", ".join(f"{split} {n}" for split, n in metrics["kept"].items()),
+        "quarantined: "
+        + (", ".join(f"{reason} {n}" for reason, n in metrics["quarantined"].items()) or "none"),
+        f"label vocabulary: {metrics['label_vocabulary_size']} labels (min count {metrics['label_min_count']})",
+    ]
+    only_eval = metrics["labels_only_in_eval"]
+    if only_eval:
+        lines.append(f"labels only in eval (mapped to OOV): {len(only_eval)} labels, {sum(only_eval.values())} rows")
+    return "\n".join(lines)
 
 
 def _write_json(path: str, payload: dict) -> None:
     import tensorflow as tf
 
-    tf.io.gfile.makedirs(os.path.dirname(path))
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
     with tf.io.gfile.GFile(path, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
+        json.dump(payload, f, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def _delete(path: str) -> None:
+    import tensorflow as tf
+
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.rmtree(path)

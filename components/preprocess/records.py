@@ -11,7 +11,6 @@ import json
 from typing import Mapping
 
 import PIL.Image
-import tensorflow as tf
 
 from components.preprocess.catalog import CatalogColumns, CatalogRow, resolve_image_uri
 from trainer import features
@@ -58,6 +57,9 @@ class Quarantined:
 
 
 def _jsonable(value: object) -> object:
+    if isinstance(value, bytes):
+        # An embedded image (tf.Example catalogs): its size says enough, the bytes would bloat the file.
+        return f"<{len(value)} bytes>"
     if isinstance(value, str):
         # Undecodable bytes were kept as surrogates; show them escaped rather than fail to write.
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -95,6 +97,8 @@ def _text_field(row: CatalogRow, column: str) -> str:
     value = row.fields.get(column)
     if value is None:
         return ""
+    if isinstance(value, bytes):  # a tf.Example bytes feature that did not decode as UTF-8
+        raise RowError(INVALID_UTF8, f"column {column!r} is not valid UTF-8")
     text = str(value)
     try:
         text.encode("utf-8")
@@ -103,8 +107,11 @@ def _text_field(row: CatalogRow, column: str) -> str:
     return text.strip()
 
 
-def validate_row(row: CatalogRow, columns: CatalogColumns) -> tuple[str, str, str, str]:
-    """Checks the text fields of a row; returns (id, title, label, image URI) or raises RowError."""
+def validate_row(row: CatalogRow, columns: CatalogColumns) -> tuple[str, str, str, str | bytes]:
+    """Checks the text fields of a row; returns (id, title, label, image) or raises RowError.
+
+    The image is a readable URI, or the encoded image itself when the catalog embeds it.
+    """
     if row.parse_error:
         raise RowError(MALFORMED_ROW, row.parse_error)
     product_id = _text_field(row, columns.id)
@@ -112,12 +119,17 @@ def validate_row(row: CatalogRow, columns: CatalogColumns) -> tuple[str, str, st
         raise RowError(MISSING_ID, f"column {columns.id!r} is empty or missing")
     if not _text_field(row, columns.title):
         raise RowError(MISSING_TITLE, f"column {columns.title!r} is empty or whitespace")
-    title = " ".join(
+    title = columns.text_separator.join(
         part for part in (_text_field(row, c) for c in (columns.title, *columns.extra_text)) if part
     )
-    label = _text_field(row, columns.label)
+    # TFT writes the vocabulary one label per line and silently drops labels holding a line break,
+    # which would send every row of such a label to OOV: whitespace runs become one space instead.
+    label = " ".join(_text_field(row, columns.label).split())
     if not label:
         raise RowError(MISSING_LABEL, f"column {columns.label!r} is empty or missing")
+    embedded = row.fields.get(columns.image)
+    if isinstance(embedded, bytes) and embedded:
+        return product_id, title, label, embedded
     image = _text_field(row, columns.image)
     if not image:
         raise RowError(MISSING_IMAGE, f"column {columns.image!r} is empty or missing")
@@ -125,6 +137,10 @@ def validate_row(row: CatalogRow, columns: CatalogColumns) -> tuple[str, str, st
 
 
 def read_image(uri: str) -> bytes:
+    # tf.io.gfile reads every URI TensorFlow's filesystems know (gs://, s3:// with its plugin, ...).
+    # Imported here so that the command line can check its arguments before TensorFlow loads.
+    import tensorflow as tf
+
     try:
         with tf.io.gfile.GFile(uri, "rb") as f:
             return f.read()
@@ -168,8 +184,11 @@ def normalize_image(data: bytes, uri: str, max_pixels: int = DEFAULT_MAX_IMAGE_P
 
 def to_product(row: CatalogRow, columns: CatalogColumns, max_pixels: int) -> RawProduct | Quarantined:
     try:
-        product_id, title, label, uri = validate_row(row, columns)
-        image_bytes = normalize_image(read_image(uri), uri, max_pixels)
+        product_id, title, label, image = validate_row(row, columns)
+        if isinstance(image, bytes):
+            image_bytes = normalize_image(image, f"embedded in column {columns.image!r}", max_pixels)
+        else:
+            image_bytes = normalize_image(read_image(image), image, max_pixels)
     except RowError as e:
         return quarantine(row, columns, e.reason, e.message)
     return RawProduct(row.source, row.row_number, product_id, title, label, image_bytes)
@@ -178,5 +197,6 @@ def to_product(row: CatalogRow, columns: CatalogColumns, max_pixels: int) -> Raw
 def quarantine(row: CatalogRow, columns: CatalogColumns, reason: str, message: str) -> Quarantined:
     raw_id = row.fields.get(columns.id)
     return Quarantined(
-        row.source, row.row_number, None if raw_id in (None, "") else str(raw_id), reason, message, row.fields
+        row.source, row.row_number, None if raw_id in (None, "", b"") else str(_jsonable(raw_id)), reason, message,
+        row.fields,
     )

@@ -204,6 +204,10 @@ class BertTokenizer(tf.Module):
             titles = tf.convert_to_tensor(titles, tf.string)
             titles.shape.assert_has_rank(1)
             words = self._basic_tokenize(titles)  # [batch, (words)]
+            # Every word yields at least one token (pieces or [UNK]), so words past the token budget
+            # never reach the output: dropping them first bounds the WordPiece cost of a very long
+            # title (a pasted description, a 1 MB cell) to that of a short one.
+            words = words[:, : self.max_seq_length - 2]
             pieces = self._wordpiece(words.flat_values)  # [words, (pieces)]
             tokens = words.with_flat_values(pieces).merge_dims(1, 2)  # [batch, (tokens)]
             return self._pack(tokens)
