@@ -94,6 +94,11 @@ HARD_CASES = {
     "hangul_nfd_108_bytes": "한" * 12,
     "accented_fits_after_fold": "é" * 60,  # 120 bytes raw, 60 after stripping accents
     "cjk_long_run": "中" * 70,  # split per ideograph, never one long word
+    # very long titles (a pasted description): truncated to the token budget, never rejected
+    "very_long_title": "Navy-Blue Slim Fit Café Shirt, " * 5000,
+    "very_long_unknown_words": ("zzqxjö" * 3 + " ") * 3000,
+    "very_long_punct_run": "!!! " * 20000 + "Shirt",
+    "very_long_cjk": "中文字" * 20000,
     # no tokens at all
     "empty": "",
     "spaces": "   ",

@@ -9,8 +9,10 @@ invalid UTF-8 by validation.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import gzip
 import io
 import json
 import posixpath
@@ -84,6 +86,7 @@ def catalog_format(path: str) -> str:
 def check_catalog(catalog: str, columns: CatalogColumns) -> list[str]:
     """The catalog files matched by `catalog` (a path, URI or glob; Beam's filesystems list it, as the
     job will); raises CatalogError when the job could not use them at all."""
+    from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
     try:
@@ -97,34 +100,38 @@ def check_catalog(catalog: str, columns: CatalogColumns) -> list[str]:
     first = files[0]
     if catalog_format(first) == "csv":
         # A CSV header is the catalog's schema: a misspelt column would otherwise quarantine every row.
-        header = csv_header(lambda: FileSystems.open(first))
+        header = csv_header(first, lambda: FileSystems.open(first, compression_type=CompressionTypes.UNCOMPRESSED))
         absent = [c for c in (*columns.required(), *columns.extra_text) if c not in header]
         if absent:
             raise CatalogError(f"catalog {first} has no column {', '.join(map(repr, absent))} (its columns: {header})")
     return files
 
 
-def _text_stream(binary: BinaryIO) -> io.TextIOWrapper:
-    # surrogateescape keeps bytes that are not UTF-8 so validation can quarantine the row by name
-    # instead of the whole file failing to decode.
-    return io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
-
-
-def read_rows(source: str, open_binary: Callable[[], BinaryIO]) -> Iterator[CatalogRow]:
-    """Yields the rows of one catalog file; `open_binary` opens it (decompressed) for reading."""
+def read_rows(source: str, open_file: Callable[[], BinaryIO]) -> Iterator[CatalogRow]:
+    """Yields the rows of one catalog file; `open_file` opens its bytes as stored (gzip is undone here)."""
     fmt = catalog_format(source)
     if fmt == "tfrecord":
         yield from _tf_example_rows(source)
         return
-    with open_binary() as binary:
-        text = _text_stream(binary)
+    with _open_text(source, open_file) as text:
         yield from (_csv_rows if fmt == "csv" else _jsonl_rows)(source, text)
 
 
-def csv_header(open_binary: Callable[[], BinaryIO]) -> list[str]:
+def csv_header(source: str, open_file: Callable[[], BinaryIO]) -> list[str]:
     """The column names of a CSV catalog (its first line)."""
-    with open_binary() as binary:
-        return next(csv.reader(_text_stream(binary)), [])
+    with _open_text(source, open_file) as text:
+        return next(csv.reader(text), [])
+
+
+@contextlib.contextmanager
+def _open_text(source: str, open_file: Callable[[], BinaryIO]) -> Iterator[io.TextIOWrapper]:
+    with open_file() as stored:
+        # gzip.GzipFile rather than Beam's own decompressing reader, which is not a full io object
+        # (TextIOWrapper needs one).
+        binary = gzip.GzipFile(fileobj=stored, mode="rb") if source.lower().endswith(".gz") else stored
+        # surrogateescape keeps bytes that are not UTF-8 so validation can quarantine the row by name
+        # instead of the whole file failing to decode.
+        yield io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
 
 
 def _csv_rows(source: str, text: io.TextIOBase) -> Iterator[CatalogRow]:

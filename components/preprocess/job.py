@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
@@ -76,6 +77,13 @@ def split_of(product_id: str, eval_fraction: float) -> str:
 
 def split_file_pattern(examples_dir: str, split: str) -> str:
     return os.path.join(examples_dir, split, f"part-*{RECORD_SUFFIX}")
+
+
+def _rows_of(catalog_file: fileio.ReadableFile) -> Iterable[CatalogRow]:
+    # Opened as stored: read_rows undoes gzip itself.
+    return read_rows(
+        catalog_file.metadata.path, lambda: catalog_file.open(compression_type=CompressionTypes.UNCOMPRESSED)
+    )
 
 
 class _CheckText(beam.DoFn):
@@ -224,7 +232,7 @@ def _validate(catalog, columns, eval_fraction, max_image_pixels, raw_dir, quaran
             | "Match" >> fileio.MatchAll()
             | "Open" >> fileio.ReadMatches()
             # One worker reads one catalog file (a sharded catalog, e.g. part-*.csv, is read in parallel).
-            | "Rows" >> beam.FlatMap(lambda f: read_rows(f.metadata.path, f.open))
+            | "Rows" >> beam.FlatMap(_rows_of)
         )
         checked = rows | "CheckText" >> beam.ParDo(_CheckText(columns)).with_outputs(_QUARANTINE_TAG, main="valid")
         unique = (
