@@ -132,7 +132,8 @@ def test_kfp_config_of_the_images_names_a_module_that_defines_every_compiled_fun
         args = executor["container"]["args"]
         function = args[args.index("--function_to_execute") + 1]
         module = REPO / components[function]
-        assert any(components[function].startswith(d) for sources, _ in copies(DOCKERFILES["trainer"]) for d in sources)
+        for dockerfile in DOCKERFILES.values():
+            assert any(components[function].startswith(d) for sources, _ in copies(dockerfile) for d in sources)
         defined = {node.name for node in ast.parse(module.read_text()).body if isinstance(node, ast.FunctionDef)}
         assert function in defined
 
@@ -164,9 +165,19 @@ def test_compiled_push_command_runs_in_a_replica_of_the_component_image(compiled
     (model / "variables" / "variables.index").write_bytes(b"an index")
     serving = tmp_path / "serving"
     outputs = tmp_path / "outputs"
+    # push's parameters as the pipeline passes them: its defaults, with this test's serving base. The
+    # spec holds numbers as floats; the backend's JSON writes an integral one as an integer.
+    wiring = compiled["components"]["comp-condition-1"]["dag"]["tasks"]["push"]["inputs"]["parameters"]
+    kinds = compiled["components"]["comp-push"]["inputDefinitions"]["parameters"]
+    defaults = compiled["root"]["inputDefinitions"]["parameters"]
+    parameters = {}
+    for name, source in wiring.items():
+        value = defaults[source["componentInputParameter"].removeprefix("pipelinechannel--")]["defaultValue"]
+        parameters[name] = int(value) if kinds[name]["parameterType"] == "NUMBER_INTEGER" else value
+    parameters["serving_base"] = str(serving)
     executor_input = {
         "inputs": {
-            "parameterValues": {"serving_base": str(serving), "model_name": "hanet"},
+            "parameterValues": parameters,
             "artifacts": {
                 "model": {"artifacts": [{"name": "model", "type": {"schemaTitle": "system.Model"}, "uri": str(model)}]}
             },
