@@ -52,6 +52,10 @@ def register(commands) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    compiled_in = [o for o in args.overrides if o.split(".", 1)[0] in ("images", "tasks")]
+    if args.package and (args.image_tag or compiled_in):
+        flag = "--image-tag" if args.image_tag else f"--set {compiled_in[0]}"
+        raise cli.UserError(f"{flag} changes the compiled spec, so it cannot apply to --package: compile again")
     cfg = cli.load_config(args)
     host = args.host or os.environ.get(ENDPOINT_ENV)
     if not host:

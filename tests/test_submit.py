@@ -228,3 +228,9 @@ def test_a_run_without_a_catalog_is_refused_before_contacting_the_cluster(api, c
     assert main(["submit", "--host", api.url, "--param", "serving_base=gs://shop/serving"]) == 1
     assert "the run has no catalog: pass --param catalog=" in capsys.readouterr().err
     assert not api.requests
+
+
+def test_settings_compiled_into_the_spec_are_refused_with_a_package(api, package, capsys):
+    assert main(["submit", "--host", api.url, "--package", package, "--set", "tasks.train.accelerator_count=2"]) == 1
+    assert "--set tasks.train.accelerator_count=2 changes the compiled spec" in capsys.readouterr().err
+    assert not api.requests
