@@ -101,14 +101,38 @@ def train(
     epochs: int,
     batch_size: int,
     learning_rate: float,
+    image_epochs: int,
+    image_batch_size: int,
+    image_learning_rate: float,
+    image_lr_decay_epochs: int,
+    frozen_encoders: bool,
+    init_from_unimodal: bool,
+    mixed_precision: bool,
+    backup_every_steps: int,
     model: Output[Model],
+    text_model: Output[Model],
+    image_model: Output[Model],
     training_state: Output[Artifact],
 ):
+    """`model` is the fusion's serving model. `text_model` and `image_model` are the unimodal models
+    of the pretraining stages, with the same signatures, when the fusion trains them (metadata
+    "trained"); epochs/batch_size/learning_rate are the AdamW stages' (text and fusion)."""
+    import dataclasses
+
+    from trainer import recipe
     from trainer.model import ModelConfig
     from trainer.train import TrainConfig
     from trainer.train import train as run
 
-    run(
+    adamw = dataclasses.replace(recipe.PAPER_FUSION, learning_rate=learning_rate, epochs=epochs, batch_size=batch_size)
+    sgd = dataclasses.replace(
+        recipe.PAPER_IMAGE,
+        learning_rate=image_learning_rate,
+        epochs=image_epochs,
+        batch_size=image_batch_size,
+        decay_epochs=image_lr_decay_epochs,
+    )
+    logs = run(
         examples_dir=examples.path,
         transform_graph_dir=transform_graph.path,
         export_dir=model.path,
@@ -121,9 +145,22 @@ def train(
             image_size=image_size,
             max_seq_length=max_seq_length,
         ),
-        train_config=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate),
+        train_config=TrainConfig(
+            text=adamw,
+            image=sgd,
+            fusion=adamw,
+            frozen_encoders=frozen_encoders,
+            init_from_unimodal=init_from_unimodal,
+            mixed_precision=mixed_precision,
+            backup_every_steps=backup_every_steps or None,
+        ),
+        unimodal_export_dirs={"text_only": text_model.path, "image_only": image_model.path},
     )
-    model.metadata["fusion"] = fusion
+    for artifact, stage in ((model, fusion), (text_model, "text_only"), (image_model, "image_only")):
+        artifact.metadata["fusion"] = stage
+        artifact.metadata["trained"] = stage in logs
+        for name, value in logs.get(stage, {}).items():
+            artifact.metadata[f"train_{name}"] = value
 
 
 def evaluate(

@@ -72,6 +72,10 @@ def add_param_flags(parser: argparse.ArgumentParser, defaults: config.PipelinePa
             continue
         default = getattr(defaults, field.name)
         flag = "--" + field.name.replace("_", "-")
+        if isinstance(default, bool):  # --frozen-encoders / --no-frozen-encoders
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=f"default: {default!r}")
+            continue
         parser.add_argument(flag, type=type(default), default=argparse.SUPPRESS, help=f"default: {default!r}")
     parser.add_argument(
         "--beam-arg", dest="beam_args", action="append", default=argparse.SUPPRESS, help="a Beam pipeline option"

@@ -34,9 +34,20 @@ class PipelineParams:
     image_weights: str = "imagenet"
     image_variant: str = "b0"
     fusion: str = "hanet"
+    # The text model and the fusion: AdamW, 10% warm-up (trainer/recipe.py).
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 2e-5
+    # The image model: SGD, lr divided by 10 every image_lr_decay_epochs.
+    image_epochs: int = 90
+    image_batch_size: int = 512
+    image_learning_rate: float = 0.1
+    image_lr_decay_epochs: int = 30
+    # True: encoders run once per product, only the heads train (the CPU mode; see README).
+    frozen_encoders: bool = False
+    init_from_unimodal: bool = True
+    mixed_precision: bool = True  # on GPUs only
+    backup_every_steps: int = 0  # 0: back up the training state at every epoch's end
     image_size: int = 224
     max_seq_length: int = 64
     eval_fraction: float = 0.2
@@ -67,9 +78,15 @@ def local_params() -> PipelineParams:
         bert_handle=str(PRETRAINED_DIR / "bert_minilm_l6"),
         image_weights=str(PRETRAINED_DIR / "efficientnet_lite0_imagenet.h5"),
         image_variant="lite0",
-        epochs=3,
-        batch_size=16,
-        learning_rate=1e-4,
+        # Frozen encoders: one forward pass per product, then heads train in seconds on a CPU.
+        frozen_encoders=True,
+        epochs=20,
+        batch_size=32,
+        learning_rate=1e-3,
+        image_epochs=20,
+        image_batch_size=32,
+        image_learning_rate=0.05,
+        image_lr_decay_epochs=15,
         image_size=96,
         max_seq_length=32,
         accuracy_threshold=0.0,

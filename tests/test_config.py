@@ -60,7 +60,7 @@ def test_a_bad_file_is_an_error_naming_the_file_and_key(tmp_path, text, message)
 
 def test_every_pipeline_parameter_is_settable_without_listing_it(tmp_path):
     """Parameters added to PipelineParams need no change to the loading."""
-    samples = {str: "x", int: 7, float: 0.25, list: ["--a=b"]}
+    samples = {str: "x", int: 7, float: 0.25, bool: True, list: ["--a=b"]}
     values = {
         f.name: samples[type(getattr(config.PipelineParams(), f.name))] for f in dataclasses.fields(config.PipelineParams)
     }

@@ -80,3 +80,97 @@ def test_weighted_concat_scales_each_stream_by_its_score():
 def test_unknown_fusion_is_rejected_by_name():
     with pytest.raises(ValueError, match="unknown fusion 'late'"):
         fusion.FusionHead("late", num_classes=3)
+
+
+def test_key_based_scores_without_scaling_use_the_raw_dot_products():
+    layer = fusion.KeyBasedScores(key_dim=2, scaled=False)
+    f_t, f_i = tf.constant([[1.0, 2.0]]), tf.constant([[3.0, -1.0]])
+    layer(f_t, f_i)
+    eye, zero = np.eye(2), np.zeros(2)
+    for dense in (layer.text_key, layer.text_query, layer.image_key, layer.image_query):
+        _set_dense(dense, eye, zero)
+    _set_dense(layer.text_key, 2 * eye, zero)  # k_t·q_i = 2, k_i·q_t = 1, unscaled
+    np.testing.assert_allclose(layer(f_t, f_i).numpy()[0], np.exp([2.0, 1.0]) / np.exp([2.0, 1.0]).sum(), rtol=1e-6)
+
+
+def test_unshared_keyless_scorers_score_each_stream_with_its_own_weights():
+    layer = fusion.KeylessScores(shared_scorer=False)
+    v = tf.constant([[1.0, 1.0]])
+    layer(v, v)
+    assert layer.text_scorer is not layer.image_scorer
+    _set_dense(layer.text_scorer, [[1.0], [1.0]], [0.0])  # rs_t = 2
+    _set_dense(layer.image_scorer, [[0.0], [0.0]], [0.0])  # rs_i = 0 on the same values
+    np.testing.assert_allclose(layer(v, v).numpy()[0], np.exp([2.0, 0.0]) / np.exp([2.0, 0.0]).sum(), rtol=1e-6)
+
+
+def test_weighted_sum_adds_the_scaled_streams():
+    out = fusion.weighted_sum(tf.constant([[1.0, 2.0]]), tf.constant([[3.0, 4.0]]), tf.constant([[0.25, 0.75]]))
+    np.testing.assert_allclose(out.numpy(), [[2.5, 3.5]])
+
+
+@pytest.mark.parametrize("options", [
+    {"combine": "sum"}, {"shared_scorer": False}, {"scaled": False},
+    {"hybrid_normalize": "sigmoid"}, {"hybrid_normalize": "none"},
+])
+def test_every_open_choice_builds_a_working_hanet_head(options):
+    head = fusion.fusion_head(fusion.HANET, 7, width=16, key_dim=8, **options)
+    logits = head(tf.random.normal([4, 24]), tf.random.normal([4, 40]))
+    assert logits.shape == (4, 7) and np.all(np.isfinite(logits.numpy()))
+
+
+def _unimodal_identity_heads(head, f_t, f_i, num_classes):
+    """Builds `head` and makes both unimodal classifiers the identity: p_t = softmax(f_t), p_i = softmax(f_i)."""
+    head(f_t, f_i)
+    eye, zero = np.eye(num_classes), np.zeros(num_classes)
+    _set_dense(head.text_head.classifier, eye, zero)
+    _set_dense(head.image_head.classifier, eye, zero)
+
+
+def _softmax(x):
+    e = np.exp(np.asarray(x, np.float64))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_decision_level_is_an_fc_network_on_both_models_probabilities_hand_computed():
+    head = fusion.DecisionLevelFusion(num_classes=2, hidden_units=4, dropout=0.0)
+    f_t, f_i = tf.constant([[1.0, 0.0]]), tf.constant([[0.0, 2.0]])
+    _unimodal_identity_heads(head, f_t, f_i, 2)
+    _set_dense(head.hidden, np.eye(4), np.zeros(4))  # relu(identity): [p_t, p_i]
+    _set_dense(head.classifier, [[1, 0], [0, 1], [1, 0], [0, 1]], [0.0, 0.0])  # p_t + p_i
+    expected = _softmax([1.0, 0.0]) + _softmax([0.0, 2.0])
+    np.testing.assert_allclose(head(f_t, f_i).numpy()[0], expected, rtol=1e-5)
+    # Only the decision network trains: the unimodal models are fixed.
+    assert {w.name.split("/")[-2] for w in head.trainable_weights} == {"decision_hidden", "classifier"}
+    assert len(head.non_trainable_weights) == 4
+
+
+def test_policy_serves_the_chosen_models_probabilities_and_trains_on_their_mixture_hand_computed():
+    head = fusion.PolicyFusion(num_classes=3, hidden_units=4, top_k=2, dropout=0.0)
+    # Product 0: text is confident; product 1: image is.
+    f_t = tf.constant([[3.0, 0.0, 0.0], [0.2, 0.1, 0.0]])
+    f_i = tf.constant([[0.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+    _unimodal_identity_heads(head, f_t, f_i, 3)
+    _set_dense(head.hidden, np.eye(4), np.zeros(4))  # relu of [top2(p_t), top2(p_i)]
+    _set_dense(head.choice, [[5, 0], [0, 0], [0, 5], [0, 0]], [0.0, 0.0])  # π ∝ exp(5·max p)
+    p_t, p_i = _softmax(f_t.numpy()), _softmax(f_i.numpy())
+    pi = _softmax(5 * np.stack([p_t.max(-1), p_i.max(-1)], -1))
+    np.testing.assert_allclose(head.policy(tf.constant(p_t, tf.float32), tf.constant(p_i, tf.float32)).numpy(), pi,
+                               rtol=1e-5)
+    served = tf.nn.softmax(head(f_t, f_i, training=False)).numpy()
+    np.testing.assert_allclose(served, np.stack([p_t[0], p_i[1]]), rtol=1e-5)
+    trained = np.exp(head(f_t, f_i, training=True).numpy())
+    np.testing.assert_allclose(trained, pi[:, :1] * p_t + pi[:, 1:] * p_i, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", fusion.FUSIONS)
+def test_every_fusion_of_the_paper_gives_float32_logits_under_mixed_precision(name):
+    import tf_keras as keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        head = fusion.fusion_head(name, 5, width=8, key_dim=4)
+        logits = head(tf.random.normal([3, 12]), tf.random.normal([3, 20]))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert logits.dtype == tf.float32 and logits.shape == (3, 5)
+    assert np.all(np.isfinite(logits.numpy()))

@@ -115,7 +115,8 @@ def test_every_component_output_is_a_typed_artifact_for_lineage(shipped):
     expected = {
         "preprocess": {"examples": "system.Dataset", "transform_graph": "system.Artifact", "report": "system.Artifact",
                        "quarantine": "system.Dataset", "label_vocabulary": "system.Artifact", "metrics": "system.Metrics"},
-        "train": {"model": "system.Model", "training_state": "system.Artifact"},
+        "train": {"model": "system.Model", "text_model": "system.Model", "image_model": "system.Model",
+                  "training_state": "system.Artifact"},
         "evaluate": {"metrics": "system.Metrics", "blessing": "system.Artifact"},
         "push": {"pushed_model": "system.Model"},
     }

@@ -1,4 +1,6 @@
-"""Training on real transformed records, and the serving contract of the exported model."""
+"""End-to-end training (every stage fine-tunes its encoders) on real transformed records, the paper's
+recipes, and the serving contract of the exported model."""
+import json
 import os
 
 import numpy as np
@@ -7,9 +9,9 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from tests.conftest import FASHION_DIR
-from trainer import export, features
+from trainer import export, features, fusion, recipe
 from trainer.model import ModelConfig
-from trainer.train import TrainConfig, train
+from trainer.train import STAGES_DIR, TrainConfig, stages_of, train
 
 IMAGE_SIZE = 32  # EfficientNet's smallest input: keeps a CPU epoch to seconds
 
@@ -17,6 +19,7 @@ IMAGE_SIZE = 32  # EfficientNet's smallest input: keeps a CPU epoch to seconds
 @pytest.fixture(scope="module")
 def exported(small_preprocessed, tiny_bert_handle, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
+    adamw = recipe.Recipe(learning_rate=1e-3, epochs=2, batch_size=8)
     logs = train(
         examples_dir=small_preprocessed.examples_dir,
         transform_graph_dir=small_preprocessed.transform_graph_dir,
@@ -30,16 +33,44 @@ def exported(small_preprocessed, tiny_bert_handle, tmp_path_factory):
             max_seq_length=24,
             fusion_width=32,
         ),
-        train_config=TrainConfig(epochs=2, batch_size=8, learning_rate=1e-3),
+        train_config=TrainConfig(
+            text=adamw,
+            image=recipe.Recipe(recipe.SGD, learning_rate=0.01, epochs=1, batch_size=8, weight_decay=1e-4),
+            fusion=adamw,
+        ),
     )
     return logs, str(root / "model"), root / "work"
 
 
-def test_training_runs_and_leaves_checkpoints_and_logs(exported):
+def test_the_unimodal_models_train_first_then_the_fusion_each_leaving_checkpoints_and_logs(exported):
     logs, _, work = exported
-    assert np.isfinite(logs["loss"])
-    assert sorted(os.listdir(work / "checkpoints"))[-1].startswith("epoch-002")
-    assert any(name.startswith("events") for _, _, names in os.walk(work / "logs") for name in names)
+    assert list(logs) == stages_of("hanet") == [fusion.TEXT_ONLY, fusion.IMAGE_ONLY, fusion.HANET]
+    for stage, epochs in ((fusion.TEXT_ONLY, 2), (fusion.IMAGE_ONLY, 1), (fusion.HANET, 2)):
+        stage_dir = work / STAGES_DIR / stage
+        assert np.isfinite(logs[stage]["loss"])
+        assert sorted(os.listdir(stage_dir / "checkpoints"))[-1].startswith(f"epoch-{epochs:03d}")
+        assert any(name.startswith("events") for _, _, names in os.walk(stage_dir / "logs") for name in names)
+        assert json.loads((stage_dir / "done.json").read_text()) == logs[stage]
+    settings = json.loads((work / STAGES_DIR / fusion.IMAGE_ONLY / "settings.json").read_text())
+    assert settings["recipe"]["optimizer"] == recipe.SGD
+
+
+def test_the_image_recipe_divides_the_learning_rate_by_10_every_decay_epochs():
+    optimizer = recipe.PAPER_IMAGE.make_optimizer(steps_per_epoch=100)
+    schedule = recipe.PAPER_IMAGE.learning_rate_schedule(steps_per_epoch=100)
+    assert isinstance(optimizer, tf.keras.optimizers.SGD) and optimizer.momentum == 0.9
+    assert optimizer.weight_decay == pytest.approx(1e-4)
+    for step, lr in ((0, 0.1), (2999, 0.1), (3000, 0.01), (6000, 0.001), (8999, 0.001)):
+        assert float(schedule(step)) == pytest.approx(lr), step
+
+
+def test_the_text_and_fusion_recipe_is_adamw_with_10_percent_linear_warmup_then_linear_decay():
+    optimizer = recipe.PAPER_FUSION.make_optimizer(steps_per_epoch=100)  # 1000 steps, 100 of warm-up
+    schedule = recipe.PAPER_FUSION.learning_rate_schedule(steps_per_epoch=100)
+    assert type(optimizer).__name__ == "AdamWeightDecay" and optimizer.weight_decay_rate == 0.01
+    # BERT's schedule: warm-up to 2e-5, and the linear decay counts from step 0 (as create_optimizer's).
+    for step, lr in ((0, 0.0), (50, 1e-5), (99, 1.98e-5), (100, 1.8e-5), (550, 0.9e-5), (1000, 0.0)):
+        assert float(schedule(step)) == pytest.approx(lr, rel=1e-5, abs=1e-12), step
 
 
 def test_serving_signature_takes_raw_title_and_image_bytes(exported, small_preprocessed):

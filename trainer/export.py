@@ -1,9 +1,13 @@
 """The serving SavedModel: raw title + image bytes in, top-k classes and scores out.
 
 The transform graph is inside (TFX's `tft_layer` pattern), so clients never tokenize or resize, and
-training and serving share one definition of the features.
+training and serving share one definition of the features. Next to it, TF Serving's warm-up file
+(assets.extra/tf_serving_warmup_requests) holds real requests that TF Serving replays on load, so the
+first client does not pay for the graph's lazy initialisation.
 """
 from __future__ import annotations
+
+import os
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -12,6 +16,8 @@ import tf_keras as keras
 from trainer import data, features
 
 OOV_LABEL = "[OOV]"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+WARMUP_PRODUCTS = 4
 
 
 def label_names(tft_output: tft.TFTransformOutput) -> list[str]:
@@ -36,7 +42,10 @@ def export_serving_model(
     image_size: int,
     max_seq_length: int,
     top_k: int = features.DEFAULT_TOP_K,
+    warmup_examples: list[tuple[str, bytes]] = (),
 ) -> str:
+    """Writes the SavedModel (signatures SERVING_SIGNATURE, TF_EXAMPLE_SIGNATURE,
+    TRANSFORMED_SIGNATURE) and, given (title, image bytes) products, its warm-up requests."""
     names = label_names(tft_output)
     k = min(top_k, len(names))
     model.tft_layer = tft_output.transform_features_layer()
@@ -78,5 +87,65 @@ def export_serving_model(
         features.TF_EXAMPLE_SIGNATURE: serve_tf_example,
         features.TRANSFORMED_SIGNATURE: serve_transformed,
     }
-    model.save(export_dir, save_format="tf", include_optimizer=False, signatures=signatures)
+    # save_traces=False: serving needs the signatures only; tracing every layer's call function for
+    # Keras revival (EfficientNet has ~240 layers) would make the export several times slower.
+    model.save(export_dir, save_format="tf", include_optimizer=False, signatures=signatures, save_traces=False)
+    if warmup_examples:
+        write_warmup_requests(export_dir, warmup_examples)
     return export_dir
+
+
+def _tf_example(title: str, image: bytes) -> bytes:
+    return tf.train.Example(features=tf.train.Features(feature={
+        features.TITLE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[title.encode("utf-8")])),
+        features.IMAGE_BYTES_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+    })).SerializeToString()
+
+
+def warmup_requests(products: list[tuple[str, bytes]]) -> list:
+    """PredictionLogs as TF Serving replays them: each product alone and all of them in one batch
+    on SERVING_SIGNATURE (the batch sizes clients send), and all of them on TF_EXAMPLE_SIGNATURE."""
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    def request(signature: str, inputs: dict) -> prediction_log_pb2.PredictionLog:
+        predict = predict_pb2.PredictRequest()
+        predict.model_spec.name = features.MODEL_NAME
+        predict.model_spec.signature_name = signature
+        for key, values in inputs.items():
+            predict.inputs[key].CopyFrom(tf.make_tensor_proto(values, dtype=tf.string))
+        return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=predict))
+
+    def raw(batch):
+        return {features.TITLE_KEY: [t.encode("utf-8") for t, _ in batch],
+                features.IMAGE_BYTES_KEY: [image for _, image in batch]}
+
+    logs = [request(features.SERVING_SIGNATURE, raw([product])) for product in products]
+    logs.append(request(features.SERVING_SIGNATURE, raw(products)))
+    logs.append(request(features.TF_EXAMPLE_SIGNATURE, {"examples": [_tf_example(t, i) for t, i in products]}))
+    return logs
+
+
+def write_warmup_requests(export_dir: str, products: list[tuple[str, bytes]]) -> str:
+    path = os.path.join(export_dir, WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in warmup_requests(products):
+            writer.write(log.SerializeToString())
+    return path
+
+
+def warmup_examples(
+    examples_dir: str, tft_output: tft.TFTransformOutput, count: int = WARMUP_PRODUCTS
+) -> list[tuple[str, bytes]]:
+    """(title, image bytes) of the first `count` eval products (train if eval is empty), from the
+    transformed records: the raw title the transform passes through, and the stored JPEG."""
+    spec = {key: tft_output.transformed_feature_spec()[key] for key in (features.TITLE_KEY, features.IMAGE_KEY)}
+    products = []
+    for split in (features.EVAL_SPLIT, features.TRAIN_SPLIT):
+        files = tf.io.gfile.glob(os.path.join(examples_dir, split, "*"))
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(count - len(products)):
+            parsed = tf.io.parse_single_example(record, spec)
+            products.append((parsed[features.TITLE_KEY].numpy().decode("utf-8"), parsed[features.IMAGE_KEY].numpy()))
+        if len(products) == count:
+            break
+    return products

@@ -19,6 +19,10 @@ BERT_INPUT_KEYS = (INPUT_WORD_IDS_KEY, INPUT_MASK_KEY, INPUT_TYPE_IDS_KEY)
 IMAGE_KEY = "image"  # JPEG bytes, already resized to the model's square input size
 LABEL_ID_KEY = "label_id"  # int64 index into the label vocabulary (OOV bucket last)
 
+# Encoder outputs, as the frozen-encoder mode caches them: the paper's f_t and f_i.
+TEXT_FEATURES_KEY = "text_features"  # BERT pooled output [hidden]
+IMAGE_FEATURES_KEY = "image_features"  # EfficientNet global-average-pooled output [1280]
+
 # The label vocabulary computed by tensorflow-transform, as named in the transform graph's assets.
 LABEL_VOCABULARY_NAME = "label_vocabulary"
 

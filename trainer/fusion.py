@@ -2,6 +2,10 @@
 
 Every head maps (f_t [batch, text_dim], f_i [batch, image_dim]) to class logits [batch, num_classes],
 so the same heads train on top of live encoders (end to end) or on cached features (frozen encoders).
+
+Feature-level heads (FusionHead) fuse the features; decision-level heads (DecisionLevelFusion,
+PolicyFusion) fuse the class probabilities of the two trained unimodal heads, which they contain
+frozen. Logits are float32 also under a mixed-precision policy, so the softmax and the loss are too.
 """
 from __future__ import annotations
 
@@ -14,7 +18,15 @@ CONCAT = "concat"
 KEYLESS = "keyless"
 KEY_BASED = "key_based"
 HANET = "hanet"
+DECISION_LEVEL = "decision_level"
+POLICY = "policy"
+UNIMODAL_FUSIONS = (TEXT_ONLY, IMAGE_ONLY)
 FEATURE_FUSIONS = (TEXT_ONLY, IMAGE_ONLY, CONCAT, KEYLESS, KEY_BASED, HANET)
+DECISION_FUSIONS = (DECISION_LEVEL, POLICY)
+FUSIONS = FEATURE_FUSIONS + DECISION_FUSIONS
+
+HYBRID_NORMALIZATIONS = ("softmax", "sigmoid", "none")
+COMBINATIONS = ("concat", "sum")
 
 
 class StreamValues(keras.layers.Layer):
@@ -92,8 +104,8 @@ class HybridScores(keras.layers.Layer):
 
     def __init__(self, hidden_units: int = 16, normalize: str = "softmax", **kwargs):
         super().__init__(**kwargs)
-        if normalize not in ("softmax", "sigmoid", "none"):
-            raise ValueError(f"normalize must be softmax, sigmoid or none, got {normalize!r}")
+        if normalize not in HYBRID_NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {HYBRID_NORMALIZATIONS}, got {normalize!r}")
         self.hidden_units = hidden_units
         self.normalize = normalize
         self.hidden = keras.layers.Dense(hidden_units, activation="relu", name="d_hidden")
@@ -114,8 +126,23 @@ class HybridScores(keras.layers.Layer):
 
 
 def weighted_concat(v_t, v_i, scores):
-    """Eq. 3/5/7: wf_t = s_t · v_t, wf_i = s_i · v_i, combined by concatenation (open: concatenation)."""
+    """Eq. 3/5/7: wf_t = s_t · v_t, wf_i = s_i · v_i, combined by concatenation."""
     return tf.concat([scores[:, 0:1] * v_t, scores[:, 1:2] * v_i], axis=-1)  # [batch, 2d]
+
+
+def weighted_sum(v_t, v_i, scores):
+    """Eq. 3/5/7 combined by a sum, as attention pooling over a set does: s_t · v_t + s_i · v_i."""
+    return scores[:, 0:1] * v_t + scores[:, 1:2] * v_i  # [batch, d]
+
+
+def _float32(logits):
+    return tf.cast(logits, tf.float32)
+
+
+def _compute_dtype(layer, *tensors):
+    """Keras autocasts only a layer's first input: under mixed precision f_t (BERT, float32) and
+    f_i (EfficientNet, float16) would otherwise reach one concat in two dtypes."""
+    return tuple(None if t is None else tf.cast(t, layer.compute_dtype) for t in tensors)
 
 
 class FusionHead(keras.layers.Layer):
@@ -123,7 +150,12 @@ class FusionHead(keras.layers.Layer):
 
     text_only / image_only: a classification layer on one stream (the unimodal baselines).
     concat: concat(f_t, f_i) → classification layers (feature-level fusion, attention-free).
-    keyless / key_based / hanet: the weighted values of eq. 3 / 5 / 7, concatenated → classifier.
+    keyless / key_based / hanet: the weighted values of eq. 3 / 5 / 7, combined → classifier.
+
+    The open choices of HANET.md, with the defaults argued in the layers above: `shared_scorer`
+    (KeylessScores), `scaled` (KeyBasedScores), `hybrid_normalize` (HybridScores), and `combine`:
+    "concat" (default) keeps the streams in separate coordinates, so the classifier sees which
+    stream a value came from and the attention scales, not mixes, them; "sum" halves the width.
     """
 
     def __init__(
@@ -134,18 +166,26 @@ class FusionHead(keras.layers.Layer):
         key_dim: int = 64,
         hybrid_hidden_units: int = 16,
         hybrid_normalize: str = "softmax",
+        shared_scorer: bool = True,
+        scaled: bool = True,
+        combine: str = "concat",
         dropout: float = 0.1,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if fusion not in FEATURE_FUSIONS:
-            raise ValueError(f"unknown fusion {fusion!r}; expected one of {FEATURE_FUSIONS}")
+            raise ValueError(f"unknown fusion {fusion!r}; expected one of {FUSIONS}")
+        if combine not in COMBINATIONS:
+            raise ValueError(f"combine must be one of {COMBINATIONS}, got {combine!r}")
         self.fusion = fusion
         self.num_classes = num_classes
         self.width = width
         self.key_dim = key_dim
         self.hybrid_hidden_units = hybrid_hidden_units
         self.hybrid_normalize = hybrid_normalize
+        self.shared_scorer = shared_scorer
+        self.scaled = scaled
+        self.combine = combine
         self.dropout_rate = dropout
         self.dropout = keras.layers.Dropout(dropout)
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
@@ -154,9 +194,9 @@ class FusionHead(keras.layers.Layer):
         if fusion in (KEYLESS, KEY_BASED, HANET):
             self.values = StreamValues(width, name="values")
         if fusion in (KEYLESS, HANET):
-            self.keyless = KeylessScores(name="keyless")
+            self.keyless = KeylessScores(shared_scorer, name="keyless")
         if fusion in (KEY_BASED, HANET):
-            self.key_based = KeyBasedScores(key_dim, name="key_based")
+            self.key_based = KeyBasedScores(key_dim, scaled, name="key_based")
         if fusion == HANET:
             self.hybrid = HybridScores(hybrid_hidden_units, hybrid_normalize, name="hybrid")
 
@@ -170,6 +210,7 @@ class FusionHead(keras.layers.Layer):
         return v_t, v_i, self.hybrid(self.keyless(v_t, v_i), self.key_based(f_t, f_i))
 
     def call(self, f_t, f_i, training=None):
+        f_t, f_i = _compute_dtype(self, f_t, f_i)
         if self.fusion == TEXT_ONLY:
             fused = f_t
         elif self.fusion == IMAGE_ONLY:
@@ -178,8 +219,8 @@ class FusionHead(keras.layers.Layer):
             fused = self.hidden(self.dropout(tf.concat([f_t, f_i], axis=-1), training=training))
         else:
             v_t, v_i, scores = self.attention_scores(f_t, f_i)
-            fused = weighted_concat(v_t, v_i, scores)
-        return self.classifier(self.dropout(fused, training=training))
+            fused = (weighted_concat if self.combine == "concat" else weighted_sum)(v_t, v_i, scores)
+        return _float32(self.classifier(self.dropout(fused, training=training)))
 
     def get_config(self):
         return {
@@ -190,5 +231,135 @@ class FusionHead(keras.layers.Layer):
             "key_dim": self.key_dim,
             "hybrid_hidden_units": self.hybrid_hidden_units,
             "hybrid_normalize": self.hybrid_normalize,
+            "shared_scorer": self.shared_scorer,
+            "scaled": self.scaled,
+            "combine": self.combine,
             "dropout": self.dropout_rate,
         }
+
+
+class DecisionFusion(keras.layers.Layer):
+    """What decision-level heads share: the trained text and image heads, frozen, as probabilities.
+
+    The unimodal heads are the `text_only` and `image_only` FusionHeads of the pretraining stages;
+    their weights are copied in (`load_unimodal_heads`) before this head trains.
+    """
+
+    def __init__(self, num_classes: int, hidden_units: int = 512, dropout: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.hidden_units = hidden_units
+        self.dropout_rate = dropout
+        self.text_head = FusionHead(TEXT_ONLY, num_classes, dropout=dropout, name="text_head", trainable=False)
+        self.image_head = FusionHead(IMAGE_ONLY, num_classes, dropout=dropout, name="image_head", trainable=False)
+        self.hidden = keras.layers.Dense(hidden_units, activation="relu", name="decision_hidden")
+        self.dropout = keras.layers.Dropout(dropout)
+
+    def load_unimodal_heads(self, text_head: FusionHead, image_head: FusionHead) -> None:
+        self.text_head.set_weights(text_head.get_weights())
+        self.image_head.set_weights(image_head.get_weights())
+
+    def unimodal_probabilities(self, f_t, f_i):
+        """p_t, p_i [batch, num_classes]: the unimodal models' predictions, never in training mode."""
+        f_t, f_i = _compute_dtype(self, f_t, f_i)
+        p_t = tf.nn.softmax(self.text_head(f_t, None, training=False), axis=-1)
+        p_i = tf.nn.softmax(self.image_head(None, f_i, training=False), axis=-1)
+        return p_t, p_i
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "hidden_units": self.hidden_units,
+            "dropout": self.dropout_rate,
+        }
+
+
+class DecisionLevelFusion(DecisionFusion):
+    """Decision-level fusion (Table 3): an FC network on [p_t, p_i] → logits.
+
+    One hidden layer (ReLU) of `hidden_units`: the paper says only "a fully-connected network".
+    """
+
+    def __init__(self, num_classes: int, hidden_units: int = 512, dropout: float = 0.1, **kwargs):
+        super().__init__(num_classes, hidden_units, dropout, **kwargs)
+        self.classifier = keras.layers.Dense(num_classes, name="classifier")
+
+    def call(self, f_t, f_i, training=None):
+        p_t, p_i = self.unimodal_probabilities(f_t, f_i)
+        hidden = self.hidden(tf.concat([p_t, p_i], axis=-1))  # [batch, hidden_units]
+        return _float32(self.classifier(self.dropout(hidden, training=training)))
+
+
+class PolicyFusion(DecisionFusion):
+    """The policy network of [25] (Table 3): which model's prediction to use, per product.
+
+    Input: the top-k probabilities of each model, sorted, [batch, 2k] (class-agnostic, so it learns
+    how confidence looks, not the classes). An FC network with one hidden layer gives the policy
+    π = softmax([π_t, π_i]). At inference the product gets the chosen model's probabilities,
+    p_argmax π. In training the policy is fitted by the likelihood of the mixture π_t·p_t + π_i·p_i,
+    whose gradient moves π towards the model that gives the true class more probability: a
+    differentiable form of "learn to choose the right model". Logits are log-probabilities.
+    """
+
+    def __init__(
+        self, num_classes: int, hidden_units: int = 512, top_k: int = 5, dropout: float = 0.1, **kwargs
+    ):
+        super().__init__(num_classes, hidden_units, dropout, **kwargs)
+        self.top_k = min(top_k, num_classes)
+        self.choice = keras.layers.Dense(2, name="policy")
+
+    def policy(self, p_t, p_i, training=None):
+        """π [batch, 2]: the probability of choosing the text model, the image model."""
+        confidences = tf.concat(
+            [tf.math.top_k(p_t, self.top_k).values, tf.math.top_k(p_i, self.top_k).values], axis=-1
+        )  # [batch, 2k]
+        hidden = self.dropout(self.hidden(confidences), training=training)
+        return tf.nn.softmax(tf.cast(self.choice(hidden), tf.float32), axis=-1)
+
+    def call(self, f_t, f_i, training=None):
+        p_t, p_i = (tf.cast(p, tf.float32) for p in self.unimodal_probabilities(f_t, f_i))
+        pi = self.policy(p_t, p_i, training=training)
+        if training:
+            probabilities = pi[:, 0:1] * p_t + pi[:, 1:2] * p_i
+        else:
+            probabilities = tf.where(pi[:, 0:1] >= pi[:, 1:2], p_t, p_i)
+        return tf.math.log(tf.maximum(probabilities, keras.backend.epsilon() ** 2))
+
+    def get_config(self):
+        return {**super().get_config(), "top_k": self.top_k}
+
+
+def fusion_head(
+    fusion: str,
+    num_classes: int,
+    *,
+    width: int = 512,
+    key_dim: int = 64,
+    hybrid_hidden_units: int = 16,
+    hybrid_normalize: str = "softmax",
+    shared_scorer: bool = True,
+    scaled: bool = True,
+    combine: str = "concat",
+    policy_top_k: int = 5,
+    dropout: float = 0.1,
+    name: str = "fusion",
+) -> keras.layers.Layer:
+    """The head of `fusion`, one of FUSIONS: (f_t, f_i) → logits [batch, num_classes]."""
+    if fusion == DECISION_LEVEL:
+        return DecisionLevelFusion(num_classes, hidden_units=width, dropout=dropout, name=name)
+    if fusion == POLICY:
+        return PolicyFusion(num_classes, hidden_units=width, top_k=policy_top_k, dropout=dropout, name=name)
+    return FusionHead(
+        fusion,
+        num_classes,
+        width=width,
+        key_dim=key_dim,
+        hybrid_hidden_units=hybrid_hidden_units,
+        hybrid_normalize=hybrid_normalize,
+        shared_scorer=shared_scorer,
+        scaled=scaled,
+        combine=combine,
+        dropout=dropout,
+        name=name,
+    )

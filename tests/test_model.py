@@ -1,0 +1,67 @@
+"""Model assembly: the fusion heads on live encoders, and starting a fusion from the unimodal models."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import fusion
+from trainer.model import (
+    TEXT_ENCODER_LAYER,
+    ModelConfig,
+    build_model,
+    fusion_layer,
+    image_encoder_layer,
+    init_from_unimodal,
+)
+
+NUM_CLASSES = 5
+
+
+@pytest.fixture(scope="module")
+def config(tiny_bert_handle):
+    return ModelConfig(bert_handle=str(tiny_bert_handle), image_weights=None, image_size=32, max_seq_length=8,
+                       fusion_width=16)
+
+
+def _randomize(layer):
+    layer.set_weights([np.random.default_rng(0).normal(size=w.shape).astype(w.dtype.as_numpy_dtype)
+                       for w in layer.weights])
+
+
+def _assert_same_weights(a, b):
+    assert len(a.weights) == len(b.weights) > 0
+    for x, y in zip(sorted(a.weights, key=lambda w: w.name), sorted(b.weights, key=lambda w: w.name)):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+def test_a_fusion_starts_from_the_encoders_of_the_trained_unimodal_models(config):
+    import dataclasses
+
+    text_model = build_model(dataclasses.replace(config, fusion=fusion.TEXT_ONLY), NUM_CLASSES)
+    image_model = build_model(dataclasses.replace(config, fusion=fusion.IMAGE_ONLY), NUM_CLASSES)
+    # Stand-ins for fine-tuning: weights no fresh encoder has.
+    _randomize(text_model.get_layer(TEXT_ENCODER_LAYER))
+    _randomize(image_encoder_layer(image_model))
+    _randomize(fusion_layer(text_model))
+    _randomize(fusion_layer(image_model))
+    decision = build_model(dataclasses.replace(config, fusion=fusion.DECISION_LEVEL), NUM_CLASSES)
+
+    init_from_unimodal(decision, text_model, image_model)
+
+    _assert_same_weights(decision.get_layer(TEXT_ENCODER_LAYER), text_model.get_layer(TEXT_ENCODER_LAYER))
+    _assert_same_weights(image_encoder_layer(decision), image_encoder_layer(image_model))
+    _assert_same_weights(fusion_layer(decision).text_head, fusion_layer(text_model))
+    _assert_same_weights(fusion_layer(decision).image_head, fusion_layer(image_model))
+    # The decision-level model fuses fixed unimodal models: only its decision network trains.
+    assert {w.name.split("/")[1] for w in decision.trainable_weights} == {"decision_hidden", "classifier"}
+    # And it predicts from them: with the same inputs its unimodal probabilities are theirs.
+    inputs = {key: tf.ones([2, config.max_seq_length], tf.int32) for key in ("input_word_ids", "input_mask")}
+    inputs["input_type_ids"] = tf.zeros([2, config.max_seq_length], tf.int32)
+    inputs["image"] = tf.random.uniform([2, 32, 32, 3], 0, 255, seed=1)
+    f_t = text_model.get_layer(TEXT_ENCODER_LAYER)({k: v for k, v in inputs.items() if k != "image"})["pooled_output"]
+    p_t, _ = fusion_layer(decision).unimodal_probabilities(f_t, image_encoder_layer(decision)(inputs["image"]))
+    np.testing.assert_allclose(p_t.numpy(), tf.nn.softmax(text_model(inputs)).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_an_unknown_fusion_is_rejected_when_configured():
+    with pytest.raises(ValueError, match="unknown fusion 'late'.*decision_level"):
+        ModelConfig(fusion="late")
