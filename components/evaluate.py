@@ -1,13 +1,41 @@
-"""The evaluate stage: figures of a candidate model on the eval split, and the gate that blesses it."""
+"""The evaluate stage: a candidate model's figures on the eval split, and the gate that blesses it.
+
+One streamed pass over the eval records feeds every batch to each model being judged:
+
+    candidate            `transformed_features` → top-1/top-5 accuracy, macro-F1, per-class
+                         precision/recall/F1, confusion counts, a few products for the report
+                         (the very inputs training saw, so no training/serving skew)
+    text_only and        `transformed_features` → the paper's Table 1: on which products the text
+    image_only models    model, the image model, both or neither is right (when the trainer exported them)
+    served model and     `serving_default` on each product's raw title and stored image → both
+    candidate again      top-1 accuracies, for the gate's comparison
+
+The served model is compared through its raw-input signature because it may come from another run,
+with another label vocabulary, sequence length or image size: its own transform graph handles those,
+and classes are matched by name. The candidate is scored through the same signature on the same
+products, so the comparison is like for like.
+
+Memory is bounded by the number of classes (per-class counts, and the confused pairs that occur),
+never by the number of products.
+"""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from trainer import data, features
+from trainer import features
+
+TOP_K = 5
+# How much of a many-class confusion matrix is shown: the most frequent classes, the rest pooled.
+CONFUSION_MATRIX_CLASSES = 20
+OTHER_CLASSES = "(other classes)"
+CONFUSED_PAIRS = 20
+# Correctly and wrongly classified eval products shown (photo, title, classes) in the report.
+SAMPLES_PER_KIND = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,8 +44,13 @@ class Verdict:
     reason: str
 
 
+def top_k_ids(probabilities: np.ndarray, k: int = TOP_K) -> np.ndarray:
+    """[batch, classes] → [batch, min(k, classes)] class ids by decreasing probability."""
+    return np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
+
+
 class ClassCounts:
-    """Streaming counts for top-1/top-5 accuracy and per-class precision/recall/F1."""
+    """Streaming counts for top-1/top-5 accuracy, per-class precision/recall/F1 and confusions."""
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
@@ -27,20 +60,28 @@ class ClassCounts:
         self.true_positives = np.zeros(num_classes, np.int64)
         self.predicted = np.zeros(num_classes, np.int64)
         self.actual = np.zeros(num_classes, np.int64)
+        self.confused = collections.Counter()  # (true id, predicted id) → count, for errors only
 
-    def add(self, labels: np.ndarray, probabilities: np.ndarray) -> None:
-        top = np.argsort(-probabilities, axis=-1)[:, :5]
-        predicted = top[:, 0]
+    def add(self, labels: np.ndarray, top_ids: np.ndarray) -> None:
+        """labels [batch] class ids; top_ids [batch, k] class ids by decreasing score."""
+        predicted = top_ids[:, 0]
+        right = predicted == labels
         self.examples += len(labels)
-        self.top1 += int(np.sum(predicted == labels))
-        self.top5 += int(np.sum(np.any(top == labels[:, None], axis=-1)))
-        np.add.at(self.true_positives, labels[predicted == labels], 1)
+        self.top1 += int(right.sum())
+        self.top5 += int(np.any(top_ids[:, :TOP_K] == labels[:, None], axis=-1).sum())
+        np.add.at(self.true_positives, labels[right], 1)
         np.add.at(self.predicted, predicted, 1)
         np.add.at(self.actual, labels, 1)
+        pairs, counts = np.unique(labels[~right] * self.num_classes + predicted[~right], return_counts=True)
+        for pair, count in zip(pairs.tolist(), counts.tolist()):
+            self.confused[divmod(pair, self.num_classes)] += count
+
+    def _present(self) -> np.ndarray:
+        # Classes that occur as truth or prediction: the ones scikit-learn's macro average counts.
+        return (self.actual + self.predicted) > 0
 
     def macro_f1(self) -> float:
-        # Averaged over the classes that occur as truth or prediction, as scikit-learn's f1_score does.
-        present = (self.actual + self.predicted) > 0
+        present = self._present()
         if not present.any():
             return 0.0
         f1 = 2 * self.true_positives[present] / (self.actual[present] + self.predicted[present])
@@ -56,29 +97,302 @@ class ClassCounts:
             "macro_f1": self.macro_f1(),
         }
 
+    def per_class(self, names: list[str]) -> list[dict]:
+        """Precision/recall/F1 of every present class, most frequent first (0 where undefined)."""
+        rows = []
+        for c in np.flatnonzero(self._present()):
+            tp, predicted, actual = (int(x[c]) for x in (self.true_positives, self.predicted, self.actual))
+            rows.append({
+                "label": names[c],
+                "support": actual,
+                "predicted": predicted,
+                "precision": tp / predicted if predicted else 0.0,
+                "recall": tp / actual if actual else 0.0,
+                "f1": 2 * tp / (actual + predicted),
+            })
+        return sorted(rows, key=lambda r: (-r["support"], r["label"]))
 
-def evaluate_model(model_dir: str, examples_dir: str, transform_graph_dir: str, batch_size: int = 64) -> dict:
-    """Top-1/top-5 accuracy and macro-F1 of the exported model on the transformed eval split."""
+    def confused_pairs(self, names: list[str], limit: int = CONFUSED_PAIRS) -> list[dict]:
+        """The most frequent (true class, predicted class) errors, with their share of the true class."""
+        pairs = sorted(self.confused.items(), key=lambda kv: (-kv[1], names[kv[0][0]], names[kv[0][1]]))
+        return [
+            {"true": names[t], "predicted": names[p], "count": n, "share_of_true": n / int(self.actual[t])}
+            for (t, p), n in pairs[:limit]
+        ]
+
+    def confusion_matrix(self, names: list[str], max_classes: int = CONFUSION_MATRIX_CLASSES):
+        """(categories, matrix[true][predicted]) over the most frequent true classes; every other
+        class, as truth or as prediction, is pooled into OTHER_CLASSES so the counts still add up."""
+        present = np.flatnonzero(self._present())
+        order = sorted(present.tolist(), key=lambda c: (-int(self.actual[c]), names[c]))
+        shown = order[:max_classes]
+        index = {c: i for i, c in enumerate(shown)}
+        pooled = len(order) > len(shown)
+        size = len(shown) + int(pooled)
+        matrix = np.zeros((size, size), np.int64)
+        for c, i in index.items():
+            matrix[i, i] += int(self.true_positives[c])
+        if pooled:
+            other_right = int(self.true_positives.sum()) - int(matrix.trace())
+            matrix[-1, -1] += other_right
+        for (t, p), n in self.confused.items():
+            matrix[index.get(t, size - 1), index.get(p, size - 1)] += n
+        categories = [names[c] for c in shown] + ([OTHER_CLASSES] if pooled else [])
+        return categories, matrix.tolist()
+
+
+class UnimodalAgreement:
+    """The paper's Table 1: on each product, is the text model right and is the image model right;
+    and, per cell, how often the fused candidate is right (what fusion recovers, e.g. when only
+    the image model is)."""
+
+    CELLS = (
+        ("text_right_image_wrong", 1, 0),
+        ("text_wrong_image_right", 0, 1),
+        ("both_right", 1, 1),
+        ("both_wrong", 0, 0),
+    )
+
+    def __init__(self):
+        self.cells = np.zeros((2, 2), np.int64)  # [text right][image right]
+        self.fused_right = np.zeros((2, 2), np.int64)
+
+    def add(self, labels, text_predicted, image_predicted, fused_predicted) -> None:
+        text_right = (text_predicted == labels).astype(np.int64)
+        image_right = (image_predicted == labels).astype(np.int64)
+        np.add.at(self.cells, (text_right, image_right), 1)
+        np.add.at(self.fused_right, (text_right, image_right), (fused_predicted == labels).astype(np.int64))
+
+    def table(self) -> dict:
+        """{cell: {"percent": % of products, "fused_right_percent": % of the cell}} and each model's top-1."""
+        total = int(self.cells.sum())
+        table = {}
+        for name, t, i in self.CELLS:
+            n = int(self.cells[t, i])
+            table[name] = {
+                "products": n,
+                "percent": 100.0 * n / total,
+                "fused_right_percent": 100.0 * int(self.fused_right[t, i]) / n if n else None,
+            }
+        table["text_only_top1_accuracy"] = int(self.cells[1].sum()) / total
+        table["image_only_top1_accuracy"] = int(self.cells[:, 1].sum()) / total
+        return table
+
+
+@dataclasses.dataclass
+class ServedComparison:
+    """Top-1 of the served model and of the candidate, both through SERVING_SIGNATURE."""
+
+    served_version: int
+    examples: int = 0
+    served_right: int = 0
+    candidate_right: int = 0
+
+    def figures(self) -> dict:
+        return {
+            "served_version": self.served_version,
+            "examples": self.examples,
+            "served_top1_accuracy": self.served_right / self.examples,
+            "candidate_top1_accuracy": self.candidate_right / self.examples,
+        }
+
+
+class SampleProducts:
+    """The first few right and wrong eval products, with what the report shows of them."""
+
+    def __init__(self, per_kind: int = SAMPLES_PER_KIND):
+        self.per_kind = per_kind
+        self.right: list[dict] = []
+        self.wrong: list[dict] = []
+
+    def full(self) -> bool:
+        return len(self.right) >= self.per_kind and len(self.wrong) >= self.per_kind
+
+    def add(self, batch: dict, labels, top_ids, probabilities, names: list[str]) -> None:
+        for row in range(len(labels)):
+            kind = self.right if top_ids[row, 0] == labels[row] else self.wrong
+            if len(kind) >= self.per_kind:
+                continue
+            kind.append({
+                "id": batch[features.ID_KEY][row].decode("utf-8"),
+                "title": batch[features.TITLE_KEY][row].decode("utf-8") if features.TITLE_KEY in batch else "",
+                "image_jpeg": batch[features.IMAGE_KEY][row],
+                "true": names[labels[row]],
+                "predicted": [(names[c], float(probabilities[row, c])) for c in top_ids[row, :3]],
+            })
+
+
+@dataclasses.dataclass
+class Evaluation:
+    metrics: dict  # examples, top1_accuracy, top5_accuracy, macro_f1
+    per_class: list[dict]
+    confused_pairs: list[dict]
+    confusion_matrix: tuple[list[str], list[list[int]]]
+    table1: dict | None
+    served: dict | None  # ServedComparison.figures(), when a model is served
+    samples: dict  # {"right": [...], "wrong": [...]}
+
+    def scalars(self) -> dict:
+        """Every single-number figure, flat, as KFP's Metrics artifact takes them."""
+        scalars = dict(self.metrics)
+        for name, cell in (self.table1 or {}).items():
+            if isinstance(cell, dict):
+                scalars[f"table1_{name}_percent"] = cell["percent"]
+            else:
+                scalars[f"table1_{name}"] = cell
+        if self.served:
+            scalars["served_version"] = self.served["served_version"]
+            scalars["served_top1_accuracy"] = self.served["served_top1_accuracy"]
+            scalars["candidate_serving_top1_accuracy"] = self.served["candidate_top1_accuracy"]
+        return scalars
+
+    def summary(self) -> dict:
+        """Everything but the photos, for a JSON file next to the verdict."""
+        samples = {
+            kind: [{k: v for k, v in s.items() if k != "image_jpeg"} for s in products]
+            for kind, products in self.samples.items()
+        }
+        return {**dataclasses.asdict(self), "samples": samples}
+
+
+def _transformed_predictor(model):
+    signature = model.signatures[features.TRANSFORMED_SIGNATURE]
+    input_names = list(signature.structured_input_signature[1])
+
+    def probabilities(batch: dict) -> np.ndarray:
+        return signature(**{k: batch[k] for k in input_names})[features.OUTPUT_PROBABILITIES_KEY].numpy()
+
+    return probabilities
+
+
+def _raw_input_top1(model, label_ids: dict[str, int]):
+    """The model's top class through SERVING_SIGNATURE, as an id of the candidate's vocabulary (-1 for
+    a class the candidate does not know)."""
+    signature = model.signatures[features.SERVING_SIGNATURE]
+
+    def top1(batch: dict) -> np.ndarray:
+        outputs = signature(**{features.TITLE_KEY: batch[features.TITLE_KEY],
+                               features.IMAGE_BYTES_KEY: batch[features.IMAGE_KEY]})
+        classes = outputs[features.OUTPUT_CLASSES_KEY].numpy()[:, 0]
+        return np.array([label_ids.get(c.decode("utf-8"), -1) for c in classes], np.int64)
+
+    return top1
+
+
+def eval_records(examples_dir: str, feature_spec: dict, batch_size: int) -> tf.data.Dataset:
+    pattern = os.path.join(examples_dir, features.EVAL_SPLIT, "*")
+    files = tf.io.gfile.glob(pattern)
+    if not files:
+        raise ValueError(f"no eval examples match {pattern}")
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    return records.batch(batch_size).map(lambda s: tf.io.parse_example(s, feature_spec)).prefetch(tf.data.AUTOTUNE)
+
+
+def evaluate_model(
+    model_dir: str,
+    examples_dir: str,
+    transform_graph_dir: str,
+    *,
+    text_model_dir: str | None = None,
+    image_model_dir: str | None = None,
+    served_model: tuple[int, str] | None = None,
+    batch_size: int = 64,
+    samples_per_kind: int = SAMPLES_PER_KIND,
+) -> Evaluation:
+    """The candidate's figures on the transformed eval split; Table 1 when both unimodal model
+    directories are given; the comparison with `served_model` (version, directory) when given."""
     import tensorflow_transform as tft
 
-    spec = tft.TFTransformOutput(transform_graph_dir).transformed_feature_spec()
-    spec = {k: spec[k] for k in (*features.BERT_INPUT_KEYS, features.IMAGE_KEY, features.LABEL_ID_KEY)}
-    predict = tf.saved_model.load(model_dir).signatures[features.TRANSFORMED_SIGNATURE]
-    counts = None
-    pattern = os.path.join(examples_dir, features.EVAL_SPLIT, "*")
-    records = tf.data.TFRecordDataset(tf.io.gfile.glob(pattern), compression_type="GZIP")
-    for batch in records.batch(batch_size).map(lambda s: tf.io.parse_example(s, spec)):
-        labels = batch.pop(features.LABEL_ID_KEY).numpy()
-        probabilities = predict(**batch)[features.OUTPUT_PROBABILITIES_KEY].numpy()
-        counts = counts or ClassCounts(probabilities.shape[-1])
-        counts.add(labels, probabilities)
-    if counts is None:
-        raise ValueError(f"no eval examples match {pattern}")
-    return counts.metrics()
+    from trainer.export import label_names
+
+    tft_output = tft.TFTransformOutput(transform_graph_dir)
+    names = label_names(tft_output)
+    spec = tft_output.transformed_feature_spec()
+    wanted = (*features.BERT_INPUT_KEYS, features.IMAGE_KEY, features.LABEL_ID_KEY, features.ID_KEY, features.TITLE_KEY)
+    spec = {k: spec[k] for k in wanted if k in spec}
+    if served_model and features.TITLE_KEY not in spec:
+        raise ValueError(
+            f"the eval records under {examples_dir} carry no raw {features.TITLE_KEY!r}, which comparing "
+            "with the served model needs: they come from an older preprocess stage; run it again"
+        )
+
+    if bool(text_model_dir) != bool(image_model_dir):
+        raise ValueError("Table 1 needs both unimodal models: give text_model_dir and image_model_dir, or neither")
+    loaded = {}  # each directory loaded once, whatever roles it plays
+
+    def load(directory: str):
+        if directory not in loaded:
+            loaded[directory] = tf.saved_model.load(directory)
+        return loaded[directory]
+
+    candidate = _transformed_predictor(load(model_dir))
+    unimodal = None
+    if text_model_dir:
+        unimodal = (_transformed_predictor(load(text_model_dir)), _transformed_predictor(load(image_model_dir)))
+    comparison = None
+    if served_model:
+        version, served_dir = served_model
+        label_ids = {name: i for i, name in enumerate(names)}
+        comparison = (
+            ServedComparison(version),
+            _raw_input_top1(load(served_dir), label_ids),
+            _raw_input_top1(load(model_dir), label_ids),
+        )
+
+    counts = ClassCounts(len(names))
+    agreement = UnimodalAgreement() if unimodal else None
+    samples = SampleProducts(samples_per_kind)
+    for batch in eval_records(examples_dir, spec, batch_size):
+        labels = batch[features.LABEL_ID_KEY].numpy()
+        probabilities = candidate(batch)
+        if probabilities.shape[-1] != len(names):
+            raise ValueError(
+                f"{model_dir} predicts {probabilities.shape[-1]} classes but the transform graph "
+                f"{transform_graph_dir} has {len(names)}: the model was trained on other records"
+            )
+        top_ids = top_k_ids(probabilities)
+        counts.add(labels, top_ids)
+        if not samples.full():
+            samples.add({k: v.numpy() for k, v in batch.items()}, labels, top_ids, probabilities, names)
+        if agreement:
+            text, image = (top_k_ids(predict(batch), 1)[:, 0] for predict in unimodal)
+            agreement.add(labels, text, image, top_ids[:, 0])
+        if comparison:
+            figures, served_top1, candidate_top1 = comparison
+            figures.examples += len(labels)
+            figures.served_right += int(np.sum(served_top1(batch) == labels))
+            figures.candidate_right += int(np.sum(candidate_top1(batch) == labels))
+    return Evaluation(
+        metrics=counts.metrics(),
+        per_class=counts.per_class(names),
+        confused_pairs=counts.confused_pairs(names),
+        confusion_matrix=counts.confusion_matrix(names),
+        table1=agreement.table() if agreement else None,
+        served=comparison[0].figures() if comparison else None,
+        samples={"right": samples.right, "wrong": samples.wrong},
+    )
 
 
-def gate(metrics: dict, accuracy_threshold: float) -> Verdict:
+def gate(
+    metrics: dict,
+    accuracy_threshold: float,
+    served: dict | None = None,
+    accuracy_tolerance: float = 0.0,
+) -> Verdict:
+    """Blesses when (a) top-1 accuracy >= accuracy_threshold and (b) when a model is served, the
+    candidate's top-1 is at most `accuracy_tolerance` below the served model's on the same products
+    through the same signature (`served` as ServedComparison.figures() gives it)."""
     accuracy = metrics["top1_accuracy"]
-    if accuracy >= accuracy_threshold:
-        return Verdict(True, f"top-1 accuracy {accuracy:.4f} >= threshold {accuracy_threshold:.4f}")
-    return Verdict(False, f"top-1 accuracy {accuracy:.4f} < threshold {accuracy_threshold:.4f}")
+    if accuracy < accuracy_threshold:
+        return Verdict(False, f"top-1 accuracy {accuracy:.4f} < threshold {accuracy_threshold:.4f}")
+    absolute = f"top-1 accuracy {accuracy:.4f} >= threshold {accuracy_threshold:.4f}"
+    if not served:
+        return Verdict(True, f"{absolute}; nothing is served yet, so there is no model to compare with")
+    mine, theirs, version = served["candidate_top1_accuracy"], served["served_top1_accuracy"], served["served_version"]
+    comparison = (
+        f"top-1 through {features.SERVING_SIGNATURE} on the same {served['examples']} products: "
+        f"candidate {mine:.4f}, served version {version} {theirs:.4f}"
+    )
+    if mine < theirs - accuracy_tolerance:
+        return Verdict(False, f"{comparison}: worse by {theirs - mine:.4f}, more than the tolerance {accuracy_tolerance:.4f}")
+    return Verdict(True, f"{absolute}; {comparison} (tolerance {accuracy_tolerance:.4f})")

@@ -14,7 +14,7 @@ import dataclasses
 from typing import Callable
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 
 def preprocess(
@@ -165,33 +165,65 @@ def train(
 
 def evaluate(
     model: Input[Model],
+    text_model: Input[Model],
+    image_model: Input[Model],
     examples: Input[Dataset],
     transform_graph: Input[Artifact],
     accuracy_threshold: float,
+    accuracy_tolerance: float,
+    serving_base: str,
+    model_name: str,
     metrics: Output[Metrics],
+    confusion_matrix: Output[ClassificationMetrics],
+    report: Output[HTML],
     blessing: Output[Artifact],
 ) -> bool:
-    """Returns whether the model is blessed; the single return value (not a NamedTuple field) keeps
-    the `dsl.If` condition resolvable by kfp.local as well as by the cluster's backend."""
+    """Figures of `model` on the eval split, against the newest version served under
+    SERVING_BASE/MODEL_NAME; Table 1 when the trainer exported both unimodal models. `report` is the
+    HTML report; `blessing` the verdict (metadata) and every figure (JSON). Returns whether the model
+    is blessed: the single return value (not a NamedTuple field) keeps the `dsl.If` condition
+    resolvable by kfp.local as well as by the cluster's backend."""
     import json
+    import os
 
     from components.evaluate import evaluate_model, gate
+    from components.evaluation_report import render_html
+    from components.push import newest_served_model
 
-    figures = evaluate_model(model.path, examples.path, transform_graph.path)
-    for name, value in figures.items():
+    unimodal = [m.path for m in (text_model, image_model) if os.path.exists(os.path.join(m.path, "saved_model.pb"))]
+    served = newest_served_model(serving_base, model_name)
+    evaluation = evaluate_model(
+        model.path,
+        examples.path,
+        transform_graph.path,
+        text_model_dir=unimodal[0] if len(unimodal) == 2 else None,
+        image_model_dir=unimodal[1] if len(unimodal) == 2 else None,
+        served_model=served,
+    )
+    for name, value in evaluation.scalars().items():
         metrics.log_metric(name, value)
-    verdict = gate(figures, accuracy_threshold)
+    confusion_matrix.log_confusion_matrix(*evaluation.confusion_matrix)
+    verdict = gate(evaluation.metrics, accuracy_threshold, evaluation.served, accuracy_tolerance)
+    with open(report.path, "w") as f:
+        f.write(render_html(evaluation, verdict, model.uri))
     blessing.metadata.update({"blessed": verdict.blessed, "reason": verdict.reason})
+    if served:
+        blessing.metadata["served_version"] = served[0]
     with open(blessing.path, "w") as f:
-        json.dump({"blessed": verdict.blessed, "reason": verdict.reason, "metrics": figures}, f, indent=2)
+        json.dump({"blessed": verdict.blessed, "reason": verdict.reason, **evaluation.summary()}, f, indent=2)
+    print("evaluation: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.scalars().items()))
     print(f"gate: {'blessed' if verdict.blessed else 'not blessed'}: {verdict.reason}")
     return verdict.blessed
 
 
-def push(model: Input[Model], serving_base: str, model_name: str, pushed_model: Output[Model]) -> str:
+def push(
+    model: Input[Model], serving_base: str, model_name: str, keep_versions: int, pushed_model: Output[Model]
+) -> str:
+    """Copies the blessed model to SERVING_BASE/MODEL_NAME/<next version>/; keeps the newest
+    `keep_versions` versions (0: all)."""
     from components.push import push as run
 
-    version_dir = run(model.path, serving_base, model_name)
+    version_dir = run(model.path, serving_base, model_name, keep_versions=keep_versions)
     pushed_model.uri = version_dir
     pushed_model.metadata["version"] = int(version_dir.rstrip("/").rsplit("/", 1)[-1])
     print(f"pushed {model.path} to {version_dir}")

@@ -61,6 +61,10 @@ class PipelineParams:
     # Labels seen fewer times in train share the out-of-vocabulary bucket.
     label_min_count: int = 1
     accuracy_threshold: float = 0.5
+    # The gate also refuses a candidate whose top-1 is more than this below the served model's.
+    accuracy_tolerance: float = 0.01
+    # Versions kept under SERVING_BASE/MODEL_NAME after a push (0: all); older ones are removed.
+    keep_versions: int = 5
     beam_args: list = dataclasses.field(default_factory=list)
     model_name: str = features.MODEL_NAME
 

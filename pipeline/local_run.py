@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 
 from pipeline import cli, config
+
+REPORT_FILE = "evaluation_report.html"
 
 
 def register(commands) -> None:
@@ -29,6 +32,7 @@ def main(args: argparse.Namespace) -> None:
     print("evaluation: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(result["metrics"].items())))
     print(f"gate: {'blessed' if result['blessed'] else 'not blessed'}: {result['reason']}")
     print(f"pushed model: {result['pushed_model']}" if result["pushed_model"] else "nothing pushed")
+    print(f"evaluation report: {result['report']}")
 
 
 def _check_local_inputs(params: config.PipelineParams) -> None:
@@ -70,9 +74,13 @@ def run_local(params: config.PipelineParams, work_dir: str, tasks: config.Tasks 
         raise cli.UserError(f"the local pipeline run failed: {e} (the failing task's log is above)") from None
     pushed = [v for v in served_versions(params.serving_base, params.model_name) if v not in before]
     blessing = run.outputs["blessing"].metadata
+    # The evaluate stage's HTML report, where a browser opens it (the artifact's file has no extension).
+    report = os.path.join(work_dir, REPORT_FILE)
+    shutil.copyfile(run.outputs["report"].path, report)
     return {
         "metrics": run.outputs["metrics"].metadata,
         "blessed": blessing["blessed"],
         "reason": blessing["reason"],
         "pushed_model": os.path.join(params.serving_base, params.model_name, str(pushed[-1])) if pushed else None,
+        "report": report,
     }

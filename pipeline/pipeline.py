@@ -7,7 +7,7 @@ settings (resources, placement, retries, caching); a cluster applies them.
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Artifact, Metrics
+from kfp.dsl import HTML, Artifact, Metrics
 
 from components import kfp_components
 from components.preprocess.catalog import (
@@ -61,9 +61,11 @@ def create_pipeline(ops: kfp_components.Components, tasks: config.Tasks | None =
         text_separator: str = DEFAULT_TEXT_SEPARATOR,
         label_min_count: int = 1,
         accuracy_threshold: float = 0.5,
+        accuracy_tolerance: float = 0.01,
+        keep_versions: int = 5,
         beam_args: list = [],
         model_name: str = features.MODEL_NAME,
-    ) -> NamedTuple("Outputs", metrics=Metrics, blessing=Artifact):
+    ) -> NamedTuple("Outputs", metrics=Metrics, blessing=Artifact, report=HTML):
         prep = ops.preprocess(
             catalog=catalog,
             label_column=label_column,
@@ -104,18 +106,28 @@ def create_pipeline(ops: kfp_components.Components, tasks: config.Tasks | None =
         _configure(trained, tasks.train, "train")
         evaluated = ops.evaluate(
             model=trained.outputs["model"],
+            text_model=trained.outputs["text_model"],
+            image_model=trained.outputs["image_model"],
             examples=prep.outputs["examples"],
             transform_graph=prep.outputs["transform_graph"],
             accuracy_threshold=accuracy_threshold,
+            accuracy_tolerance=accuracy_tolerance,
+            serving_base=serving_base,
+            model_name=model_name,
         ).set_display_name("evaluate")
         _configure(evaluated, tasks.evaluate, "evaluate")
         with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712 (a KFP condition)
             pushed = ops.push(
-                model=trained.outputs["model"], serving_base=serving_base, model_name=model_name
+                model=trained.outputs["model"],
+                serving_base=serving_base,
+                model_name=model_name,
+                keep_versions=keep_versions,
             ).set_display_name("push")
             _configure(pushed, tasks.push, "push")
-        return NamedTuple("Outputs", metrics=Metrics, blessing=Artifact)(
-            metrics=evaluated.outputs["metrics"], blessing=evaluated.outputs["blessing"]
+        return NamedTuple("Outputs", metrics=Metrics, blessing=Artifact, report=HTML)(
+            metrics=evaluated.outputs["metrics"],
+            blessing=evaluated.outputs["blessing"],
+            report=evaluated.outputs["report"],
         )
 
     return hanet_pipeline

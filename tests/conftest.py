@@ -84,3 +84,80 @@ def small_preprocessed(tmp_path_factory, bert_vocab_file):
         beam_args=["--direct_running_mode=in_memory"],
     )
     return result
+
+
+# Article types whose titles name them: on their eval products a trained text model is right and an
+# untrained one is not, so tests that compare models (the gate, serving several versions) can tell.
+DISTINCT_CLASSES = ("Watches", "Sunglasses", "Handbags")
+SMALL_MODEL_SEQ_LENGTH = 16
+SMALL_MODEL_IMAGE_SIZE = 32  # EfficientNet's smallest input
+
+
+@pytest.fixture(scope="session")
+def distinct_preprocessed(tmp_path_factory, bert_vocab_file):
+    """20 products of each of DISTINCT_CLASSES through the real preprocess stage (about 15 in eval)."""
+    import csv
+
+    from components.preprocess.catalog import CatalogColumns
+    from components.preprocess.job import preprocess
+    from components.preprocess.transform import TransformOptions
+
+    root = tmp_path_factory.mktemp("distinct")
+    with open(FASHION_CATALOG, newline="") as f:
+        rows = list(csv.DictReader(f))
+    picked = [row for label in DISTINCT_CLASSES for row in [r for r in rows if r["articleType"] == label][:20]]
+    for row in picked:
+        row["image"] = str(FASHION_DIR / row["image"])
+    with open(root / "catalog.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(picked[0]))
+        writer.writeheader()
+        writer.writerows(picked)
+    return preprocess(
+        catalog=str(root / "catalog.csv"),
+        columns=CatalogColumns(label="articleType"),
+        options=TransformOptions(
+            vocab_file=str(bert_vocab_file), max_seq_length=SMALL_MODEL_SEQ_LENGTH, image_size=SMALL_MODEL_IMAGE_SIZE
+        ),
+        examples_dir=str(root / "examples"),
+        transform_graph_dir=str(root / "transform_graph"),
+        quarantine_file=str(root / "report" / "quarantine.jsonl"),
+        metrics_file=str(root / "report" / "metrics.json"),
+        eval_fraction=0.25,
+        beam_args=["--direct_running_mode=in_memory"],
+    )
+
+
+def train_small_model(preprocessed, export_dir, fusion: str, epochs: int, learning_rate: float, bert_handle) -> str:
+    """A model on the tiny BERT and a random-init EfficientNet at 32 px, exported with every serving
+    signature (learning_rate 0 leaves it at its random initialisation)."""
+    from trainer.model import ModelConfig
+    from trainer.recipe import Recipe
+    from trainer.train import TrainConfig, train
+
+    stage = Recipe(learning_rate=learning_rate, epochs=epochs, batch_size=8)
+    train(
+        examples_dir=preprocessed.examples_dir,
+        transform_graph_dir=preprocessed.transform_graph_dir,
+        export_dir=str(export_dir),
+        work_dir=str(export_dir) + "-work",
+        model_config=ModelConfig(
+            fusion=fusion,
+            bert_handle=str(bert_handle),
+            image_weights=None,
+            image_size=SMALL_MODEL_IMAGE_SIZE,
+            max_seq_length=SMALL_MODEL_SEQ_LENGTH,
+            fusion_width=32,
+        ),
+        train_config=TrainConfig(text=stage, image=stage, fusion=stage),
+    )
+    return str(export_dir)
+
+
+@pytest.fixture(scope="session")
+def text_models(distinct_preprocessed, tiny_bert_handle, tmp_path_factory) -> dict:
+    """Two text_only models of distinct_preprocessed: "trained" (8 epochs) and "untrained"."""
+    root = tmp_path_factory.mktemp("text_models")
+    return {
+        "trained": train_small_model(distinct_preprocessed, root / "trained", "text_only", 8, 1e-3, tiny_bert_handle),
+        "untrained": train_small_model(distinct_preprocessed, root / "untrained", "text_only", 1, 0.0, tiny_bert_handle),
+    }
