@@ -1,0 +1,58 @@
+"""`serve`: a local endpoint with TF Serving's REST (and gRPC) API over the pushed model versions."""
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import sys
+
+from pipeline import cli
+from trainer import features
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="serve SERVING_BASE/MODEL_NAME/<version> with TF Serving's REST and gRPC APIs",
+        description="A local stand-in for TF Serving: the newest version under SERVING_BASE/MODEL_NAME is "
+        "served and new versions are picked up as the push stage writes them. On a cluster, TF Serving "
+        "itself serves the same directory (k8s/).",
+    )
+    parser.add_argument("--model-base", required=True, help="the pipeline's serving base (path or tf.io.gfile URI)")
+    parser.add_argument("--model-name", default=features.MODEL_NAME, help="the model's directory under it")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=features.REST_PORT, help="the REST port")
+    parser.add_argument("--grpc-port", type=int, default=features.GRPC_PORT, help="the gRPC port")
+    parser.add_argument("--no-grpc", action="store_true", help="serve REST only")
+    parser.add_argument("--num-versions", type=int, default=1, help="how many of the newest versions to keep loaded")
+    parser.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> None:
+    from serving import server
+    from serving.servables import ServableManager
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if args.num_versions < 1:
+        raise cli.UserError(f"--num-versions must be at least 1, got {args.num_versions}")
+    model_base_path = (os.path.join if "://" not in args.model_base else lambda *p: "/".join(p))(
+        args.model_base, args.model_name
+    )
+    if "://" not in model_base_path and not os.path.isdir(model_base_path):
+        print(f"warning: {model_base_path} does not exist yet: waiting for the push stage to write a version",
+              file=sys.stderr)
+    manager = ServableManager(model_base_path, args.model_name, args.num_versions)
+    try:
+        server.serve(
+            manager,
+            host=args.host,
+            rest_port=args.port,
+            grpc_port=None if args.no_grpc else args.grpc_port,
+            poll_seconds=args.poll_seconds,
+        )
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE or "bind" in str(e):
+            raise cli.UserError(f"cannot listen on {args.host}: {e.strerror or e}") from None
+        raise

@@ -1,0 +1,244 @@
+"""The versions of one model, as TF Serving manages them: found on disk, loaded, served, unloaded.
+
+`ServableManager.poll()` lists MODEL_BASE_PATH for integer version directories (the layout the push
+stage writes), keeps the newest `num_versions` loaded (TF Serving's default policy is the newest
+one) and, like TF Serving's availability-preserving policy, loads a new version before it unloads
+the one it replaces: a version that fails to load leaves the previous one serving. Each loaded
+version replays its warm-up requests (assets.extra/tf_serving_warmup_requests) before it is
+AVAILABLE, as TF Serving does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import posixpath
+import threading
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2, prediction_log_pb2
+
+from serving.errors import InvalidArgument, NotFound, ServingError, from_tf_error
+from trainer import features
+
+SERVE_TAG = "serve"
+WARMUP_FILE = posixpath.join("assets.extra", "tf_serving_warmup_requests")
+# TF Serving replays at most this many warm-up records.
+MAX_WARMUP_RECORDS = 1000
+SIGNATURE_DEF_FIELD = "signature_def"
+
+State = get_model_status_pb2.ModelVersionStatus.State
+
+log = logging.getLogger(__name__)
+
+
+def _join(*parts: str) -> str:
+    return posixpath.join(*parts) if "://" in parts[0] else os.path.join(*parts)
+
+
+def signature_defs(model_dir: str) -> dict:
+    """name → SignatureDef of the MetaGraphDef tagged "serve", read from saved_model.pb."""
+    saved_model = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(_join(model_dir, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    for meta_graph in saved_model.meta_graphs:
+        if SERVE_TAG in meta_graph.meta_info_def.tags:
+            return dict(meta_graph.signature_def)
+    raise ValueError(f"{model_dir} has no MetaGraphDef tagged {SERVE_TAG!r}")
+
+
+class Servable:
+    """One loaded version of the model: its signatures, callable on numpy arrays."""
+
+    def __init__(self, name: str, version: int, path: str):
+        self.name = name
+        self.version = version
+        self.path = path
+        self.signature_defs = signature_defs(path)
+        self._loaded = tf.saved_model.load(path, tags=[SERVE_TAG])
+        self._signatures = dict(self._loaded.signatures)
+
+    def input_specs(self, signature_name: str) -> dict[str, tf.TensorSpec]:
+        return dict(self._signature(signature_name).structured_input_signature[1])
+
+    def _signature(self, signature_name: str):
+        name = signature_name or features.SERVING_SIGNATURE
+        if name not in self._signatures:
+            raise InvalidArgument(f'Serving signature name: "{name}" not found in signature def')
+        return self._signatures[name]
+
+    def predict(self, signature_name: str, inputs: dict[str, np.ndarray], output_filter=()) -> dict[str, np.ndarray]:
+        """Runs a signature: inputs by name (every input of the signature, no other), outputs by name."""
+        specs = self.input_specs(signature_name)
+        unknown = sorted(set(inputs) - set(specs))
+        if unknown:
+            raise InvalidArgument(
+                f"input tensor alias not found in signature: {unknown[0]}. Inputs expected to be in the set "
+                f"{{{','.join(sorted(specs))}}}."
+            )
+        missing = sorted(set(specs) - set(inputs))
+        if missing:
+            raise InvalidArgument(
+                f"Expected inputs: {','.join(sorted(specs))} but missing: {','.join(missing)} "
+                f"(signature {signature_name or features.SERVING_SIGNATURE})"
+            )
+        tensors = {}
+        for name, spec in specs.items():
+            array = inputs[name]
+            if not spec.shape.is_compatible_with(array.shape):
+                raise InvalidArgument(
+                    f"input {name!r} has shape {list(array.shape)}, but the signature takes "
+                    f"{[d if d is not None else -1 for d in spec.shape.as_list()]} (-1: any size)"
+                )
+            expected = object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype
+            if array.dtype != expected and not (spec.dtype == tf.string and array.dtype.kind == "S"):
+                raise InvalidArgument(f"input {name!r} is {array.dtype}, but the signature takes {spec.dtype.name}")
+            tensors[name] = tf.constant(array, dtype=spec.dtype)
+        try:
+            outputs = self._signature(signature_name)(**tensors)
+        except tf.errors.OpError as e:
+            raise from_tf_error(e) from None
+        wanted = set(output_filter) or set(outputs)
+        unknown = sorted(wanted - set(outputs))
+        if unknown:
+            raise InvalidArgument(f"output tensor alias not found in signature: {unknown[0]}")
+        return {name: outputs[name].numpy() for name in wanted}
+
+    def warm_up(self) -> int:
+        """Replays the model's warm-up PredictLogs; returns how many ran."""
+        path = _join(self.path, WARMUP_FILE)
+        if not tf.io.gfile.exists(path):
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS):
+            log_entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if log_entry.WhichOneof("log_type") != "predict_log":
+                continue
+            request = log_entry.predict_log.request
+            self.predict(
+                request.model_spec.signature_name,
+                {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()},
+            )
+            count += 1
+        return count
+
+    def metadata_json(self) -> dict:
+        """GET /v1/models/NAME/metadata, in TF Serving's JSON."""
+        options = dict(preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        return {
+            "model_spec": json_format.MessageToDict(self.model_spec(), **options),
+            "metadata": {SIGNATURE_DEF_FIELD: json_format.MessageToDict(self.signature_def_map(), **options)},
+        }
+
+    def signature_def_map(self) -> get_model_metadata_pb2.SignatureDefMap:
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for name, signature_def in self.signature_defs.items():
+            signature_map.signature_def[name].CopyFrom(signature_def)
+        return signature_map
+
+    def model_spec(self, signature_name: str = "") -> model_pb2.ModelSpec:
+        spec = model_pb2.ModelSpec(name=self.name, signature_name=signature_name)
+        spec.version.value = self.version
+        return spec
+
+
+@dataclasses.dataclass
+class _Version:
+    state: int
+    error: str = ""
+    servable: Servable | None = None
+
+
+class ServableManager:
+    """Serves the newest `num_versions` complete versions under MODEL_BASE_PATH (= SERVING_BASE/NAME)."""
+
+    def __init__(self, model_base_path: str, name: str = features.MODEL_NAME, num_versions: int = 1):
+        if num_versions < 1:
+            raise ValueError(f"num_versions must be at least 1, got {num_versions}")
+        self.model_base_path = model_base_path
+        self.name = name
+        self.num_versions = num_versions
+        self._versions: dict[int, _Version] = {}
+        self._lock = threading.Lock()
+        self._polling = threading.Lock()
+
+    def versions_on_disk(self) -> list[int]:
+        """Complete version directories: an integer name and a saved_model.pb (on object stores the
+        push stage writes saved_model.pb last, so its presence says the copy is whole)."""
+        if not tf.io.gfile.isdir(self.model_base_path):
+            return []
+        versions = []
+        for entry in tf.io.gfile.listdir(self.model_base_path):
+            name = entry.rstrip("/")
+            if name.isdigit() and tf.io.gfile.exists(_join(self.model_base_path, name, "saved_model.pb")):
+                versions.append(int(name))
+        return sorted(versions)
+
+    def poll(self) -> None:
+        """Loads new aspired versions, then unloads versions no longer aspired."""
+        with self._polling:
+            aspired = self.versions_on_disk()[-self.num_versions:]
+            for version in reversed(aspired):
+                with self._lock:
+                    if version in self._versions:
+                        continue
+                    self._versions[version] = _Version(State.LOADING)
+                self._load(version)
+            on_disk = set(self.versions_on_disk())
+            with self._lock:
+                available = [v for v in aspired if self._versions[v].state == State.AVAILABLE]
+                for version, entry in self._versions.items():
+                    # Availability first: a version no longer aspired stays until an aspired one
+                    # serves, unless its directory is gone.
+                    if version in aspired or entry.state != State.AVAILABLE:
+                        continue
+                    if available or version not in on_disk:
+                        entry.state, entry.servable = State.END, None
+                        log.info("unloaded %s version %d", self.name, version)
+
+    def _load(self, version: int) -> None:
+        path = _join(self.model_base_path, str(version))
+        try:
+            servable = Servable(self.name, version, path)
+            warmed = servable.warm_up()
+        except (OSError, ValueError, tf.errors.OpError, ServingError) as e:
+            message = getattr(e, "message", None) or str(e)
+            with self._lock:
+                self._versions[version] = _Version(State.END, error=message)
+            log.error("failed to load %s version %d from %s: %s", self.name, version, path, message)
+            return
+        with self._lock:
+            self._versions[version] = _Version(State.AVAILABLE, servable=servable)
+        log.info("loaded %s version %d from %s (%d warm-up requests)", self.name, version, path, warmed)
+
+    def servable(self, name: str, version: int | None = None) -> Servable:
+        """The servable a request names: a specific version, or the newest available."""
+        with self._lock:
+            available = {v: e.servable for v, e in self._versions.items() if e.state == State.AVAILABLE}
+        if name == self.name:
+            if version is None and available:
+                return available[max(available)]
+            if version in available:
+                return available[version]
+        request = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+        raise NotFound(f"Servable not found for request: {request}")
+
+    def status(self, name: str, version: int | None = None) -> get_model_status_pb2.GetModelStatusResponse:
+        with self._lock:
+            known = {v: (e.state, e.error) for v, e in self._versions.items()}
+        if name != self.name or not known:
+            raise NotFound(f"Could not find any versions of model {name}")
+        if version is not None:
+            if version not in known:
+                raise NotFound(f"Could not find version {version} of model {name}")
+            known = {version: known[version]}
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for v in sorted(known, reverse=True):
+            state, error = known[v]
+            status = response.model_version_status.add(version=v, state=state)
+            status.status.error_code = 2 if error else 0  # UNKNOWN, OK (tensorflow.error.Code)
+            status.status.error_message = error
+        return response

@@ -1,0 +1,176 @@
+"""`python -m pipeline serve` as a user runs it, queried over REST and gRPC as TF Serving would be:
+answers equal the SavedModel's own, TF Serving's JSON shapes and errors, new versions picked up."""
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+
+from components.push import push
+from pipeline.__main__ import main
+from serving.client import ClientError, GrpcClient, RestClient
+from tests.conftest import FASHION_DIR, REPO_ROOT
+from trainer import features
+
+WATCH = ("CASIO G-Shock Men Black Digital Watch G-7710-1DR G223", (FASHION_DIR / "images" / "17429.jpg"))
+HANDBAG = ("Kiara Women Graphiti White Handbag", (FASHION_DIR / "images" / "21510.jpg"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _products():
+    return [(title, path.read_bytes()) for title, path in (WATCH, HANDBAG)]
+
+
+def _wait_for(predicate, what: str, server: subprocess.Popen, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"the server exited ({server.returncode}) while waiting for {what}"
+        try:
+            if predicate():
+                return
+        except (requests.ConnectionError, ClientError):
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def endpoint(text_models, tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("serving"))
+    push(text_models["trained"], base)
+    rest_port, grpc_port = _free_port(), _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve", "--model-base", base, "--port", str(rest_port),
+         "--grpc-port", str(grpc_port), "--poll-seconds", "0.2"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    url = f"http://127.0.0.1:{rest_port}"
+    try:
+        _wait_for(lambda: requests.get(f"{url}/v1/models/hanet", timeout=5).status_code == 200, "version 1", server)
+        yield {"url": url, "grpc": f"127.0.0.1:{grpc_port}", "base": base, "server": server}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def in_process(text_models):
+    """The same SavedModel called in this process: what every endpoint must answer."""
+    signature = tf.saved_model.load(text_models["trained"]).signatures[features.SERVING_SIGNATURE]
+    products = _products()
+    out = signature(title=tf.constant([t for t, _ in products]), image_bytes=tf.constant([i for _, i in products]))
+    return [c.decode() for c in out["classes"].numpy()[:, 0]], out["scores"].numpy()
+
+
+def test_model_status_is_tf_servings_json(endpoint):
+    response = requests.get(f"{endpoint['url']}/v1/models/hanet")
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json() == {
+        "model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
+    missing = requests.get(f"{endpoint['url']}/v1/models/other")
+    assert missing.status_code == 404 and missing.json() == {"error": "Could not find any versions of model other"}
+
+
+def test_metadata_lists_the_signatures_with_their_tensors(endpoint):
+    document = requests.get(f"{endpoint['url']}/v1/models/hanet/metadata").json()
+    assert document["model_spec"] == {"name": "hanet", "signature_name": "", "version": "1"}
+    signatures = document["metadata"]["signature_def"]["signature_def"]
+    assert {features.SERVING_SIGNATURE, features.TF_EXAMPLE_SIGNATURE, features.TRANSFORMED_SIGNATURE} <= set(signatures)
+    serving = signatures[features.SERVING_SIGNATURE]
+    assert serving["method_name"] == "tensorflow/serving/predict"
+    assert {k: v["dtype"] for k, v in serving["inputs"].items()} == {"title": "DT_STRING", "image_bytes": "DT_STRING"}
+    assert serving["inputs"]["title"]["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}]
+    assert set(serving["outputs"]) == {features.OUTPUT_CLASSES_KEY, features.OUTPUT_SCORES_KEY}
+
+
+def test_rest_predictions_equal_the_savedmodels_in_row_and_columnar_form(endpoint, in_process):
+    classes, scores = in_process
+    products = _products()
+    encoded = [{"b64": base64.b64encode(image).decode()} for _, image in products]
+    row = requests.post(
+        f"{endpoint['url']}/v1/models/hanet:predict",
+        json={"instances": [{"title": t, "image_bytes": e} for (t, _), e in zip(products, encoded)]},
+    ).json()["predictions"]
+    columnar = requests.post(
+        f"{endpoint['url']}/v1/models/hanet/versions/1:predict",
+        json={"signature_name": "serving_default", "inputs": {"title": [t for t, _ in products], "image_bytes": encoded}},
+    ).json()["outputs"]
+    assert [p["classes"][0] for p in row] == [c[0] for c in columnar["classes"]] == classes
+    np.testing.assert_allclose([p["scores"] for p in row], scores, rtol=1e-6)
+    np.testing.assert_allclose(columnar["scores"], scores, rtol=1e-6)
+    assert classes == ["Watches", "Handbags"]  # the trained text model reads the titles
+
+
+@pytest.mark.parametrize(
+    "path, body, status, message",
+    [
+        ("hanet:predict", b"{not json", 400, "JSON Parse error"),
+        ("hanet:predict", b'{"instances": [{"title": "x"}]}', 400, "must only have keys: image_bytes,title"),
+        ("hanet:predict", b'{"signature_name": "nope", "instances": [1]}', 400, 'Serving signature name: "nope" not found'),
+        ("hanet:predict", b'{"instances": [{"title": ["x"], "image_bytes": "y"}]}', 400, "input 'title' has shape [1, 1], but the signature takes [-1]"),
+        ("hanet/versions/9:predict", b'{"instances": [1]}', 404, "Servable not found for request: Specific(hanet, 9)"),
+        ("hanet:classify", b'{"examples": []}', 501, ":predict only"),
+    ],
+)
+def test_malformed_requests_get_tf_servings_status_and_a_message_naming_the_problem(endpoint, path, body, status, message):
+    response = requests.post(f"{endpoint['url']}/v1/models/{path}", data=body)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_grpc_predictions_equal_the_savedmodels(endpoint, in_process):
+    classes, scores = in_process
+    client = GrpcClient(endpoint["grpc"], "hanet")
+    try:
+        predictions = client.predict(_products())
+        status = client.status()
+    finally:
+        client.close()
+    assert [p[0][0] for p in predictions] == classes
+    np.testing.assert_allclose([[s for _, s in p] for p in predictions], scores, rtol=1e-6)
+    assert [(s.version, s.state) for s in status.model_version_status] == [(1, 30)]  # AVAILABLE
+    with pytest.raises(ClientError, match="NOT_FOUND: Servable not found for request: Latest\\(other\\)"):
+        GrpcClient(endpoint["grpc"], "other").predict(_products())
+
+
+@pytest.mark.parametrize("transport", ["--endpoint", "--grpc"])
+def test_predict_command_prints_the_top_classes(endpoint, transport, capsys):
+    where = endpoint["url"] if transport == "--endpoint" else endpoint["grpc"]
+    title, image = WATCH
+    assert main(["predict", transport, where, "--model-name", "hanet", "--title", title, "--image", str(image), "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].split()[0] == "Watches"
+    assert 0 < float(lines[0].split()[-1]) <= 1
+
+
+def test_a_newly_pushed_version_is_served_once_loaded(endpoint, text_models):
+    push(text_models["untrained"], endpoint["base"])
+    rest = RestClient(endpoint["url"], "hanet")
+
+    def version_2_serves():
+        states = {s["version"]: s["state"] for s in rest.status()["model_version_status"]}
+        return states.get("2") == "AVAILABLE" and states.get("1") == "END"
+
+    _wait_for(version_2_serves, "version 2 to replace version 1", endpoint["server"])
+    untrained = tf.saved_model.load(text_models["untrained"]).signatures[features.SERVING_SIGNATURE]
+    title, image = WATCH
+    expected = untrained(title=tf.constant([title]), image_bytes=tf.constant([image.read_bytes()]))
+    (prediction,) = rest.predict([(title, image.read_bytes())])
+    assert prediction[0][0] == expected["classes"].numpy()[0, 0].decode() != "Watches"
+    with pytest.raises(ClientError, match="404: Servable not found for request: Specific\\(hanet, 1\\)"):
+        RestClient(endpoint["url"], "hanet", version=1).predict([(title, image.read_bytes())])

@@ -1,0 +1,117 @@
+"""TF Serving's REST JSON ↔ tensors: request formats, binary values, errors and float output."""
+import base64
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving import json_tensor
+from serving.errors import InvalidArgument
+
+RAW = {"title": tf.string, "image_bytes": tf.string}
+
+
+def _b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def test_row_and_columnar_requests_give_the_same_tensors():
+    image = bytes(range(256))
+    row = {"instances": [{"title": "Navy Shirt", "image_bytes": _b64(image)}, {"title": "Ümlaut Watch", "image_bytes": _b64(b"x")}]}
+    columnar = {"inputs": {"title": ["Navy Shirt", "Ümlaut Watch"], "image_bytes": [_b64(image), _b64(b"x")]}}
+    row_format, from_rows = json_tensor.request_tensors(row, RAW)
+    columnar_format, from_columns = json_tensor.request_tensors(columnar, RAW)
+    assert (row_format, columnar_format) == (json_tensor.ROW, json_tensor.COLUMNAR)
+    for tensors in (from_rows, from_columns):
+        assert tensors["title"].tolist() == ["Navy Shirt".encode(), "Ümlaut Watch".encode()]
+        assert tensors["image_bytes"].tolist() == [image, b"x"]
+        assert tensors["title"].shape == (2,)
+
+
+def test_a_single_input_takes_plain_values_and_numbers_keep_their_shape():
+    _, tensors = json_tensor.request_tensors({"instances": [[1, 2, 3], [4, 5, 6]]}, {"ids": tf.int64})
+    assert tensors["ids"].dtype == np.int64 and tensors["ids"].tolist() == [[1, 2, 3], [4, 5, 6]]
+    _, tensors = json_tensor.request_tensors({"inputs": [[0.5, 1e-3], [2, float("nan")]]}, {"x": tf.float32})
+    assert tensors["x"].dtype == np.float32 and tensors["x"].shape == (2, 2) and np.isnan(tensors["x"][1, 1])
+
+
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        ({"instances": [], }, "No values in 'instances' array"),
+        ({"instances": {"title": "a"}}, "Excepting 'instances' to be an list/array"),
+        ({"instances": [{"title": "a"}], "inputs": {}}, "expecting only one of 'inputs' or 'instances'"),
+        ({"signature_name": "serving_default"}, "Missing 'inputs' or 'instances' key"),
+        ({"instances": ["a", "b"]}, "instances is a plain list, but expecting list of objects"),
+        ({"instances": [{"title": "a"}]}, "must only have keys: image_bytes,title"),
+        ({"instances": [{"title": "a", "image_bytes": "x", "price": 3}]}, "does not have named input: price"),
+        ({"instances": [{"title": 3, "image_bytes": "x"}]}, "JSON Value: 3 Type: Number is not of expected type: string"),
+        ({"instances": [{"title": "a", "image_bytes": {"b64": "***"}}]}, "Unable to base64 decode"),
+        ({"instances": [{"title": "a", "image_bytes": {"b64": "eA==", "x": 1}}]}, "not formatted correctly for base64"),
+        ({"instances": [{"title": "a", "image_bytes": "x"}, {"title": ["a"], "image_bytes": "x"}]}, "Expecting shape [] but got: [1]"),
+        ({"inputs": ["a"]}, "inputs is a plain value/list, but expecting an object"),
+        ({"inputs": {"title": ["a"]}}, "Missing named input: image_bytes in 'inputs' object."),
+        ({"inputs": {"title": [["a", "b"], ["c"]], "image_bytes": ["x"]}}, "Encountered list at unexpected size: 1 at level: 1"),
+    ],
+)
+def test_malformed_requests_say_what_is_wrong(document, message):
+    with pytest.raises(InvalidArgument, match=None) as raised:
+        json_tensor.request_tensors(document, RAW)
+    assert message in raised.value.message
+    assert raised.value.http_status == 400
+
+
+def test_numbers_are_checked_against_the_input_type():
+    with pytest.raises(InvalidArgument, match="is not of expected type: int64"):
+        json_tensor.request_tensors({"instances": [1.5]}, {"ids": tf.int64})
+    with pytest.raises(InvalidArgument, match="is not of expected type: int32"):
+        json_tensor.request_tensors({"instances": [2**40]}, {"ids": tf.int32})
+    with pytest.raises(InvalidArgument, match="without loss of precision"):
+        json_tensor.request_tensors({"instances": [2**40 + 1]}, {"x": tf.float32})
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [(b"", "The document is empty"), (b"{bad", "JSON Parse error"), (b"[1]", "Is not object"),
+     (b'{"signature_name": 3, "instances": [1]}', "'signature_name' key must be a string value")],
+)
+def test_unparseable_bodies_are_rejected(body, message):
+    with pytest.raises(InvalidArgument) as raised:
+        json_tensor.parse_request(body)
+    assert message in raised.value.message
+
+
+def test_responses_follow_the_request_format_and_write_floats_as_tf_serving_does():
+    outputs = {
+        "classes": np.array([[b"Shirts", b"Tshirts"], [b"Watches", b"Shirts"]], dtype=object),
+        "scores": np.array([[0.5, 1 / 3], [3.0, float("nan")]], dtype=np.float32),
+        "thumbnail_bytes": np.array([b"\xff\xd8", b"\x00"], dtype=object),
+    }
+    row = json.loads(json_tensor.dumps(json_tensor.response_json(outputs, json_tensor.ROW)))
+    assert row["predictions"][0] == {"classes": ["Shirts", "Tshirts"], "scores": [0.5, 0.333333343],
+                                     "thumbnail_bytes": {"b64": base64.b64encode(b"\xff\xd8").decode()}}
+    assert row["predictions"][1]["scores"][0] == 3.0 and np.isnan(row["predictions"][1]["scores"][1])
+    text = json_tensor.dumps(json_tensor.response_json({"scores": outputs["scores"]}, json_tensor.COLUMNAR))
+    assert text == '{"outputs":[[0.5,0.333333343],[3.0,NaN]]}'  # one output: no name; NaN as a bare token
+    single_row = json_tensor.response_json({"scores": outputs["scores"]}, json_tensor.ROW)
+    assert single_row == {"predictions": [[0.5, 0.333333343], [3.0, pytest.approx(float("nan"), nan_ok=True)]]}
+
+
+def test_row_responses_need_one_batch_size():
+    with pytest.raises(InvalidArgument, match="inconsistent batch size"):
+        json_tensor.response_json({"a": np.zeros(2), "b": np.zeros(3)}, json_tensor.ROW)
+
+
+def test_a_model_error_keeps_its_code_and_the_line_that_says_what_is_wrong():
+    from serving.errors import from_tf_error
+
+    @tf.function
+    def decode(data):
+        return tf.io.decode_image(data)
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        decode(tf.constant(b"not an image"))
+    error = from_tf_error(raised.value)
+    assert error.http_status == 400
+    assert error.message.startswith("Unknown image file format.")
