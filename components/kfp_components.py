@@ -98,6 +98,7 @@ def train(
     image_variant: str,
     image_size: int,
     max_seq_length: int,
+    text_pooling: str,
     epochs: int,
     batch_size: int,
     learning_rate: float,
@@ -144,6 +145,7 @@ def train(
             image_variant=image_variant,
             image_size=image_size,
             max_seq_length=max_seq_length,
+            text_pooling=text_pooling,
         ),
         train_config=TrainConfig(
             text=adamw,

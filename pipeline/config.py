@@ -38,6 +38,8 @@ class PipelineParams:
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 2e-5
+    # f_t: BERT's "pooled" output (the paper's), or the "mean" of its token outputs (trainer/model.py).
+    text_pooling: str = "pooled"
     # The image model: SGD, lr divided by 10 every image_lr_decay_epochs.
     image_epochs: int = 90
     image_batch_size: int = 512
@@ -82,11 +84,14 @@ def local_params() -> PipelineParams:
         bert_handle=str(PRETRAINED_DIR / "bert_minilm_l6"),
         image_weights=str(PRETRAINED_DIR / "efficientnet_lite0_imagenet.h5"),
         image_variant="lite0",
-        # Frozen encoders: one forward pass per product, then heads train in seconds on a CPU.
+        # Frozen encoders: one forward pass per product, then heads train in seconds on a CPU; heads
+        # start from scratch, so they take a larger learning rate than fine-tuning's 2e-5.
         frozen_encoders=True,
         epochs=20,
         batch_size=32,
-        learning_rate=1e-3,
+        learning_rate=2e-2,
+        # MiniLM was trained with mean pooling and ships no pooler (its pooled output is random).
+        text_pooling="mean",
         image_epochs=20,
         image_batch_size=32,
         image_learning_rate=0.05,

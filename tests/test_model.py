@@ -65,3 +65,19 @@ def test_a_fusion_starts_from_the_encoders_of_the_trained_unimodal_models(config
 def test_an_unknown_fusion_is_rejected_when_configured():
     with pytest.raises(ValueError, match="unknown fusion 'late'.*decision_level"):
         ModelConfig(fusion="late")
+
+
+def test_mean_text_pooling_averages_the_token_outputs_of_the_title_only(config):
+    import dataclasses
+
+    from trainer.model import encoder_model
+
+    encoders = encoder_model(dataclasses.replace(config, text_pooling="mean"))
+    ids = tf.constant([[101, 2304, 3797, 102, 0, 0, 0, 0]], tf.int32)
+    mask = tf.cast(ids > 0, tf.int32)
+    inputs = {"input_word_ids": ids, "input_mask": mask, "input_type_ids": tf.zeros_like(ids),
+              "image": tf.zeros([1, 32, 32, 3])}
+    f_t = encoders(inputs)["text_features"].numpy()
+    tokens = encoders.get_layer(TEXT_ENCODER_LAYER)({k: v for k, v in inputs.items() if k != "image"})
+    expected = tokens["sequence_output"].numpy()[0, :4].mean(0)  # the 4 real tokens, not the padding
+    np.testing.assert_allclose(f_t[0], expected, rtol=1e-5, atol=1e-6)

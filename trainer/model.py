@@ -14,6 +14,7 @@ from trainer import encoders, features, fusion
 
 FUSION_LAYER = "fusion"
 TEXT_ENCODER_LAYER = "bert_encoder"  # the name encoders.text_encoder gives the hub.KerasLayer
+TEXT_POOLINGS = ("pooled", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,10 @@ class ModelConfig:
     train_image_encoder: bool = True
     image_size: int = 224
     max_seq_length: int = 64
+    # f_t: "pooled" is BERT's pooled output (the paper's); "mean" averages sequence_output over the
+    # title's tokens, for encoders trained that way that ship no trained pooler (sentence-transformers
+    # checkpoints such as the MiniLM stand-in, whose pooled output is a random projection).
+    text_pooling: str = "pooled"
     # The fusion heads and the open choices of HANET.md (see fusion.py for the arguments).
     fusion_width: int = 512
     key_dim: int = 64
@@ -42,6 +47,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.fusion not in fusion.FUSIONS:
             raise ValueError(f"unknown fusion {self.fusion!r}; expected one of {fusion.FUSIONS}")
+        if self.text_pooling not in TEXT_POOLINGS:
+            raise ValueError(f"text_pooling must be one of {TEXT_POOLINGS}, got {self.text_pooling!r}")
 
     def uses_text(self) -> bool:
         return self.fusion != fusion.IMAGE_ONLY
@@ -55,7 +62,7 @@ class ModelConfig:
 
     def encoder_fields(self) -> dict:
         """What determines the features f_t and f_i of a product (the frozen-encoder cache's key)."""
-        names = ("bert_handle", "image_weights", "image_variant", "image_size", "max_seq_length")
+        names = ("bert_handle", "text_pooling", "image_weights", "image_variant", "image_size", "max_seq_length")
         return {name: getattr(self, name) for name in names}
 
     def head(self, num_classes: int) -> keras.layers.Layer:
@@ -87,7 +94,11 @@ def model_input_layers(config: ModelConfig) -> dict:
 
 def _text_features(config: ModelConfig, inputs: dict, trainable: bool):
     bert = encoders.text_encoder(config.bert_handle, trainable=trainable)
-    return bert({key: inputs[key] for key in features.BERT_INPUT_KEYS})["pooled_output"]  # [batch, H]
+    outputs = bert({key: inputs[key] for key in features.BERT_INPUT_KEYS})
+    if config.text_pooling == "pooled":
+        return outputs["pooled_output"]  # [batch, H]
+    mask = tf.cast(inputs[features.INPUT_MASK_KEY], outputs["sequence_output"].dtype)[:, :, None]  # [batch, seq, 1]
+    return tf.reduce_sum(outputs["sequence_output"] * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
 
 
 def _image_features(config: ModelConfig, inputs: dict, trainable: bool):
