@@ -90,6 +90,15 @@ def test_corrupt_truncated_and_oversized_images_are_quarantined(tmp_path):
     assert result.reason == records.IMAGE_TOO_LARGE and "200x100" in result.message
 
 
+def test_an_image_file_over_the_byte_limit_is_not_read_whole(tmp_path, monkeypatch):
+    _save(tmp_path, PIL.Image.effect_noise((64, 64), 50).convert("RGB"))
+    size = (tmp_path / "img.jpg").stat().st_size
+    assert isinstance(records.to_product(_row(tmp_path), COLUMNS, 10_000), records.RawProduct)
+    monkeypatch.setattr(records, "MAX_IMAGE_FILE_BYTES", size - 1)
+    result = records.to_product(_row(tmp_path), COLUMNS, 10_000)
+    assert result.reason == records.IMAGE_TOO_LARGE and f"larger than {size - 1} bytes" in result.message
+
+
 @pytest.mark.parametrize(
     "image, name, fmt",
     [

@@ -99,21 +99,26 @@ class _CheckText(beam.DoFn):
         yield product_id, row
 
 
+def _position(row: CatalogRow) -> tuple[str, int]:
+    return row.source, row.row_number
+
+
 class _KeepFirstOfEachId(beam.DoFn):
     def __init__(self, columns: CatalogColumns):
         self._columns = columns
 
     def process(self, keyed: tuple[str, Iterable[CatalogRow]]):
         product_id, rows = keyed
-        # The rows of one id only: a handful, whatever the catalog's size.
-        ordered = sorted(rows, key=lambda r: (r.source, r.row_number))
-        first = ordered[0]
+        # Two passes over the grouped rows (Beam's grouped values can be iterated again) rather than
+        # a sorted copy: even an id repeated a million times is never held in memory.
+        first = min(rows, key=_position)
         yield first
-        for dup in ordered[1:]:
-            message = f"id {product_id!r} already seen at {first.source} row {first.row_number}"
-            yield beam.pvalue.TaggedOutput(
-                _QUARANTINE_TAG, records.quarantine(dup, self._columns, records.DUPLICATE_ID, message)
-            )
+        message = f"id {product_id!r} already seen at {first.source} row {first.row_number}"
+        for row in rows:
+            if _position(row) != _position(first):
+                yield beam.pvalue.TaggedOutput(
+                    _QUARANTINE_TAG, records.quarantine(row, self._columns, records.DUPLICATE_ID, message)
+                )
 
 
 class _ToProduct(beam.DoFn):
@@ -349,10 +354,11 @@ def _metrics(temp_dir: str, transform_graph_dir: str, label_min_count: int) -> d
                 else:
                     split, label = key
                     label_rows[split][label] = label_rows[split].get(label, 0) + n
+    train_labels, eval_labels = label_rows[features.TRAIN_SPLIT], label_rows[features.EVAL_SPLIT]
+    # Intersected with the train labels: for an empty train split TFT writes a placeholder entry.
     vocabulary = {
         v.decode("utf-8") for v in tft.TFTransformOutput(transform_graph_dir).vocabulary_by_name(features.LABEL_VOCABULARY_NAME)
-    }
-    train_labels, eval_labels = label_rows[features.TRAIN_SPLIT], label_rows[features.EVAL_SPLIT]
+    } & set(train_labels)
     metrics = {
         "rows_in": rows_in,
         "kept": {split: sum(label_rows[split].values()) for split in SPLITS},

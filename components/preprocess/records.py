@@ -28,6 +28,8 @@ DUPLICATE_ID = "duplicate_id"
 
 # A 20-megapixel photo decodes to 60 MB of RGB; anything larger is almost surely a decompression bomb.
 DEFAULT_MAX_IMAGE_PIXELS = 20_000_000
+# No product photo file is this large; reading stops here instead of loading, say, a 2 GB TIFF.
+MAX_IMAGE_FILE_BYTES = 64 * 2**20
 # Formats and modes that tf.io.decode_image reads to the same RGB pixels PIL sees; others are
 # converted to RGB here, once, so the transform graph never meets CMYK, 16-bit or palette images.
 _TF_NATIVE = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L")}
@@ -143,11 +145,14 @@ def read_image(uri: str) -> bytes:
 
     try:
         with tf.io.gfile.GFile(uri, "rb") as f:
-            return f.read()
+            data = f.read(MAX_IMAGE_FILE_BYTES + 1)
     except tf.errors.NotFoundError:
         raise RowError(MISSING_IMAGE, f"image {uri} does not exist") from None
     except tf.errors.OpError as e:
         raise RowError(MISSING_IMAGE, f"image {uri} cannot be read: {e.message}") from None
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        raise RowError(IMAGE_TOO_LARGE, f"image {uri} is larger than {MAX_IMAGE_FILE_BYTES} bytes")
+    return data
 
 
 def normalize_image(data: bytes, uri: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> bytes:
