@@ -21,7 +21,7 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2, prediction_log_pb2
 
-from serving.errors import InvalidArgument, NotFound, ServingError, from_tf_error
+from serving.errors import InvalidArgument, NotFound, from_tf_error
 from trainer import features
 
 SERVE_TAG = "serve"
@@ -204,8 +204,8 @@ class ServableManager:
         try:
             servable = Servable(self.name, version, path)
             warmed = servable.warm_up()
-        except (OSError, ValueError, tf.errors.OpError, ServingError) as e:
-            message = getattr(e, "message", None) or str(e)
+        except Exception as e:  # whatever is wrong with a version on disk, the server goes on serving
+            message = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
             with self._lock:
                 self._versions[version] = _Version(State.END, error=message)
             log.error("failed to load %s version %d from %s: %s", self.name, version, path, message)

@@ -174,3 +174,21 @@ def test_a_newly_pushed_version_is_served_once_loaded(endpoint, text_models):
     assert prediction[0][0] == expected["classes"].numpy()[0, 0].decode() != "Watches"
     with pytest.raises(ClientError, match="404: Servable not found for request: Specific\\(hanet, 1\\)"):
         RestClient(endpoint["url"], "hanet", version=1).predict([(title, image.read_bytes())])
+
+
+def test_a_version_that_fails_to_load_leaves_the_previous_one_serving(endpoint, tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "variables").mkdir(parents=True)
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    push(str(broken), endpoint["base"])
+    rest = RestClient(endpoint["url"], "hanet")
+
+    def version_3_failed():
+        return any(s["version"] == "3" and s["state"] == "END" for s in rest.status()["model_version_status"])
+
+    _wait_for(version_3_failed, "version 3 to fail loading", endpoint["server"])
+    status = {s["version"]: s for s in rest.status()["model_version_status"]}
+    assert status["3"]["status"]["error_code"] != "OK" and status["3"]["status"]["error_message"]
+    assert status["2"]["state"] == "AVAILABLE"
+    title, image = WATCH
+    assert rest.predict([(title, image.read_bytes())])  # still answered, by version 2
