@@ -5,6 +5,7 @@ import argparse
 import errno
 import logging
 import os
+import posixpath
 import sys
 
 from pipeline import cli
@@ -37,9 +38,8 @@ def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if args.num_versions < 1:
         raise cli.UserError(f"--num-versions must be at least 1, got {args.num_versions}")
-    model_base_path = (os.path.join if "://" not in args.model_base else lambda *p: "/".join(p))(
-        args.model_base, args.model_name
-    )
+    # posixpath for URIs (gs://...), which os.path would mangle on other platforms.
+    model_base_path = (posixpath if "://" in args.model_base else os.path).join(args.model_base, args.model_name)
     if "://" not in model_base_path and not os.path.isdir(model_base_path):
         print(f"warning: {model_base_path} does not exist yet: waiting for the push stage to write a version",
               file=sys.stderr)

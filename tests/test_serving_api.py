@@ -192,3 +192,16 @@ def test_a_version_that_fails_to_load_leaves_the_previous_one_serving(endpoint, 
     assert status["2"]["state"] == "AVAILABLE"
     title, image = WATCH
     assert rest.predict([(title, image.read_bytes())])  # still answered, by version 2
+
+
+def test_serve_fails_in_one_line_when_its_port_is_taken(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "serve", "--model-base", str(tmp_path), "--port", str(port), "--no-grpc"],
+            cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=300,
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: cannot listen on 127.0.0.1") and "in use" in done.stderr
