@@ -31,6 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from trainer.features import MODEL_NAME  # noqa: E402
+
 DEFAULT_CATALOG = REPO_ROOT.parent / "shared" / "data" / "fashion-products" / "products.csv"
 HOST = "127.0.0.1"
 
@@ -129,7 +131,7 @@ def start_server(serving_base: str, rest_port: int, grpc_port: int) -> subproces
         if server.poll() is not None:
             raise SystemExit(f"the server exited with {server.returncode}")
         try:
-            if requests.get(f"http://{HOST}:{rest_port}/v1/models/hanet", timeout=5).status_code == 200:
+            if requests.get(f"http://{HOST}:{rest_port}/v1/models/{MODEL_NAME}", timeout=5).status_code == 200:
                 return server
         except requests.ConnectionError:
             pass
@@ -164,8 +166,8 @@ def main() -> None:
         try:
             make = {
                 "in-process": (lambda model=InProcess(args.model): model) if "in-process" in transports else None,
-                "rest": lambda: RestClient(f"http://{HOST}:{rest_port}", "hanet"),
-                "grpc": lambda: GrpcClient(f"{HOST}:{grpc_port}", "hanet"),
+                "rest": lambda: RestClient(f"http://{HOST}:{rest_port}", MODEL_NAME),
+                "grpc": lambda: GrpcClient(f"{HOST}:{grpc_port}", MODEL_NAME),
             }
             print(f"model {args.model}; {len(products)} catalog products; at most {args.requests} requests "
                   f"or {args.seconds:g} s per scenario; {os.cpu_count()} CPUs shared by clients and server")

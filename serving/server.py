@@ -84,6 +84,9 @@ class RestApi:
             status = 200
         except ServingError as e:
             document, status = {"error": e.message}, e.http_status
+        except Exception as e:  # a bug here: still TF Serving's error shape, and the traceback in the log
+            log.exception("%s %s failed", request.method, request.path)
+            document, status = {"error": f"internal error: {type(e).__name__}: {e}"}, 500
         return web.Response(text=json_tensor.dumps(document), status=status, content_type="application/json")
 
     def respond(self, method: str, path: str, body: bytes) -> dict:
