@@ -9,9 +9,9 @@ import sys
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline import cli, compile_pipeline, local_run, predict, serve, submit  # noqa: E402
+from pipeline import benchmark, cli, compile_pipeline, local_run, predict, serve, submit  # noqa: E402
 
-COMMANDS = (compile_pipeline, local_run, submit, serve, predict)
+COMMANDS = (compile_pipeline, local_run, submit, serve, predict, benchmark)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,15 +86,17 @@ def cache_features(
     cache_dir: str,
     model_config: ModelConfig,
     batch_size: int = 64,
+    splits: tuple[str, ...] = SPLITS,
 ) -> dict:
-    """Encodes every split of `examples_dir` once; returns the cache's metadata.
+    """Encodes every split of `examples_dir` once (the benchmark adds a validation split); returns the
+    cache's metadata.
 
     Idempotent: a finished cache built by the same encoders is reused as it is (its metadata is
     written last, so a killed run leaves none and starts over).
     """
     fields = model_config.encoder_fields()
     metadata = _check_reusable(cache_dir, fields)
-    if metadata is not None:
+    if metadata is not None and set(splits) <= set(metadata["split_sizes"]):
         return metadata
     if tf.io.gfile.exists(cache_dir):
         tf.io.gfile.rmtree(cache_dir)
@@ -102,7 +104,7 @@ def cache_features(
     encoders = encoder_model(model_config)
     encode = tf.function(lambda inputs: encoders(inputs, training=False))
     sizes, dims = {}, (0, 0)
-    for split in SPLITS:
+    for split in splits:
         dataset = data.make_dataset(
             os.path.join(examples_dir, split, "*"), spec, batch_size, model_config.image_size, shuffle=False
         )
