@@ -50,6 +50,7 @@ def make_dataset(
     repeat: bool = False,
     shuffle_buffer: int = 4096,
     seed: int | None = None,
+    workers: int = 1,
 ) -> tf.data.Dataset:
     """(model inputs, label_id) batches from transformed TFRecords."""
     files = tf.data.Dataset.list_files(file_pattern, shuffle=shuffle, seed=seed)
@@ -69,7 +70,18 @@ def make_dataset(
         parsed = tf.io.parse_example(serialized, spec)
         return model_inputs(parsed, image_size), parsed[features.LABEL_ID_KEY]
 
-    return records.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    batches = records.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return shard_for_workers(batches, file_pattern, workers)
+
+
+def shard_for_workers(dataset: tf.data.Dataset, file_pattern: str, workers: int) -> tf.data.Dataset:
+    """tf.distribute shards a dataset between workers by file, which fails with fewer files than
+    workers; then each worker reads everything and keeps its share of the records instead."""
+    if workers > 1 and len(tf.io.gfile.glob(file_pattern)) < workers:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        dataset = dataset.with_options(options)
+    return dataset
 
 
 def write_split_sizes(examples_dir: str, sizes: dict[str, int]) -> None:

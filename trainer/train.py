@@ -71,10 +71,18 @@ def stages_of(fusion_name: str) -> list[str]:
     return [fusion.TEXT_ONLY, fusion.IMAGE_ONLY, fusion_name]
 
 
+def num_workers() -> int:
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
+
+
+def multi_worker() -> bool:
+    return num_workers() > 1
+
+
 def distribution_strategy() -> tf.distribute.Strategy:
     """Multi-worker from TF_CONFIG, mirrored over local GPUs, else the default (CPU) strategy."""
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    if len(tf_config.get("cluster", {}).get("worker", [])) > 1:
+    if multi_worker():
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
@@ -93,8 +101,12 @@ def precision_policy(mixed_precision: bool) -> str:
 
 
 def is_chief() -> bool:
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
-    return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0)
+    """The worker that keeps checkpoints and exports: the "chief" task, else worker 0 (TF_CONFIG's rule)."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task, cluster = tf_config.get("task", {}), tf_config.get("cluster", {})
+    if task.get("type", "chief") == "chief":
+        return True
+    return task.get("type") == "worker" and task.get("index", 0) == 0 and not cluster.get("chief")
 
 
 def _writable(path: str) -> str:
@@ -176,6 +188,8 @@ def fit_stage(
         print(f"[{stage}] already trained in {stage_dir}: {logs}", flush=True)
         return logs
     total_steps = steps_per_epoch * stage_recipe.epochs
+    # Keras sums per-replica batch logs by default ("auto"), and the metrics are already global.
+    model.distribute_reduction_method = "first"
     with strategy.scope():
         model.compile(
             optimizer=stage_recipe.make_optimizer(steps_per_epoch),
@@ -247,6 +261,9 @@ def train(
         raise ValueError(f"{examples_dir} has no training examples")
     policy = precision_policy(train_config.mixed_precision)
     strategy = distribution_strategy()
+    if train_config.frozen_encoders and multi_worker():
+        # Heads on cached features train in minutes on one machine; one cache writer keeps it simple.
+        raise ValueError("frozen_encoders trains on one machine: run it without a multi-worker TF_CONFIG")
     print(f"training {model_config.fusion} with {type(strategy).__name__}, {policy} policy, "
           f"{'frozen encoders' if train_config.frozen_encoders else 'end to end'}", flush=True)
     stages = stages_of(model_config.fusion)
@@ -290,6 +307,7 @@ def train(
                 shuffle=True,
                 repeat=True,
                 seed=train_config.seed,
+                workers=num_workers(),
             )
         logs[stage] = fit_stage(
             model,
