@@ -81,3 +81,20 @@ def test_mean_text_pooling_averages_the_token_outputs_of_the_title_only(config):
     tokens = encoders.get_layer(TEXT_ENCODER_LAYER)({k: v for k, v in inputs.items() if k != "image"})
     expected = tokens["sequence_output"].numpy()[0, :4].mean(0)  # the 4 real tokens, not the padding
     np.testing.assert_allclose(f_t[0], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", fusion.FUSIONS)
+def test_every_fusion_head_saves_to_a_savedmodel_that_reproduces_it(name, config, tmp_path):
+    """The exported models differ only by their head: each head traces into a SavedModel signature."""
+    import dataclasses
+
+    from trainer.model import head_model
+
+    head = head_model(dataclasses.replace(config, fusion=name), NUM_CLASSES, text_dim=12, image_dim=20)
+    inputs = {"text_features": tf.random.normal([3, 12], seed=1), "image_features": tf.random.normal([3, 20], seed=2)}
+    expected = head(inputs, training=False).numpy()
+    signature = tf.function(lambda x: head(x, training=False),
+                            input_signature=[{k: tf.TensorSpec([None, v.shape[1]], name=k) for k, v in inputs.items()}])
+    head.save(str(tmp_path), save_format="tf", save_traces=False, signatures={"serving_default": signature})
+    served = tf.saved_model.load(str(tmp_path)).signatures["serving_default"](**inputs)
+    np.testing.assert_allclose(next(iter(served.values())).numpy(), expected, rtol=1e-5, atol=1e-6)
