@@ -1,5 +1,6 @@
 """The frozen-encoder mode: features cached once, heads trained on them, put back on the encoders."""
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -52,9 +53,11 @@ def _cached_eval(work):
 
 
 def _trained_head(work, model_config, stage, small_preprocessed):
+    """The stage's head, built as its settings.json says, with its final weights."""
     metadata = features_cache.read_metadata(str(work / FEATURE_CACHE_DIR))
     classes = num_classes(tft.TFTransformOutput(small_preprocessed.transform_graph_dir))
-    head = head_model(dataclasses.replace(model_config, fusion=stage), classes, metadata["text_dim"],
+    settings = json.loads((work / STAGES_DIR / stage / "settings.json").read_text())["model"]
+    head = head_model(dataclasses.replace(model_config, **settings), classes, metadata["text_dim"],
                       metadata["image_dim"])
     head.load_weights(str(work / STAGES_DIR / stage / FINAL_WEIGHTS)).expect_partial()
     return head
@@ -124,7 +127,8 @@ def test_another_fusion_in_the_same_work_dir_reuses_the_cache_and_the_unimodal_s
         transform_graph_dir=small_preprocessed.transform_graph_dir,
         export_dir=str(tmp_path / "decision"),
         work_dir=str(work),
-        model_config=dataclasses.replace(model_config, fusion=fusion.DECISION_LEVEL),
+        # Other head options than the policy's run: the unimodal stages do not depend on them.
+        model_config=dataclasses.replace(model_config, fusion=fusion.DECISION_LEVEL, fusion_width=8),
         train_config=TRAIN_CONFIG,
     )
     out = capsys.readouterr().out

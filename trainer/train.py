@@ -229,9 +229,19 @@ def _stage_config(model_config: ModelConfig, stage: str) -> ModelConfig:
     return dataclasses.replace(model_config, fusion=stage)
 
 
+# Options of the fusion heads, which a unimodal stage does not depend on: fusions that differ only
+# in them share the work directory's unimodal stages.
+_FUSION_HEAD_OPTIONS = ("fusion_width", "key_dim", "hybrid_hidden_units", "hybrid_normalize", "shared_scorer",
+                        "scaled", "combine", "policy_top_k")
+
+
 def _settings(stage_config: ModelConfig, stage_recipe: Recipe, train_config: TrainConfig) -> dict:
+    """What a stage's result depends on: a stage directory holds the result of one such setting."""
+    model = dataclasses.asdict(stage_config)
+    if stage_config.fusion in fusion.UNIMODAL_FUSIONS:
+        model = {name: value for name, value in model.items() if name not in _FUSION_HEAD_OPTIONS}
     settings = {
-        "model": dataclasses.asdict(stage_config),
+        "model": model,
         "recipe": dataclasses.asdict(stage_recipe),
         "frozen_encoders": train_config.frozen_encoders,
         "seed": train_config.seed,
