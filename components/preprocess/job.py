@@ -145,7 +145,11 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
     if runner in ("DirectRunner", "direct") and not any(a.startswith("--direct_running_mode") for a in args):
         args.append("--direct_running_mode=multi_processing")
         if not any(a.startswith("--direct_num_workers") for a in args):
-            args.append("--direct_num_workers=0")  # 0: as many as there are cores
+            # Not Beam's 0 (os.cpu_count()): in a Kubernetes pod that is the node's cores, not the
+            # pod's CPU limit, and 64 workers in a 4-CPU pod run out of memory. joblib reads the limit.
+            import joblib
+
+            args.append(f"--direct_num_workers={joblib.cpu_count()}")
     return PipelineOptions(args)
 
 
