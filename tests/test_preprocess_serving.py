@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from tests.conftest import FASHION_DIR
+from tests.no_tensorflow_text import PRELUDE
 from trainer import export, features, train
 from trainer.model import ModelConfig, build_model
 
@@ -20,35 +21,9 @@ MAX_SEQ_LENGTH = 24  # the small_preprocessed fixture's
 TITLES = ["Turtle Check Men Navy Blue Shirt", "Café Crème Kurta 中文 👗 T-Shirt!!!", "x" * 300]
 PHOTOS = ["15970.jpg", "10000.jpg", "10001.jpg"]
 
-_BLOCKED_SCRIPT = textwrap.dedent('''
-    import importlib.abc, json, os, sys
-
-    class _NoTensorflowText(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "tensorflow_text" or name.startswith("tensorflow_text."):
-                raise ImportError("tensorflow_text is not available in TF Serving")
-            return None
-
-    sys.meta_path.insert(0, _NoTensorflowText())
-    import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
-    from tensorflow.python.framework import op_def_registry
-
-    try:
-        import tensorflow_text  # noqa: F401
-        sys.exit("the tensorflow_text blocker does not work")
-    except ImportError:
-        pass
-
+_BLOCKED_SCRIPT = PRELUDE + textwrap.dedent('''
     model_dir, signature, title_key, image_key, titles, photos = sys.argv[1:7]
-    proto = saved_model_pb2.SavedModel()
-    with open(os.path.join(model_dir, "saved_model.pb"), "rb") as f:
-        proto.ParseFromString(f.read())
-    ops = set()
-    for meta_graph in proto.meta_graphs:
-        ops.update(node.op for node in meta_graph.graph_def.node)
-        for function in meta_graph.graph_def.library.function:
-            ops.update(node.op for node in function.node_def)
+    ops = op_types(model_dir)
     # Checked before loading the model: only core TensorFlow's ops are registered at this point.
     unregistered = sorted(op for op in ops if op_def_registry.get(op) is None)
 

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tensorflow_text as text
 
 from components.preprocess.tokenizer import MAX_BYTES_PER_WORD, BertTokenizer, fold_mapping
+from tests.no_tensorflow_text import PRELUDE
 from trainer.features import (
     BERT_INPUT_KEYS,
     INPUT_MASK_KEY,
@@ -378,40 +379,9 @@ def test_transform_graph_round_trip(transform_output, expected_tft_ids, referenc
         np.testing.assert_array_equal(reloaded[key], ref[key])
 
 
-_NO_TF_TEXT_SCRIPT = textwrap.dedent('''
-    import importlib.abc, json, os, sys
-
-    class _NoTensorflowText(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "tensorflow_text" or name.startswith("tensorflow_text."):
-                raise ImportError("tensorflow_text is not available in TF Serving")
-            return None
-
-    sys.meta_path.insert(0, _NoTensorflowText())
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
-    from tensorflow.python.framework import op_def_registry
-
-    try:
-        import tensorflow_text  # noqa: F401
-        sys.exit("the tensorflow_text blocker does not work")
-    except ImportError:
-        pass
-
+_NO_TF_TEXT_SCRIPT = PRELUDE + textwrap.dedent('''
     model_dir, transform_dir, control_dir, titles_json, title_key = sys.argv[1:6]
     titles = json.loads(titles_json)
-
-    def op_types(saved_model_dir):
-        proto = saved_model_pb2.SavedModel()
-        with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
-            proto.ParseFromString(f.read())
-        ops = set()
-        for meta_graph in proto.meta_graphs:
-            ops.update(node.op for node in meta_graph.graph_def.node)
-            for function in meta_graph.graph_def.library.function:
-                ops.update(node.op for node in function.node_def)
-        return ops
 
     # Checked before anything but core TF is imported, so only core ops are registered.
     ops = {d: sorted(op_types(d)) for d in (model_dir, transform_dir, control_dir)}

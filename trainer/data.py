@@ -41,6 +41,24 @@ def model_feature_spec(transformed_feature_spec: dict) -> dict:
     return {key: transformed_feature_spec[key] for key in keys}
 
 
+def read_records(
+    file_pattern: str, shuffle: bool, repeat: bool = False, shuffle_buffer: int = 4096, seed: int | None = None
+) -> tf.data.Dataset:
+    """Serialized records of GZIP TFRecord files, read in parallel (and shuffled for training)."""
+    files = tf.data.Dataset.list_files(file_pattern, shuffle=shuffle, seed=seed)
+    records = files.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
+        cycle_length=tf.data.AUTOTUNE,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=not shuffle,
+    )
+    if shuffle:
+        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        records = records.repeat()
+    return records
+
+
 def make_dataset(
     file_pattern: str,
     transformed_feature_spec: dict,
@@ -53,17 +71,7 @@ def make_dataset(
     workers: int = 1,
 ) -> tf.data.Dataset:
     """(model inputs, label_id) batches from transformed TFRecords."""
-    files = tf.data.Dataset.list_files(file_pattern, shuffle=shuffle, seed=seed)
-    records = files.interleave(
-        lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
-        cycle_length=tf.data.AUTOTUNE,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not shuffle,
-    )
-    if shuffle:
-        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        records = records.repeat()
+    records = read_records(file_pattern, shuffle, repeat, shuffle_buffer, seed)
     spec = model_feature_spec(transformed_feature_spec)
 
     def parse(serialized):

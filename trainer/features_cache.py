@@ -135,17 +135,9 @@ def make_feature_dataset(
 ) -> tf.data.Dataset:
     """({TEXT_FEATURES_KEY, IMAGE_FEATURES_KEY}, label_id) batches from the cache's split."""
     spec = feature_spec(read_metadata(cache_dir))
-    files = tf.data.Dataset.list_files(os.path.join(cache_dir, split, f"*{RECORD_SUFFIX}"), shuffle=shuffle, seed=seed)
-    records = files.interleave(
-        lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
-        cycle_length=tf.data.AUTOTUNE,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not shuffle,
+    records = data.read_records(
+        os.path.join(cache_dir, split, f"*{RECORD_SUFFIX}"), shuffle, repeat, shuffle_buffer, seed
     )
-    if shuffle:
-        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        records = records.repeat()
 
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)
