@@ -32,10 +32,11 @@ def register(commands) -> None:
     parser.add_argument("--out", default="benchmark", help="results, splits, feature cache (reused if present)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--models", default="", help="comma-separated fusions (default: every model of the paper)")
-    parser.add_argument("--learning-rates", default="3e-3,1e-2,3e-2", help="candidates, chosen on validation")
-    parser.add_argument("--max-epochs", type=int, default=40)
-    parser.add_argument("--patience", type=int, default=6, help="early stopping on validation top-1")
-    parser.add_argument("--batch-size", type=int, default=32)
+    # Unset head-training flags take trainer.ablation.AblationConfig's defaults.
+    parser.add_argument("--learning-rates", default=None, help="candidates, chosen on validation")
+    parser.add_argument("--max-epochs", type=int, default=None)
+    parser.add_argument("--patience", type=int, default=None, help="early stopping on validation top-1")
+    parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--validation-fraction", type=float, default=0.125, help="of the train split")
     parser.add_argument("--eval-fraction", type=float, default=local.eval_fraction)
     parser.add_argument("--bert-handle", default=local.bert_handle)
@@ -72,13 +73,16 @@ def main(args: argparse.Namespace) -> None:
     if "://" not in args.catalog and not os.path.exists(args.catalog):
         raise cli.UserError(f"catalog {args.catalog} does not exist")
     try:
+        given = {
+            "learning_rates": args.learning_rates and _floats(args.learning_rates, "--learning-rates"),
+            "max_epochs": args.max_epochs,
+            "patience": args.patience,
+            "batch_size": args.batch_size,
+        }
         ablation_config = ablation.AblationConfig(
             models=tuple(m for m in args.models.split(",") if m) or ablation.PAPER_MODELS,
             seeds=tuple(range(args.seeds)),
-            learning_rates=_floats(args.learning_rates, "--learning-rates"),
-            max_epochs=args.max_epochs,
-            patience=args.patience,
-            batch_size=args.batch_size,
+            **{k: v for k, v in given.items() if v is not None},
         )
         model_config = ModelConfig(
             bert_handle=args.bert_handle,

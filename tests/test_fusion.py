@@ -174,3 +174,17 @@ def test_every_fusion_of_the_paper_gives_float32_logits_under_mixed_precision(na
         keras.mixed_precision.set_global_policy("float32")
     assert logits.dtype == tf.float32 and logits.shape == (3, 5)
     assert np.all(np.isfinite(logits.numpy()))
+
+
+def test_stream_norm_makes_the_heads_blind_to_a_stream_s_scale():
+    """With stream_norm, an image encoder whose features are 100x larger changes nothing; without it,
+    the larger stream dominates (the keyless collapse measured in docs/results.md)."""
+    f_t, f_i = tf.random.normal([4, 24]), tf.random.normal([4, 40])
+    for name in (fusion.CONCAT, fusion.KEYLESS, fusion.HANET):
+        normed = fusion.FusionHead(name, num_classes=5, width=16, key_dim=8, stream_norm=True)
+        # Equal up to LayerNormalization's epsilon (1e-3 against a variance of 1 vs 1e4).
+        np.testing.assert_allclose(normed(f_t, f_i), normed(f_t, 100.0 * f_i), atol=5e-3)
+        plain = fusion.FusionHead(name, num_classes=5, width=16, key_dim=8)
+        assert not np.allclose(plain(f_t, f_i), plain(f_t, 100.0 * f_i), atol=5e-2)
+    # Unimodal heads have nothing to balance: the option leaves them as they are.
+    assert not fusion.FusionHead(fusion.TEXT_ONLY, num_classes=5, stream_norm=True).stream_norm

@@ -46,9 +46,9 @@ class AblationConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     # Heads start from scratch on fixed features: learning rates far above fine-tuning's 2e-5.
     # One is chosen per model on the validation split with the first seed.
-    learning_rates: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
-    max_epochs: int = 40
-    patience: int = 6
+    learning_rates: tuple[float, ...] = (3e-3, 1e-2)
+    max_epochs: int = 30
+    patience: int = 5
     batch_size: int = 32
     weight_decay: float = 0.01
 

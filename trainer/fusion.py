@@ -170,6 +170,7 @@ class FusionHead(keras.layers.Layer):
         scaled: bool = True,
         combine: str = "concat",
         dropout: float = 0.1,
+        stream_norm: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -189,6 +190,12 @@ class FusionHead(keras.layers.Layer):
         self.dropout_rate = dropout
         self.dropout = keras.layers.Dropout(dropout)
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
+        # Layer normalization of f_t and f_i before they meet: the streams come from different
+        # encoders on different scales, and the larger one otherwise wins the attention at the start.
+        self.stream_norm = stream_norm and fusion not in UNIMODAL_FUSIONS
+        if self.stream_norm:
+            self.text_norm = keras.layers.LayerNormalization(name="text_norm")
+            self.image_norm = keras.layers.LayerNormalization(name="image_norm")
         if fusion == CONCAT:
             self.hidden = keras.layers.Dense(width, activation="relu", name="concat_hidden")
         if fusion in (KEYLESS, KEY_BASED, HANET):
@@ -201,7 +208,7 @@ class FusionHead(keras.layers.Layer):
             self.hybrid = HybridScores(hybrid_hidden_units, hybrid_normalize, name="hybrid")
 
     def attention_scores(self, f_t, f_i):
-        """The per-stream weights (s_t, s_i) [batch, 2] of the attention heads."""
+        """The per-stream weights (s_t, s_i) [batch, 2] of the attention heads (after stream_norm)."""
         v_t, v_i = self.values(f_t, f_i)
         if self.fusion == KEYLESS:
             return v_t, v_i, self.keyless(v_t, v_i)
@@ -211,6 +218,8 @@ class FusionHead(keras.layers.Layer):
 
     def call(self, f_t, f_i, training=None):
         f_t, f_i = _compute_dtype(self, f_t, f_i)
+        if self.stream_norm:
+            f_t, f_i = self.text_norm(f_t), self.image_norm(f_i)
         if self.fusion == TEXT_ONLY:
             fused = f_t
         elif self.fusion == IMAGE_ONLY:
@@ -235,6 +244,7 @@ class FusionHead(keras.layers.Layer):
             "scaled": self.scaled,
             "combine": self.combine,
             "dropout": self.dropout_rate,
+            "stream_norm": self.stream_norm,
         }
 
 
@@ -343,6 +353,7 @@ def fusion_head(
     combine: str = "concat",
     policy_top_k: int = 5,
     dropout: float = 0.1,
+    stream_norm: bool = False,
     name: str = "fusion",
 ) -> keras.layers.Layer:
     """The head of `fusion`, one of FUSIONS: (f_t, f_i) → logits [batch, num_classes]."""
@@ -361,5 +372,6 @@ def fusion_head(
         scaled=scaled,
         combine=combine,
         dropout=dropout,
+        stream_norm=stream_norm,
         name=name,
     )

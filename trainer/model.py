@@ -43,6 +43,7 @@ class ModelConfig:
     combine: str = "concat"
     policy_top_k: int = 5
     dropout: float = 0.1
+    stream_norm: bool = False
 
     def __post_init__(self):
         if self.fusion not in fusion.FUSIONS:
@@ -78,6 +79,7 @@ class ModelConfig:
             combine=self.combine,
             policy_top_k=self.policy_top_k,
             dropout=self.dropout,
+            stream_norm=self.stream_norm,
             name=FUSION_LAYER,
         )
 
