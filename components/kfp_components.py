@@ -45,7 +45,6 @@ def preprocess(
     from components.preprocess import job
     from components.preprocess.catalog import CatalogColumns, split_column_list
     from components.preprocess.transform import TransformOptions
-    from trainer import encoders
 
     # Remote workers (Dataflow, a Flink or Spark cluster) write to the artifacts' URIs, not to this pod.
     local = job.runs_on_this_machine(beam_args)
@@ -60,9 +59,8 @@ def preprocess(
             extra_text=split_column_list(extra_text_columns),
             text_separator=text_separator,
         ),
-        options=TransformOptions(
-            vocab_file=encoders.vocab_file(bert_handle),
-            lower_case=encoders.lower_case(bert_handle),
+        options=TransformOptions.for_text_encoder(
+            bert_handle,
             max_seq_length=max_seq_length,
             image_size=image_size,
             label_min_count=label_min_count,

@@ -22,6 +22,7 @@ from pipeline import cli, config
 
 RESULTS_MARKDOWN = "results.md"
 RESULTS_JSON = "results.json"
+PREPROCESS_DIR = "preprocess"
 
 
 def register(commands) -> None:
@@ -67,11 +68,7 @@ def main(args: argparse.Namespace) -> None:
     from trainer.model import ModelConfig
 
     ablation = _ablation()
-    for name, path in (("--bert-handle", args.bert_handle), ("--image-weights", args.image_weights)):
-        if path and "://" not in path and path != "imagenet" and not os.path.exists(path):
-            raise cli.UserError(f"{name} {path} does not exist: run scripts/setup_encoders.sh (see README)")
-    if "://" not in args.catalog and not os.path.exists(args.catalog):
-        raise cli.UserError(f"catalog {args.catalog} does not exist")
+    cli.check_local_inputs(args.catalog, args.bert_handle, args.image_weights)
     try:
         given = {
             "learning_rates": args.learning_rates and _floats(args.learning_rates, "--learning-rates"),
@@ -101,27 +98,19 @@ def main(args: argparse.Namespace) -> None:
 
 
 def _preprocess(args: argparse.Namespace, model_config, out: str) -> dict:
-    """The preprocess stage once; a finished one in OUT is reused."""
+    """The preprocess stage once, into OUT/preprocess/ (the standalone command's layout); reused if done."""
     from components.preprocess.catalog import CatalogColumns
-    from components.preprocess.job import preprocess
-    from components.preprocess.transform import TransformOptions
-    from trainer import encoders
+    from components.preprocess.job import METRICS_FILE, preprocess_to_dir
 
-    metrics_file = os.path.join(out, "preprocess", "metrics.json")
+    metrics_file = os.path.join(out, PREPROCESS_DIR, METRICS_FILE)
     if not os.path.exists(metrics_file):
-        preprocess(
+        preprocess_to_dir(
             catalog=os.path.abspath(args.catalog) if "://" not in args.catalog else args.catalog,
             columns=CatalogColumns(label=args.label_column),
-            options=TransformOptions(
-                vocab_file=encoders.vocab_file(model_config.bert_handle),
-                lower_case=encoders.lower_case(model_config.bert_handle),
-                max_seq_length=model_config.max_seq_length,
-                image_size=model_config.image_size,
-            ),
-            examples_dir=os.path.join(out, "preprocess", "examples"),
-            transform_graph_dir=os.path.join(out, "preprocess", "transform_graph"),
-            quarantine_file=os.path.join(out, "preprocess", "quarantine.jsonl"),
-            metrics_file=metrics_file,
+            output_dir=os.path.join(out, PREPROCESS_DIR),
+            bert_handle=model_config.bert_handle,
+            max_seq_length=model_config.max_seq_length,
+            image_size=model_config.image_size,
             eval_fraction=args.eval_fraction,
             beam_args=args.beam_args,
         )
@@ -133,6 +122,7 @@ def run_benchmark(args: argparse.Namespace, ablation_config, model_config) -> tu
     import tensorflow as tf
     import tensorflow_transform as tft
 
+    from components.preprocess import job as preprocess_job
     from trainer import ablation_report, features, features_cache
     from trainer.train import num_classes
 
@@ -144,8 +134,10 @@ def run_benchmark(args: argparse.Namespace, ablation_config, model_config) -> tu
 
     examples_dir = os.path.join(out, "examples")
     if not os.path.exists(os.path.join(examples_dir, "split_sizes.json")):
-        ablation.split_validation(os.path.join(out, "preprocess", "examples"), examples_dir, args.validation_fraction)
-    transform_graph_dir = os.path.join(out, "preprocess", "transform_graph")
+        ablation.split_validation(
+            os.path.join(out, PREPROCESS_DIR, preprocess_job.EXAMPLES_DIR), examples_dir, args.validation_fraction
+        )
+    transform_graph_dir = os.path.join(out, PREPROCESS_DIR, preprocess_job.TRANSFORM_GRAPH_DIR)
     started = time.monotonic()
     metadata = features_cache.cache_features(
         examples_dir=examples_dir,

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
+import os
 
 from pipeline import config
 
 
 class UserError(Exception):
     """An error the user can fix; printed as one line, without a traceback."""
+
+
+def check_local_inputs(catalog: str = "", bert_handle: str = "", image_weights: str | None = "") -> None:
+    """Local paths given to a command exist (URIs and "imagenet" are left to the loaders; an empty
+    argument is not checked)."""
+    for name, path in (("--bert-handle", bert_handle), ("--image-weights", image_weights)):
+        if path and "://" not in path and path != "imagenet" and not os.path.exists(path):
+            raise UserError(f"{name} {path} does not exist: run scripts/setup_encoders.sh (see README)")
+    if catalog and "://" not in catalog and not glob.glob(catalog):
+        raise UserError(f"catalog {catalog} does not exist")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, default_config: str | None) -> None:

@@ -30,7 +30,7 @@ class PipelineParams:
     catalog: str = ""
     label_column: str = ""
     serving_base: str = ""
-    bert_handle: str = "https://tfhub.dev/tensorflow/bert_en_uncased_L-12_H-768_A-12/4"
+    bert_handle: str = features.PAPER_BERT_HANDLE
     image_weights: str = "imagenet"
     image_variant: str = "b0"
     fusion: str = "hanet"

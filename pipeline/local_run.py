@@ -35,14 +35,6 @@ def main(args: argparse.Namespace) -> None:
     print(f"evaluation report: {result['report']}")
 
 
-def _check_local_inputs(params: config.PipelineParams) -> None:
-    for name, path in (("--bert-handle", params.bert_handle), ("--image-weights", params.image_weights)):
-        if path and "://" not in path and path != "imagenet" and not os.path.exists(path):
-            raise cli.UserError(f"{name} {path} does not exist: run scripts/setup_encoders.sh (see README)")
-    if "://" not in params.catalog and not os.path.exists(params.catalog):
-        raise cli.UserError(f"catalog {params.catalog} does not exist")
-
-
 def run_local(params: config.PipelineParams, work_dir: str, tasks: config.Tasks | None = None) -> dict:
     """Runs the pipeline through kfp.local: each task in a subprocess, artifacts under WORK_DIR."""
     from kfp import local
@@ -51,7 +43,7 @@ def run_local(params: config.PipelineParams, work_dir: str, tasks: config.Tasks 
     from components.push import served_versions
     from pipeline.pipeline import create_pipeline
 
-    _check_local_inputs(params)
+    cli.check_local_inputs(params.catalog, params.bert_handle, params.image_weights)
     try:
         pipeline = create_pipeline(kfp_components.lightweight(), tasks)
     except config.ConfigError as e:

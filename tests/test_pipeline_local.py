@@ -1,7 +1,6 @@
 """The whole Kubeflow pipeline through kfp.local, as a new user runs it: CLI in, served model out."""
 import csv
 
-import pytest
 import tensorflow as tf
 
 from pipeline.__main__ import main

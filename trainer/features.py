@@ -35,6 +35,9 @@ OUTPUT_SCORES_KEY = "scores"
 OUTPUT_PROBABILITIES_KEY = "probabilities"  # every class, from the transformed-features signature
 DEFAULT_TOP_K = 5
 
+# The paper's text encoder (BERT-base uncased), the production default of every BERT handle.
+PAPER_BERT_HANDLE = "https://tfhub.dev/tensorflow/bert_en_uncased_L-12_H-768_A-12/4"
+
 # TF Serving: the model's name under the serving base, and its ports.
 MODEL_NAME = "hanet"
 GRPC_PORT = 8500

@@ -345,33 +345,18 @@ def fusion_head(
     num_classes: int,
     *,
     width: int = 512,
-    key_dim: int = 64,
-    hybrid_hidden_units: int = 16,
-    hybrid_normalize: str = "softmax",
-    shared_scorer: bool = True,
-    scaled: bool = True,
-    combine: str = "concat",
-    policy_top_k: int = 5,
     dropout: float = 0.1,
-    stream_norm: bool = False,
+    policy_top_k: int = 5,
     name: str = "fusion",
+    **feature_head_options,
 ) -> keras.layers.Layer:
-    """The head of `fusion`, one of FUSIONS: (f_t, f_i) → logits [batch, num_classes]."""
+    """The head of `fusion`, one of FUSIONS: (f_t, f_i) → logits [batch, num_classes].
+
+    `feature_head_options` are FusionHead's open choices (key_dim, hybrid_*, shared_scorer, scaled,
+    combine, stream_norm); the decision-level heads have none of them.
+    """
     if fusion == DECISION_LEVEL:
         return DecisionLevelFusion(num_classes, hidden_units=width, dropout=dropout, name=name)
     if fusion == POLICY:
         return PolicyFusion(num_classes, hidden_units=width, top_k=policy_top_k, dropout=dropout, name=name)
-    return FusionHead(
-        fusion,
-        num_classes,
-        width=width,
-        key_dim=key_dim,
-        hybrid_hidden_units=hybrid_hidden_units,
-        hybrid_normalize=hybrid_normalize,
-        shared_scorer=shared_scorer,
-        scaled=scaled,
-        combine=combine,
-        dropout=dropout,
-        stream_norm=stream_norm,
-        name=name,
-    )
+    return FusionHead(fusion, num_classes, width=width, dropout=dropout, name=name, **feature_head_options)

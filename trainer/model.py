@@ -21,7 +21,7 @@ TEXT_POOLINGS = ("pooled", "mean")
 class ModelConfig:
     fusion: str = fusion.HANET
     # A TF-Hub BERT encoder: a tfhub.dev/Kaggle URL in production, a local SavedModel folder here.
-    bert_handle: str = "https://tfhub.dev/tensorflow/bert_en_uncased_L-12_H-768_A-12/4"
+    bert_handle: str = features.PAPER_BERT_HANDLE
     train_text_encoder: bool = True
     # "imagenet", a local weights file, or None for random initialisation.
     image_weights: str | None = "imagenet"

@@ -18,12 +18,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from components.preprocess import records  # noqa: E402
-from components.preprocess.catalog import CatalogColumns, CatalogError, check_catalog, split_column_list  # noqa: E402
+from components.preprocess.catalog import CatalogColumns, CatalogError, split_column_list  # noqa: E402
 from pipeline import cli, config  # noqa: E402
-
-EXAMPLES_DIR = "examples"
-TRANSFORM_GRAPH_DIR = "transform_graph"
-
 
 def _fraction(text: str) -> float:
     value = float(text)
@@ -69,11 +65,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, beam_args: list[str]):
-    from components.preprocess import job
-
-    handle = args.bert_handle
-    if "://" not in handle and not os.path.exists(handle):
-        raise cli.UserError(f"--bert-handle {handle} does not exist: run scripts/setup_encoders.sh (see README)")
+    # The catalog is checked by the stage itself (globs, formats, columns), with its own messages.
+    cli.check_local_inputs(bert_handle=args.bert_handle)
     columns = CatalogColumns(
         label=args.label_column,
         id=args.id_column,
@@ -82,29 +75,16 @@ def run(args: argparse.Namespace, beam_args: list[str]):
         extra_text=split_column_list(args.extra_text_columns),
         text_separator=args.text_separator,
     )
-    out = args.output_dir
-    examples_dir = os.path.join(out, EXAMPLES_DIR)
-    # Checked before TensorFlow loads (below), so that a mistake costs a second, not a minute.
-    check_catalog(args.catalog, columns)
-    job.check_outputs(examples_dir)
+    from components.preprocess import job
 
-    from components.preprocess.transform import TransformOptions
-    from trainer import encoders
-
-    return job.preprocess(
+    return job.preprocess_to_dir(
         catalog=args.catalog,
         columns=columns,
-        options=TransformOptions(
-            vocab_file=encoders.vocab_file(handle),
-            lower_case=encoders.lower_case(handle),
-            max_seq_length=args.max_seq_length,
-            image_size=args.image_size,
-            label_min_count=args.label_min_count,
-        ),
-        examples_dir=examples_dir,
-        transform_graph_dir=os.path.join(out, TRANSFORM_GRAPH_DIR),
-        quarantine_file=os.path.join(out, job.QUARANTINE_FILE),
-        metrics_file=os.path.join(out, job.METRICS_FILE),
+        output_dir=args.output_dir,
+        bert_handle=args.bert_handle,
+        max_seq_length=args.max_seq_length,
+        image_size=args.image_size,
+        label_min_count=args.label_min_count,
         eval_fraction=args.eval_fraction,
         max_image_pixels=args.max_image_pixels,
         beam_args=[f"--runner={args.runner}", *beam_args],

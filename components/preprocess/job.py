@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from components.preprocess.transform import TransformOptions
 
 QUARANTINE_FILE = "quarantine.jsonl"
+EXAMPLES_DIR = "examples"
+TRANSFORM_GRAPH_DIR = "transform_graph"
 METRICS_FILE = "metrics.json"
 RECORD_SUFFIX = ".tfrecord.gz"
 SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
@@ -416,3 +418,36 @@ def _delete(path: str) -> None:
 
     if tf.io.gfile.exists(path):
         tf.io.gfile.rmtree(path)
+
+
+def preprocess_to_dir(
+    *,
+    catalog: str,
+    columns: CatalogColumns,
+    output_dir: str,
+    bert_handle: str,
+    max_seq_length: int,
+    image_size: int,
+    eval_fraction: float = DEFAULT_EVAL_FRACTION,
+    label_min_count: int = 1,
+    max_image_pixels: int = records.DEFAULT_MAX_IMAGE_PIXELS,
+    beam_args: Sequence[str] = (),
+) -> PreprocessResult:
+    """`preprocess` with every output in one directory: OUTPUT_DIR/examples/, transform_graph/,
+    quarantine.jsonl and metrics.json (the standalone command's and the benchmark's layout)."""
+    from components.preprocess.transform import TransformOptions
+
+    return preprocess(
+        catalog=catalog,
+        columns=columns,
+        options=TransformOptions.for_text_encoder(
+            bert_handle, max_seq_length=max_seq_length, image_size=image_size, label_min_count=label_min_count
+        ),
+        examples_dir=os.path.join(output_dir, EXAMPLES_DIR),
+        transform_graph_dir=os.path.join(output_dir, TRANSFORM_GRAPH_DIR),
+        quarantine_file=os.path.join(output_dir, QUARANTINE_FILE),
+        metrics_file=os.path.join(output_dir, METRICS_FILE),
+        eval_fraction=eval_fraction,
+        max_image_pixels=max_image_pixels,
+        beam_args=beam_args,
+    )

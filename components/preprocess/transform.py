@@ -33,6 +33,13 @@ class TransformOptions:
     # Labels seen fewer times than this in the train split share the out-of-vocabulary bucket.
     label_min_count: int = 1
 
+    @classmethod
+    def for_text_encoder(cls, bert_handle: str, **options) -> "TransformOptions":
+        """Tokenizes with the WordPiece vocabulary and casing of the text encoder that will read the ids."""
+        from trainer import encoders
+
+        return cls(vocab_file=encoders.vocab_file(bert_handle), lower_case=encoders.lower_case(bert_handle), **options)
+
 
 def resize_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     """Encoded image bytes of any size and format TF decodes → square RGB JPEG bytes.
