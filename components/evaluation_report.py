@@ -10,8 +10,9 @@ import base64
 
 import jinja2
 
-from components.evaluate import OTHER_CLASSES, Evaluation, Verdict
-from trainer import features
+from common.metrics import OTHER_CLASSES
+from components.evaluate import Evaluation, Verdict
+from common import features
 
 _TEMPLATE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Evaluation of {{ model }}</title>

@@ -30,7 +30,7 @@ import uuid
 
 import tensorflow as tf
 
-from trainer import features
+from common import features
 
 SAVED_MODEL_FILE = "saved_model.pb"
 STAGING_PREFIX = ".staging-"

@@ -39,6 +39,7 @@ RUN python3 -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version'
 # The KFP command of a containerized component, `python3 -m kfp.dsl.executor_main
 # --function_to_execute NAME`, finds NAME through kfp_config.ini in its working directory.
 COPY images/kfp_config.ini ./kfp_config.ini
+COPY common/ common/
 COPY components/ components/
 COPY trainer/ trainer/
 COPY pipeline/ pipeline/

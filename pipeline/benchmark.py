@@ -123,8 +123,9 @@ def run_benchmark(args: argparse.Namespace, ablation_config, model_config) -> tu
     import tensorflow_transform as tft
 
     from components.preprocess import job as preprocess_job
-    from trainer import ablation_report, features, features_cache
-    from trainer.train import num_classes
+    from common import features
+    from trainer import ablation_report, features_cache
+    from common.labels import num_classes
 
     ablation = _ablation()
     out = os.path.abspath(args.out)

@@ -17,7 +17,7 @@ from components.preprocess.catalog import (
     DEFAULT_TEXT_SEPARATOR,
     DEFAULT_TITLE_COLUMN,
 )
-from trainer import features
+from common import features
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PRETRAINED_DIR = pathlib.Path(os.environ.get("HANET_PRETRAINED_DIR", REPO_ROOT / "pretrained"))

@@ -17,7 +17,7 @@ from components.preprocess.catalog import (
     DEFAULT_TITLE_COLUMN,
 )
 from pipeline import config
-from trainer import features
+from common import features
 
 PIPELINE_NAME = "hanet-product-classifier"
 

@@ -5,7 +5,7 @@ import argparse
 import os
 
 from pipeline import cli
-from trainer import features
+from common import features
 
 
 def register(commands) -> None:

@@ -9,7 +9,7 @@ import posixpath
 import sys
 
 from pipeline import cli
-from trainer import features
+from common import features
 
 
 def register(commands) -> None:

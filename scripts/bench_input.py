@@ -28,9 +28,10 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from trainer import data, features, features_cache, recipe  # noqa: E402
+from common import features  # noqa: E402
+from trainer import data, features_cache, recipe  # noqa: E402
 from trainer.model import ModelConfig, build_model, head_model  # noqa: E402
-from trainer.train import num_classes  # noqa: E402
+from common.labels import num_classes  # noqa: E402
 
 
 class StepTimes(keras.callbacks.Callback):

@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from trainer.features import MODEL_NAME  # noqa: E402
+from common.features import MODEL_NAME  # noqa: E402
 
 DEFAULT_CATALOG = REPO_ROOT.parent / "shared" / "data" / "fashion-products" / "products.csv"
 HOST = "127.0.0.1"
@@ -55,7 +55,7 @@ class InProcess:
     def __init__(self, model_dir: str):
         import tensorflow as tf
 
-        from trainer import features
+        from common import features
 
         self._tf = tf
         self._signature = tf.saved_model.load(model_dir).signatures[features.SERVING_SIGNATURE]

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from components.preprocess.tokenizer import BertTokenizer  # noqa: E402
-from trainer.features import INPUT_WORD_IDS_KEY  # noqa: E402
+from common.features import INPUT_WORD_IDS_KEY  # noqa: E402
 
 DEFAULT_CATALOG = REPO_ROOT.parent / "shared" / "data" / "fashion-products" / "products.csv"
 DEFAULT_VOCAB = REPO_ROOT / "pretrained" / "bert_tiny" / "assets" / "vocab.txt"

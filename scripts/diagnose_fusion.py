@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from trainer import ablation, features, features_cache, fusion  # noqa: E402
+from common import features  # noqa: E402
+from trainer import ablation, features_cache, fusion  # noqa: E402
 from trainer.model import ModelConfig, fusion_layer  # noqa: E402
 
 VARIANTS = {
@@ -74,7 +75,7 @@ def main() -> None:
     ablation_config = ablation.AblationConfig(max_epochs=args.max_epochs, patience=args.patience)
     from tensorflow_transform import TFTransformOutput
 
-    from trainer.train import num_classes as count_classes
+    from common.labels import num_classes as count_classes
 
     num_classes = count_classes(TFTransformOutput(os.path.join(args.out, "preprocess", "transform_graph")))
     print(f"mean L2 norm on validation: {feature_scales(cache_dir)}")

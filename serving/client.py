@@ -11,7 +11,7 @@ import base64
 
 import numpy as np
 
-from trainer import features
+from common import features
 
 Prediction = list[tuple[str, float]]  # (class, score), best first
 

@@ -22,7 +22,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2, prediction_log_pb2
 
 from serving.errors import InvalidArgument, NotFound, from_tf_error
-from trainer import features
+from common import features
 
 SERVE_TAG = "serve"
 WARMUP_FILE = posixpath.join("assets.extra", "tf_serving_warmup_requests")

@@ -38,7 +38,7 @@ from tensorflow_serving.apis import (
 from serving import json_tensor
 from serving.errors import InvalidArgument, NotFound, ServingError, Unimplemented
 from serving.servables import SIGNATURE_DEF_FIELD, ServableManager
-from trainer import features
+from common import features
 
 # TF Serving's route patterns (tensorflow_serving/model_servers/http_rest_api_util.cc).
 PREDICTION_ROUTE = re.compile(

@@ -7,7 +7,8 @@ import tensorflow as tf
 
 from pipeline.__main__ import main
 from tests.conftest import write_small_catalog
-from trainer import ablation, features
+from common import features
+from trainer import ablation
 
 
 @pytest.fixture(scope="module")

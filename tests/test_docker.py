@@ -84,7 +84,7 @@ def test_everything_copied_exists_in_the_build_context(image):
         )
 
     sources = [source for sources, _ in copies(DOCKERFILES[image]) for source in sources]
-    assert {"requirements.txt", "images/kfp_config.ini", "components/", "trainer/", "pipeline/"} <= set(sources)
+    assert {"requirements.txt", "images/kfp_config.ini", "common/", "components/", "trainer/", "pipeline/"} <= set(sources)
     for source in sources:
         assert (REPO / source).exists(), source
         assert not is_ignored(source.rstrip("/")), f"{source} is excluded by .dockerignore"

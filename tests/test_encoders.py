@@ -7,7 +7,8 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
 
-from trainer import encoders, features
+from common import features
+from trainer import encoders
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_text_encoder_speaks_the_tfhub_bert_interface(tiny_bert_handle):
     assert outputs["pooled_output"].shape == (2, hidden)
     assert outputs["sequence_output"].shape == (2, 6, hidden)
     assert outputs["pooled_output"].dtype == tf.float32
-    # Keys are exactly the ones trainer/features.py owns; a renamed input fails loudly.
+    # Keys are exactly the ones common/features.py owns; a renamed input fails loudly.
     with pytest.raises(Exception):
         layer({"word_ids": ids, features.INPUT_MASK_KEY: ids, features.INPUT_TYPE_IDS_KEY: ids})
     assert set(encoders.bert_input_spec()) == set(features.BERT_INPUT_KEYS)

@@ -13,15 +13,8 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from components.evaluate import (
-    OTHER_CLASSES,
-    ClassCounts,
-    Evaluation,
-    UnimodalAgreement,
-    Verdict,
-    gate,
-    top_k_ids,
-)
+from common.metrics import OTHER_CLASSES, ClassCounts, UnimodalAgreement, top_k_ids
+from components.evaluate import Evaluation, Verdict, gate
 from components.evaluation_report import render_html
 from tests.conftest import FASHION_DIR
 

@@ -8,9 +8,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from trainer import export, features, features_cache, fusion, recipe
+from common import features
+from trainer import export, features_cache, fusion, recipe
 from trainer.model import ModelConfig, fusion_layer, head_model
-from trainer.train import FEATURE_CACHE_DIR, FINAL_WEIGHTS, STAGES_DIR, TrainConfig, num_classes, train
+from common.labels import label_names, num_classes
+from trainer.train import FEATURE_CACHE_DIR, FINAL_WEIGHTS, STAGES_DIR, TrainConfig, train
 
 HEAD_RECIPE = recipe.Recipe(learning_rate=1e-3, epochs=3, batch_size=8)
 TRAIN_CONFIG = TrainConfig(
@@ -100,7 +102,7 @@ def test_the_warmup_file_holds_real_requests_that_the_served_model_answers(froze
     _, exports, _ = frozen_run
     path = os.path.join(exports[fusion.POLICY], export.WARMUP_FILE)
     model = tf.saved_model.load(exports[fusion.POLICY])
-    labels = set(export.label_names(tft.TFTransformOutput(small_preprocessed.transform_graph_dir)))
+    labels = set(label_names(tft.TFTransformOutput(small_preprocessed.transform_graph_dir)))
     signatures = []
     for record in tf.data.TFRecordDataset(path):
         request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request

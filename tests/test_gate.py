@@ -13,7 +13,7 @@ from components import kfp_components
 from components.evaluate import evaluate_model, gate
 from components.push import newest_served_model, push
 from tests.conftest import DISTINCT_CLASSES, FASHION_CATALOG, train_small_model
-from trainer import features
+from common import features
 
 TOLERANCE = 0.05
 

@@ -1,5 +1,5 @@
 """The serving manifests under k8s/: every kustomization renders, every object passes the Kubernetes
-schemas offline, and the pieces agree with trainer/features.py and with each other.
+schemas offline, and the pieces agree with common/features.py and with each other.
 
 The TF Serving text protos in the ConfigMaps are parsed with their real message types, so a misspelt
 field fails here instead of in a crash-looping pod.
@@ -18,7 +18,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from kubernetes.utils.quantity import parse_quantity
 from tensorflow_serving.config import model_server_config_pb2
 
-from trainer.features import GRPC_PORT, MODEL_NAME, REST_PORT, SERVING_SIGNATURE
+from common.features import GRPC_PORT, MODEL_NAME, REST_PORT, SERVING_SIGNATURE
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 K8S_DIR = REPO_ROOT / "k8s"

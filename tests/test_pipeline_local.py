@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from pipeline.__main__ import main
 from tests.conftest import FASHION_DIR, write_small_catalog
-from trainer import features
+from common import features
 
 
 def test_compile_writes_the_pipeline_spec(tmp_path):

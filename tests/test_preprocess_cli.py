@@ -15,7 +15,8 @@ from components.preprocess import records
 from components.preprocess.__main__ import main
 from components.preprocess.tokenizer import BertTokenizer
 from tests.conftest import FASHION_CATALOG, FASHION_DIR
-from trainer import encoders, features
+from common import features
+from trainer import encoders
 
 MAX_SEQ_LENGTH = 16
 IMAGE_SIZE = 32

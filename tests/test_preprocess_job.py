@@ -10,7 +10,8 @@ import tensorflow_transform as tft
 from components.preprocess import records
 from components.preprocess.job import split_of
 from tests.conftest import FASHION_CATALOG
-from trainer import data, features
+from common import features
+from trainer import data
 
 
 def _read(examples_dir, split, spec):

@@ -13,7 +13,9 @@ import tensorflow_transform as tft
 
 from tests.conftest import FASHION_DIR
 from tests.no_tensorflow_text import PRELUDE
-from trainer import export, features, train
+from common import features
+from common.labels import num_classes
+from trainer import export
 from trainer.model import ModelConfig, build_model
 
 IMAGE_SIZE = 32
@@ -46,7 +48,7 @@ def serving_model(small_preprocessed, tiny_bert_handle, tmp_path_factory):
     tft_output = tft.TFTransformOutput(small_preprocessed.transform_graph_dir)
     config = ModelConfig(fusion="hanet", bert_handle=str(tiny_bert_handle), image_weights=None,
                          image_size=IMAGE_SIZE, max_seq_length=MAX_SEQ_LENGTH, fusion_width=32)
-    model = build_model(config, train.num_classes(tft_output))
+    model = build_model(config, num_classes(tft_output))
     export_dir = str(tmp_path_factory.mktemp("serving") / "model")
     export.export_serving_model(model, tft_output, export_dir, image_size=IMAGE_SIZE, max_seq_length=MAX_SEQ_LENGTH)
     return export_dir

@@ -16,7 +16,7 @@ from components.push import push
 from pipeline.__main__ import main
 from serving.client import ClientError, GrpcClient, RestClient
 from tests.conftest import FASHION_DIR, REPO_ROOT
-from trainer import features
+from common import features
 
 WATCH = ("CASIO G-Shock Men Black Digital Watch G-7710-1DR G223", (FASHION_DIR / "images" / "17429.jpg"))
 HANDBAG = ("Kiara Women Graphiti White Handbag", (FASHION_DIR / "images" / "21510.jpg"))

@@ -17,7 +17,7 @@ import tensorflow_text as text
 
 from components.preprocess.tokenizer import MAX_BYTES_PER_WORD, BertTokenizer, fold_mapping
 from tests.no_tensorflow_text import PRELUDE
-from trainer.features import (
+from common.features import (
     BERT_INPUT_KEYS,
     INPUT_MASK_KEY,
     INPUT_TYPE_IDS_KEY,

@@ -9,7 +9,9 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from tests.conftest import FASHION_DIR
-from trainer import export, features, fusion, recipe
+from common import features
+from common.labels import label_names
+from trainer import fusion, recipe
 from trainer.model import ModelConfig
 from trainer.train import STAGES_DIR, TrainConfig, stages_of, train
 
@@ -76,7 +78,7 @@ def test_the_text_and_fusion_recipe_is_adamw_with_10_percent_linear_warmup_then_
 def test_serving_signature_takes_raw_title_and_image_bytes(exported, small_preprocessed):
     _, model_dir, _ = exported
     model = tf.saved_model.load(model_dir)
-    labels = set(export.label_names(tft.TFTransformOutput(small_preprocessed.transform_graph_dir)))
+    labels = set(label_names(tft.TFTransformOutput(small_preprocessed.transform_graph_dir)))
     image = (FASHION_DIR / "images" / "15970.jpg").read_bytes()
     out = model.signatures[features.SERVING_SIGNATURE](
         **{features.TITLE_KEY: tf.constant(["Turtle Check Men Navy Blue Shirt"] * 2),

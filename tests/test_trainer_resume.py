@@ -9,7 +9,8 @@ import sys
 import tensorflow as tf
 
 from tests.conftest import FASHION_DIR, REPO_ROOT
-from trainer import data, features
+from common import features
+from trainer import data
 
 BATCH_SIZE = 4
 EPOCHS = 3

@@ -21,12 +21,13 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from components.evaluate import ClassCounts, UnimodalAgreement, top_k_ids
-from trainer import data, features, features_cache, fusion
+from common.metrics import ClassCounts, UnimodalAgreement, top_k_ids
+from common import features
+from trainer import data, features_cache, fusion
 from trainer.model import ModelConfig, head_model, load_unimodal_heads
 from trainer.recipe import ADAMW, Recipe
 
-VALIDATION_SPLIT = "validation"
+VALIDATION_SPLIT = features.VALIDATION_SPLIT
 # The models of the paper's Tables 2 and 3 (key_based is the ablation between keyless and HANet).
 PAPER_MODELS = (
     fusion.IMAGE_ONLY,

@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 from official.nlp.modeling import networks  # noqa: E402
 
-from trainer import features  # noqa: E402
+from common import features  # noqa: E402
 
 SAFETENSORS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

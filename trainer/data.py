@@ -11,7 +11,7 @@ import os
 
 import tensorflow as tf
 
-from trainer import features
+from common import features
 
 SPLIT_SIZES_FILE = "split_sizes.json"
 

@@ -19,7 +19,7 @@ import tf_keras  # noqa: E402
 # its block table (needed for Lite0) live in the implementation module.
 from tf_keras.src.applications import efficientnet as keras_efficientnet  # noqa: E402
 
-from trainer import features  # noqa: E402
+from common import features  # noqa: E402
 
 EFFICIENTNET_FEATURES = 1280
 IMAGE_VARIANTS = ("b0", "lite0")
@@ -47,7 +47,7 @@ def text_encoder(handle: str, trainable: bool) -> hub.KerasLayer:
 
 
 def bert_input_spec() -> dict[str, tf.TensorSpec]:
-    """The encoder's input signature, keyed by the names trainer/features.py owns."""
+    """The encoder's input signature, keyed by the names common/features.py owns."""
     return {key: tf.TensorSpec([None, None], tf.int32, name=key) for key in features.BERT_INPUT_KEYS}
 
 

@@ -13,17 +13,12 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from trainer import data, features
+from common import features
+from common.labels import label_names
+from trainer import data
 
-OOV_LABEL = "[OOV]"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 WARMUP_PRODUCTS = 4
-
-
-def label_names(tft_output: tft.TFTransformOutput) -> list[str]:
-    """Class index → label string; the last index is the out-of-vocabulary bucket."""
-    vocabulary = tft_output.vocabulary_by_name(features.LABEL_VOCABULARY_NAME)
-    return [v.decode("utf-8") if isinstance(v, bytes) else v for v in vocabulary] + [OOV_LABEL]
 
 
 def _transformed_input_spec(max_seq_length: int) -> dict:

@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from trainer import data, features
+from common import features
+from trainer import data
 from trainer.model import ModelConfig, encoder_model
 
 METADATA_FILE = "cache.json"

@@ -10,7 +10,8 @@ import dataclasses
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import encoders, features, fusion
+from common import features
+from trainer import encoders, fusion
 
 FUSION_LAYER = "fusion"
 TEXT_ENCODER_LAYER = "bert_encoder"  # the name encoders.text_encoder gives the hub.KerasLayer

@@ -26,7 +26,9 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from trainer import data, export, features, features_cache, fusion, recipe
+from common import features
+from common.labels import num_classes
+from trainer import data, export, features_cache, fusion, recipe
 from trainer.model import (
     ModelConfig,
     build_model,
@@ -113,11 +115,6 @@ def _writable(path: str) -> str:
     """Where this worker writes `path`: itself on the chief, a throw-away directory elsewhere (under
     MultiWorkerMirroredStrategy every worker must save, only the chief's copy is kept)."""
     return path if is_chief() else os.path.join(tempfile.mkdtemp(), os.path.basename(path))
-
-
-def num_classes(tft_output: tft.TFTransformOutput) -> int:
-    # The vocabulary plus its one out-of-vocabulary bucket.
-    return tft_output.vocabulary_size_by_name(features.LABEL_VOCABULARY_NAME) + 1
 
 
 class ProgressLog(keras.callbacks.Callback):

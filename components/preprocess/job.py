@@ -38,7 +38,7 @@ from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptio
 
 from components.preprocess import records
 from components.preprocess.catalog import CatalogColumns, CatalogRow, check_catalog, read_rows
-from trainer import features
+from common import features
 
 if TYPE_CHECKING:
     from components.preprocess.transform import TransformOptions

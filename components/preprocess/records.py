@@ -13,7 +13,7 @@ from typing import Mapping
 import PIL.Image
 
 from components.preprocess.catalog import CatalogColumns, CatalogRow, resolve_image_uri
-from trainer import features
+from common import features
 
 # Reason codes of quarantined rows: stable strings, counted in metrics.json.
 MALFORMED_ROW = "malformed_row"

@@ -21,7 +21,7 @@ import unicodedata
 
 import tensorflow as tf
 
-from trainer.features import INPUT_MASK_KEY, INPUT_TYPE_IDS_KEY, INPUT_WORD_IDS_KEY
+from common.features import INPUT_MASK_KEY, INPUT_TYPE_IDS_KEY, INPUT_WORD_IDS_KEY
 
 # tensorflow_text's WordpieceTokenizer default. The unit is BYTES of the (case-folded,
 # accent-stripped) UTF-8 word, not characters: the kernel compares `token.size()` of the

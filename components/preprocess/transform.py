@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from components.preprocess.tokenizer import BertTokenizer
-from trainer import features
+from common import features
 
 RAW_FEATURE_SPEC = {
     features.ID_KEY: tf.io.FixedLenFeature([], tf.string),

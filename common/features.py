@@ -1,8 +1,9 @@
 """The single home of every name the stages agree on.
 
-A catalog row becomes a raw example with the RAW_* keys; the transform graph turns it into the
-TRANSFORMED_* keys the model reads; the exported model answers with the OUTPUT_* keys under the
-SIGNATURE_* names. Nothing else in the project spells these strings.
+A catalog row becomes a raw example (ID_KEY, TITLE_KEY, IMAGE_BYTES_KEY, LABEL_KEY); the transform
+graph turns it into the transformed features the model reads (BERT_INPUT_KEYS, IMAGE_KEY,
+LABEL_ID_KEY); the exported model answers with the OUTPUT_* keys under the *_SIGNATURE names.
+Nothing else in the project spells these strings.
 """
 
 # Raw features: what the preprocess stage reads from a catalog and what a serving client sends.
@@ -30,9 +31,15 @@ LABEL_VOCABULARY_NAME = "label_vocabulary"
 SERVING_SIGNATURE = "serving_default"  # raw title + image_bytes
 TF_EXAMPLE_SIGNATURE = "serving_tf_example"  # serialized tf.Example with the raw keys
 TRANSFORMED_SIGNATURE = "transformed_features"  # the TRANSFORMED_* tensors, for evaluation
-OUTPUT_CLASSES_KEY = "classes"
-OUTPUT_SCORES_KEY = "scores"
-OUTPUT_PROBABILITIES_KEY = "probabilities"  # every class, from the transformed-features signature
+OUTPUT_CLASSES_KEY = "classes"  # [batch, k] label strings, best first
+OUTPUT_SCORES_KEY = "scores"  # [batch, k] calibrated probabilities of those classes
+OUTPUT_LOGITS_KEY = "logits"  # uncalibrated logits: [batch, k] of `classes` in SERVING_SIGNATURE, every class in TRANSFORMED_SIGNATURE
+OUTPUT_PROBABILITIES_KEY = "probabilities"  # [batch, classes] calibrated, from TRANSFORMED_SIGNATURE
+# The stream weights (s_t, s_i) [batch] of the attention heads (the policy's choice for `policy`):
+# which stream decided. Absent for models that weigh no streams.
+OUTPUT_TEXT_WEIGHT_KEY = "text_weight"
+OUTPUT_IMAGE_WEIGHT_KEY = "image_weight"
+OUTPUT_NEEDS_REVIEW_KEY = "needs_review"  # [batch] bool: top-1 score below the model's review threshold
 DEFAULT_TOP_K = 5
 
 # The paper's text encoder (BERT-base uncased), the production default of every BERT handle.
@@ -46,3 +53,5 @@ REST_PORT = 8501
 # Split names, as directories under the examples artifact.
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
+# Carved out of the train split by a salted hash of the id (trainer/data.py), for choices and calibration.
+VALIDATION_SPLIT = "validation"
