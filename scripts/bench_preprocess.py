@@ -8,7 +8,7 @@ they are) goes through
   - the preprocess stage, run as a user runs it: `python -m components.preprocess` (default runner:
     the DirectRunner with one worker process per core), and
   - a bare loop: a process per core, each reading rows and doing the same decode + check + resize +
-    JPEG re-encode + tokenize (records.to_product, then the preprocessing_fn's tokenizer and
+    JPEG re-encode + tokenize (row_checks.to_product, then the preprocessing_fn's tokenizer and
     resize_image in one tf.function per batch) and writing GZIP TFRecords; no grouping by id, no
     split, no vocabulary, no quarantine file.
 Both run as child processes, timed from launch to exit (interpreter start and imports included);
@@ -116,14 +116,14 @@ def _loop_worker(task):
     state = _loop_state(options)
     import tensorflow as tf
 
-    from components.preprocess import records
+    from components.preprocess import row_checks
     from components.preprocess.catalog import CatalogColumns, CatalogRow
 
     columns = CatalogColumns(label=LABEL_COLUMN)
     products = []
     for source, number, fields in rows:
-        product = records.to_product(CatalogRow(source, number, fields), columns, records.DEFAULT_MAX_IMAGE_PIXELS)
-        if isinstance(product, records.RawProduct):
+        product = row_checks.to_product(CatalogRow(source, number, fields), columns, row_checks.DEFAULT_MAX_IMAGE_PIXELS)
+        if isinstance(product, row_checks.RawProduct):
             products.append(product)
     if not products:
         return len(rows), 0

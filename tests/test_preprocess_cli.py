@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components.preprocess import records
+from components.preprocess import row_checks
 from components.preprocess.__main__ import main
 from components.preprocess.tokenizer import BertTokenizer
 from tests.conftest import FASHION_CATALOG, FASHION_DIR
@@ -91,13 +91,13 @@ def test_cli_accounts_for_every_row_of_a_mixed_format_catalog(cli_run, sharded_c
     with open(out / "metrics.json") as f:
         metrics = json.load(f)
     assert metrics["rows_in"] == 10 + 7 + 7
-    assert metrics["quarantined"] == {records.DUPLICATE_ID: 1, records.MALFORMED_ROW: 1}
+    assert metrics["quarantined"] == {row_checks.DUPLICATE_ID: 1, row_checks.MALFORMED_ROW: 1}
     assert sum(metrics["kept"].values()) == len(expected) == 22
     assert "rows in: 24" in printed and "quarantined: duplicate_id 1, malformed_row 1" in printed
     with open(out / "quarantine.jsonl") as f:
         quarantined = {q["reason"]: q for q in map(json.loads, f)}
-    assert quarantined[records.DUPLICATE_ID]["source"].endswith("part-2.tfrecord.gz")
-    assert quarantined[records.MALFORMED_ROW]["row_number"] == 7
+    assert quarantined[row_checks.DUPLICATE_ID]["source"].endswith("part-2.tfrecord.gz")
+    assert quarantined[row_checks.MALFORMED_ROW]["row_number"] == 7
 
     tft_output = tft.TFTransformOutput(str(out / "transform_graph"))
     vocabulary = [v.decode() for v in tft_output.vocabulary_by_name(features.LABEL_VOCABULARY_NAME)]

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components.preprocess import records
+from components.preprocess import row_checks
 from components.preprocess.job import split_of
 from tests.conftest import FASHION_CATALOG
 from common import features
@@ -24,11 +24,11 @@ def test_every_row_is_kept_or_quarantined_with_its_reason(small_preprocessed):
     metrics = small_preprocessed.metrics
     assert metrics["rows_in"] == 51
     assert sum(metrics["kept"].values()) == 48
-    assert metrics["quarantined"] == {records.MISSING_IMAGE: 1, records.MISSING_TITLE: 1, records.DUPLICATE_ID: 1}
+    assert metrics["quarantined"] == {row_checks.MISSING_IMAGE: 1, row_checks.MISSING_TITLE: 1, row_checks.DUPLICATE_ID: 1}
     with open(small_preprocessed.quarantine_file) as f:
         lines = [json.loads(line) for line in f]
     assert sorted(q["reason"] for q in lines) == sorted(metrics["quarantined"])
-    duplicate = next(q for q in lines if q["reason"] == records.DUPLICATE_ID)
+    duplicate = next(q for q in lines if q["reason"] == row_checks.DUPLICATE_ID)
     assert duplicate["row_number"] == 51 and "row 1" in duplicate["message"]
     with open(small_preprocessed.metrics_file) as f:
         assert json.load(f) == metrics

@@ -17,7 +17,7 @@ import sys
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from components.preprocess import records  # noqa: E402
+from components.preprocess import row_checks  # noqa: E402
 from components.preprocess.catalog import CatalogColumns, CatalogError, split_column_list  # noqa: E402
 from pipeline import cli, config  # noqa: E402
 
@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-fraction", type=_fraction, default=defaults.eval_fraction)
     p.add_argument("--label-min-count", type=_positive, default=defaults.label_min_count,
                    help="labels seen fewer times in train share the out-of-vocabulary bucket")
-    p.add_argument("--max-image-pixels", type=_positive, default=records.DEFAULT_MAX_IMAGE_PIXELS,
+    p.add_argument("--max-image-pixels", type=_positive, default=row_checks.DEFAULT_MAX_IMAGE_PIXELS,
                    help="larger images (by their header) are quarantined before decoding")
     p.add_argument("--runner", default="DirectRunner",
                    help="DirectRunner (one process per core), DataflowRunner, FlinkRunner or SparkRunner")

@@ -36,7 +36,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
-from components.preprocess import records
+from components.preprocess import row_checks
 from components.preprocess.catalog import CatalogColumns, CatalogRow, check_catalog, read_rows
 from common import features
 
@@ -94,9 +94,9 @@ class _CheckText(beam.DoFn):
 
     def process(self, row: CatalogRow):
         try:
-            product_id, _, _, _ = records.validate_row(row, self._columns)
-        except records.RowError as e:
-            yield beam.pvalue.TaggedOutput(_QUARANTINE_TAG, records.quarantine(row, self._columns, e.reason, e.message))
+            product_id, _, _, _ = row_checks.validate_row(row, self._columns)
+        except row_checks.RowError as e:
+            yield beam.pvalue.TaggedOutput(_QUARANTINE_TAG, row_checks.quarantine(row, self._columns, e.reason, e.message))
             return
         yield product_id, row
 
@@ -119,7 +119,7 @@ class _KeepFirstOfEachId(beam.DoFn):
         for row in rows:
             if _position(row) != _position(first):
                 yield beam.pvalue.TaggedOutput(
-                    _QUARANTINE_TAG, records.quarantine(row, self._columns, records.DUPLICATE_ID, message)
+                    _QUARANTINE_TAG, row_checks.quarantine(row, self._columns, row_checks.DUPLICATE_ID, message)
                 )
 
 
@@ -129,8 +129,8 @@ class _ToProduct(beam.DoFn):
         self._max_image_pixels = max_image_pixels
 
     def process(self, row: CatalogRow):
-        result = records.to_product(row, self._columns, self._max_image_pixels)
-        if isinstance(result, records.Quarantined):
+        result = row_checks.to_product(row, self._columns, self._max_image_pixels)
+        if isinstance(result, row_checks.Quarantined):
             yield beam.pvalue.TaggedOutput(_QUARANTINE_TAG, result)
         else:
             yield result
@@ -178,7 +178,7 @@ def preprocess(
     quarantine_file: str,
     metrics_file: str,
     eval_fraction: float = DEFAULT_EVAL_FRACTION,
-    max_image_pixels: int = records.DEFAULT_MAX_IMAGE_PIXELS,
+    max_image_pixels: int = row_checks.DEFAULT_MAX_IMAGE_PIXELS,
     beam_args: Sequence[str] = (),
     temp_dir: str | None = None,
 ) -> PreprocessResult:
@@ -276,7 +276,7 @@ def _validate(catalog, columns, eval_fraction, max_image_pixels, raw_dir, quaran
             )
         _ = (
             quarantined
-            | "QuarantineJson" >> beam.Map(records.Quarantined.to_json)
+            | "QuarantineJson" >> beam.Map(row_checks.Quarantined.to_json)
             | "WriteQuarantine" >> beam.io.WriteToText(quarantine_file, shard_name_template="")
         )
         # Everything metrics.json reports, counted by the runner as (what, ...) keys.
@@ -430,7 +430,7 @@ def preprocess_to_dir(
     image_size: int,
     eval_fraction: float = DEFAULT_EVAL_FRACTION,
     label_min_count: int = 1,
-    max_image_pixels: int = records.DEFAULT_MAX_IMAGE_PIXELS,
+    max_image_pixels: int = row_checks.DEFAULT_MAX_IMAGE_PIXELS,
     beam_args: Sequence[str] = (),
 ) -> PreprocessResult:
     """`preprocess` with every output in one directory: OUTPUT_DIR/examples/, transform_graph/,

@@ -6,7 +6,7 @@ import json
 import PIL.Image
 import pytest
 
-from components.preprocess import records
+from components.preprocess import row_checks
 from components.preprocess.catalog import CatalogColumns, CatalogRow, read_rows, resolve_image_uri
 
 COLUMNS = CatalogColumns(label="articleType")
@@ -22,11 +22,11 @@ def _rows(path):
 
 def test_real_rows_become_products_with_their_photo(fashion_catalog):
     rows = _first_rows(fashion_catalog, 3)
-    products = [records.to_product(row, COLUMNS, records.DEFAULT_MAX_IMAGE_PIXELS) for row in rows]
+    products = [row_checks.to_product(row, COLUMNS, row_checks.DEFAULT_MAX_IMAGE_PIXELS) for row in rows]
     with open(fashion_catalog, newline="") as f:
         expected = list(csv.DictReader(f))[:3]
     for product, row in zip(products, expected):
-        assert isinstance(product, records.RawProduct), product
+        assert isinstance(product, row_checks.RawProduct), product
         assert (product.id, product.title, product.label) == (row["id"], row["title"], row["articleType"])
         with open(fashion_catalog.parent / row["image"], "rb") as f:
             assert product.image_bytes == f.read()  # RGB JPEG: passed through untouched
@@ -62,17 +62,17 @@ def _save(tmp_path, image, name="img.jpg", **kwargs):
 @pytest.mark.parametrize(
     "fields, reason",
     [
-        ({"id": ""}, records.MISSING_ID),
-        ({"title": "   "}, records.MISSING_TITLE),
-        ({"title": "bad \udcff byte"}, records.INVALID_UTF8),
-        ({"articleType": ""}, records.MISSING_LABEL),
-        ({"image": "absent.jpg"}, records.MISSING_IMAGE),
+        ({"id": ""}, row_checks.MISSING_ID),
+        ({"title": "   "}, row_checks.MISSING_TITLE),
+        ({"title": "bad \udcff byte"}, row_checks.INVALID_UTF8),
+        ({"articleType": ""}, row_checks.MISSING_LABEL),
+        ({"image": "absent.jpg"}, row_checks.MISSING_IMAGE),
     ],
 )
 def test_bad_fields_are_quarantined_with_their_reason(tmp_path, fields, reason):
     _save(tmp_path, PIL.Image.new("RGB", (8, 8)))
-    result = records.to_product(_row(tmp_path, **fields), COLUMNS, 10_000)
-    assert isinstance(result, records.Quarantined)
+    result = row_checks.to_product(_row(tmp_path, **fields), COLUMNS, 10_000)
+    assert isinstance(result, row_checks.Quarantined)
     assert result.reason == reason
     assert result.row_number == 7
     json.loads(result.to_json())  # the quarantine line is valid JSON even with undecodable bytes
@@ -80,23 +80,23 @@ def test_bad_fields_are_quarantined_with_their_reason(tmp_path, fields, reason):
 
 def test_corrupt_truncated_and_oversized_images_are_quarantined(tmp_path):
     (tmp_path / "img.jpg").write_bytes(b"not an image at all")
-    assert records.to_product(_row(tmp_path), COLUMNS, 10_000).reason == records.UNREADABLE_IMAGE
+    assert row_checks.to_product(_row(tmp_path), COLUMNS, 10_000).reason == row_checks.UNREADABLE_IMAGE
     buffer = io.BytesIO()
     PIL.Image.new("RGB", (64, 64), (200, 10, 10)).save(buffer, format="JPEG")
     (tmp_path / "img.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    assert records.to_product(_row(tmp_path), COLUMNS, 10_000).reason == records.UNREADABLE_IMAGE
+    assert row_checks.to_product(_row(tmp_path), COLUMNS, 10_000).reason == row_checks.UNREADABLE_IMAGE
     _save(tmp_path, PIL.Image.new("RGB", (200, 100)))
-    result = records.to_product(_row(tmp_path), COLUMNS, max_pixels=10_000)
-    assert result.reason == records.IMAGE_TOO_LARGE and "200x100" in result.message
+    result = row_checks.to_product(_row(tmp_path), COLUMNS, max_pixels=10_000)
+    assert result.reason == row_checks.IMAGE_TOO_LARGE and "200x100" in result.message
 
 
 def test_an_image_file_over_the_byte_limit_is_not_read_whole(tmp_path, monkeypatch):
     _save(tmp_path, PIL.Image.effect_noise((64, 64), 50).convert("RGB"))
     size = (tmp_path / "img.jpg").stat().st_size
-    assert isinstance(records.to_product(_row(tmp_path), COLUMNS, 10_000), records.RawProduct)
-    monkeypatch.setattr(records, "MAX_IMAGE_FILE_BYTES", size - 1)
-    result = records.to_product(_row(tmp_path), COLUMNS, 10_000)
-    assert result.reason == records.IMAGE_TOO_LARGE and f"larger than {size - 1} bytes" in result.message
+    assert isinstance(row_checks.to_product(_row(tmp_path), COLUMNS, 10_000), row_checks.RawProduct)
+    monkeypatch.setattr(row_checks, "MAX_IMAGE_FILE_BYTES", size - 1)
+    result = row_checks.to_product(_row(tmp_path), COLUMNS, 10_000)
+    assert result.reason == row_checks.IMAGE_TOO_LARGE and f"larger than {size - 1} bytes" in result.message
 
 
 @pytest.mark.parametrize(
@@ -112,8 +112,8 @@ def test_an_image_file_over_the_byte_limit_is_not_read_whole(tmp_path, monkeypat
 )
 def test_unusual_formats_and_modes_become_rgb_not_rejects(tmp_path, image, name, fmt):
     _save(tmp_path, image, name=name, format=fmt)
-    product = records.to_product(_row(tmp_path, image=name), COLUMNS, 10_000)
-    assert isinstance(product, records.RawProduct), product
+    product = row_checks.to_product(_row(tmp_path, image=name), COLUMNS, 10_000)
+    assert isinstance(product, row_checks.RawProduct), product
     decoded = PIL.Image.open(io.BytesIO(product.image_bytes))
     assert decoded.mode in ("RGB", "L") and decoded.size == (16, 16)
 
@@ -156,12 +156,12 @@ def test_tf_example_rows_keep_embedded_images_as_bytes_and_numbers_as_text(tmp_p
     assert [r.row_number for r in rows] == [1, 2, 3]
     first = rows[0].fields
     assert first["id"] == "15970" and first["title"] == "Navy Shirt" and first["image"] == photo
-    product = records.to_product(rows[0], COLUMNS, records.DEFAULT_MAX_IMAGE_PIXELS)
-    assert isinstance(product, records.RawProduct) and product.image_bytes == photo
+    product = row_checks.to_product(rows[0], COLUMNS, row_checks.DEFAULT_MAX_IMAGE_PIXELS)
+    assert isinstance(product, row_checks.RawProduct) and product.image_bytes == photo
     assert "not a tf.Example" in rows[1].parse_error
     assert rows[2].fields["articleType"] == "Top Wear"  # several values: one text
-    bad_title = records.to_product(rows[2], COLUMNS, 10_000)
-    assert bad_title.reason == records.INVALID_UTF8
+    bad_title = row_checks.to_product(rows[2], COLUMNS, 10_000)
+    assert bad_title.reason == row_checks.INVALID_UTF8
     assert json.loads(bad_title.to_json())["fields"]["title"] == "<4 bytes>"
 
 
@@ -183,6 +183,6 @@ def test_extra_text_columns_are_joined_with_the_separator_and_labels_made_one_li
     _save(tmp_path, PIL.Image.new("RGB", (8, 8)))
     columns = CatalogColumns(label="articleType", extra_text=("brand", "description"), text_separator=" ; ")
     row = _row(tmp_path, brand="  Acme ", description="", articleType="Casual\nShoes ")
-    product = records.to_product(row, columns, 10_000)
+    product = row_checks.to_product(row, columns, 10_000)
     assert product.title == "Blue Shirt ; Acme"  # the empty description adds no separator
     assert product.label == "Casual Shoes"
