@@ -98,3 +98,26 @@ def test_every_fusion_head_saves_to_a_savedmodel_that_reproduces_it(name, config
     head.save(str(tmp_path), save_format="tf", save_traces=False, signatures={"serving_default": signature})
     served = tf.saved_model.load(str(tmp_path)).signatures["serving_default"](**inputs)
     np.testing.assert_allclose(next(iter(served.values())).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [*fusion.ATTENTION_FUSIONS, fusion.POLICY, fusion.CONCAT, fusion.TEXT_ONLY])
+def test_the_explained_model_returns_the_logits_and_the_weights_the_head_applied(config, name):
+    import dataclasses
+
+    from trainer.model import explained_model, head_model
+
+    model = head_model(dataclasses.replace(config, fusion=name), NUM_CLASSES, text_dim=6, image_dim=10)
+    rng = np.random.default_rng(1)
+    # Small weights, so that no softmax saturates and the weights differ between products.
+    fusion_layer(model).set_weights([0.3 * rng.normal(size=w.shape) for w in fusion_layer(model).weights])
+    batch = {"text_features": rng.normal(size=(4, 6)).astype("float32"),
+             "image_features": rng.normal(size=(4, 10)).astype("float32")}
+    outputs = explained_model(model)(batch, training=False)
+    np.testing.assert_allclose(outputs["logits"].numpy(), model(batch, training=False).numpy(), rtol=1e-6)
+    if name in (*fusion.ATTENTION_FUSIONS, fusion.POLICY):
+        weights = outputs["stream_weights"].numpy()
+        assert weights.shape == (4, 2)
+        np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)  # softmax over the two streams
+        assert len(np.unique(weights[:, 0].round(6))) > 1  # per product, not a constant
+    else:
+        assert set(outputs) == {"logits"}

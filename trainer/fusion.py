@@ -23,6 +23,7 @@ POLICY = "policy"
 UNIMODAL_FUSIONS = (TEXT_ONLY, IMAGE_ONLY)
 FEATURE_FUSIONS = (TEXT_ONLY, IMAGE_ONLY, CONCAT, KEYLESS, KEY_BASED, HANET)
 DECISION_FUSIONS = (DECISION_LEVEL, POLICY)
+ATTENTION_FUSIONS = (KEYLESS, KEY_BASED, HANET)
 FUSIONS = FEATURE_FUSIONS + DECISION_FUSIONS
 
 HYBRID_NORMALIZATIONS = ("softmax", "sigmoid", "none")
@@ -207,6 +208,17 @@ class FusionHead(keras.layers.Layer):
         if fusion == HANET:
             self.hybrid = HybridScores(hybrid_hidden_units, hybrid_normalize, name="hybrid")
 
+    @property
+    def weighs_streams(self) -> bool:
+        return self.fusion in ATTENTION_FUSIONS
+
+    def stream_weights(self, f_t, f_i):
+        """(s_t, s_i) [batch, 2] of an attention head, as `call` applies them: which stream decided."""
+        f_t, f_i = _compute_dtype(self, f_t, f_i)
+        if self.stream_norm:
+            f_t, f_i = self.text_norm(f_t), self.image_norm(f_i)
+        return tf.cast(self.attention_scores(f_t, f_i)[2], tf.float32)
+
     def attention_scores(self, f_t, f_i):
         """The per-stream weights (s_t, s_i) [batch, 2] of the attention heads (after stream_norm)."""
         v_t, v_i = self.values(f_t, f_i)
@@ -264,6 +276,8 @@ class DecisionFusion(keras.layers.Layer):
         self.image_head = FusionHead(IMAGE_ONLY, num_classes, dropout=dropout, name="image_head", trainable=False)
         self.hidden = keras.layers.Dense(hidden_units, activation="relu", name="decision_hidden")
         self.dropout = keras.layers.Dropout(dropout)
+
+    weighs_streams = False
 
     def load_unimodal_heads(self, text_head: FusionHead, image_head: FusionHead) -> None:
         self.text_head.set_weights(text_head.get_weights())
@@ -326,6 +340,13 @@ class PolicyFusion(DecisionFusion):
         )  # [batch, 2k]
         hidden = self.dropout(self.hidden(confidences), training=training)
         return tf.nn.softmax(tf.cast(self.choice(hidden), tf.float32), axis=-1)
+
+    weighs_streams = True
+
+    def stream_weights(self, f_t, f_i):
+        """π [batch, 2] at inference: the weight of the text model's and the image model's prediction."""
+        p_t, p_i = (tf.cast(p, tf.float32) for p in self.unimodal_probabilities(f_t, f_i))
+        return self.policy(p_t, p_i, training=False)
 
     def call(self, f_t, f_i, training=None):
         p_t, p_i = (tf.cast(p, tf.float32) for p in self.unimodal_probabilities(f_t, f_i))

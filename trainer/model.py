@@ -148,6 +148,17 @@ def fusion_layer(model: keras.Model) -> keras.layers.Layer:
     return model.get_layer(FUSION_LAYER)
 
 
+def explained_model(model: keras.Model) -> keras.Model:
+    """`model` (inputs → logits) as inputs → {"logits", and "stream_weights" (s_t, s_i) [batch, 2]
+    when its head weighs the streams}: the same layers and weights, called once."""
+    head = fusion_layer(model)
+    outputs = {"logits": model.outputs[0]}
+    if getattr(head, "weighs_streams", False):
+        f_t, f_i = head.inbound_nodes[0].call_args[:2]  # the features the head was built on
+        outputs["stream_weights"] = head.stream_weights(f_t, f_i)
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_explained")
+
+
 def copy_head(source: keras.Model, target: keras.Model) -> None:
     """Moves the fusion head's weights between models of one fusion (head model ↔ full model)."""
     copy_weights(fusion_layer(source), fusion_layer(target))
