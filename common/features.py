@@ -53,5 +53,9 @@ REST_PORT = 8501
 # Split names, as directories under the examples artifact.
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
+# Under the examples artifact, RAW_EXAMPLES_DIR/<split>/ holds the split's raw tf.Examples (ID_KEY,
+# TITLE_KEY, IMAGE_BYTES_KEY with the catalog's original image bytes, LABEL_KEY): what a client would
+# send, for comparing models of other input sizes like for like.
+RAW_EXAMPLES_DIR = "raw"
 # Carved out of the train split by a salted hash of the id (trainer/data.py), for choices and calibration.
 VALIDATION_SPLIT = "validation"
