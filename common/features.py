@@ -23,6 +23,14 @@ LABEL_ID_KEY = "label_id"  # int64 index into the label vocabulary (OOV bucket l
 # Encoder outputs, as the frozen-encoder mode caches them: the paper's f_t and f_i.
 TEXT_FEATURES_KEY = "text_features"  # BERT pooled output [hidden]
 IMAGE_FEATURES_KEY = "image_features"  # EfficientNet global-average-pooled output [1280]
+# ... and, for fine-tuning the encoders' top blocks, their inputs: BERT's hidden states below its last
+# blocks [title tokens, hidden] (with INPUT_MASK_KEY) and EfficientNet's feature map below its last
+# blocks [h, w, channels].
+TEXT_HIDDEN_KEY = "text_hidden"
+IMAGE_MAP_KEY = "image_feature_map"
+# The unimodal models' class probabilities, on which the decision-level heads train.
+TEXT_PROBABILITIES_KEY = "text_probabilities"
+IMAGE_PROBABILITIES_KEY = "image_probabilities"
 
 # The label vocabulary computed by tensorflow-transform, as named in the transform graph's assets.
 LABEL_VOCABULARY_NAME = "label_vocabulary"

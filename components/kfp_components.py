@@ -104,7 +104,13 @@ def train(
     image_batch_size: int,
     image_learning_rate: float,
     image_lr_decay_epochs: int,
-    frozen_encoders: bool,
+    tune: str,
+    text_top_blocks: int,
+    image_top_blocks: int,
+    head_epochs: int,
+    head_learning_rate: float,
+    validation_fraction: float,
+    patience: int,
     init_from_unimodal: bool,
     mixed_precision: bool,
     backup_every_steps: int,
@@ -131,6 +137,7 @@ def train(
         batch_size=image_batch_size,
         decay_epochs=image_lr_decay_epochs,
     )
+    head = dataclasses.replace(recipe.HEAD, learning_rate=head_learning_rate, epochs=head_epochs, batch_size=batch_size)
     logs = run(
         examples_dir=examples.path,
         transform_graph_dir=transform_graph.path,
@@ -144,12 +151,17 @@ def train(
             image_size=image_size,
             max_seq_length=max_seq_length,
             text_pooling=text_pooling,
+            text_top_blocks=text_top_blocks,
+            image_top_blocks=image_top_blocks,
         ),
         train_config=TrainConfig(
-            text=adamw,
-            image=sgd,
-            fusion=adamw,
-            frozen_encoders=frozen_encoders,
+            text_recipe=adamw,
+            image_recipe=sgd,
+            fusion_recipe=adamw,
+            tune=tune,
+            head_recipe=head,
+            validation_fraction=validation_fraction,
+            patience=patience,
             init_from_unimodal=init_from_unimodal,
             mixed_precision=mixed_precision,
             backup_every_steps=backup_every_steps or None,
@@ -160,7 +172,8 @@ def train(
         artifact.metadata["fusion"] = stage
         artifact.metadata["trained"] = stage in logs
         for name, value in logs.get(stage, {}).items():
-            artifact.metadata[f"train_{name}"] = value
+            if isinstance(value, (int, float)):
+                artifact.metadata[f"train_{name}"] = value
 
 
 def evaluate(

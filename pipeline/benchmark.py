@@ -30,15 +30,22 @@ def register(commands) -> None:
     parser = commands.add_parser("benchmark", help="reproduce the paper's Tables 1-3 on a catalog")
     parser.add_argument("--catalog", required=True)
     parser.add_argument("--label-column", required=True)
+    parser.add_argument("--extra-text-columns", default="", help="comma-separated columns joined to the title")
     parser.add_argument("--out", default="benchmark", help="results, splits, feature cache (reused if present)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--models", default="", help="comma-separated fusions (default: every model of the paper)")
-    # Unset head-training flags take trainer.ablation.AblationConfig's defaults.
-    parser.add_argument("--learning-rates", default=None, help="candidates, chosen on validation")
+    parser.add_argument("--tune", default="frozen,top", help="comma-separated tune modes: frozen, top")
+    # Unset training flags take trainer.ablation.AblationConfig's defaults.
+    parser.add_argument("--learning-rates", default=None, help="heads' candidates, chosen on validation")
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--patience", type=int, default=None, help="early stopping on validation top-1")
+    parser.add_argument("--top-learning-rates", default=None, help="fine-tuning candidates of tune top")
+    parser.add_argument("--top-epochs", type=int, default=None)
+    parser.add_argument("--top-patience", type=int, default=None)
+    parser.add_argument("--crossfit-folds", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--validation-fraction", type=float, default=0.125, help="of the train split")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip tfidf_svm")
+    parser.add_argument("--validation-fraction", type=float, default=None, help="of the train split")
     parser.add_argument("--eval-fraction", type=float, default=local.eval_fraction)
     parser.add_argument("--bert-handle", default=local.bert_handle)
     parser.add_argument("--text-pooling", default=local.text_pooling)
@@ -46,9 +53,17 @@ def register(commands) -> None:
     parser.add_argument("--image-variant", default=local.image_variant)
     parser.add_argument("--image-size", type=int, default=224, help="the paper's EfficientNet-B0 input")
     parser.add_argument("--max-seq-length", type=int, default=64)
-    parser.add_argument("--fusion-width", type=int, default=512)
+    parser.add_argument("--text-top-blocks", type=int, default=_model_default("text_top_blocks"))
+    parser.add_argument("--image-top-blocks", type=int, default=_model_default("image_top_blocks"))
+    cli.add_head_flags(parser)
     parser.add_argument("--beam-arg", dest="beam_args", action="append", default=[], help="a Beam pipeline option")
     parser.set_defaults(func=main)
+
+
+def _model_default(name: str):
+    from trainer.model import ModelConfig
+
+    return getattr(ModelConfig(), name)
 
 
 def _ablation():
@@ -72,13 +87,20 @@ def main(args: argparse.Namespace) -> None:
     try:
         given = {
             "learning_rates": args.learning_rates and _floats(args.learning_rates, "--learning-rates"),
+            "top_learning_rates": args.top_learning_rates and _floats(args.top_learning_rates, "--top-learning-rates"),
             "max_epochs": args.max_epochs,
             "patience": args.patience,
+            "top_epochs": args.top_epochs,
+            "top_patience": args.top_patience,
+            "crossfit_folds": args.crossfit_folds,
             "batch_size": args.batch_size,
+            "validation_fraction": args.validation_fraction,
         }
         ablation_config = ablation.AblationConfig(
             models=tuple(m for m in args.models.split(",") if m) or ablation.PAPER_MODELS,
             seeds=tuple(range(args.seeds)),
+            tunes=tuple(t for t in args.tune.split(",") if t),
+            baseline=args.baseline,
             **{k: v for k, v in given.items() if v is not None},
         )
         model_config = ModelConfig(
@@ -88,7 +110,9 @@ def main(args: argparse.Namespace) -> None:
             image_variant=args.image_variant,
             image_size=args.image_size,
             max_seq_length=args.max_seq_length,
-            fusion_width=args.fusion_width,
+            text_top_blocks=args.text_top_blocks,
+            image_top_blocks=args.image_top_blocks,
+            head=cli.head_config_from_args(args),
         )
     except ValueError as e:
         raise cli.UserError(str(e)) from None
@@ -99,14 +123,14 @@ def main(args: argparse.Namespace) -> None:
 
 def _preprocess(args: argparse.Namespace, model_config, out: str) -> dict:
     """The preprocess stage once, into OUT/preprocess/ (the standalone command's layout); reused if done."""
-    from components.preprocess.catalog import CatalogColumns
+    from components.preprocess.catalog import CatalogColumns, split_column_list
     from components.preprocess.job import METRICS_FILE, preprocess_to_dir
 
     metrics_file = os.path.join(out, PREPROCESS_DIR, METRICS_FILE)
     if not os.path.exists(metrics_file):
         preprocess_to_dir(
             catalog=os.path.abspath(args.catalog) if "://" not in args.catalog else args.catalog,
-            columns=CatalogColumns(label=args.label_column),
+            columns=CatalogColumns(label=args.label_column, extra_text=split_column_list(args.extra_text_columns)),
             output_dir=os.path.join(out, PREPROCESS_DIR),
             bert_handle=model_config.bert_handle,
             max_seq_length=model_config.max_seq_length,
@@ -120,44 +144,24 @@ def _preprocess(args: argparse.Namespace, model_config, out: str) -> dict:
 
 def run_benchmark(args: argparse.Namespace, ablation_config, model_config) -> tuple[dict, str]:
     import tensorflow as tf
-    import tensorflow_transform as tft
 
     from components.preprocess import job as preprocess_job
-    from common import features
-    from trainer import ablation_report, features_cache
-    from common.labels import num_classes
+    from trainer import ablation_report
 
     ablation = _ablation()
     out = os.path.abspath(args.out)
     started = time.monotonic()
     preprocess_metrics = _preprocess(args, model_config, out)
-    preprocess_seconds = time.monotonic() - started
-
-    examples_dir = os.path.join(out, "examples")
-    if not os.path.exists(os.path.join(examples_dir, "split_sizes.json")):
-        ablation.split_validation(
-            os.path.join(out, PREPROCESS_DIR, preprocess_job.EXAMPLES_DIR), examples_dir, args.validation_fraction
-        )
+    seconds = {"preprocess": time.monotonic() - started}
+    examples_dir = os.path.join(out, PREPROCESS_DIR, preprocess_job.EXAMPLES_DIR)
     transform_graph_dir = os.path.join(out, PREPROCESS_DIR, preprocess_job.TRANSFORM_GRAPH_DIR)
-    started = time.monotonic()
-    metadata = features_cache.cache_features(
-        examples_dir=examples_dir,
-        transform_graph_dir=transform_graph_dir,
-        cache_dir=os.path.join(out, "feature_cache"),
-        model_config=model_config,
-        splits=(features.TRAIN_SPLIT, ablation.VALIDATION_SPLIT, features.EVAL_SPLIT),
-    )
-    cache_seconds = time.monotonic() - started
-
-    started = time.monotonic()
-    classes = num_classes(tft.TFTransformOutput(transform_graph_dir))
-    raw = ablation.run_ablation(
-        os.path.join(out, "feature_cache"), model_config, classes, ablation_config,
-        log=lambda line: print(line, flush=True),
-    )
-    ablation_seconds = time.monotonic() - started
-    summary = ablation.summarize(raw)
+    raw = ablation.run_ablation(out, examples_dir, transform_graph_dir, model_config, ablation_config,
+                                log=lambda line: print(line, flush=True))
+    seconds.update(raw.pop("seconds"))
+    summary = ablation.summarize_all(raw, ablation_config.tunes)
+    metadata = raw["cache"]
     sizes = metadata["split_sizes"]
+    tunes = ", ".join(ablation_config.tunes)
     context = {
         "catalog": args.catalog,
         "label_column": args.label_column,
@@ -171,19 +175,25 @@ def run_benchmark(args: argparse.Namespace, ablation_config, model_config) -> tu
                             f"{sum(preprocess_metrics['quarantined'].values())}, "
                             f"{preprocess_metrics['label_vocabulary_size']} labels in the train vocabulary "
                             f"(+1 out-of-vocabulary class)",
-            "splits": f"train {sizes[features.TRAIN_SPLIT]}, validation {sizes[ablation.VALIDATION_SPLIT]} "
-                      f"(choices only), eval {sizes[features.EVAL_SPLIT]} (reported once per seed)",
-            "encoders (frozen)": f"text `{model_config.bert_handle}` ({model_config.text_pooling} pooling, "
-                                 f"{metadata['text_dim']}-d, {model_config.max_seq_length} tokens); image "
-                                 f"EfficientNet-{model_config.image_variant} `{model_config.image_weights}` "
-                                 f"({metadata['image_dim']}-d, {model_config.image_size}px)",
+            "splits": f"train {sizes['train']}, validation {sizes['validation']} "
+                      f"(choices only), eval {sizes['eval']} (reported once per seed and tune)",
+            "encoders": f"text `{model_config.bert_handle}` ({model_config.text_pooling} pooling, "
+                        f"{metadata['text_dim']}-d, {model_config.max_seq_length} tokens); image "
+                        f"EfficientNet-{model_config.image_variant} `{model_config.image_weights}` "
+                        f"({metadata['image_dim']}-d, {model_config.image_size}px); tunes {tunes}",
+            "top": f"the last {model_config.text_top_blocks} BERT block(s) and the last "
+                   f"{model_config.image_top_blocks} EfficientNet block(s) (+ its 1x1 head convolution) fine-tune "
+                   f"on cached inputs ({metadata.get('image_map_shape')} feature map), after the head's "
+                   f"frozen phase; AdamW, ≤{ablation_config.top_epochs} epochs, patience "
+                   f"{ablation_config.top_patience}, learning rate from {list(ablation_config.top_learning_rates)}",
             "heads": f"AdamW (weight decay {ablation_config.weight_decay}, 10% warm-up), batch "
                      f"{ablation_config.batch_size}, ≤{ablation_config.max_epochs} epochs with early stopping "
                      f"(patience {ablation_config.patience}) on validation top-1; learning rate per model from "
                      f"{list(ablation_config.learning_rates)} on validation with seed {ablation_config.seeds[0]}; "
-                     f"fusion width {model_config.fusion_width}",
-            "time": f"preprocess {preprocess_seconds:.0f} s, feature cache {cache_seconds:.0f} s, "
-                    f"all models × seeds {ablation_seconds:.0f} s (including the learning-rate selection)",
+                     f"{model_config.head}; decision-level heads cross-fitted over {ablation_config.crossfit_folds} "
+                     f"folds (or in-sample where that won on validation)",
+            "time": ", ".join(f"{phase} {value:.0f} s" for phase, value in seconds.items())
+                    + f"; {sum(seconds.values()) / 60:.1f} min in all",
         },
     }
     markdown = ablation_report.render(summary, context)
@@ -191,7 +201,7 @@ def run_benchmark(args: argparse.Namespace, ablation_config, model_config) -> tu
     with open(os.path.join(out, RESULTS_MARKDOWN), "w") as f:
         f.write(markdown + "\n")
     ablation.write_json(os.path.join(out, RESULTS_JSON), {
-        "summary": summary, "raw": raw, "context": context, "config": dataclasses.asdict(ablation_config),
-        "model_config": dataclasses.asdict(model_config),
+        "summary": summary, "raw": raw, "context": context, "seconds": seconds,
+        "config": dataclasses.asdict(ablation_config), "model_config": dataclasses.asdict(model_config),
     })
     return summary, markdown

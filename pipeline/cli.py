@@ -97,3 +97,21 @@ def add_param_flags(parser: argparse.ArgumentParser, defaults: config.PipelinePa
 def params_from_args(args: argparse.Namespace, defaults: config.PipelineParams) -> config.PipelineParams:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(defaults) if hasattr(args, f.name)}
     return dataclasses.replace(defaults, **values)
+
+
+HEAD_FLAG_PREFIX = "head_"
+
+
+def add_head_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of the fusion heads' HeadConfig (--head-width, --head-stream-norm, ...)."""
+    from common.flags import add_dataclass_flags
+    from trainer.fusion import HeadConfig
+
+    add_dataclass_flags(parser, HeadConfig, HEAD_FLAG_PREFIX)
+
+
+def head_config_from_args(args: argparse.Namespace):
+    from common.flags import dataclass_from_args
+    from trainer.fusion import HeadConfig
+
+    return dataclass_from_args(HeadConfig, args, HEAD_FLAG_PREFIX)

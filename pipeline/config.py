@@ -45,8 +45,17 @@ class PipelineParams:
     image_batch_size: int = 512
     image_learning_rate: float = 0.1
     image_lr_decay_epochs: int = 30
-    # True: encoders run once per product, only the heads train (the CPU mode; see README).
-    frozen_encoders: bool = False
+    # What of the encoders trains: "full" (end to end, the paper's), "top" (their last blocks, on cached
+    # lower layers), "frozen" (heads only, on cached features); see README, Training.
+    tune: str = "full"
+    text_top_blocks: int = 1
+    image_top_blocks: int = 1
+    # tune "top": the first phase of every stage, its head alone on fixed features (AdamW).
+    head_epochs: int = 30
+    head_learning_rate: float = 1e-2
+    # Carved out of the train split by a hash of the id: early stopping and calibration.
+    validation_fraction: float = 0.125
+    patience: int = 0  # early stopping after this many epochs without validation progress (0: off)
     init_from_unimodal: bool = True
     mixed_precision: bool = True  # on GPUs only
     backup_every_steps: int = 0  # 0: back up the training state at every epoch's end
@@ -86,7 +95,8 @@ def local_params() -> PipelineParams:
         image_variant="lite0",
         # Frozen encoders: one forward pass per product, then heads train in seconds on a CPU; heads
         # start from scratch, so they take a larger learning rate than fine-tuning's 2e-5.
-        frozen_encoders=True,
+        tune="frozen",
+        patience=5,
         epochs=20,
         batch_size=32,
         learning_rate=2e-2,

@@ -130,6 +130,7 @@ def distinct_preprocessed(tmp_path_factory, bert_vocab_file):
 def train_small_model(preprocessed, export_dir, fusion: str, epochs: int, learning_rate: float, bert_handle) -> str:
     """A model on the tiny BERT and a random-init EfficientNet at 32 px, exported with every serving
     signature (learning_rate 0 leaves it at its random initialisation)."""
+    from trainer.fusion import HeadConfig
     from trainer.model import ModelConfig
     from trainer.recipe import Recipe
     from trainer.train import TrainConfig, train
@@ -146,9 +147,9 @@ def train_small_model(preprocessed, export_dir, fusion: str, epochs: int, learni
             image_weights=None,
             image_size=SMALL_MODEL_IMAGE_SIZE,
             max_seq_length=SMALL_MODEL_SEQ_LENGTH,
-            fusion_width=32,
+            head=HeadConfig(width=32),
         ),
-        train_config=TrainConfig(text=stage, image=stage, fusion=stage),
+        train_config=TrainConfig(text_recipe=stage, image_recipe=stage, fusion_recipe=stage, validation_fraction=0.0),
     )
     return str(export_dir)
 

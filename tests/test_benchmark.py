@@ -1,14 +1,19 @@
-"""`python -m pipeline benchmark` on real products, and the arithmetic of its tables."""
+"""`python -m pipeline benchmark` on real products: the shipped trainer in both tunes, the baseline,
+and the arithmetic of its tables."""
+import csv
 import json
-import os
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
+from common import features
 from pipeline.__main__ import main
 from tests.conftest import write_small_catalog
-from common import features
-from trainer import ablation
+from trainer import ablation, data, features_cache
+from trainer.model import FROZEN, TOP
+
+MODELS = {"text_only", "image_only", "decision_level", "hanet"}
 
 
 @pytest.fixture(scope="module")
@@ -17,57 +22,104 @@ def benchmark_run(tmp_path_factory, tiny_bert_handle):
     catalog = write_small_catalog(root / "catalog.csv", 90)
     args = [
         "benchmark", "--catalog", str(catalog), "--label-column", "articleType", "--out", str(root / "out"),
-        "--seeds", "2", "--models", "text_only,image_only,decision_level,hanet",
+        "--seeds", "1", "--models", ",".join(sorted(MODELS)), "--tune", "frozen,top",
         "--bert-handle", str(tiny_bert_handle), "--text-pooling", "pooled", "--image-weights", "",
-        "--image-variant", "b0", "--image-size", "32", "--max-seq-length", "16", "--fusion-width", "32",
-        "--learning-rates", "1e-2,3e-2", "--max-epochs", "4", "--patience", "2", "--validation-fraction", "0.2",
-        "--beam-arg=--direct_running_mode=in_memory",
+        "--image-variant", "b0", "--image-size", "32", "--max-seq-length", "16", "--head-width", "32",
+        "--learning-rates", "1e-2,3e-2", "--max-epochs", "4", "--patience", "2", "--top-epochs", "2",
+        "--crossfit-folds", "2", "--validation-fraction", "0.2", "--beam-arg=--direct_running_mode=in_memory",
     ]
     assert main(args) == 0
     with open(root / "out" / "results.json") as f:
-        return root / "out", json.load(f)
+        return root, json.load(f)
 
 
-def _ids(directory):
-    spec = {features.ID_KEY: tf.io.FixedLenFeature([], tf.string)}
-    files = tf.io.gfile.glob(os.path.join(directory, "*"))
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").map(lambda r: tf.io.parse_single_example(r, spec))
-    return [e[features.ID_KEY].decode() for e in dataset.as_numpy_iterator()]
+def _cached_ids(out, split):
+    dataset = features_cache.make_feature_dataset(str(out / "feature_cache"), split, 256, False, with_ids=True)
+    return [i.decode() for _, _, ids in dataset for i in ids.numpy()]
 
 
 def test_validation_is_carved_out_of_train_and_eval_is_untouched(benchmark_run):
-    out, _ = benchmark_run
-    train = _ids(out / "examples" / features.TRAIN_SPLIT)
-    validation = _ids(out / "examples" / ablation.VALIDATION_SPLIT)
-    original_train = _ids(out / "preprocess" / "examples" / features.TRAIN_SPLIT)
-    assert not set(train) & set(validation)
-    assert sorted(train + validation) == sorted(original_train)
-    assert all(ablation.is_validation(i.encode(), 0.2) for i in validation)
-    assert _ids(out / "examples" / features.EVAL_SPLIT) == _ids(out / "preprocess" / "examples" / features.EVAL_SPLIT)
+    root, _ = benchmark_run
+    out = root / "out"
+    train, validation = _cached_ids(out, features.TRAIN_SPLIT), _cached_ids(out, features.VALIDATION_SPLIT)
+    spec = {features.ID_KEY: tf.io.FixedLenFeature([], tf.string)}
+
+    def preprocessed(split):
+        files = tf.io.gfile.glob(str(out / "preprocess" / "examples" / split / "*"))
+        return [e[features.ID_KEY].decode() for e in tf.data.TFRecordDataset(files, "GZIP").map(
+            lambda r: tf.io.parse_single_example(r, spec)).as_numpy_iterator()]
+
+    assert validation and not set(train) & set(validation)
+    assert sorted(train + validation) == sorted(preprocessed(features.TRAIN_SPLIT))
+    assert data.in_validation(tf.constant(validation), 0.2).numpy().all()
+    assert _cached_ids(out, features.EVAL_SPLIT) == preprocessed(features.EVAL_SPLIT)
 
 
-def test_every_model_and_seed_is_reported_consistently(benchmark_run):
-    out, results = benchmark_run
+def test_every_model_seed_and_tune_is_reported_consistently(benchmark_run):
+    _, results = benchmark_run
     summary, raw = results["summary"], results["raw"]
-    assert set(summary["models"]) == {"text_only", "image_only", "decision_level", "hanet"}
-    eval_size = results["summary"]["examples"]
-    assert eval_size == len(_ids(out / "examples" / features.EVAL_SPLIT))
-    for run in raw["runs"]:
-        table = run["eval"]["table1"]["text_only"]
-        cells = [table[c]["percent"] for c, _, _ in ablation.UnimodalAgreement.CELLS]
-        assert sum(cells) == pytest.approx(100.0)
-        # Table 1 and the per-model figures are two computations of the same predictions.
-        assert table["text_only_top1_accuracy"] == pytest.approx(run["eval"]["text_only"]["top1_accuracy"])
-        assert table["image_only_top1_accuracy"] == pytest.approx(run["eval"]["image_only"]["top1_accuracy"])
-        for name, figures in run["eval"].items():
-            if name != "table1":
-                assert figures["examples"] == eval_size
+    assert set(summary["tunes"]) == {FROZEN, TOP} and summary["tune"] == TOP
+    assert set(summary["models"]) == MODELS | {"tfidf_svm"}  # the last tune's models, and the baseline
+    for tune in (FROZEN, TOP):
+        assert set(summary["tunes"][tune]["models"]) == MODELS
+        for run in raw[tune]["runs"]:
+            table = run["eval"]["table1"]["text_only"]
+            cells = [table[c]["percent"] for c, _, _ in ablation.UnimodalAgreement.CELLS]
+            assert sum(cells) == pytest.approx(100.0)
+            # Table 1 and the per-model figures are two computations of the same predictions.
+            assert table["text_only_top1_accuracy"] == pytest.approx(run["eval"]["text_only"]["top1_accuracy"])
+            for name in MODELS:
+                figures = run["eval"][name]
+                assert figures["examples"] == summary["tunes"][tune]["examples"]
                 assert 0.0 <= figures["top1_accuracy"] <= figures["top5_accuracy"] <= 1.0
-    for name, model in summary["models"].items():
-        assert model["top1_accuracy"]["n"] == 2
-        assert model["learning_rate"] in (1e-2, 3e-2)
-    markdown = (out / "results.md").read_text()
-    assert "## Table 1" in markdown and "| hanet |" in markdown and "2 seeds" in markdown
+    markdown = (benchmark_run[0] / "out" / "results.md").read_text()
+    assert "## Table 1, tune top" in markdown and "| hanet | top |" in markdown and "| tfidf_svm | titles |" in markdown
+
+
+def test_the_chosen_learning_rate_and_decision_training_are_the_best_on_validation(benchmark_run):
+    _, results = benchmark_run
+    for tune in (FROZEN, TOP):
+        raw = results["raw"][tune]
+        for model, candidates in raw["selection"].items():
+            best = max(candidates, key=lambda c: c["validation_top1_accuracy"])["validation_top1_accuracy"]
+            chosen = [c for c in candidates if c["learning_rate"] == raw["learning_rates"][model]
+                      and c["decision_training"] == raw["decision_training"].get(model, c["decision_training"])]
+            assert chosen and chosen[0]["validation_top1_accuracy"] == best
+    # Both ways of fitting the decision-level head were compared in the frozen tune, on validation only.
+    kinds = {c["decision_training"] for c in results["raw"][FROZEN]["selection"]["decision_level"]}
+    assert kinds == {"crossfit", "in_sample"}
+
+
+def test_top_fine_tunes_from_the_frozen_heads_and_the_tuned_blocks_train(benchmark_run):
+    root, results = benchmark_run
+    work = root / "out" / "runs"
+    for seed in (0,):
+        rate = results["raw"][TOP]["learning_rates"]["text_only"]
+        top = work / TOP / "stages" / f"seed{seed}" / f"text_only-lr{rate:g}"
+        # No head phase of its own: it started from the frozen tune's text_only of the same seed.
+        assert (top / "top" / "done.json").exists() and not (top / "head").exists()
+        settings = json.loads((top / "top" / "settings.json").read_text())
+        assert settings["form"] == TOP and settings["model"]["text_top_blocks"] == 1
+
+
+def test_the_baseline_is_tfidf_svm_on_the_same_titles_and_split(benchmark_run):
+    from sklearn.metrics import accuracy_score
+
+    from trainer.baselines import make_tfidf_svm
+
+    root, results = benchmark_run
+    out = root / "out"
+    with open(root / "catalog.csv", newline="") as f:
+        rows = {row["id"]: row for row in csv.DictReader(f)}
+    train = [rows[i] for i in _cached_ids(out, features.TRAIN_SPLIT)]
+    evaluated = [rows[i] for i in _cached_ids(out, features.EVAL_SPLIT)]
+    classifier = make_tfidf_svm().fit([r["title"] for r in train], [r["articleType"] for r in train])
+    expected = accuracy_score([r["articleType"] for r in evaluated], classifier.predict([r["title"] for r in evaluated]))
+    baseline = results["raw"]["baseline"]["tfidf_svm"]
+    assert baseline["eval"]["top1_accuracy"] == pytest.approx(expected)
+    assert baseline["eval"]["top1_accuracy"] <= baseline["eval"]["top5_accuracy"]
+    assert 0.0 < baseline["eval"]["macro_f1"] <= 1.0
+    assert results["summary"]["models"]["tfidf_svm"]["top1_accuracy"]["mean"] == pytest.approx(expected)
 
 
 def test_headroom_arithmetic_on_a_hand_made_run():
@@ -86,13 +138,30 @@ def test_headroom_arithmetic_on_a_hand_made_run():
     assert ablation._headroom([run(0.8, 0.6, 0.8, 0.0, None)], "hanet") is None
 
 
-def test_decision_level_heads_are_trained_after_the_unimodal_ones():
+def test_the_unimodal_models_are_trained_before_the_models_that_use_them():
     order = ablation.AblationConfig(models=("policy", "hanet")).training_order()
     assert order.index("text_only") < order.index("policy") and order.index("image_only") < order.index("policy")
-    assert ablation.AblationConfig(models=("hanet",)).training_order() == ["hanet"]
+    assert order.index("image_only") < order.index("hanet")
+    assert ablation.AblationConfig(models=("text_only",)).training_order() == ["text_only"]
 
 
 def test_an_unknown_model_is_a_one_line_error(tmp_path, capsys, fashion_catalog):
     assert main(["benchmark", "--catalog", str(fashion_catalog), "--label-column", "articleType",
                  "--models", "hanet,late", "--out", str(tmp_path)]) == 1
     assert "unknown models ['late']" in capsys.readouterr().err
+
+
+def test_validation_and_folds_are_stable_functions_of_the_id():
+    """Fixed ids, fixed answers: a change of the hash would silently change every split."""
+    ids = tf.constant([f"product-{i}" for i in range(20000)])
+    share = data.in_validation(ids, 0.125).numpy().mean()
+    assert share == pytest.approx(0.125, abs=0.01)
+    folds = np.bincount(data.fold_of(ids, 3).numpy(), minlength=3) / 20000
+    np.testing.assert_allclose(folds, 1 / 3, atol=0.015)
+    assert list(data.in_validation(tf.constant(["15970", "39386", "59263", "21379"]), 0.5).numpy()) == KNOWN_VALIDATION
+    assert list(data.fold_of(tf.constant(["15970", "39386", "59263", "21379"]), 3).numpy()) == KNOWN_FOLDS
+
+
+# Computed once with FarmHash Fingerprint64 (tf.strings.to_hash_bucket_fast) and the salts of trainer/data.py.
+KNOWN_VALIDATION = [False, True, False, False]
+KNOWN_FOLDS = [1, 0, 2, 0]

@@ -1,4 +1,5 @@
-"""The frozen-encoder mode: features cached once, heads trained on them, put back on the encoders."""
+"""tune "frozen" and "top": the encoders' fixed parts cached once, heads (and top blocks) trained on
+them by the one training loop, and put back on the whole encoders for serving."""
 import dataclasses
 import json
 import os
@@ -9,30 +10,33 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from common import features
-from trainer import export, features_cache, fusion, recipe
-from trainer.model import ModelConfig, fusion_layer, head_model
-from common.labels import label_names, num_classes
-from trainer.train import FEATURE_CACHE_DIR, FINAL_WEIGHTS, STAGES_DIR, TrainConfig, train
+from common.labels import label_names
+from trainer import data, export, features_cache, fusion, recipe
+from trainer.loop import StageError
+from trainer.model import FROZEN, TOP, ModelConfig, fusion_layer
+from trainer.train import FEATURE_CACHE_DIR, PROBABILITIES_DIR, STAGES_DIR, Run, TrainConfig, train
 
-HEAD_RECIPE = recipe.Recipe(learning_rate=1e-3, epochs=3, batch_size=8)
+HEAD_RECIPE = recipe.Recipe(learning_rate=1e-2, epochs=3, batch_size=8)
 TRAIN_CONFIG = TrainConfig(
-    text=HEAD_RECIPE,
-    image=dataclasses.replace(recipe.PAPER_IMAGE, learning_rate=0.01, epochs=3, batch_size=8, decay_epochs=2),
-    fusion=HEAD_RECIPE,
-    frozen_encoders=True,
+    text_recipe=HEAD_RECIPE,
+    image_recipe=dataclasses.replace(recipe.PAPER_IMAGE, learning_rate=0.01, epochs=3, batch_size=8, decay_epochs=2),
+    fusion_recipe=HEAD_RECIPE,
+    tune=FROZEN,
+    validation_fraction=0.2,
+    crossfit_folds=2,
 )
 
 
 @pytest.fixture(scope="module")
 def model_config(tiny_bert_handle):
     return ModelConfig(fusion=fusion.POLICY, bert_handle=str(tiny_bert_handle), image_weights=None, image_size=32,
-                       max_seq_length=24, fusion_width=16)
+                       max_seq_length=24, head=fusion.HeadConfig(width=16))
 
 
 @pytest.fixture(scope="module")
 def frozen_run(small_preprocessed, model_config, tmp_path_factory):
-    """policy (so text_only, image_only, then policy) on cached features; policy and text_only exported
-    (image_only's export is the same code with the other head, and costs another EfficientNet trace)."""
+    """policy (so text_only, image_only, the cross-fitted folds, then policy) on cached features;
+    policy and text_only exported."""
     root = tmp_path_factory.mktemp("frozen")
     exports = {stage: str(root / stage) for stage in (fusion.POLICY, fusion.TEXT_ONLY)}
     logs = train(
@@ -47,53 +51,149 @@ def frozen_run(small_preprocessed, model_config, tmp_path_factory):
     return logs, exports, root / "work"
 
 
-def _cached_eval(work):
-    dataset = features_cache.make_feature_dataset(str(work / FEATURE_CACHE_DIR), features.EVAL_SPLIT, 64, shuffle=False)
-    batches = list(dataset)
-    inputs = {key: tf.concat([b[0][key] for b in batches], 0) for key in batches[0][0]}
-    return inputs, tf.concat([b[1] for b in batches], 0).numpy()
+def _run(small_preprocessed, model_config, work, train_config=TRAIN_CONFIG):
+    return Run(examples_dir=small_preprocessed.examples_dir, transform_graph_dir=small_preprocessed.transform_graph_dir,
+               work_dir=str(work), model_config=model_config, train_config=train_config)
 
 
-def _trained_head(work, model_config, stage, small_preprocessed):
-    """The stage's head, built as its settings.json says, with its final weights."""
-    metadata = features_cache.read_metadata(str(work / FEATURE_CACHE_DIR))
-    classes = num_classes(tft.TFTransformOutput(small_preprocessed.transform_graph_dir))
-    settings = json.loads((work / STAGES_DIR / stage / "settings.json").read_text())["model"]
-    head = head_model(dataclasses.replace(model_config, **settings), classes, metadata["text_dim"],
-                      metadata["image_dim"])
-    head.load_weights(str(work / STAGES_DIR / stage / FINAL_WEIGHTS)).expect_partial()
-    return head
+def _ids(run, split, form):
+    return [i.decode() for _, _, ids in run.dataset(form, split, 64, shuffle=False, with_ids=True) for i in ids.numpy()]
 
 
-def _exported_probabilities(model_dir, small_preprocessed):
+def _eval_records(small_preprocessed):
     spec = tft.TFTransformOutput(small_preprocessed.transform_graph_dir).transformed_feature_spec()
     spec = {key: spec[key] for key in (*features.BERT_INPUT_KEYS, features.IMAGE_KEY, features.LABEL_ID_KEY)}
     files = tf.io.gfile.glob(os.path.join(small_preprocessed.examples_dir, features.EVAL_SPLIT, "*"))
-    batch = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1000)))
-    parsed = tf.io.parse_example(batch, spec)
-    labels = parsed.pop(features.LABEL_ID_KEY).numpy()
+    parsed = tf.io.parse_example(next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1000))), spec)
+    return parsed, parsed.pop(features.LABEL_ID_KEY).numpy()
+
+
+def _served_probabilities(model_dir, small_preprocessed):
+    parsed, labels = _eval_records(small_preprocessed)
     predict = tf.saved_model.load(model_dir).signatures[features.TRANSFORMED_SIGNATURE]
     return predict(**parsed)[features.OUTPUT_PROBABILITIES_KEY].numpy(), labels
 
 
-def test_every_split_is_cached_once_per_product(frozen_run, small_preprocessed):
+def _form_probabilities(trained, run):
+    """A trained model's probabilities on the eval split, in the form it trained in (cached inputs)."""
+    names = list(trained.model.input)
+    outputs, labels = [], []
+    for inputs, batch_labels in run.dataset(trained.form, features.EVAL_SPLIT, 64, shuffle=False, input_names=names):
+        outputs.append(tf.nn.softmax(trained.model(inputs, training=False)).numpy())
+        labels.append(batch_labels.numpy())
+    return np.concatenate(outputs), np.concatenate(labels)
+
+
+def test_every_split_is_cached_once_per_product_and_validation_is_carved_from_train(frozen_run, small_preprocessed,
+                                                                                   model_config):
     _, _, work = frozen_run
     metadata = features_cache.read_metadata(str(work / FEATURE_CACHE_DIR))
-    assert metadata["split_sizes"] == {split: small_preprocessed.metrics["kept"][split]
-                                       for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT)}
-    assert metadata["image_dim"] == 1280 and metadata["text_dim"] > 0
+    sizes = metadata["split_sizes"]
+    assert sizes[features.TRAIN_SPLIT] + sizes[features.VALIDATION_SPLIT] == small_preprocessed.metrics["kept"]["train"]
+    assert sizes[features.EVAL_SPLIT] == small_preprocessed.metrics["kept"]["eval"]
+    assert sizes[features.VALIDATION_SPLIT] > 0 and metadata["image_dim"] == 1280 and metadata["text_dim"] > 0
+    run = _run(small_preprocessed, model_config, work)
+    train_ids, validation_ids = _ids(run, features.TRAIN_SPLIT, FROZEN), _ids(run, features.VALIDATION_SPLIT, FROZEN)
+    assert not set(train_ids) & set(validation_ids)
+    in_validation = data.in_validation(tf.constant(train_ids + validation_ids), 0.2).numpy()
+    assert not in_validation[:len(train_ids)].any() and in_validation[len(train_ids):].all()
+    # The same split as the full form reads from the records, with no copy of them.
+    assert sorted(_ids(run, features.VALIDATION_SPLIT, "full")) == sorted(validation_ids)
 
 
 @pytest.mark.parametrize("stage", [fusion.POLICY, fusion.TEXT_ONLY])
 def test_the_exported_model_is_the_trained_head_on_the_live_encoders(frozen_run, model_config, small_preprocessed,
                                                                     stage):
-    """Serving recomputes f_t, f_i from raw records: equal to the cache, and the head is the trained one."""
+    """Serving recomputes f_t, f_i from raw records: the trained head's probabilities on the cache."""
     _, exports, work = frozen_run
-    served, labels = _exported_probabilities(exports[stage], small_preprocessed)
-    cached, cached_labels = _cached_eval(work)
+    served, labels = _served_probabilities(exports[stage], small_preprocessed)
+    run = _run(small_preprocessed, model_config, work)
+    from trainer.train import train_stages
+
+    trained = train_stages(run, stage, TRAIN_CONFIG.seed)[stage]  # every stage is loaded, none trained again
+    cached, cached_labels = _form_probabilities(trained, run)
     np.testing.assert_array_equal(labels, cached_labels)  # the cache keeps the records' order
-    trained = tf.nn.softmax(_trained_head(work, model_config, stage, small_preprocessed)(cached)).numpy()
-    np.testing.assert_allclose(served, trained, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(served, cached, rtol=1e-4, atol=1e-5)
+
+
+def test_decision_heads_train_on_out_of_fold_unimodal_predictions(frozen_run, model_config, small_preprocessed):
+    """Each train product's probabilities come from the fold models that never saw it."""
+    _, _, work = frozen_run
+    run = _run(small_preprocessed, model_config, work)
+    folds = run.crossfit_unimodal(TRAIN_CONFIG.seed)  # finished: loaded
+    records = work / PROBABILITIES_DIR / f"crossfit2-seed{TRAIN_CONFIG.seed}"
+    sizes = json.loads((records / "sizes.json").read_text())
+    assert sizes == {"train": run.split_sizes()["train"], "validation": run.split_sizes()["validation"]}
+    spec = {features.ID_KEY: tf.io.FixedLenFeature([], tf.string),
+            features.TEXT_PROBABILITIES_KEY: tf.io.FixedLenFeature([run.classes], tf.float32)}
+    stored = {r[features.ID_KEY].decode(): r[features.TEXT_PROBABILITIES_KEY] for r in tf.data.TFRecordDataset(
+        tf.io.gfile.glob(str(records / "train" / "*")), "GZIP").map(
+        lambda s: tf.io.parse_single_example(s, spec)).as_numpy_iterator()}
+    for fold, models in folds.items():
+        held_out = [ids for _, _, ids in run.probabilities(models[fusion.TEXT_ONLY], features.TRAIN_SPLIT,
+                                                           keep=lambda ids, f=fold: tf.equal(data.fold_of(ids, 2), f))]
+        for probabilities, _, ids in run.probabilities(
+                models[fusion.TEXT_ONLY], features.TRAIN_SPLIT, keep=lambda ids, f=fold: tf.equal(data.fold_of(ids, 2), f)):
+            for p, i in zip(probabilities, ids):
+                np.testing.assert_allclose(stored[i.decode()], p, rtol=1e-5, atol=1e-6)
+        assert held_out
+        # ... and that fold model trained on the other fold only: fewer steps than a whole-train model.
+        settings = json.loads((work / STAGES_DIR / f"seed{TRAIN_CONFIG.seed}" / f"text_only-fold{fold}of2"
+                               / "settings.json").read_text())
+        assert settings["data"] == run.fingerprint
+
+
+def test_another_fusion_in_the_same_work_dir_reuses_the_cache_and_the_unimodal_stages(
+        frozen_run, model_config, small_preprocessed, tmp_path, capsys):
+    _, _, work = frozen_run
+    logs = train(
+        examples_dir=small_preprocessed.examples_dir,
+        transform_graph_dir=small_preprocessed.transform_graph_dir,
+        export_dir=str(tmp_path / "decision"),
+        work_dir=str(work),
+        # Other head options than the policy's run: the unimodal stages do not depend on them.
+        model_config=dataclasses.replace(model_config, fusion=fusion.DECISION_LEVEL, head=fusion.HeadConfig(width=8)),
+        train_config=TRAIN_CONFIG,
+    )
+    out = capsys.readouterr().out
+    assert "[text_only] already trained" in out and "[image_only] already trained" in out
+    assert "[cache]" not in out  # the feature cache is reused as it is
+    assert "[decision_level] starting at step 0" in out and np.isfinite(logs[fusion.DECISION_LEVEL]["loss"])
+    served, _ = _served_probabilities(str(tmp_path / "decision"), small_preprocessed)
+    run = _run(small_preprocessed, dataclasses.replace(model_config, head=fusion.HeadConfig(width=8)), work)
+    from trainer.train import train_stages
+
+    trained = train_stages(run, fusion.DECISION_LEVEL, TRAIN_CONFIG.seed)
+    head = fusion_layer(trained[fusion.DECISION_LEVEL].model)
+    for unimodal, inner in ((fusion.TEXT_ONLY, head.text_head), (fusion.IMAGE_ONLY, head.image_head)):
+        for a, b in zip(inner.get_weights(), fusion_layer(trained[unimodal].model).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    cached, _ = _form_probabilities(trained[fusion.DECISION_LEVEL], run)
+    np.testing.assert_allclose(served, cached, rtol=1e-4, atol=1e-5)
+
+
+def test_a_work_dir_of_other_data_is_refused_and_a_cache_of_other_data_rebuilt(
+        frozen_run, model_config, small_preprocessed, tmp_path, capsys):
+    """The same settings on other examples (the train split without its first 3 products)."""
+    _, _, work = frozen_run
+    import shutil
+
+    examples = tmp_path / "examples"
+    shutil.copytree(small_preprocessed.examples_dir, examples)
+    (train_file,) = tf.io.gfile.glob(str(examples / features.TRAIN_SPLIT / "*"))
+    records = list(tf.data.TFRecordDataset(train_file, "GZIP").as_numpy_iterator())[3:]
+    with tf.io.TFRecordWriter(train_file, "GZIP") as writer:
+        for record in records:
+            writer.write(record)
+    capsys.readouterr()
+    other = Run(examples_dir=str(examples), transform_graph_dir=small_preprocessed.transform_graph_dir,
+                work_dir=str(work), model_config=model_config, train_config=TRAIN_CONFIG)
+    out = capsys.readouterr().out
+    assert f"[cache] rebuilding {work / FEATURE_CACHE_DIR}: it was built for other data" in out
+    assert other.split_sizes()["train"] + other.split_sizes()["validation"] == len(records)
+    with pytest.raises(StageError, match="trained with other data: use another work directory"):
+        other.train_feature_model(fusion.TEXT_ONLY, HEAD_RECIPE, str(work / STAGES_DIR / fusion.TEXT_ONLY),
+                                  seed=TRAIN_CONFIG.seed)
 
 
 def test_the_warmup_file_holds_real_requests_that_the_served_model_answers(frozen_run, small_preprocessed):
@@ -121,38 +221,39 @@ def test_the_warmup_file_holds_real_requests_that_the_served_model_answers(froze
                                                                   (features.TF_EXAMPLE_SIGNATURE, n)]
 
 
-def test_another_fusion_in_the_same_work_dir_reuses_the_cache_and_the_unimodal_stages(
-        frozen_run, model_config, small_preprocessed, tmp_path, capsys):
-    _, _, work = frozen_run
-    logs = train(
-        examples_dir=small_preprocessed.examples_dir,
-        transform_graph_dir=small_preprocessed.transform_graph_dir,
-        export_dir=str(tmp_path / "decision"),
-        work_dir=str(work),
-        # Other head options than the policy's run: the unimodal stages do not depend on them.
-        model_config=dataclasses.replace(model_config, fusion=fusion.DECISION_LEVEL, fusion_width=8),
-        train_config=TRAIN_CONFIG,
-    )
-    out = capsys.readouterr().out
-    assert "[text_only] already trained" in out and "[image_only] already trained" in out
-    assert "[decision_level] starting at step 0" in out and np.isfinite(logs[fusion.DECISION_LEVEL]["loss"])
-    decision = _trained_head(work, model_config, fusion.DECISION_LEVEL, small_preprocessed)
-    for stage, head in ((fusion.TEXT_ONLY, fusion_layer(decision).text_head),
-                        (fusion.IMAGE_ONLY, fusion_layer(decision).image_head)):
-        trained = fusion_layer(_trained_head(work, model_config, stage, small_preprocessed))
-        for a, b in zip(head.get_weights(), trained.get_weights()):
-            np.testing.assert_array_equal(a, b)
-    served, _ = _exported_probabilities(str(tmp_path / "decision"), small_preprocessed)
-    cached, _ = _cached_eval(work)
-    np.testing.assert_allclose(served, tf.nn.softmax(decision(cached)).numpy(), rtol=1e-4, atol=1e-5)
+@pytest.fixture(scope="module")
+def top_run(small_preprocessed, model_config, tmp_path_factory):
+    """hanet under tune "top": the unimodal models (head, then last blocks), then the fusion from them."""
+    root = tmp_path_factory.mktemp("top")
+    config = dataclasses.replace(TRAIN_CONFIG, tune=TOP, head_recipe=HEAD_RECIPE,
+                                 text_recipe=recipe.Recipe(learning_rate=1e-3, epochs=2, batch_size=8),
+                                 image_recipe=recipe.Recipe(learning_rate=1e-3, epochs=2, batch_size=8),
+                                 fusion_recipe=recipe.Recipe(learning_rate=1e-3, epochs=2, batch_size=8))
+    hanet = dataclasses.replace(model_config, fusion=fusion.HANET)
+    train(examples_dir=small_preprocessed.examples_dir, transform_graph_dir=small_preprocessed.transform_graph_dir,
+          export_dir=str(root / "hanet"), work_dir=str(root / "work"), model_config=hanet, train_config=config)
+    return root, hanet, config
 
 
-def test_a_cache_of_other_encoders_is_refused_by_name(frozen_run, model_config, small_preprocessed):
-    _, _, work = frozen_run
-    with pytest.raises(ValueError, match="other encoders \\(different image_size, max_seq_length\\)"):
-        features_cache.cache_features(
-            examples_dir=small_preprocessed.examples_dir,
-            transform_graph_dir=small_preprocessed.transform_graph_dir,
-            cache_dir=str(work / FEATURE_CACHE_DIR),
-            model_config=dataclasses.replace(model_config, image_size=64, max_seq_length=16),
-        )
+def test_tune_top_exports_the_whole_encoders_with_the_tuned_blocks(top_run, small_preprocessed, tiny_bert_handle):
+    root, hanet, config = top_run
+    run = _run(small_preprocessed, hanet, root / "work", config)
+    from trainer.train import train_stages
+
+    trained = train_stages(run, fusion.HANET, config.seed)[fusion.HANET]
+    assert trained.form == TOP
+    # The served model runs the whole TF-Hub encoder and EfficientNet on raw records and matches the
+    # tuned model on the cached (float16) inputs of its top blocks.
+    served, labels = _served_probabilities(str(root / "hanet"), small_preprocessed)
+    cached, cached_labels = _form_probabilities(trained, run)
+    np.testing.assert_array_equal(labels, cached_labels)
+    np.testing.assert_allclose(served, cached, atol=2e-3)
+    # ... and the blocks did tune: with the pretrained last BERT block back, the model answers otherwise.
+    from trainer import encoders
+
+    text_top = trained.model.get_layer("text_top")
+    tuned = [w.numpy() for w in text_top.weights]
+    text_top.load_from(encoders.text_encoder(str(tiny_bert_handle), trainable=True))
+    assert max(np.abs(a - w.numpy()).max() for a, w in zip(tuned, text_top.weights)) > 1e-3
+    pretrained_top, _ = _form_probabilities(trained, run)
+    assert np.abs(pretrained_top - served).max() > 10 * np.abs(cached - served).max()

@@ -52,7 +52,7 @@ def test_hybrid_scores_apply_one_network_d_to_each_stream():
 def test_every_head_maps_features_to_logits(name):
     f_t = tf.random.normal([4, 24])
     f_i = tf.random.normal([4, 40])
-    head = fusion.FusionHead(name, num_classes=7, width=16, key_dim=8)
+    head = fusion.FeatureHead(name, 7, fusion.HeadConfig(width=16, key_dim=8))
     logits = head(f_t, f_i)
     assert logits.shape == (4, 7)
     assert np.all(np.isfinite(logits.numpy()))
@@ -60,7 +60,7 @@ def test_every_head_maps_features_to_logits(name):
 
 @pytest.mark.parametrize("name", [fusion.KEYLESS, fusion.KEY_BASED, fusion.HANET])
 def test_attention_scores_are_distributions_over_the_two_streams(name):
-    head = fusion.FusionHead(name, num_classes=3, width=16, key_dim=8)
+    head = fusion.FeatureHead(name, 3, fusion.HeadConfig(width=16, key_dim=8))
     f_t, f_i = tf.random.normal([5, 24]), tf.random.normal([5, 40])
     head(f_t, f_i)
     _, _, scores = head.attention_scores(f_t, f_i)
@@ -79,7 +79,7 @@ def test_weighted_concat_scales_each_stream_by_its_score():
 
 def test_unknown_fusion_is_rejected_by_name():
     with pytest.raises(ValueError, match="unknown fusion 'late'"):
-        fusion.FusionHead("late", num_classes=3)
+        fusion.FeatureHead("late", 3)
 
 
 def test_key_based_scores_without_scaling_use_the_raw_dot_products():
@@ -113,7 +113,7 @@ def test_weighted_sum_adds_the_scaled_streams():
     {"hybrid_normalize": "sigmoid"}, {"hybrid_normalize": "none"},
 ])
 def test_every_open_choice_builds_a_working_hanet_head(options):
-    head = fusion.fusion_head(fusion.HANET, 7, width=16, key_dim=8, **options)
+    head = fusion.fusion_head(fusion.HANET, 7, fusion.HeadConfig(width=16, key_dim=8, **options))
     logits = head(tf.random.normal([4, 24]), tf.random.normal([4, 40]))
     assert logits.shape == (4, 7) and np.all(np.isfinite(logits.numpy()))
 
@@ -132,7 +132,7 @@ def _softmax(x):
 
 
 def test_decision_level_is_an_fc_network_on_both_models_probabilities_hand_computed():
-    head = fusion.DecisionLevelFusion(num_classes=2, hidden_units=4, dropout=0.0)
+    head = fusion.DecisionLevelFusion(2, fusion.HeadConfig(width=4, dropout=0.0))
     f_t, f_i = tf.constant([[1.0, 0.0]]), tf.constant([[0.0, 2.0]])
     _unimodal_identity_heads(head, f_t, f_i, 2)
     _set_dense(head.hidden, np.eye(4), np.zeros(4))  # relu(identity): [p_t, p_i]
@@ -145,7 +145,7 @@ def test_decision_level_is_an_fc_network_on_both_models_probabilities_hand_compu
 
 
 def test_policy_serves_the_chosen_models_probabilities_and_trains_on_their_mixture_hand_computed():
-    head = fusion.PolicyFusion(num_classes=3, hidden_units=4, top_k=2, dropout=0.0)
+    head = fusion.PolicyFusion(3, fusion.HeadConfig(width=4, policy_top_k=2, dropout=0.0))
     # Product 0: text is confident; product 1: image is.
     f_t = tf.constant([[3.0, 0.0, 0.0], [0.2, 0.1, 0.0]])
     f_i = tf.constant([[0.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
@@ -168,7 +168,7 @@ def test_every_fusion_of_the_paper_gives_float32_logits_under_mixed_precision(na
 
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        head = fusion.fusion_head(name, 5, width=8, key_dim=4)
+        head = fusion.fusion_head(name, 5, fusion.HeadConfig(width=8, key_dim=4))
         logits = head(tf.random.normal([3, 12]), tf.random.normal([3, 20]))
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -181,10 +181,10 @@ def test_stream_norm_makes_the_heads_blind_to_a_stream_s_scale():
     the larger stream dominates (the keyless collapse measured in docs/results.md)."""
     f_t, f_i = tf.random.normal([4, 24]), tf.random.normal([4, 40])
     for name in (fusion.CONCAT, fusion.KEYLESS, fusion.HANET):
-        normed = fusion.FusionHead(name, num_classes=5, width=16, key_dim=8, stream_norm=True)
+        normed = fusion.FeatureHead(name, 5, fusion.HeadConfig(width=16, key_dim=8, stream_norm=True))
         # Equal up to LayerNormalization's epsilon (1e-3 against a variance of 1 vs 1e4).
         np.testing.assert_allclose(normed(f_t, f_i), normed(f_t, 100.0 * f_i), atol=5e-3)
-        plain = fusion.FusionHead(name, num_classes=5, width=16, key_dim=8)
+        plain = fusion.FeatureHead(name, 5, fusion.HeadConfig(width=16, key_dim=8))
         assert not np.allclose(plain(f_t, f_i), plain(f_t, 100.0 * f_i), atol=5e-2)
     # Unimodal heads have nothing to balance: the option leaves them as they are.
-    assert not fusion.FusionHead(fusion.TEXT_ONLY, num_classes=5, stream_norm=True).stream_norm
+    assert not fusion.FeatureHead(fusion.TEXT_ONLY, 5, fusion.HeadConfig(stream_norm=True)).stream_norm

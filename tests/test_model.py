@@ -4,14 +4,9 @@ import pytest
 import tensorflow as tf
 
 from trainer import fusion
-from trainer.model import (
-    TEXT_ENCODER_LAYER,
-    ModelConfig,
-    build_model,
-    fusion_layer,
-    image_encoder_layer,
-    init_from_unimodal,
-)
+import tf_keras as keras
+
+from trainer.model import TEXT_ENCODER_LAYER, ModelConfig, build_model, fusion_layer, init_from_unimodal
 
 NUM_CLASSES = 5
 
@@ -19,7 +14,12 @@ NUM_CLASSES = 5
 @pytest.fixture(scope="module")
 def config(tiny_bert_handle):
     return ModelConfig(bert_handle=str(tiny_bert_handle), image_weights=None, image_size=32, max_seq_length=8,
-                       fusion_width=16)
+                       head=fusion.HeadConfig(width=16))
+
+
+def image_encoder_layer(model):
+    (cnn,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return cnn
 
 
 def _randomize(layer):

@@ -16,6 +16,7 @@ from tests.no_tensorflow_text import PRELUDE
 from common import features
 from common.labels import num_classes
 from trainer import export
+from trainer.fusion import HeadConfig
 from trainer.model import ModelConfig, build_model
 
 IMAGE_SIZE = 32
@@ -47,7 +48,7 @@ def serving_model(small_preprocessed, tiny_bert_handle, tmp_path_factory):
     preprocess stage. Unfitted: fitting changes weights, not the graph this test is about."""
     tft_output = tft.TFTransformOutput(small_preprocessed.transform_graph_dir)
     config = ModelConfig(fusion="hanet", bert_handle=str(tiny_bert_handle), image_weights=None,
-                         image_size=IMAGE_SIZE, max_seq_length=MAX_SEQ_LENGTH, fusion_width=32)
+                         image_size=IMAGE_SIZE, max_seq_length=MAX_SEQ_LENGTH, head=HeadConfig(width=32))
     model = build_model(config, num_classes(tft_output))
     export_dir = str(tmp_path_factory.mktemp("serving") / "model")
     export.export_serving_model(model, tft_output, export_dir, image_size=IMAGE_SIZE, max_seq_length=MAX_SEQ_LENGTH)

@@ -13,11 +13,13 @@ import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+from common.flags import add_dataclass_flags, dataclass_from_args  # noqa: E402
+from trainer.fusion import HeadConfig  # noqa: E402
 from trainer.model import ModelConfig  # noqa: E402
 from trainer.recipe import Recipe  # noqa: E402
 from trainer.train import TrainConfig  # noqa: E402
 
-_STAGE_RECIPES = ("text", "image", "fusion")
+_STAGE_RECIPES = ("text", "image", "fusion", "head")
 
 
 def _add_flag(parser: argparse.ArgumentParser, name: str, default) -> None:
@@ -39,13 +41,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--text-export-dir", default="", help="also export the text model here")
     p.add_argument("--image-export-dir", default="", help="also export the image model here")
     for field in dataclasses.fields(ModelConfig):
-        _add_flag(p, field.name, getattr(ModelConfig(), field.name))
+        if field.name != "head":
+            _add_flag(p, field.name, getattr(ModelConfig(), field.name))
+    add_dataclass_flags(p, HeadConfig, "head_")
     defaults = TrainConfig()
     for stage in _STAGE_RECIPES:
         for field in dataclasses.fields(Recipe):
-            _add_flag(p, f"{stage}_{field.name}", getattr(getattr(defaults, stage), field.name))
+            _add_flag(p, f"{stage}_{field.name}", getattr(getattr(defaults, f"{stage}_recipe"), field.name))
     for field in dataclasses.fields(TrainConfig):
-        if field.name not in _STAGE_RECIPES:
+        if not field.name.endswith("_recipe"):
             _add_flag(p, field.name, getattr(defaults, field.name))
     return p
 
@@ -53,14 +57,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
     model_config = ModelConfig(
-        **{f.name: args[f.name] for f in dataclasses.fields(ModelConfig)} | {
-            "image_weights": args["image_weights"] or None}
+        **{f.name: args[f.name] for f in dataclasses.fields(ModelConfig) if f.name != "head"} | {
+            "image_weights": args["image_weights"] or None, "head": dataclass_from_args(HeadConfig, args, "head_")}
     )
     recipes = {
-        stage: Recipe(**{f.name: args[f"{stage}_{f.name}"] for f in dataclasses.fields(Recipe)})
+        f"{stage}_recipe": Recipe(**{f.name: args[f"{stage}_{f.name}"] for f in dataclasses.fields(Recipe)})
         for stage in _STAGE_RECIPES
     }
-    rest = {f.name: args[f.name] for f in dataclasses.fields(TrainConfig) if f.name not in _STAGE_RECIPES}
+    rest = {f.name: args[f.name] for f in dataclasses.fields(TrainConfig) if not f.name.endswith("_recipe")}
     rest["backup_every_steps"] = rest["backup_every_steps"] or None
     from trainer.train import train
 

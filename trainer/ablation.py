@@ -1,33 +1,36 @@
-"""The paper's experiments (Tables 1–3) on one catalog: every model, same split, same encoders, same budget.
+"""The paper's experiments (Tables 1–3) on one catalog, trained by the shipped trainer.
 
     transformed examples ── hash of id ──► train (fit) | validation | eval (untouched)
-    frozen encoders, once per product ──► feature cache of the three splits
-    for each model: learning rate chosen on validation (first seed), early stopping on validation
-    for each seed: every model trained on train, then ONE streamed pass over eval for all of them
-        → top-1/top-5/macro-F1 per model, Table 1 from text_only × image_only, headroom recovered
+    encoders' fixed parts, once per product ──► feature cache (f_t, f_i and the top blocks' inputs)
+    tfidf_svm on the same titles and splits (the baseline a user tries first)
+    for each tune ("frozen", then "top"), every model through trainer/train.py's Run (the pipeline's
+    training loop), for each seed:
+        the learning rate per model chosen on validation with the first seed, early stopping on
+        validation; decision-level heads cross-fitted, or in-sample where that wins on validation
+        one streamed pass over eval for all models of the seed → top-1/top-5/macro-F1, Table 1
 
-Choices are made on the validation split only; the eval split is read once per seed, after training.
+Choices are made on the validation split only; the eval split is read once per seed and tune,
+after training. Under "top", a unimodal model's first phase is its "frozen" model of the same seed
+(the same head on the same features), so "top" costs only its fine-tuning phases.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
 import os
 import time
 
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
 
-from common.metrics import ClassCounts, UnimodalAgreement, top_k_ids
 from common import features
-from trainer import data, features_cache, fusion
-from trainer.model import ModelConfig, head_model, load_unimodal_heads
+from common.metrics import ClassCounts, UnimodalAgreement, top_k_ids
+from trainer import baselines, features_cache, fusion
+from trainer.model import FROZEN, TOP, ModelConfig
 from trainer.recipe import ADAMW, Recipe
+from trainer.train import CROSSFIT, EVAL_BATCH_SIZE, IN_SAMPLE, STAGES_DIR, Run, TrainConfig, Trained
 
-VALIDATION_SPLIT = features.VALIDATION_SPLIT
+TUNES = (FROZEN, TOP)
 # The models of the paper's Tables 2 and 3 (key_based is the ablation between keyless and HANet).
 PAPER_MODELS = (
     fusion.IMAGE_ONLY,
@@ -45,215 +48,204 @@ PAPER_MODELS = (
 class AblationConfig:
     models: tuple[str, ...] = PAPER_MODELS
     seeds: tuple[int, ...] = (0, 1, 2)
+    tunes: tuple[str, ...] = TUNES
     # Heads start from scratch on fixed features: learning rates far above fine-tuning's 2e-5.
     # One is chosen per model on the validation split with the first seed.
     learning_rates: tuple[float, ...] = (3e-3, 1e-2)
     max_epochs: int = 30
     patience: int = 5
+    # tune="top": the fine-tuning phase of the encoders' last blocks with the trained head.
+    top_learning_rates: tuple[float, ...] = (1e-4,)
+    top_epochs: int = 8
+    top_patience: int = 2
     batch_size: int = 32
     weight_decay: float = 0.01
+    validation_fraction: float = 0.125
+    crossfit_folds: int = 3
+    baseline: bool = True
 
     def __post_init__(self):
         unknown = [m for m in self.models if m not in fusion.FUSIONS]
         if unknown:
             raise ValueError(f"unknown models {unknown}; expected some of {fusion.FUSIONS}")
-        if not self.seeds or not self.learning_rates:
-            raise ValueError("at least one seed and one learning rate are needed")
+        if not self.seeds or not self.learning_rates or not self.top_learning_rates:
+            raise ValueError("at least one seed and one learning rate per phase are needed")
+        if [t for t in self.tunes if t not in TUNES]:
+            raise ValueError(f"tunes must be some of {TUNES}, got {self.tunes}")
+        if TOP in self.tunes and FROZEN not in self.tunes:
+            raise ValueError("tune top starts from the frozen heads: run both tunes")
 
     def training_order(self) -> list[str]:
-        """Unimodal heads first: the decision-level heads fuse the trained unimodal heads."""
+        """Unimodal models first: the other models start from them or fuse them."""
         needed = set(self.models)
-        if needed & set(fusion.DECISION_FUSIONS):
+        if needed - set(fusion.UNIMODAL_FUSIONS):
             needed |= set(fusion.UNIMODAL_FUSIONS)
         return [m for m in fusion.FUSIONS if m in needed]  # FUSIONS lists the unimodal ones first
 
+    def recipe(self, tune: str, learning_rate: float) -> Recipe:
+        epochs = self.max_epochs if tune == FROZEN else self.top_epochs
+        return Recipe(ADAMW, learning_rate=learning_rate, epochs=epochs, batch_size=self.batch_size,
+                      weight_decay=self.weight_decay)
 
-def is_validation(product_id: bytes, fraction: float) -> bool:
-    """A stable hash of the id, salted so the validation set is independent of the eval split's hash."""
-    digest = hashlib.sha256(b"validation:" + product_id).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-def split_validation(examples_dir: str, output_dir: str, validation_fraction: float) -> dict[str, int]:
-    """Writes OUTPUT/{train,validation}/ from the preprocess stage's train split (by a hash of the id)
-    and links OUTPUT/eval to its eval split; streams, one record at a time. Returns the split sizes."""
-    if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-    id_spec = {features.ID_KEY: tf.io.FixedLenFeature([], tf.string)}
-    sizes = {features.TRAIN_SPLIT: 0, VALIDATION_SPLIT: 0}
-    writers = {}
-    for split in sizes:
-        tf.io.gfile.makedirs(os.path.join(output_dir, split))
-        writers[split] = tf.io.TFRecordWriter(os.path.join(output_dir, split, "part-00000.tfrecord.gz"), "GZIP")
-    files = sorted(tf.io.gfile.glob(os.path.join(examples_dir, features.TRAIN_SPLIT, "*")))
-    try:
-        for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
-            product_id = tf.io.parse_single_example(record, id_spec)[features.ID_KEY].numpy()
-            split = VALIDATION_SPLIT if is_validation(product_id, validation_fraction) else features.TRAIN_SPLIT
-            writers[split].write(record.numpy())
-            sizes[split] += 1
-    finally:
-        for writer in writers.values():
-            writer.close()
-    eval_link = os.path.join(output_dir, features.EVAL_SPLIT)
-    if not os.path.lexists(eval_link):
-        os.symlink(os.path.abspath(os.path.join(examples_dir, features.EVAL_SPLIT)), eval_link)
-    sizes[features.EVAL_SPLIT] = data.read_split_sizes(examples_dir)[features.EVAL_SPLIT]
-    data.write_split_sizes(output_dir, sizes)
-    return sizes
+    def train_config(self, tune: str, head_learning_rate: float = 1e-2) -> TrainConfig:
+        return TrainConfig(tune=tune, validation_fraction=self.validation_fraction,
+                           patience=self.patience if tune == FROZEN else self.top_patience,
+                           head_recipe=self.recipe(FROZEN, head_learning_rate), crossfit_folds=self.crossfit_folds)
 
 
-@dataclasses.dataclass
-class FittedHead:
-    model: str
-    seed: int
-    learning_rate: float
-    head: keras.Model
-    best_validation_accuracy: float
-    epochs_trained: int
-    seconds: float
+class Benchmark:
+    """Trains and evaluates every model of `config` for one tune, on one Run (its work directory
+    under OUT/runs/<tune>/), a model of each seed at a time."""
+
+    def __init__(self, out: str, examples_dir: str, transform_graph_dir: str, cache_dir: str,
+                 model_config: ModelConfig, config: AblationConfig, tune: str, log=print):
+        self.config, self.tune, self.log = config, tune, log
+        self.runs = {}  # one Run per first-phase learning rate (the head recipe is part of a Run's config)
+        self._args = dict(examples_dir=examples_dir, transform_graph_dir=transform_graph_dir,
+                          work_dir=os.path.join(out, "runs", tune), model_config=model_config, log=log,
+                          cache_dir=cache_dir)
+
+    def run(self, head_learning_rate: float = 1e-2) -> Run:
+        if head_learning_rate not in self.runs:
+            self.runs[head_learning_rate] = Run(
+                train_config=self.config.train_config(self.tune, head_learning_rate), **self._args)
+        return self.runs[head_learning_rate]
+
+    def stage_dir(self, model: str, seed: int, learning_rate: float, tag: str = "") -> str:
+        return os.path.join(self.run().work_dir, STAGES_DIR, f"seed{seed}", f"{model}{tag}-lr{learning_rate:g}")
+
+    def fit(self, model: str, seed: int, learning_rate: float, trained: dict, frozen: dict | None,
+            head_rates: dict, decision_training: str = CROSSFIT, unimodal_rates: dict | None = None) -> Trained:
+        """One model of one seed: `trained` holds this seed's unimodal models of this tune, `frozen`
+        this seed's models of the frozen tune (the first phases of "top"), `head_rates` the frozen
+        tune's learning rate per model (the first phases' under "top")."""
+        run = self.run(head_rates.get(model, self.config.learning_rates[-1]))
+        recipe = self.config.recipe(self.tune, learning_rate)
+        if model in fusion.DECISION_FUSIONS:
+            folds = None
+            if decision_training == CROSSFIT:
+                folds = {i: {} for i in range(self.config.crossfit_folds)}
+                for m in fusion.UNIMODAL_FUSIONS:
+                    for i, fold in self.run(head_rates.get(m, self.config.learning_rates[-1])).crossfit_unimodal(
+                            seed, {m: self.config.recipe(self.tune, unimodal_rates[m])}, names=(m,)).items():
+                        folds[i].update(fold)
+            tag = "-" + "-".join(f"{m}{unimodal_rates[m]:g}" for m in fusion.UNIMODAL_FUSIONS)
+            return run.train_decision_model(
+                model, self.config.recipe(FROZEN, learning_rate),
+                self.stage_dir(model, seed, learning_rate, f"-{decision_training}"), seed=seed,
+                unimodal={m: trained[m] for m in fusion.UNIMODAL_FUSIONS}, folds=folds, tag=tag)
+        head_start = frozen.get(model) if frozen and model in fusion.UNIMODAL_FUSIONS else None
+        unimodal = {m: trained[m] for m in fusion.UNIMODAL_FUSIONS} if model not in fusion.UNIMODAL_FUSIONS else None
+        return run.train_feature_model(model, recipe, self.stage_dir(model, seed, learning_rate), seed=seed,
+                                       unimodal=unimodal, head_start=head_start)
 
 
-class HeadTrainer:
-    """Trains fusion heads on the feature cache, with early stopping on the validation split."""
-
-    def __init__(self, cache_dir: str, model_config: ModelConfig, num_classes: int, config: AblationConfig):
-        self.cache_dir = cache_dir
-        self.model_config = model_config
-        self.num_classes = num_classes
-        self.config = config
-        self.metadata = features_cache.read_metadata(cache_dir)
-        self.steps_per_epoch = math.ceil(self.metadata["split_sizes"][features.TRAIN_SPLIT] / config.batch_size)
-
-    def fit(self, model_name: str, seed: int, learning_rate: float, unimodal: dict | None = None) -> FittedHead:
-        started = time.monotonic()
-        keras.utils.set_random_seed(seed)
-        head = head_model(
-            dataclasses.replace(self.model_config, fusion=model_name),
-            self.num_classes,
-            self.metadata["text_dim"],
-            self.metadata["image_dim"],
-        )
-        if model_name in fusion.DECISION_FUSIONS:
-            load_unimodal_heads(head, unimodal[fusion.TEXT_ONLY].head, unimodal[fusion.IMAGE_ONLY].head)
-        recipe = Recipe(
-            ADAMW,
-            learning_rate=learning_rate,
-            epochs=self.config.max_epochs,
-            batch_size=self.config.batch_size,
-            weight_decay=self.config.weight_decay,
-        )
-        head.compile(
-            optimizer=recipe.make_optimizer(self.steps_per_epoch),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
-        stop = keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=self.config.patience, restore_best_weights=True
-        )
-        history = head.fit(
-            features_cache.make_feature_dataset(
-                self.cache_dir, features.TRAIN_SPLIT, self.config.batch_size, shuffle=True, repeat=True, seed=seed
-            ),
-            validation_data=features_cache.make_feature_dataset(
-                self.cache_dir, VALIDATION_SPLIT, 256, shuffle=False
-            ),
-            epochs=self.config.max_epochs,
-            steps_per_epoch=self.steps_per_epoch,
-            callbacks=[stop],
-            verbose=0,
-        )
-        accuracies = history.history["val_accuracy"]
-        return FittedHead(
-            model_name,
-            seed,
-            learning_rate,
-            head,
-            float(max(accuracies)),
-            len(accuracies),
-            time.monotonic() - started,
-        )
+def _validation_of(trained: Trained) -> float:
+    return float(trained.validation_accuracy or 0.0)
 
 
-def select_learning_rates(trainer: HeadTrainer, config: AblationConfig, log=print) -> tuple[dict, dict]:
-    """Per model, the learning rate with the best validation accuracy on the first seed.
-
-    Returns ({model: learning rate}, {model: the first seed's FittedHead at that rate}) so the first
-    seed's runs are not trained twice. Decision-level heads fuse the selected unimodal heads.
-    """
-    seed = config.seeds[0]
-    chosen, fitted = {}, {}
-    for model_name in config.training_order():
-        candidates = [
-            trainer.fit(model_name, seed, rate, fitted if model_name in fusion.DECISION_FUSIONS else None)
-            for rate in config.learning_rates
-        ]
-        best = max(candidates, key=lambda c: (c.best_validation_accuracy, -c.learning_rate))
-        chosen[model_name], fitted[model_name] = best.learning_rate, best
-        log(
-            f"[select] {model_name}: validation top-1 "
-            + ", ".join(f"{c.learning_rate:g} → {c.best_validation_accuracy:.4f}" for c in candidates)
-            + f"; chose {best.learning_rate:g}"
-        )
-    return chosen, fitted
-
-
-def evaluate_heads(cache_dir: str, heads: dict[str, FittedHead], num_classes: int) -> dict:
-    """One streamed pass over the cached eval split for all heads of one seed.
-
-    Returns {model: {top1_accuracy, top5_accuracy, macro_f1, examples}} and, when both unimodal
-    heads are there, "table1": the unimodal error analysis with, per cell, how often each fusion
-    model is right.
-    """
-    counts = {name: ClassCounts(num_classes) for name in heads}
-    agreements = {name: UnimodalAgreement() for name in heads}
-    has_table1 = all(m in heads for m in fusion.UNIMODAL_FUSIONS)
-    for batch, labels in features_cache.make_feature_dataset(cache_dir, features.EVAL_SPLIT, 512, shuffle=False):
+def evaluate_models(run: Run, models: dict[str, Trained]) -> dict:
+    """One streamed pass over the eval split for all `models` (one form): {model: {top1_accuracy,
+    top5_accuracy, macro_f1, examples}} and, with both unimodal models, "table1" per model."""
+    forms = {t.form for t in models.values()}
+    if len(forms) != 1:
+        raise ValueError(f"models of one pass must share a form, got {forms}")
+    counts = {name: ClassCounts(run.classes) for name in models}
+    agreements = {name: UnimodalAgreement() for name in models}
+    has_table1 = all(m in models for m in fusion.UNIMODAL_FUSIONS)
+    predict = {name: tf.function(lambda inputs, m=t.model: m(inputs, training=False)) for name, t in models.items()}
+    names = {name: list(t.model.input) for name, t in models.items()}
+    for inputs, labels in run.dataset(forms.pop(), features.EVAL_SPLIT, EVAL_BATCH_SIZE, shuffle=False):
         labels = labels.numpy()
-        top = {name: top_k_ids(fitted.head(batch, training=False).numpy()) for name, fitted in heads.items()}
-        for name in heads:
+        top = {name: top_k_ids(predict[name]({k: inputs[k] for k in names[name]}).numpy()) for name in models}
+        for name in models:
             counts[name].add(labels, top[name])
             if has_table1:
-                agreements[name].add(
-                    labels, top[fusion.TEXT_ONLY][:, 0], top[fusion.IMAGE_ONLY][:, 0], top[name][:, 0]
-                )
-    results = {name: counts[name].metrics() for name in heads}
+                agreements[name].add(labels, top[fusion.TEXT_ONLY][:, 0], top[fusion.IMAGE_ONLY][:, 0],
+                                     top[name][:, 0])
+    results = {name: counts[name].metrics() for name in models}
     if has_table1:
-        results["table1"] = {name: agreements[name].table() for name in heads}
+        results["table1"] = {name: agreements[name].table() for name in models}
     return results
 
 
-def run_ablation(
-    cache_dir: str, model_config: ModelConfig, num_classes: int, config: AblationConfig, log=print
-) -> dict:
-    """Every model × every seed on the feature cache; returns the raw results (see `summarize`)."""
-    trainer = HeadTrainer(cache_dir, model_config, num_classes, config)
-    learning_rates, first_seed = select_learning_rates(trainer, config, log)
-    runs = []
+def _training_figures(t: Trained) -> dict:
+    return {"seconds": t.logs.get("seconds", 0.0) + t.logs.get("head_phase", {}).get("seconds", 0.0),
+            "epochs": t.logs.get("epochs"), "validation_top1_accuracy": _validation_of(t)}
+
+
+def run_tune(bench: Benchmark, config: AblationConfig, frozen_models: dict | None = None,
+             frozen_choices: dict | None = None) -> tuple[dict, dict]:
+    """Every model × seed of one tune. Returns (raw results, {seed: {model: Trained}})."""
+    log, tune = bench.log, bench.tune
+    chosen, decision_choice, selection, all_models, runs = {}, {}, {}, {}, []
+    head_rates = dict(frozen_choices or {})
     for seed in config.seeds:
-        heads = dict(first_seed) if seed == config.seeds[0] else {}
-        for model_name in config.training_order():
-            if model_name not in heads:
-                heads[model_name] = trainer.fit(
-                    model_name, seed, learning_rates[model_name],
-                    heads if model_name in fusion.DECISION_FUSIONS else None,
-                )
-            log(f"[seed {seed}] {model_name}: {heads[model_name].epochs_trained} epochs, "
-                f"{heads[model_name].seconds:.1f} s, validation top-1 {heads[model_name].best_validation_accuracy:.4f}")
-        figures = evaluate_heads(cache_dir, heads, num_classes)
-        runs.append({
-            "seed": seed,
-            "eval": figures,
-            "training": {
-                name: {
-                    "seconds": h.seconds,
-                    "epochs": h.epochs_trained,
-                    "validation_top1_accuracy": h.best_validation_accuracy,
-                }
-                for name, h in heads.items()
-            },
-        })
-    return {"learning_rates": learning_rates, "runs": runs, "models": list(config.models)}
+        trained: dict[str, Trained] = {}
+        started = time.monotonic()
+        for model in config.training_order():
+            # Decision networks are small heads on probabilities, in either tune.
+            rates = config.top_learning_rates if tune == TOP and model not in fusion.DECISION_FUSIONS else (
+                config.learning_rates)
+            frozen = (frozen_models or {}).get(seed)
+            kinds = [CROSSFIT]
+            if model in fusion.DECISION_FUSIONS and tune == FROZEN and seed == config.seeds[0]:
+                kinds = [CROSSFIT, IN_SAMPLE]  # in-sample is kept only if it wins on validation
+            elif model in fusion.DECISION_FUSIONS:
+                kinds = [decision_choice.get(model, CROSSFIT)]
+            if model in chosen:
+                candidates = [(chosen[model], kinds[0])]
+            else:
+                candidates = [(rate, kind) for rate in rates for kind in kinds]
+            fitted = {}
+            for rate, kind in candidates:
+                unimodal_rates = {m: chosen[m] for m in fusion.UNIMODAL_FUSIONS if m in chosen}
+                fitted[(rate, kind)] = bench.fit(model, seed, rate, trained, frozen, head_rates or chosen, kind,
+                                                 unimodal_rates)
+            (rate, kind), best = max(fitted.items(), key=lambda kv: (_validation_of(kv[1]), kv[0][1] == CROSSFIT,
+                                                                      -kv[0][0]))
+            if model not in chosen:
+                selection[model] = [{"learning_rate": r, "decision_training": k, "validation_top1_accuracy":
+                                     _validation_of(f)} for (r, k), f in fitted.items()]
+                chosen[model] = rate
+                if model in fusion.DECISION_FUSIONS:
+                    decision_choice[model] = kind
+                log(f"[{tune} select] {model}: validation top-1 " + ", ".join(
+                    f"{r:g}/{k} → {_validation_of(f):.4f}" if model in fusion.DECISION_FUSIONS else
+                    f"{r:g} → {_validation_of(f):.4f}" for (r, k), f in fitted.items()) + f"; chose {rate:g}")
+            trained[model] = best
+            log(f"[{tune} seed {seed}] {model}: validation top-1 {_validation_of(best):.4f}, "
+                f"{_training_figures(best)['seconds']:.0f} s")
+        training_seconds = time.monotonic() - started
+        started = time.monotonic()
+        figures = evaluate_models(bench.run(), {m: trained[m] for m in config.training_order()})
+        log(f"[{tune} seed {seed}] eval: " + ", ".join(
+            f"{m} {figures[m]['top1_accuracy']:.4f}" for m in config.models))
+        runs.append({"seed": seed, "eval": figures,
+                     "training": {name: _training_figures(t) for name, t in trained.items()},
+                     "seconds": {"training": training_seconds, "eval": time.monotonic() - started}})
+        all_models[seed] = trained
+    raw = {"tune": tune, "learning_rates": chosen, "decision_training": decision_choice, "selection": selection,
+           "runs": runs,
+           "models": list(config.models)}
+    return raw, all_models
+
+
+def run_baseline(run: Run, classes: int) -> dict:
+    """tfidf_svm fitted on the train split, scored on validation and eval."""
+    spec = {features.TITLE_KEY: tf.io.FixedLenFeature([], tf.string),
+            features.LABEL_ID_KEY: tf.io.FixedLenFeature([], tf.int64),
+            features.ID_KEY: tf.io.FixedLenFeature([], tf.string)}
+    from trainer import data
+
+    def split(name):
+        source, keep = data.split_predicate(name, run.train_config.validation_fraction)
+        records = data.select(data.read_records(os.path.join(run.examples_dir, source, "*"), shuffle=False), keep)
+        return baselines.titles_and_labels(records.batch(1024).map(lambda s: tf.io.parse_example(s, spec)))
+
+    return baselines.fit_and_score(split(features.TRAIN_SPLIT),
+                                   {features.VALIDATION_SPLIT: split(features.VALIDATION_SPLIT),
+                                    features.EVAL_SPLIT: split(features.EVAL_SPLIT)}, classes)
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -262,7 +254,7 @@ def _mean_std(values: list[float]) -> dict:
 
 
 def summarize(raw: dict) -> dict:
-    """Mean ± std over seeds of every figure the tables show."""
+    """Mean ± std over seeds of every figure the tables show, for one tune."""
     runs = raw["runs"]
     models = {}
     for name in raw["models"]:
@@ -276,6 +268,8 @@ def summarize(raw: dict) -> dict:
         )
         entry["train_seconds"] = _mean_std([run["training"][name]["seconds"] for run in runs])
         entry["learning_rate"] = raw["learning_rates"][name]
+        if name in raw.get("decision_training", {}):
+            entry["decision_training"] = raw["decision_training"][name]
         if all("table1" in run["eval"] for run in runs):
             entry["headroom"] = _headroom([run["eval"] for run in runs], name)
         models[name] = entry
@@ -286,6 +280,24 @@ def summarize(raw: dict) -> dict:
             cell: _mean_std([t[cell]["percent"] for t in table]) for cell, _, _ in UnimodalAgreement.CELLS
         }
     summary["examples"] = runs[0]["eval"][raw["models"][0]]["examples"]
+    summary["seconds"] = {kind: sum(run["seconds"][kind] for run in runs) for kind in ("training", "eval")}
+    return summary
+
+
+def summarize_all(raw: dict, tunes) -> dict:
+    """{"tunes": {tune: summarize(...)}, "models": the last tune's models and the baseline's row (the
+    figures a user compares first), "baseline"}."""
+    summary = {"tunes": {tune: summarize(raw[tune]) for tune in tunes}}
+    summary["models"] = dict(summary["tunes"][tunes[-1]]["models"])
+    summary["tune"] = tunes[-1]
+    if raw.get("baseline"):
+        baseline = raw["baseline"][baselines.TFIDF_SVM]
+        row = {metric: _mean_std([baseline[features.EVAL_SPLIT][metric]])
+               for metric in ("top1_accuracy", "top5_accuracy", "macro_f1")}
+        row["validation_top1_accuracy"] = _mean_std([baseline[features.VALIDATION_SPLIT]["top1_accuracy"]])
+        row["train_seconds"] = _mean_std([baseline["seconds"]])
+        summary["baseline"] = {baselines.TFIDF_SVM: row}
+        summary["models"][baselines.TFIDF_SVM] = row
     return summary
 
 
@@ -305,6 +317,36 @@ def _headroom(evals: list[dict], name: str) -> dict | None:
     if not recovered:
         return None
     return {"recovered_percent": _mean_std(recovered), "net_gain_percent_of_headroom": _mean_std(net)}
+
+
+def run_ablation(out: str, examples_dir: str, transform_graph_dir: str, model_config: ModelConfig,
+                 config: AblationConfig, log=print) -> dict:
+    """The feature cache once, the baseline, then every tune; returns {"cache", "baseline", tune: raw,
+    "seconds": per phase}."""
+    seconds = {}
+    started = time.monotonic()
+    cache_dir = os.path.join(out, "feature_cache")
+    metadata = features_cache.cache_features(
+        examples_dir=examples_dir, transform_graph_dir=transform_graph_dir, cache_dir=cache_dir,
+        model_config=model_config, top=TOP in config.tunes, validation_fraction=config.validation_fraction)
+    seconds["feature cache"] = time.monotonic() - started
+    results = {"cache": metadata}
+    frozen_models, frozen_choices = None, None
+    for tune in config.tunes:
+        bench = Benchmark(out, examples_dir, transform_graph_dir, cache_dir, model_config, config, tune, log)
+        if config.baseline and "baseline" not in results:
+            started = time.monotonic()
+            results["baseline"] = {baselines.TFIDF_SVM: run_baseline(bench.run(), bench.run().classes)}
+            seconds["tfidf_svm"] = time.monotonic() - started
+            log(f"[baseline] tfidf_svm: eval top-1 {results['baseline'][baselines.TFIDF_SVM]['eval']['top1_accuracy']:.4f}")
+        started = time.monotonic()
+        raw, models = run_tune(bench, config, frozen_models, frozen_choices)
+        seconds[f"{tune} models"] = time.monotonic() - started
+        results[tune] = raw
+        if tune == FROZEN:
+            frozen_models, frozen_choices = models, raw["learning_rates"]
+    results["seconds"] = seconds
+    return results
 
 
 def write_json(path: str, payload: dict) -> None:

@@ -6,6 +6,7 @@ accelerator never waits for input.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -14,6 +15,34 @@ import tensorflow as tf
 from common import features
 
 SPLIT_SIZES_FILE = "split_sizes.json"
+# The validation split is carved out of the train split by a salted hash of the id, in the graph
+# (FarmHash Fingerprint64, stable across machines and releases), so no copy of the records is made
+# and every reader of the train split agrees on it. The salt keeps it independent of the eval split's
+# hash; cross-fitting folds are a third, independent hash.
+_VALIDATION_SALT = "validation:"
+_FOLD_SALT = "fold:"
+_HASH_BUCKETS = 2**31 - 1
+
+
+def in_validation(ids: tf.Tensor, fraction: float) -> tf.Tensor:
+    """bool [batch]: whether each product id (string) belongs to the validation split."""
+    buckets = tf.strings.to_hash_bucket_fast(tf.strings.join([_VALIDATION_SALT, ids]), _HASH_BUCKETS)
+    return tf.cast(buckets, tf.float64) < fraction * _HASH_BUCKETS
+
+
+def fold_of(ids: tf.Tensor, folds: int) -> tf.Tensor:
+    """int64 [batch] in [0, folds): each product's cross-fitting fold."""
+    return tf.strings.to_hash_bucket_fast(tf.strings.join([_FOLD_SALT, ids]), folds)
+
+
+def split_predicate(split: str, validation_fraction: float):
+    """(source directory of `split` under an examples artifact, a keep(ids) → bool [batch] or None):
+    train and validation both read the preprocess stage's train split."""
+    if split == features.VALIDATION_SPLIT:
+        return features.TRAIN_SPLIT, lambda ids: in_validation(ids, validation_fraction)
+    if split == features.TRAIN_SPLIT and validation_fraction > 0:
+        return features.TRAIN_SPLIT, lambda ids: tf.logical_not(in_validation(ids, validation_fraction))
+    return split, None
 
 
 def decode_images(jpegs: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -36,8 +65,8 @@ def model_inputs(transformed: dict, image_size: int) -> dict:
 
 
 def model_feature_spec(transformed_feature_spec: dict) -> dict:
-    """The part of the transformed spec that training reads: model inputs and the label."""
-    keys = (*features.BERT_INPUT_KEYS, features.IMAGE_KEY, features.LABEL_ID_KEY)
+    """The part of the transformed spec that training reads: model inputs, the label and the id."""
+    keys = (*features.BERT_INPUT_KEYS, features.IMAGE_KEY, features.LABEL_ID_KEY, features.ID_KEY)
     return {key: transformed_feature_spec[key] for key in keys}
 
 
@@ -60,7 +89,8 @@ def read_records(
 
 
 def make_dataset(
-    file_pattern: str,
+    examples_dir: str,
+    split: str,
     transformed_feature_spec: dict,
     batch_size: int,
     image_size: int,
@@ -69,17 +99,42 @@ def make_dataset(
     shuffle_buffer: int = 4096,
     seed: int | None = None,
     workers: int = 1,
+    validation_fraction: float = 0.0,
+    keep=None,
+    with_ids: bool = False,
 ) -> tf.data.Dataset:
-    """(model inputs, label_id) batches from transformed TFRecords."""
-    records = read_records(file_pattern, shuffle, repeat, shuffle_buffer, seed)
+    """(model inputs, label_id[, id]) batches of one split (train, validation or eval) of transformed
+    TFRecords; `keep(ids) → bool [n]` selects products further (cross-fitting folds)."""
+    source, in_split = split_predicate(split, validation_fraction)
+    file_pattern = os.path.join(examples_dir, source, "*")
+    records = select(read_records(file_pattern, shuffle, repeat, shuffle_buffer, seed), in_split, keep)
     spec = model_feature_spec(transformed_feature_spec)
 
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)
+        if with_ids:
+            return model_inputs(parsed, image_size), parsed[features.LABEL_ID_KEY], parsed[features.ID_KEY]
         return model_inputs(parsed, image_size), parsed[features.LABEL_ID_KEY]
 
     batches = records.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     return shard_for_workers(batches, file_pattern, workers)
+
+
+_ID_SPEC = {features.ID_KEY: tf.io.FixedLenFeature([], tf.string)}
+
+
+def select(records: tf.data.Dataset, *predicates) -> tf.data.Dataset:
+    """The serialized examples (with an ID_KEY) that every predicate keeps(ids [n]) → bool [n] keeps;
+    filtered one record at a time, before batching, so batches stay full."""
+    predicates = [p for p in predicates if p is not None]
+    if not predicates:
+        return records
+
+    def keep(serialized):
+        ids = tf.io.parse_single_example(serialized, _ID_SPEC)[features.ID_KEY][None]
+        return tf.reduce_all(tf.stack([predicate(ids)[0] for predicate in predicates]))
+
+    return records.filter(keep)
 
 
 def shard_for_workers(dataset: tf.data.Dataset, file_pattern: str, workers: int) -> tf.data.Dataset:
@@ -100,3 +155,37 @@ def write_split_sizes(examples_dir: str, sizes: dict[str, int]) -> None:
 def read_split_sizes(examples_dir: str) -> dict[str, int]:
     with tf.io.gfile.GFile(os.path.join(examples_dir, SPLIT_SIZES_FILE)) as f:
         return json.load(f)
+
+
+def fingerprint(*directories: str, head_bytes: int = 65536) -> str:
+    """A digest of the files under `directories` (examples, a transform graph): each file's relative
+    path, size and first `head_bytes` bytes. What a stage or a cache built from them is keyed by, so
+    that other data in the same work directory is never mistaken for this one. Reading every byte
+    of 1.5M products would cost minutes per run; a rewritten file of the same size whose first
+    64 KiB are unchanged would go unnoticed."""
+    digest = hashlib.sha256()
+    for directory in directories:
+        for root, _, names in sorted(tf.io.gfile.walk(directory)):
+            for name in sorted(names):
+                path = os.path.join(root, name)
+                digest.update(os.path.relpath(path, directory).encode() + b"\0")
+                digest.update(str(tf.io.gfile.stat(path).length).encode() + b"\0")
+                with tf.io.gfile.GFile(path, "rb") as f:
+                    digest.update(f.read(head_bytes))
+    return digest.hexdigest()[:16]
+
+
+def count_split_sizes(examples_dir: str, validation_fraction: float) -> dict[str, int]:
+    """{train, validation, eval: products}: one pass over the ids (the validation split has no file)."""
+    sizes = read_split_sizes(examples_dir)
+    if not validation_fraction:
+        return sizes
+    files = tf.io.gfile.glob(os.path.join(examples_dir, features.TRAIN_SPLIT, "*"))
+    validation = 0
+    if files:
+        ids = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096).map(
+            lambda s: tf.io.parse_example(s, _ID_SPEC)[features.ID_KEY])
+        validation = int(sum(int(tf.reduce_sum(tf.cast(in_validation(batch, validation_fraction), tf.int32)))
+                             for batch in ids))
+    return {features.TRAIN_SPLIT: sizes[features.TRAIN_SPLIT] - validation, features.VALIDATION_SPLIT: validation,
+            features.EVAL_SPLIT: sizes[features.EVAL_SPLIT]}

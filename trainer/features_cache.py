@@ -1,18 +1,23 @@
-"""The frozen-encoder mode: f_t and f_i computed once per product, cached as TFRecords of features.
+"""The encoders' fixed parts, run once per product and cached as TFRecords (tune "frozen" and "top").
 
-    transformed TFRecords → encoders (inference mode) → CACHE_DIR/{train,eval}/part-*.tfrecord.gz
-        with TEXT_FEATURES_KEY [H], IMAGE_FEATURES_KEY [1280], LABEL_ID_KEY
-    then only a fusion head trains, on batches of cached features (`make_feature_dataset`).
+    transformed TFRecords → encoders (inference mode) → CACHE_DIR/{train,validation,eval}/part-*.tfrecord.gz
+        ID_KEY, LABEL_ID_KEY, f_t (TEXT_FEATURES_KEY [H]), f_i (IMAGE_FEATURES_KEY [1280]) and, for
+        tune "top", the inputs of the encoders' last blocks: TEXT_HIDDEN_KEY (BERT's hidden states of
+        the title's tokens [n, H]) and IMAGE_MAP_KEY (EfficientNet's feature map [h, w, C]), float16
+    then only the head (frozen) or the last blocks and the head (top) train, on batches of the cache.
 
 On a CPU this is what makes the paper's whole ablation run in minutes (an encoder forward pass per
 product once, instead of a forward and backward pass per product per epoch per model); on a GPU it
-lets users iterate on fusion heads cheaply. The cache streams: records are written as their batch
-is encoded, in shards, and never held in memory.
+makes every model a fraction of the cost. One pass writes both forms. The cache streams: records are
+written as their batch is encoded, in shards, and never held in memory. Its metadata (written last)
+names the encoders, the data's fingerprint and the validation split it was built for; a cache that
+differs in any of them is built again.
 """
 from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -25,7 +30,10 @@ from trainer.model import ModelConfig, encoder_model
 METADATA_FILE = "cache.json"
 RECORD_SUFFIX = ".tfrecord.gz"
 RECORDS_PER_SHARD = 16384
-SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
+SPLITS = (features.TRAIN_SPLIT, features.VALIDATION_SPLIT, features.EVAL_SPLIT)
+# The form of a cache's records a dataset reads: f_t and f_i (frozen heads), or the top blocks' inputs.
+FROZEN_FORM, TOP_FORM = "frozen", "top"
+_TEXT_LENGTH_KEY = "text_length"
 
 
 def read_metadata(cache_dir: str) -> dict:
@@ -33,51 +41,84 @@ def read_metadata(cache_dir: str) -> dict:
         return json.load(f)
 
 
-def _check_reusable(cache_dir: str, encoder_fields: dict) -> dict | None:
-    """The metadata of a finished cache built by the same encoders, None if there is none."""
+def _reusable(cache_dir: str, wanted: dict, top: bool, splits) -> dict | None:
+    """The metadata of a finished cache that serves `wanted` (and the top form, if asked), else None;
+    says why an existing cache is not reused."""
     if not tf.io.gfile.exists(os.path.join(cache_dir, METADATA_FILE)):
         return None
     metadata = read_metadata(cache_dir)
-    if metadata["encoders"] != encoder_fields:
-        changed = sorted(k for k in encoder_fields if metadata["encoders"].get(k) != encoder_fields[k])
-        raise ValueError(
-            f"the feature cache {cache_dir} was built by other encoders (different {', '.join(changed)}): "
-            "use another work directory"
-        )
-    return metadata
+    same = {key: metadata.get(key) == value for key, value in wanted.items()}
+    if all(same.values()) and (metadata["top"] or not top) and set(splits) <= set(metadata["split_sizes"]):
+        return metadata
+    why = [key for key, ok in same.items() if not ok] + (["the top blocks' inputs"] if top and not metadata["top"] else [])
+    print(f"[cache] rebuilding {cache_dir}: it was built for other {', '.join(why) or 'splits'}", flush=True)
+    return None
 
 
-def _feature_example(text: np.ndarray, image: np.ndarray, label: int) -> bytes:
-    return tf.train.Example(features=tf.train.Features(feature={
-        features.TEXT_FEATURES_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=text)),
-        features.IMAGE_FEATURES_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=image)),
-        features.LABEL_ID_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-    })).SerializeToString()
+def _float_feature(values: np.ndarray) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
 
 
-def _cache_split(encode, dataset: tf.data.Dataset, split_dir: str) -> tuple[int, int, int]:
-    """Writes the split's shards into split_dir; returns (records, text_dim, image_dim)."""
+def _bytes_feature(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int_feature(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
+def _examples(encoded: dict, labels: np.ndarray, ids: np.ndarray, masks: np.ndarray):
+    """One serialized tf.Example per product of an encoded batch."""
+    top = features.TEXT_HIDDEN_KEY in encoded
+    for row, (label, product_id) in enumerate(zip(labels, ids)):
+        feature = {
+            features.ID_KEY: _bytes_feature(product_id),
+            features.LABEL_ID_KEY: _int_feature(int(label)),
+            features.TEXT_FEATURES_KEY: _float_feature(encoded[features.TEXT_FEATURES_KEY][row]),
+            features.IMAGE_FEATURES_KEY: _float_feature(encoded[features.IMAGE_FEATURES_KEY][row]),
+        }
+        if top:
+            length = int(masks[row].sum())  # only the title's tokens: padding changes nothing above
+            feature[_TEXT_LENGTH_KEY] = _int_feature(length)
+            feature[features.TEXT_HIDDEN_KEY] = _bytes_feature(
+                encoded[features.TEXT_HIDDEN_KEY][row, :length].astype(np.float16).tobytes())
+            feature[features.IMAGE_MAP_KEY] = _bytes_feature(
+                encoded[features.IMAGE_MAP_KEY][row].astype(np.float16).tobytes())
+        yield tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_frozen_records(batches, split_dir: str) -> int:
+    """Writes ({TEXT_FEATURES_KEY, IMAGE_FEATURES_KEY}, labels, ids) batches as a frozen-form split."""
+    return _write_split(((encoded, labels, ids, None) for encoded, labels, ids in batches), split_dir, "")[0]
+
+
+def _write_split(batches, split_dir: str, split: str) -> tuple[int, dict]:
+    """Writes (encoded, labels, ids, input masks) batches into split_dir's shards; returns (records,
+    the shapes of one product's outputs). Says how fast it goes every 30 s when `split` is named."""
     tf.io.gfile.makedirs(split_dir)
-    count, shard, writer, dims = 0, 0, None, (0, 0)
+    count, shard, writer, shapes = 0, 0, None, {}
+    started = last_report = time.monotonic()
     try:
-        for inputs, labels in dataset:
-            encoded = encode(inputs)
-            text = encoded[features.TEXT_FEATURES_KEY].numpy()
-            image = encoded[features.IMAGE_FEATURES_KEY].numpy()
-            dims = (text.shape[-1], image.shape[-1])
-            for t, i, label in zip(text, image, labels.numpy()):
+        for encoded, labels, ids, masks in batches:
+            encoded = {k: np.asarray(v) for k, v in encoded.items()}
+            shapes = {k: list(v.shape[1:]) for k, v in encoded.items()}
+            for example in _examples(encoded, np.asarray(labels), np.asarray(ids), masks):
                 if writer is None or count % RECORDS_PER_SHARD == 0 and count:
                     if writer is not None:
                         writer.close()
                         shard += 1
-                    path = os.path.join(split_dir, f"part-{shard:05d}{RECORD_SUFFIX}")
-                    writer = tf.io.TFRecordWriter(path, options="GZIP")
-                writer.write(_feature_example(t, i, int(label)))
+                    writer = tf.io.TFRecordWriter(os.path.join(split_dir, f"part-{shard:05d}{RECORD_SUFFIX}"), "GZIP")
+                writer.write(example)
                 count += 1
+            if split and time.monotonic() - last_report > 30:
+                last_report = time.monotonic()
+                print(f"[cache] {split}: {count} products, {count / (last_report - started):.1f} products/s", flush=True)
     finally:
         if writer is not None:
             writer.close()
-    return count, *dims
+    if split:
+        print(f"[cache] {split}: {count} products in {time.monotonic() - started:.0f} s", flush=True)
+    return count, shapes
 
 
 def cache_features(
@@ -86,43 +127,71 @@ def cache_features(
     transform_graph_dir: str,
     cache_dir: str,
     model_config: ModelConfig,
+    top: bool = False,
+    validation_fraction: float = 0.0,
     batch_size: int = 64,
     splits: tuple[str, ...] = SPLITS,
+    data_fingerprint: str | None = None,
 ) -> dict:
-    """Encodes every split of `examples_dir` once (the benchmark adds a validation split); returns the
-    cache's metadata.
+    """Encodes every split once (the validation split is carved from train by `validation_fraction`;
+    none if 0); returns the cache's metadata. `top` also keeps the inputs of the encoders' last blocks.
 
-    Idempotent: a finished cache built by the same encoders is reused as it is (its metadata is
-    written last, so a killed run leaves none and starts over).
+    Idempotent: a finished cache of the same encoders, data and splits is reused as it is (its
+    metadata is written last, so a killed run leaves none and starts over).
     """
-    fields = model_config.encoder_fields()
-    metadata = _check_reusable(cache_dir, fields)
-    if metadata is not None and set(splits) <= set(metadata["split_sizes"]):
+    if not validation_fraction:
+        splits = tuple(s for s in splits if s != features.VALIDATION_SPLIT)
+    wanted = {
+        "encoders": model_config.encoder_fields(top),
+        "data": data_fingerprint or data.fingerprint(examples_dir, transform_graph_dir),
+        "validation_fraction": validation_fraction,
+    }
+    metadata = _reusable(cache_dir, wanted, top, splits)
+    if metadata is not None:
         return metadata
     if tf.io.gfile.exists(cache_dir):
         tf.io.gfile.rmtree(cache_dir)
     spec = tft.TFTransformOutput(transform_graph_dir).transformed_feature_spec()
-    encoders = encoder_model(model_config)
+    encoders = encoder_model(model_config, top=top)
     encode = tf.function(lambda inputs: encoders(inputs, training=False))
-    sizes, dims = {}, (0, 0)
+    sizes, shapes = {}, {}
     for split in splits:
-        dataset = data.make_dataset(
-            os.path.join(examples_dir, split, "*"), spec, batch_size, model_config.image_size, shuffle=False
-        )
-        sizes[split], *split_dims = _cache_split(encode, dataset, os.path.join(cache_dir, split))
-        dims = tuple(split_dims) if sizes[split] else dims
-    metadata = {"encoders": fields, "text_dim": dims[0], "image_dim": dims[1], "split_sizes": sizes}
+        dataset = data.make_dataset(examples_dir, split, spec, batch_size, model_config.image_size, shuffle=False,
+                                    validation_fraction=validation_fraction, with_ids=True)
+        batches = ((encode(inputs), labels, ids, inputs[features.INPUT_MASK_KEY].numpy())
+                   for inputs, labels, ids in dataset)
+        sizes[split], split_shapes = _write_split(batches, os.path.join(cache_dir, split), split)
+        shapes = split_shapes or shapes
+    if not shapes:
+        raise ValueError(f"{examples_dir} has no products to cache")
+    metadata = {
+        **wanted,
+        "top": top,
+        "text_dim": shapes[features.TEXT_FEATURES_KEY][0],
+        "image_dim": shapes[features.IMAGE_FEATURES_KEY][0],
+        "split_sizes": sizes,
+    }
+    if top:
+        metadata["image_map_shape"] = shapes[features.IMAGE_MAP_KEY]
     with tf.io.gfile.GFile(os.path.join(cache_dir, METADATA_FILE), "w") as f:
         json.dump(metadata, f, indent=2)
     return metadata
 
 
-def feature_spec(metadata: dict) -> dict:
-    return {
-        features.TEXT_FEATURES_KEY: tf.io.FixedLenFeature([metadata["text_dim"]], tf.float32),
-        features.IMAGE_FEATURES_KEY: tf.io.FixedLenFeature([metadata["image_dim"]], tf.float32),
-        features.LABEL_ID_KEY: tf.io.FixedLenFeature([], tf.int64),
-    }
+def _spec(metadata: dict, form: str) -> dict:
+    spec = {features.ID_KEY: tf.io.FixedLenFeature([], tf.string),
+            features.LABEL_ID_KEY: tf.io.FixedLenFeature([], tf.int64)}
+    if form == FROZEN_FORM:
+        spec[features.TEXT_FEATURES_KEY] = tf.io.FixedLenFeature([metadata["text_dim"]], tf.float32)
+        spec[features.IMAGE_FEATURES_KEY] = tf.io.FixedLenFeature([metadata["image_dim"]], tf.float32)
+    elif form == TOP_FORM:
+        if not metadata["top"]:
+            raise ValueError("this feature cache holds no inputs of the encoders' top blocks: build it with top=True")
+        spec[features.TEXT_HIDDEN_KEY] = tf.io.FixedLenFeature([], tf.string)
+        spec[features.IMAGE_MAP_KEY] = tf.io.FixedLenFeature([], tf.string)
+    else:
+        raise ValueError(f"unknown cache form {form!r}")
+    return spec
 
 
 def make_feature_dataset(
@@ -133,16 +202,53 @@ def make_feature_dataset(
     repeat: bool = False,
     shuffle_buffer: int = 16384,
     seed: int | None = None,
+    form: str = FROZEN_FORM,
+    keep=None,
+    with_ids: bool = False,
 ) -> tf.data.Dataset:
-    """({TEXT_FEATURES_KEY, IMAGE_FEATURES_KEY}, label_id) batches from the cache's split."""
-    spec = feature_spec(read_metadata(cache_dir))
-    records = data.read_records(
-        os.path.join(cache_dir, split, f"*{RECORD_SUFFIX}"), shuffle, repeat, shuffle_buffer, seed
+    """(inputs, label_id[, id]) batches of the cache's split: inputs {TEXT_FEATURES_KEY,
+    IMAGE_FEATURES_KEY} (frozen form) or {TEXT_HIDDEN_KEY [batch, n, H], INPUT_MASK_KEY [batch, n],
+    IMAGE_MAP_KEY [batch, h, w, C]} (top form, titles padded to the batch's longest);
+    `keep(ids) → bool [n]` selects products (cross-fitting folds)."""
+    metadata = read_metadata(cache_dir)
+    spec = _spec(metadata, form)
+    records = data.select(
+        data.read_records(os.path.join(cache_dir, split, f"*{RECORD_SUFFIX}"), shuffle, repeat, shuffle_buffer, seed),
+        keep,
     )
 
-    def parse(serialized):
-        parsed = tf.io.parse_example(serialized, spec)
-        label = parsed.pop(features.LABEL_ID_KEY)
-        return parsed, label
+    def outputs(inputs, parsed):
+        if with_ids:
+            return inputs, parsed[features.LABEL_ID_KEY], parsed[features.ID_KEY]
+        return inputs, parsed[features.LABEL_ID_KEY]
 
-    return records.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    if form == FROZEN_FORM:
+        def parse_batch(serialized):
+            parsed = tf.io.parse_example(serialized, spec)
+            return outputs({k: parsed[k] for k in (features.TEXT_FEATURES_KEY, features.IMAGE_FEATURES_KEY)}, parsed)
+
+        batches = records.batch(batch_size).map(parse_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        return batches.prefetch(tf.data.AUTOTUNE)
+
+    hidden_size, map_shape = metadata["text_dim"], metadata["image_map_shape"]
+
+    def parse_one(serialized):
+        parsed = tf.io.parse_single_example(serialized, spec)
+        hidden = tf.reshape(tf.io.decode_raw(parsed[features.TEXT_HIDDEN_KEY], tf.float16), [-1, hidden_size])
+        inputs = {
+            features.TEXT_HIDDEN_KEY: tf.cast(hidden, tf.float32),
+            features.INPUT_MASK_KEY: tf.ones([tf.shape(hidden)[0]], tf.int32),
+            features.IMAGE_MAP_KEY: tf.cast(
+                tf.reshape(tf.io.decode_raw(parsed[features.IMAGE_MAP_KEY], tf.float16), map_shape), tf.float32),
+        }
+        return outputs(inputs, parsed)
+
+    # Padded to the longest title of each batch (zeros, mask 0): BERT's blocks cost grows with it.
+    return records.map(parse_one, num_parallel_calls=tf.data.AUTOTUNE).padded_batch(batch_size).prefetch(
+        tf.data.AUTOTUNE)
+
+
+def for_model(dataset: tf.data.Dataset, input_names) -> tf.data.Dataset:
+    """Only the inputs a model takes (a text-only model has no image input)."""
+    names = tuple(input_names)
+    return dataset.map(lambda inputs, *rest: ({k: inputs[k] for k in names}, *rest))

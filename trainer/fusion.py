@@ -3,11 +3,13 @@
 Every head maps (f_t [batch, text_dim], f_i [batch, image_dim]) to class logits [batch, num_classes],
 so the same heads train on top of live encoders (end to end) or on cached features (frozen encoders).
 
-Feature-level heads (FusionHead) fuse the features; decision-level heads (DecisionLevelFusion,
+Feature-level heads (FeatureHead) fuse the features; decision-level heads (DecisionLevelFusion,
 PolicyFusion) fuse the class probabilities of the two trained unimodal heads, which they contain
 frozen. Logits are float32 also under a mixed-precision policy, so the softmax and the loss are too.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import tf_keras as keras
 import tensorflow as tf
@@ -28,6 +30,36 @@ FUSIONS = FEATURE_FUSIONS + DECISION_FUSIONS
 
 HYBRID_NORMALIZATIONS = ("softmax", "sigmoid", "none")
 COMBINATIONS = ("concat", "sum")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """Every option of the heads, from the command line to the layers; the defaults are argued in
+    the layer that uses each one."""
+
+    width: int = 512  # d of StreamValues; the hidden width of concat and of the decision-level heads
+    key_dim: int = 64  # d_k of KeyBasedScores
+    hybrid_hidden_units: int = 16  # D's hidden layer (HybridScores)
+    hybrid_normalize: str = "softmax"  # HybridScores
+    shared_scorer: bool = True  # KeylessScores
+    scaled: bool = True  # KeyBasedScores
+    combine: str = "concat"  # FeatureHead
+    dropout: float = 0.1
+    stream_norm: bool = False  # FeatureHead
+    policy_top_k: int = 5  # PolicyFusion
+
+    def __post_init__(self):
+        if self.hybrid_normalize not in HYBRID_NORMALIZATIONS:
+            raise ValueError(f"hybrid_normalize must be one of {HYBRID_NORMALIZATIONS}, got {self.hybrid_normalize!r}")
+        if self.combine not in COMBINATIONS:
+            raise ValueError(f"combine must be one of {COMBINATIONS}, got {self.combine!r}")
+        if min(self.width, self.key_dim, self.hybrid_hidden_units, self.policy_top_k) < 1:
+            raise ValueError("width, key_dim, hybrid_hidden_units and policy_top_k must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 class StreamValues(keras.layers.Layer):
@@ -146,7 +178,7 @@ def _compute_dtype(layer, *tensors):
     return tuple(None if t is None else tf.cast(t, layer.compute_dtype) for t in tensors)
 
 
-class FusionHead(keras.layers.Layer):
+class FeatureHead(keras.layers.Layer):
     """(f_t, f_i) → logits, for every feature-level model of the paper.
 
     text_only / image_only: a classification layer on one stream (the unimodal baselines).
@@ -159,54 +191,33 @@ class FusionHead(keras.layers.Layer):
     stream a value came from and the attention scales, not mixes, them; "sum" halves the width.
     """
 
-    def __init__(
-        self,
-        fusion: str,
-        num_classes: int,
-        width: int = 512,
-        key_dim: int = 64,
-        hybrid_hidden_units: int = 16,
-        hybrid_normalize: str = "softmax",
-        shared_scorer: bool = True,
-        scaled: bool = True,
-        combine: str = "concat",
-        dropout: float = 0.1,
-        stream_norm: bool = False,
-        **kwargs,
-    ):
+    def __init__(self, fusion: str, num_classes: int, config: HeadConfig | dict = HeadConfig(), **kwargs):
         super().__init__(**kwargs)
         if fusion not in FEATURE_FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; expected one of {FUSIONS}")
-        if combine not in COMBINATIONS:
-            raise ValueError(f"combine must be one of {COMBINATIONS}, got {combine!r}")
+        config = HeadConfig(**config) if isinstance(config, dict) else config
         self.fusion = fusion
         self.num_classes = num_classes
-        self.width = width
-        self.key_dim = key_dim
-        self.hybrid_hidden_units = hybrid_hidden_units
-        self.hybrid_normalize = hybrid_normalize
-        self.shared_scorer = shared_scorer
-        self.scaled = scaled
-        self.combine = combine
-        self.dropout_rate = dropout
-        self.dropout = keras.layers.Dropout(dropout)
+        self.config = config
+        self.combine = config.combine
+        self.dropout = keras.layers.Dropout(config.dropout)
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
         # Layer normalization of f_t and f_i before they meet: the streams come from different
         # encoders on different scales, and the larger one otherwise wins the attention at the start.
-        self.stream_norm = stream_norm and fusion not in UNIMODAL_FUSIONS
+        self.stream_norm = config.stream_norm and fusion not in UNIMODAL_FUSIONS
         if self.stream_norm:
             self.text_norm = keras.layers.LayerNormalization(name="text_norm")
             self.image_norm = keras.layers.LayerNormalization(name="image_norm")
         if fusion == CONCAT:
-            self.hidden = keras.layers.Dense(width, activation="relu", name="concat_hidden")
-        if fusion in (KEYLESS, KEY_BASED, HANET):
-            self.values = StreamValues(width, name="values")
+            self.hidden = keras.layers.Dense(config.width, activation="relu", name="concat_hidden")
+        if fusion in ATTENTION_FUSIONS:
+            self.values = StreamValues(config.width, name="values")
         if fusion in (KEYLESS, HANET):
-            self.keyless = KeylessScores(shared_scorer, name="keyless")
+            self.keyless = KeylessScores(config.shared_scorer, name="keyless")
         if fusion in (KEY_BASED, HANET):
-            self.key_based = KeyBasedScores(key_dim, scaled, name="key_based")
+            self.key_based = KeyBasedScores(config.key_dim, config.scaled, name="key_based")
         if fusion == HANET:
-            self.hybrid = HybridScores(hybrid_hidden_units, hybrid_normalize, name="hybrid")
+            self.hybrid = HybridScores(config.hybrid_hidden_units, config.hybrid_normalize, name="hybrid")
 
     @property
     def weighs_streams(self) -> bool:
@@ -244,74 +255,76 @@ class FusionHead(keras.layers.Layer):
         return _float32(self.classifier(self.dropout(fused, training=training)))
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "fusion": self.fusion,
-            "num_classes": self.num_classes,
-            "width": self.width,
-            "key_dim": self.key_dim,
-            "hybrid_hidden_units": self.hybrid_hidden_units,
-            "hybrid_normalize": self.hybrid_normalize,
-            "shared_scorer": self.shared_scorer,
-            "scaled": self.scaled,
-            "combine": self.combine,
-            "dropout": self.dropout_rate,
-            "stream_norm": self.stream_norm,
-        }
+        return {**super().get_config(), "fusion": self.fusion, "num_classes": self.num_classes,
+                "config": self.config.as_dict()}
 
 
 class DecisionFusion(keras.layers.Layer):
     """What decision-level heads share: the trained text and image heads, frozen, as probabilities.
 
-    The unimodal heads are the `text_only` and `image_only` FusionHeads of the pretraining stages;
-    their weights are copied in (`load_unimodal_heads`) before this head trains.
+    The unimodal heads are the `text_only` and `image_only` FeatureHeads of the pretraining stages;
+    their weights are copied in (`load_unimodal_heads`). `fuse` is the decision network alone, on
+    class probabilities: it trains on held-out (cross-fitted) unimodal predictions, so that it
+    learns how the unimodal models fail on products they have not seen (trainer/train.py).
     """
-
-    def __init__(self, num_classes: int, hidden_units: int = 512, dropout: float = 0.1, **kwargs):
-        super().__init__(**kwargs)
-        self.num_classes = num_classes
-        self.hidden_units = hidden_units
-        self.dropout_rate = dropout
-        self.text_head = FusionHead(TEXT_ONLY, num_classes, dropout=dropout, name="text_head", trainable=False)
-        self.image_head = FusionHead(IMAGE_ONLY, num_classes, dropout=dropout, name="image_head", trainable=False)
-        self.hidden = keras.layers.Dense(hidden_units, activation="relu", name="decision_hidden")
-        self.dropout = keras.layers.Dropout(dropout)
 
     weighs_streams = False
 
-    def load_unimodal_heads(self, text_head: FusionHead, image_head: FusionHead) -> None:
+    def __init__(self, num_classes: int, config: HeadConfig | dict = HeadConfig(), **kwargs):
+        super().__init__(**kwargs)
+        config = HeadConfig(**config) if isinstance(config, dict) else config
+        self.num_classes = num_classes
+        self.config = config
+        self.text_head = FeatureHead(TEXT_ONLY, num_classes, config, name="text_head", trainable=False)
+        self.image_head = FeatureHead(IMAGE_ONLY, num_classes, config, name="image_head", trainable=False)
+        self.hidden = keras.layers.Dense(config.width, activation="relu", name="decision_hidden")
+        self.dropout = keras.layers.Dropout(config.dropout)
+
+    def load_unimodal_heads(self, text_head: FeatureHead, image_head: FeatureHead) -> None:
         self.text_head.set_weights(text_head.get_weights())
         self.image_head.set_weights(image_head.get_weights())
 
     def unimodal_probabilities(self, f_t, f_i):
-        """p_t, p_i [batch, num_classes]: the unimodal models' predictions, never in training mode."""
+        """p_t, p_i [batch, num_classes] float32: the unimodal models' predictions, never in training mode."""
         f_t, f_i = _compute_dtype(self, f_t, f_i)
         p_t = tf.nn.softmax(self.text_head(f_t, None, training=False), axis=-1)
         p_i = tf.nn.softmax(self.image_head(None, f_i, training=False), axis=-1)
-        return p_t, p_i
+        return tf.cast(p_t, tf.float32), tf.cast(p_i, tf.float32)
+
+    def fuse(self, p_t, p_i, training=None):
+        """[p_t, p_i] → logits [batch, num_classes]."""
+        raise NotImplementedError
+
+    def decision_layers(self) -> list:
+        """The layers of the decision network: what trains, whatever the unimodal heads are."""
+        raise NotImplementedError
+
+    def copy_decision_network(self, other: "DecisionFusion") -> None:
+        for mine, theirs in zip(self.decision_layers(), other.decision_layers()):
+            mine.set_weights(theirs.get_weights())
+
+    def call(self, f_t, f_i, training=None):
+        return self.fuse(*self.unimodal_probabilities(f_t, f_i), training=training)
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "num_classes": self.num_classes,
-            "hidden_units": self.hidden_units,
-            "dropout": self.dropout_rate,
-        }
+        return {**super().get_config(), "num_classes": self.num_classes, "config": self.config.as_dict()}
 
 
 class DecisionLevelFusion(DecisionFusion):
     """Decision-level fusion (Table 3): an FC network on [p_t, p_i] → logits.
 
-    One hidden layer (ReLU) of `hidden_units`: the paper says only "a fully-connected network".
+    One hidden layer (ReLU) of `width`: the paper says only "a fully-connected network".
     """
 
-    def __init__(self, num_classes: int, hidden_units: int = 512, dropout: float = 0.1, **kwargs):
-        super().__init__(num_classes, hidden_units, dropout, **kwargs)
+    def __init__(self, num_classes: int, config: HeadConfig | dict = HeadConfig(), **kwargs):
+        super().__init__(num_classes, config, **kwargs)
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
 
-    def call(self, f_t, f_i, training=None):
-        p_t, p_i = self.unimodal_probabilities(f_t, f_i)
-        hidden = self.hidden(tf.concat([p_t, p_i], axis=-1))  # [batch, hidden_units]
+    def decision_layers(self) -> list:
+        return [self.hidden, self.classifier]
+
+    def fuse(self, p_t, p_i, training=None):
+        hidden = self.hidden(tf.cast(tf.concat([p_t, p_i], axis=-1), self.compute_dtype))  # [batch, width]
         return _float32(self.classifier(self.dropout(hidden, training=training)))
 
 
@@ -326,11 +339,11 @@ class PolicyFusion(DecisionFusion):
     differentiable form of "learn to choose the right model". Logits are log-probabilities.
     """
 
-    def __init__(
-        self, num_classes: int, hidden_units: int = 512, top_k: int = 5, dropout: float = 0.1, **kwargs
-    ):
-        super().__init__(num_classes, hidden_units, dropout, **kwargs)
-        self.top_k = min(top_k, num_classes)
+    weighs_streams = True
+
+    def __init__(self, num_classes: int, config: HeadConfig | dict = HeadConfig(), **kwargs):
+        super().__init__(num_classes, config, **kwargs)
+        self.top_k = min(self.config.policy_top_k, num_classes)
         self.choice = keras.layers.Dense(2, name="policy")
 
     def policy(self, p_t, p_i, training=None):
@@ -338,18 +351,17 @@ class PolicyFusion(DecisionFusion):
         confidences = tf.concat(
             [tf.math.top_k(p_t, self.top_k).values, tf.math.top_k(p_i, self.top_k).values], axis=-1
         )  # [batch, 2k]
-        hidden = self.dropout(self.hidden(confidences), training=training)
+        hidden = self.dropout(self.hidden(tf.cast(confidences, self.compute_dtype)), training=training)
         return tf.nn.softmax(tf.cast(self.choice(hidden), tf.float32), axis=-1)
 
-    weighs_streams = True
+    def decision_layers(self) -> list:
+        return [self.hidden, self.choice]
 
     def stream_weights(self, f_t, f_i):
         """π [batch, 2] at inference: the weight of the text model's and the image model's prediction."""
-        p_t, p_i = (tf.cast(p, tf.float32) for p in self.unimodal_probabilities(f_t, f_i))
-        return self.policy(p_t, p_i, training=False)
+        return self.policy(*self.unimodal_probabilities(f_t, f_i), training=False)
 
-    def call(self, f_t, f_i, training=None):
-        p_t, p_i = (tf.cast(p, tf.float32) for p in self.unimodal_probabilities(f_t, f_i))
+    def fuse(self, p_t, p_i, training=None):
         pi = self.policy(p_t, p_i, training=training)
         if training:
             probabilities = pi[:, 0:1] * p_t + pi[:, 1:2] * p_i
@@ -357,27 +369,26 @@ class PolicyFusion(DecisionFusion):
             probabilities = tf.where(pi[:, 0:1] >= pi[:, 1:2], p_t, p_i)
         return tf.math.log(tf.maximum(probabilities, keras.backend.epsilon() ** 2))
 
+
+class DecisionNetwork(keras.layers.Layer):
+    """A decision-level head's decision network alone, as a layer: ([p_t, p_i]) → logits, with Keras's
+    `training` flag reaching `fuse` (the policy trains on the mixture, predicts by its choice)."""
+
+    def __init__(self, head: DecisionFusion, **kwargs):
+        super().__init__(**kwargs)
+        self.head = head
+
+    def call(self, p_t, p_i, training=None):
+        return self.head.fuse(p_t, p_i, training=training)
+
     def get_config(self):
-        return {**super().get_config(), "top_k": self.top_k}
+        return {**super().get_config(), "head": keras.layers.serialize(self.head)}
 
 
-def fusion_head(
-    fusion: str,
-    num_classes: int,
-    *,
-    width: int = 512,
-    dropout: float = 0.1,
-    policy_top_k: int = 5,
-    name: str = "fusion",
-    **feature_head_options,
-) -> keras.layers.Layer:
-    """The head of `fusion`, one of FUSIONS: (f_t, f_i) → logits [batch, num_classes].
-
-    `feature_head_options` are FusionHead's open choices (key_dim, hybrid_*, shared_scorer, scaled,
-    combine, stream_norm); the decision-level heads have none of them.
-    """
+def fusion_head(fusion: str, num_classes: int, config: HeadConfig = HeadConfig(), name: str = "fusion") -> keras.layers.Layer:
+    """The head of `fusion`, one of FUSIONS: (f_t, f_i) → logits [batch, num_classes]."""
     if fusion == DECISION_LEVEL:
-        return DecisionLevelFusion(num_classes, hidden_units=width, dropout=dropout, name=name)
+        return DecisionLevelFusion(num_classes, config, name=name)
     if fusion == POLICY:
-        return PolicyFusion(num_classes, hidden_units=width, top_k=policy_top_k, dropout=dropout, name=name)
-    return FusionHead(fusion, num_classes, width=width, dropout=dropout, name=name, **feature_head_options)
+        return PolicyFusion(num_classes, config, name=name)
+    return FeatureHead(fusion, num_classes, config, name=name)

@@ -1,17 +1,30 @@
 """Training: transformed TFRecords → the paper's stages → serving SavedModels.
 
 Stages (the paper trains the unimodal models first):
-    text_only  (recipe.PAPER_TEXT)   ┐ for every multimodal fusion; decision_level and policy fuse
-    image_only (recipe.PAPER_IMAGE)  ┘ their predictions, the feature-level fusions start from them
-    <fusion>   (recipe.PAPER_FUSION)   (`init_from_unimodal`)
+    text_only  (text_recipe)   ┐ for every multimodal fusion; decision_level and policy fuse their
+    image_only (image_recipe)  ┘ predictions, the feature-level fusions start from them
+    <fusion>   (fusion_recipe)   (`init_from_unimodal`)
 
-End to end (the paper's, for GPUs), every stage fine-tunes its encoders. With `frozen_encoders`, the
-encoders run once per product (trainer/features_cache.py) and every stage trains its head only; the
-exported models put the same heads back on the (unchanged) encoders.
+`tune` says what of the encoders trains (trainer/model.py has the three forms):
+    full    end to end, every stage fine-tunes its encoders (the paper's; the GPU setting);
+    top     the encoders' lower layers run once per product (trainer/features_cache.py), then each
+            stage trains in two phases: its head alone on fixed features (`head_recipe`), then the
+            encoders' last blocks together with that head (the stage's recipe) — "linear probe,
+            then fine-tune", so a random head never sends large gradients into pretrained blocks.
+            A fusion's fixed features for its first phase are those of the tuned unimodal models;
+    frozen  the encoders never train: heads only, on cached features (the stage's recipe).
+The decision-level heads (decision_level, policy) train on the unimodal models' class
+probabilities: held out by K-fold cross-fitting over the train split (`decision_training`
+"crossfit": fold k's probabilities come from unimodal models trained without fold k), so that they
+see the unimodal models' errors on unseen products, or in-sample ("in_sample").
 
-Restartable: each stage keeps its state under WORK_DIR/stages/<stage>/. `BackupAndRestore`
-snapshots it every epoch (and every `backup_every_steps`), so a job killed mid-epoch and started
-again with the same command continues where the last snapshot was; finished stages are not redone.
+A validation split is carved out of the train split by a hash of the id (`validation_fraction`):
+early stopping (`patience`) and calibration use it; the eval split is the evaluate stage's alone.
+
+Restartable: each trained model keeps its state under WORK_DIR/stages/<name>/ (trainer/loop.py),
+so a job killed mid-epoch and started again with the same command continues where its last backup
+was, and finished models are not trained again. Every stage is keyed by its settings and by the
+fingerprint of the examples and transform graph: other data in the same work directory is refused.
 """
 from __future__ import annotations
 
@@ -19,9 +32,8 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
-import time
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
@@ -29,33 +41,52 @@ import tf_keras as keras
 from common import features
 from common.labels import num_classes
 from trainer import data, export, features_cache, fusion, recipe
+from trainer.loop import fit_stage, writable
 from trainer.model import (
+    FROZEN,
+    FULL,
+    TOP,
+    TUNES,
     ModelConfig,
     build_model,
-    copy_head,
+    copy_weights,
+    fusion_layer,
     head_model,
     init_from_unimodal,
-    load_unimodal_heads,
+    probability_model,
+    top_model,
+    transfer,
+    transfer_image,
+    transfer_text,
 )
 from trainer.recipe import Recipe
 
 STAGES_DIR = "stages"
 FEATURE_CACHE_DIR = "feature_cache"
-DONE_FILE = "done.json"
-SETTINGS_FILE = "settings.json"
-FINAL_WEIGHTS = os.path.join("final", "weights")
+STREAMS_DIR = "stream_features"
+PROBABILITIES_DIR = "probabilities"
+CROSSFIT, IN_SAMPLE = "crossfit", "in_sample"
+DECISION_TRAININGS = (CROSSFIT, IN_SAMPLE)
+EVAL_BATCH_SIZE = 256
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    text: Recipe = recipe.PAPER_TEXT
-    image: Recipe = recipe.PAPER_IMAGE
-    fusion: Recipe = recipe.PAPER_FUSION
-    # Train the fusion heads on features of fixed encoders computed once (see features_cache.py).
-    frozen_encoders: bool = False
-    # Feature-level fusions start from the encoders of the trained unimodal models (open in the
+    text_recipe: Recipe = recipe.PAPER_TEXT
+    image_recipe: Recipe = recipe.PAPER_IMAGE
+    fusion_recipe: Recipe = recipe.PAPER_FUSION
+    tune: str = FULL
+    # tune="top": the first phase of every stage, a head from scratch on fixed features.
+    head_recipe: Recipe = recipe.HEAD
+    # Of the train split, by a hash of the id; 0: no validation split (no early stopping, no calibration).
+    validation_fraction: float = 0.125
+    # Early stopping on validation top-1 after this many epochs without progress (0: every epoch trains).
+    patience: int = 0
+    decision_training: str = CROSSFIT
+    crossfit_folds: int = 3
+    # Feature-level fusions start from the streams of the trained unimodal models (open in the
     # paper): the text stream then begins where the text baseline ended, instead of relearning it
-    # at the fusion's small learning rate, and the image stream keeps what 90 epochs of SGD gave it.
+    # at the fusion's small learning rate, and the image stream keeps what its training gave it.
     init_from_unimodal: bool = True
     # float16 compute with float32 variables, when there is a GPU (ignored on CPU).
     mixed_precision: bool = True
@@ -63,8 +94,18 @@ class TrainConfig:
     log_every_steps: int = 100
     seed: int = 42
 
+    def __post_init__(self):
+        if self.tune not in TUNES:
+            raise ValueError(f"tune must be one of {TUNES}, got {self.tune!r}")
+        if self.decision_training not in DECISION_TRAININGS:
+            raise ValueError(f"decision_training must be one of {DECISION_TRAININGS}, got {self.decision_training!r}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.crossfit_folds < 2:
+            raise ValueError(f"crossfit_folds must be at least 2, got {self.crossfit_folds}")
+
     def recipe_of(self, stage: str) -> Recipe:
-        return {fusion.TEXT_ONLY: self.text, fusion.IMAGE_ONLY: self.image}.get(stage, self.fusion)
+        return {fusion.TEXT_ONLY: self.text_recipe, fusion.IMAGE_ONLY: self.image_recipe}.get(stage, self.fusion_recipe)
 
 
 def stages_of(fusion_name: str) -> list[str]:
@@ -102,150 +143,344 @@ def precision_policy(mixed_precision: bool) -> str:
     return name
 
 
-def is_chief() -> bool:
-    """The worker that keeps checkpoints and exports: the "chief" task, else worker 0 (TF_CONFIG's rule)."""
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    task, cluster = tf_config.get("task", {}), tf_config.get("cluster", {})
-    if task.get("type", "chief") == "chief":
-        return True
-    return task.get("type") == "worker" and task.get("index", 0) == 0 and not cluster.get("chief")
+@dataclasses.dataclass
+class Trained:
+    """A trained model in the form it trained in (trainer/model.py), and how its training went."""
+
+    name: str
+    form: str  # FULL, TOP or FROZEN (a head on cached features)
+    model: keras.Model
+    logs: dict
+
+    @property
+    def validation_accuracy(self) -> float | None:
+        return self.logs.get("best_val_accuracy", self.logs.get("val_accuracy"))
 
 
-def _writable(path: str) -> str:
-    """Where this worker writes `path`: itself on the chief, a throw-away directory elsewhere (under
-    MultiWorkerMirroredStrategy every worker must save, only the chief's copy is kept)."""
-    return path if is_chief() else os.path.join(tempfile.mkdtemp(), os.path.basename(path))
+def _fold_keep(folds: int, fold: int, inside: bool):
+    return lambda ids: tf.equal(data.fold_of(ids, folds), fold) == inside
 
 
-class ProgressLog(keras.callbacks.Callback):
-    """One line every `every_steps` steps, with the global step: Keras's progress bar only reaches
-    pipeline logs at epoch end (it redraws with carriage returns), and epochs of the paper's data
-    last an hour. Also says where a restarted run resumed."""
+class Run:
+    """One training run's data and work directory: the datasets of every form and split, and the
+    training of any model of it (used by `train` and by the benchmark)."""
 
-    def __init__(self, stage: str, total_steps: int, every_steps: int):
-        super().__init__()
-        self.stage, self.total_steps, self.every_steps = stage, total_steps, max(1, every_steps)
-
-    def on_train_begin(self, logs=None):
-        self._start_step = int(self.model.optimizer.iterations.numpy())
-        self._start_time = time.monotonic()
-        verb = "resuming at" if self._start_step else "starting at"
-        print(f"[{self.stage}] {verb} step {self._start_step}/{self.total_steps}", flush=True)
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        if step % self.every_steps and step != self.total_steps:
-            return
-        rate = (step - self._start_step) / max(time.monotonic() - self._start_time, 1e-9)
-        figures = ", ".join(f"{k} {float(v):.4f}" for k, v in (logs or {}).items())
-        print(f"[{self.stage}] step {step}/{self.total_steps}: {figures} ({rate:.2f} steps/s)", flush=True)
-
-    def on_train_end(self, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        print(f"[{self.stage}] finished at step {step}; this run trained {step - self._start_step} steps", flush=True)
-
-
-def _check_settings(stage_dir: str, settings: dict) -> None:
-    """A stage directory belongs to one configuration: resuming it with another would mix them."""
-    path = os.path.join(stage_dir, SETTINGS_FILE)
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
-            saved = json.load(f)
-        if saved != settings:
-            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-            raise ValueError(
-                f"{stage_dir} holds a stage trained with other settings (different {', '.join(changed)}): "
-                "use another work directory"
+    def __init__(self, *, examples_dir: str, transform_graph_dir: str, work_dir: str, model_config: ModelConfig,
+                 train_config: TrainConfig, strategy: tf.distribute.Strategy | None = None, log=print,
+                 cache_dir: str | None = None):
+        self.examples_dir, self.transform_graph_dir, self.work_dir = examples_dir, transform_graph_dir, work_dir
+        self.model_config, self.train_config, self.log = model_config, train_config, log
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.tft_output = tft.TFTransformOutput(transform_graph_dir)
+        self.classes = num_classes(self.tft_output)
+        self.fingerprint = data.fingerprint(examples_dir, transform_graph_dir)
+        self.cache_dir = cache_dir or os.path.join(work_dir, FEATURE_CACHE_DIR)
+        self.metadata = None
+        self._sizes = None
+        if train_config.tune in (FROZEN, TOP):
+            self.metadata = features_cache.cache_features(
+                examples_dir=examples_dir, transform_graph_dir=transform_graph_dir, cache_dir=self.cache_dir,
+                model_config=model_config, top=train_config.tune == TOP,
+                validation_fraction=train_config.validation_fraction, data_fingerprint=self.fingerprint,
             )
-    elif is_chief():
-        tf.io.gfile.makedirs(stage_dir)
-        with tf.io.gfile.GFile(path, "w") as f:
-            json.dump(settings, f, indent=2, sort_keys=True)
 
+    # ---- Data ----
 
-def fit_stage(
-    model: keras.Model,
-    dataset: tf.data.Dataset,
-    *,
-    stage: str,
-    stage_dir: str,
-    stage_recipe: Recipe,
-    steps_per_epoch: int,
-    settings: dict,
-    train_config: TrainConfig,
-    strategy: tf.distribute.Strategy,
-) -> dict:
-    """Compiles and fits one stage, or loads it if a previous run finished it; returns its last logs."""
-    _check_settings(stage_dir, settings)
-    done = os.path.join(stage_dir, DONE_FILE)
-    if tf.io.gfile.exists(done):
-        model.load_weights(os.path.join(stage_dir, FINAL_WEIGHTS)).expect_partial()
-        with tf.io.gfile.GFile(done) as f:
-            logs = json.load(f)
-        print(f"[{stage}] already trained in {stage_dir}: {logs}", flush=True)
-        return logs
-    total_steps = steps_per_epoch * stage_recipe.epochs
-    # Keras sums per-replica batch logs by default ("auto"), and the metrics are already global.
-    model.distribute_reduction_method = "first"
-    with strategy.scope():
-        model.compile(
-            optimizer=stage_recipe.make_optimizer(steps_per_epoch),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[
-                keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"),
-            ],
+    @property
+    def validation(self) -> bool:
+        return self.train_config.validation_fraction > 0
+
+    def split_sizes(self) -> dict:
+        if self.metadata is not None:
+            return self.metadata["split_sizes"]
+        if self._sizes is None:
+            self._sizes = data.count_split_sizes(self.examples_dir, self.train_config.validation_fraction)
+        return self._sizes
+
+    def dataset(self, form: str, split: str, batch_size: int, *, shuffle: bool, repeat: bool = False,
+                input_names=None, keep=None, with_ids: bool = False, seed: int | None = None) -> tf.data.Dataset:
+        if form == FULL:
+            return data.make_dataset(
+                self.examples_dir, split, self.tft_output.transformed_feature_spec(), batch_size,
+                self.model_config.image_size, shuffle=shuffle, repeat=repeat, seed=seed, workers=num_workers(),
+                validation_fraction=self.train_config.validation_fraction, keep=keep, with_ids=with_ids)
+        cache_form = features_cache.TOP_FORM if form == TOP else features_cache.FROZEN_FORM
+        dataset = features_cache.make_feature_dataset(
+            self.cache_dir, split, batch_size, shuffle, repeat, seed=seed, form=cache_form, keep=keep,
+            with_ids=with_ids)
+        return features_cache.for_model(dataset, input_names) if input_names is not None else dataset
+
+    def _steps(self, batch_size: int, keep_share: float = 1.0) -> int:
+        return max(1, math.ceil(self.split_sizes()[features.TRAIN_SPLIT] * keep_share / batch_size))
+
+    # ---- Models ----
+
+    def new_model(self, name: str, form: str) -> keras.Model:
+        config = self.model_config.with_fusion(name)
+        with self.strategy.scope():
+            if form == FULL:
+                return build_model(config, self.classes)
+            if form == TOP:
+                return top_model(config, self.classes, self.metadata["text_dim"], self.metadata["image_map_shape"])
+            return head_model(config, self.classes, self.metadata["text_dim"], self.metadata["image_dim"])
+
+    def _settings(self, name: str, form: str, stage_recipe: Recipe, seed: int, extra: dict) -> dict:
+        """What a trained model depends on: a stage directory holds the result of one such setting."""
+        model = dataclasses.asdict(self.model_config.with_fusion(name))
+        if name in fusion.UNIMODAL_FUSIONS:
+            model.pop("head")  # fusions that differ only in head options share their unimodal stages
+        if form != TOP:
+            model.pop("text_top_blocks"), model.pop("image_top_blocks")
+        return {
+            "model": model, "form": form, "recipe": dataclasses.asdict(stage_recipe), "seed": seed,
+            "validation_fraction": self.train_config.validation_fraction, "patience": self.train_config.patience,
+            "data": self.fingerprint, **extra,
+        }
+
+    def fit(self, model: keras.Model, name: str, form: str, stage_recipe: Recipe, stage_dir: str, *, seed: int,
+            dataset: tf.data.Dataset | None = None, validation: tf.data.Dataset | None = None,
+            steps_per_epoch: int | None = None, keep=None, keep_share: float = 1.0, extra: dict | None = None,
+            label: str | None = None) -> dict:
+        """Trains `model` (of `form`) through the one loop, on the train split (or `dataset`)."""
+        keras.utils.set_random_seed(seed)
+        names = list(model.input) if isinstance(model.input, dict) else None
+        if dataset is None:
+            dataset = self.dataset(form, features.TRAIN_SPLIT, stage_recipe.batch_size, shuffle=True, repeat=True,
+                                   input_names=names, keep=keep, seed=seed)
+        if validation is None and self.validation:
+            validation = self.dataset(form, features.VALIDATION_SPLIT, EVAL_BATCH_SIZE, shuffle=False,
+                                      input_names=names)
+        return fit_stage(
+            model, dataset, stage=label or os.path.basename(stage_dir), stage_dir=stage_dir, recipe=stage_recipe,
+            steps_per_epoch=steps_per_epoch or self._steps(stage_recipe.batch_size, keep_share),
+            settings=self._settings(name, form, stage_recipe, seed, extra or {}), validation=validation,
+            patience=self.train_config.patience, strategy=self.strategy,
+            backup_every_steps=self.train_config.backup_every_steps, log_every_steps=self.train_config.log_every_steps,
+            log=self.log,
         )
-    callbacks = [
-        # Not deleted at the end: if the job dies before DONE_FILE is written, the rerun restores
-        # the finished state instead of training the stage again.
-        keras.callbacks.BackupAndRestore(
-            os.path.join(stage_dir, "backup"),
-            save_freq=train_config.backup_every_steps or "epoch",
-            delete_checkpoint=False,
-        ),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(stage_dir, "checkpoints", "epoch-{epoch:03d}"), save_weights_only=True
-        ),
-        keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs")),
-        ProgressLog(stage, total_steps, train_config.log_every_steps),
-    ]
-    # verbose=2: one line per epoch, which (unlike the progress bar) reads well in pipeline logs.
-    history = model.fit(
-        dataset, epochs=stage_recipe.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=2
-    )
-    logs = {name: float(values[-1]) for name, values in history.history.items() if values}
-    model.save_weights(_writable(os.path.join(stage_dir, FINAL_WEIGHTS)))
-    if is_chief():
+
+    def train_feature_model(self, name: str, stage_recipe: Recipe, stage_dir: str, *, seed: int,
+                            unimodal: dict | None = None, head_start: Trained | None = None, keep=None,
+                            keep_share: float = 1.0) -> Trained:
+        """A feature-level model (unimodal, concat, keyless, key_based, hanet) in the run's tune mode.
+
+        `unimodal` ({text_only, image_only: Trained}) starts a fusion's streams from theirs;
+        `head_start` (tune="top"): an already trained first phase, whose head is used as it is.
+        """
+        tune = self.train_config.tune
+        streams = unimodal if (unimodal and self.train_config.init_from_unimodal
+                               and name not in fusion.UNIMODAL_FUSIONS) else None
+        if tune == FROZEN:
+            model = self.new_model(name, FROZEN)
+            logs = self.fit(model, name, FROZEN, stage_recipe, stage_dir, seed=seed, keep=keep, keep_share=keep_share)
+            return Trained(name, FROZEN, model, logs)
+        if tune == FULL:
+            model = self.new_model(name, FULL)
+            if streams:
+                init_from_unimodal(model, streams[fusion.TEXT_ONLY].model, streams[fusion.IMAGE_ONLY].model)
+            logs = self.fit(model, name, FULL, stage_recipe, stage_dir, seed=seed, keep=keep, keep_share=keep_share)
+            return Trained(name, FULL, model, logs)
+        # TOP: the head first, on fixed features (of the tuned unimodal streams for a fusion) ...
+        head = head_start
+        if head is None:
+            head_model_ = self.new_model(name, FROZEN)
+            head_dir = os.path.join(stage_dir, "head")
+            if streams:
+                cache = self.stream_features(streams, os.path.join(stage_dir, STREAMS_DIR))
+                head_logs = self.fit(
+                    head_model_, name, FROZEN, self.train_config.head_recipe, head_dir, seed=seed,
+                    dataset=self._stream_dataset(cache, features.TRAIN_SPLIT, self.train_config.head_recipe.batch_size,
+                                                 True, seed, keep),
+                    validation=self._stream_dataset(cache, features.VALIDATION_SPLIT, EVAL_BATCH_SIZE, False)
+                    if self.validation else None,
+                    keep_share=keep_share, extra={"streams": "unimodal"}, label=f"{name} head")
+            else:
+                head_logs = self.fit(head_model_, name, FROZEN, self.train_config.head_recipe, head_dir, seed=seed,
+                                     keep=keep, keep_share=keep_share, label=f"{name} head")
+            head = Trained(name, FROZEN, head_model_, head_logs)
+        # ... then the last blocks of the encoders with it.
+        model = self.new_model(name, TOP)
+        if streams:
+            transfer_text(streams[fusion.TEXT_ONLY].model, model)
+            transfer_image(streams[fusion.IMAGE_ONLY].model, model)
+        copy_weights(fusion_layer(head.model), fusion_layer(model))
+        logs = self.fit(model, name, TOP, stage_recipe, os.path.join(stage_dir, "top"), seed=seed, keep=keep,
+                        keep_share=keep_share, extra={"head": head.logs.get("best_val_accuracy", head.logs.get("loss"))},
+                        label=f"{name} top")
+        return Trained(name, TOP, model, {**logs, "head_phase": head.logs})
+
+    def stream_features(self, streams: dict, cache_dir: str) -> str:
+        """f_t of the tuned text model and f_i of the tuned image model on the train and validation
+        products, written once as a frozen-form cache (the first phase of a fusion under tune="top")."""
+        if tf.io.gfile.exists(os.path.join(cache_dir, features_cache.METADATA_FILE)):
+            return cache_dir
+        text_top = streams[fusion.TEXT_ONLY].model.get_layer("text_top")
+        image_top = streams[fusion.IMAGE_ONLY].model.get_layer("image_top")
+
+        @tf.function
+        def encode(inputs):
+            return {
+                features.TEXT_FEATURES_KEY: text_top(inputs[features.TEXT_HIDDEN_KEY], inputs[features.INPUT_MASK_KEY],
+                                                     training=False),
+                features.IMAGE_FEATURES_KEY: image_top(inputs[features.IMAGE_MAP_KEY], training=False),
+            }
+
+        sizes = {}
+        splits = [features.TRAIN_SPLIT] + ([features.VALIDATION_SPLIT] if self.validation else [])
+        for split in splits:
+            batches = self.dataset(TOP, split, EVAL_BATCH_SIZE, shuffle=False, with_ids=True)
+            sizes[split] = features_cache.write_frozen_records(
+                ((encode(inputs), labels, ids) for inputs, labels, ids in batches), os.path.join(cache_dir, split))
+        metadata = {"top": False, "text_dim": self.metadata["text_dim"], "image_dim": self.metadata["image_dim"],
+                    "split_sizes": sizes}
+        with tf.io.gfile.GFile(os.path.join(cache_dir, features_cache.METADATA_FILE), "w") as f:
+            json.dump(metadata, f)
+        return cache_dir
+
+    def _stream_dataset(self, cache_dir: str, split: str, batch_size: int, shuffle: bool, seed=None, keep=None):
+        return features_cache.make_feature_dataset(cache_dir, split, batch_size, shuffle, repeat=shuffle, seed=seed,
+                                                   keep=keep)
+
+    # ---- Decision-level heads ----
+
+    def probabilities(self, trained: Trained, split: str, keep=None):
+        """(probabilities [n, classes], labels [n], ids [n]) of a unimodal model on a split, streamed
+        batch by batch (a generator)."""
+        names = list(trained.model.input) if isinstance(trained.model.input, dict) else None
+        predict = tf.function(lambda inputs: tf.nn.softmax(trained.model(inputs, training=False), axis=-1))
+        for inputs, labels, ids in self.dataset(trained.form, split, EVAL_BATCH_SIZE, shuffle=False, input_names=names,
+                                                keep=keep, with_ids=True):
+            yield predict(inputs).numpy(), labels.numpy(), ids.numpy()
+
+    def write_probabilities(self, unimodal_per_part: list, out_dir: str) -> int:
+        """Records of {TEXT_PROBABILITIES_KEY, IMAGE_PROBABILITIES_KEY, LABEL_ID_KEY, ID_KEY}: for each
+        (text Trained, image Trained, split, keep) part, both models' probabilities on its products."""
+        count = 0
+        tf.io.gfile.makedirs(out_dir)
+        with tf.io.TFRecordWriter(os.path.join(out_dir, f"part-00000{features_cache.RECORD_SUFFIX}"), "GZIP") as writer:
+            for text, image, split, keep in unimodal_per_part:
+                for (p_t, labels, ids), (p_i, _, image_ids) in zip(
+                        self.probabilities(text, split, keep), self.probabilities(image, split, keep)):
+                    if not np.array_equal(ids, image_ids):
+                        raise RuntimeError("the text and image predictions came in different orders")
+                    for row in range(len(labels)):
+                        writer.write(_probability_example(p_t[row], p_i[row], labels[row], ids[row]))
+                        count += 1
+        return count
+
+    def decision_probabilities(self, unimodal: dict, seed: int, folds: dict | None, tag: str = "") -> str:
+        """The probability records a decision-level head trains on: out-of-fold (cross-fitted) on
+        train when `folds` ({k: {text_only, image_only}}) is given, else in-sample; on validation,
+        always the unimodal models trained on the whole train split."""
+        kind = f"crossfit{self.train_config.crossfit_folds}" if folds else IN_SAMPLE
+        out = os.path.join(self.work_dir, PROBABILITIES_DIR, f"{kind}-seed{seed}{tag}")
+        done = os.path.join(out, "sizes.json")
+        if tf.io.gfile.exists(done):
+            return out
+        text, image = unimodal[fusion.TEXT_ONLY], unimodal[fusion.IMAGE_ONLY]
+        k = self.train_config.crossfit_folds
+        train_parts = ([(folds[i][fusion.TEXT_ONLY], folds[i][fusion.IMAGE_ONLY], features.TRAIN_SPLIT,
+                         _fold_keep(k, i, True)) for i in range(k)] if folds
+                       else [(text, image, features.TRAIN_SPLIT, None)])
+        sizes = {features.TRAIN_SPLIT: self.write_probabilities(train_parts, os.path.join(out, features.TRAIN_SPLIT))}
+        if self.validation:
+            sizes[features.VALIDATION_SPLIT] = self.write_probabilities(
+                [(text, image, features.VALIDATION_SPLIT, None)], os.path.join(out, features.VALIDATION_SPLIT))
         with tf.io.gfile.GFile(done, "w") as f:
-            json.dump(logs, f)
-    return logs
+            json.dump(sizes, f)
+        return out
+
+    def crossfit_unimodal(self, seed: int, recipes: dict | None = None,
+                          names: tuple[str, ...] = fusion.UNIMODAL_FUSIONS) -> dict:
+        """{fold: {text_only, image_only: Trained}}: the unimodal models (`names`) trained without
+        each fold (with `recipes[name]`, default the stage's recipe)."""
+        k = self.train_config.crossfit_folds
+        folds = {}
+        for i in range(k):
+            folds[i] = {
+                name: self.train_feature_model(
+                    name, (recipes or {}).get(name) or self.train_config.recipe_of(name),
+                    os.path.join(self.work_dir, STAGES_DIR, f"seed{seed}", f"{name}-fold{i}of{k}"), seed=seed,
+                    keep=_fold_keep(k, i, False), keep_share=(k - 1) / k)
+                for name in names
+            }
+        return folds
+
+    def train_decision_model(self, name: str, stage_recipe: Recipe, stage_dir: str, *, seed: int, unimodal: dict,
+                             folds: dict | None = None, tag: str = "") -> Trained:
+        """A decision-level head: its decision network trained on the unimodal models' probabilities
+        (cross-fitted when `folds` is given), then assembled with the unimodal models into one model
+        of their form."""
+        records = self.decision_probabilities(unimodal, seed, folds, tag)
+        network = probability_model(self.model_config.with_fusion(name), self.classes)
+        with tf.io.gfile.GFile(os.path.join(records, "sizes.json")) as f:
+            sizes = json.load(f)
+        logs = self.fit(
+            network, name, "probabilities", stage_recipe, stage_dir, seed=seed,
+            dataset=probability_dataset(records, features.TRAIN_SPLIT, self.classes, stage_recipe.batch_size, True, seed),
+            validation=probability_dataset(records, features.VALIDATION_SPLIT, self.classes, EVAL_BATCH_SIZE, False)
+            if self.validation else None,
+            steps_per_epoch=max(1, math.ceil(sizes[features.TRAIN_SPLIT] / stage_recipe.batch_size)),
+            extra={"decision_training": CROSSFIT if folds else IN_SAMPLE, "crossfit_folds": len(folds or {})},
+        )
+        form = unimodal[fusion.TEXT_ONLY].form
+        model = self.new_model(name, form)
+        init_from_unimodal(model, unimodal[fusion.TEXT_ONLY].model, unimodal[fusion.IMAGE_ONLY].model)
+        fusion_layer(model).copy_decision_network(fusion_layer(network).head)
+        return Trained(name, form, model, logs)
 
 
-def _stage_config(model_config: ModelConfig, stage: str) -> ModelConfig:
-    return dataclasses.replace(model_config, fusion=stage)
+def _probability_example(p_t: np.ndarray, p_i: np.ndarray, label: int, product_id: bytes) -> bytes:
+    return tf.train.Example(features=tf.train.Features(feature={
+        features.TEXT_PROBABILITIES_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=p_t)),
+        features.IMAGE_PROBABILITIES_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=p_i)),
+        features.LABEL_ID_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+        features.ID_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[product_id])),
+    })).SerializeToString()
 
 
-# Options of the fusion heads, which a unimodal stage does not depend on: fusions that differ only
-# in them share the work directory's unimodal stages.
-_FUSION_HEAD_OPTIONS = ("fusion_width", "key_dim", "hybrid_hidden_units", "hybrid_normalize", "shared_scorer",
-                        "scaled", "combine", "policy_top_k")
+def probability_dataset(records_dir: str, split: str, classes: int, batch_size: int, shuffle: bool,
+                        seed: int | None = None) -> tf.data.Dataset:
+    spec = {key: tf.io.FixedLenFeature([classes], tf.float32)
+            for key in (features.TEXT_PROBABILITIES_KEY, features.IMAGE_PROBABILITIES_KEY)}
+    spec[features.LABEL_ID_KEY] = tf.io.FixedLenFeature([], tf.int64)
+    records = data.read_records(os.path.join(records_dir, split, "*"), shuffle, repeat=shuffle, seed=seed)
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        label = parsed.pop(features.LABEL_ID_KEY)
+        return parsed, label
+
+    return records.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def _settings(stage_config: ModelConfig, stage_recipe: Recipe, train_config: TrainConfig) -> dict:
-    """What a stage's result depends on: a stage directory holds the result of one such setting."""
-    model = dataclasses.asdict(stage_config)
-    if stage_config.fusion in fusion.UNIMODAL_FUSIONS:
-        model = {name: value for name, value in model.items() if name not in _FUSION_HEAD_OPTIONS}
-    settings = {
-        "model": model,
-        "recipe": dataclasses.asdict(stage_recipe),
-        "frozen_encoders": train_config.frozen_encoders,
-        "seed": train_config.seed,
-    }
-    if stage_config.fusion not in fusion.UNIMODAL_FUSIONS:
-        settings["init_from_unimodal"] = train_config.init_from_unimodal
-    return settings
+def train_stages(run: Run, fusion_name: str, seed: int) -> dict[str, Trained]:
+    """Every stage of `fusion_name` in order; returns {stage: Trained}."""
+    config = run.train_config
+    trained: dict[str, Trained] = {}
+    stage_dir = lambda stage: os.path.join(run.work_dir, STAGES_DIR, stage)  # noqa: E731
+    for stage in stages_of(fusion_name):
+        if stage in fusion.DECISION_FUSIONS:
+            folds = run.crossfit_unimodal(seed) if config.decision_training == CROSSFIT else None
+            trained[stage] = run.train_decision_model(stage, config.recipe_of(stage), stage_dir(stage), seed=seed,
+                                                      unimodal=trained, folds=folds)
+        else:
+            trained[stage] = run.train_feature_model(stage, config.recipe_of(stage), stage_dir(stage), seed=seed,
+                                                     unimodal=trained or None)
+    return trained
+
+
+def export_model(run: Run, trained: Trained, export_dir: str, warmup: list) -> None:
+    """`trained` (any form) as the full serving SavedModel."""
+    model = trained.model
+    if trained.form != FULL:
+        with run.strategy.scope():
+            model = build_model(run.model_config.with_fusion(trained.name), run.classes, trainable_encoders=False)
+        transfer(trained.model, model)
+    export.export_serving_model(
+        model, run.tft_output, writable(export_dir), image_size=run.model_config.image_size,
+        max_seq_length=run.model_config.max_seq_length, warmup_examples=warmup,
+    )
 
 
 def train(
@@ -261,90 +496,25 @@ def train(
     """Trains every stage of `model_config.fusion` and exports the serving SavedModel to `export_dir`
     (and the unimodal models to `unimodal_export_dirs[text_only|image_only]`, when given and
     trained). Returns {stage: last logs}."""
-    tft_output = tft.TFTransformOutput(transform_graph_dir)
-    classes = num_classes(tft_output)
     train_size = data.read_split_sizes(examples_dir)[features.TRAIN_SPLIT]
     if train_size == 0:
         raise ValueError(f"{examples_dir} has no training examples")
     policy = precision_policy(train_config.mixed_precision)
     strategy = distribution_strategy()
-    if train_config.frozen_encoders and multi_worker():
-        # Heads on cached features train in minutes on one machine; one cache writer keeps it simple.
-        raise ValueError("frozen_encoders trains on one machine: run it without a multi-worker TF_CONFIG")
-    print(f"training {model_config.fusion} with {type(strategy).__name__}, {policy} policy, "
-          f"{'frozen encoders' if train_config.frozen_encoders else 'end to end'}", flush=True)
-    stages = stages_of(model_config.fusion)
-    stage_dir = lambda stage: os.path.join(work_dir, STAGES_DIR, stage)  # noqa: E731
-    if train_config.frozen_encoders:
-        metadata = features_cache.cache_features(
-            examples_dir=examples_dir,
-            transform_graph_dir=transform_graph_dir,
-            cache_dir=os.path.join(work_dir, FEATURE_CACHE_DIR),
-            model_config=model_config,
-        )
-    trained, logs = {}, {}
-    for stage in stages:
-        keras.utils.set_random_seed(train_config.seed)
-        config, stage_recipe = _stage_config(model_config, stage), train_config.recipe_of(stage)
-        steps_per_epoch = math.ceil(train_size / stage_recipe.batch_size)
-        with strategy.scope():
-            if train_config.frozen_encoders:
-                model = head_model(config, classes, metadata["text_dim"], metadata["image_dim"])
-            else:
-                model = build_model(config, classes)
-        if stage in fusion.DECISION_FUSIONS:
-            (load_unimodal_heads if train_config.frozen_encoders else init_from_unimodal)(
-                model, trained[fusion.TEXT_ONLY], trained[fusion.IMAGE_ONLY]
-            )
-        elif stage not in fusion.UNIMODAL_FUSIONS and train_config.init_from_unimodal and not (
-            train_config.frozen_encoders
-        ):
-            init_from_unimodal(model, trained[fusion.TEXT_ONLY], trained[fusion.IMAGE_ONLY])
-        if train_config.frozen_encoders:
-            dataset = features_cache.make_feature_dataset(
-                os.path.join(work_dir, FEATURE_CACHE_DIR), features.TRAIN_SPLIT, stage_recipe.batch_size,
-                shuffle=True, repeat=True, seed=train_config.seed,
-            )
-        else:
-            dataset = data.make_dataset(
-                os.path.join(examples_dir, features.TRAIN_SPLIT, "*"),
-                tft_output.transformed_feature_spec(),
-                batch_size=stage_recipe.batch_size,
-                image_size=model_config.image_size,
-                shuffle=True,
-                repeat=True,
-                seed=train_config.seed,
-                workers=num_workers(),
-            )
-        logs[stage] = fit_stage(
-            model,
-            dataset,
-            stage=stage,
-            stage_dir=stage_dir(stage),
-            stage_recipe=stage_recipe,
-            steps_per_epoch=steps_per_epoch,
-            settings=_settings(config, stage_recipe, train_config),
-            train_config=train_config,
-            strategy=strategy,
-        )
-        trained[stage] = model
-
-    warmup = export.warmup_examples(examples_dir, tft_output)
+    if train_config.tune != FULL and multi_worker():
+        # Cached encoders train in minutes on one machine; one cache writer keeps it simple.
+        raise ValueError(f"tune={train_config.tune} trains on one machine: run it without a multi-worker TF_CONFIG")
+    print(f"training {model_config.fusion} with {type(strategy).__name__}, {policy} policy, tune {train_config.tune}",
+          flush=True)
+    run = Run(examples_dir=examples_dir, transform_graph_dir=transform_graph_dir, work_dir=work_dir,
+              model_config=model_config, train_config=train_config, strategy=strategy,
+              log=lambda line: print(line, flush=True))
+    trained = train_stages(run, model_config.fusion, train_config.seed)
+    warmup = export.warmup_examples(examples_dir, run.tft_output)
     exports = [(model_config.fusion, export_dir)]
     exports += [(stage, path) for stage, path in (unimodal_export_dirs or {}).items() if stage in trained and path]
     for stage, directory in exports:
-        model = trained[stage]
-        if train_config.frozen_encoders:
-            with strategy.scope():
-                model = build_model(_stage_config(model_config, stage), classes)
-            copy_head(trained[stage], model)
-        export.export_serving_model(
-            model,
-            tft_output,
-            _writable(directory),
-            image_size=model_config.image_size,
-            max_seq_length=model_config.max_seq_length,
-            warmup_examples=warmup,
-        )
+        export_model(run, trained[stage], directory, warmup)
         print(f"exported {stage} to {directory}", flush=True)
-    return logs
+    return {stage: t.logs for stage, t in trained.items()}
+
