@@ -30,7 +30,7 @@ import tf_keras as keras  # noqa: E402
 
 from common import features  # noqa: E402
 from trainer import data, features_cache, recipe  # noqa: E402
-from trainer.model import ModelConfig, build_model, head_model  # noqa: E402
+from trainer.model import ModelConfig, build_model, head_model, top_model  # noqa: E402
 from common.labels import num_classes  # noqa: E402
 
 
@@ -100,7 +100,8 @@ def main() -> None:
     print(f"{train_size} training products, batch {args.batch_size}, {image_size}px, {config.max_seq_length} tokens, "
           f"{args.fusion}, {os.cpu_count()} CPUs, GPUs: {len(tf.config.list_physical_devices('GPU'))}")
 
-    records = data.make_dataset(pattern, spec, args.batch_size, image_size, shuffle=True, repeat=True)
+    records = data.make_dataset(args.examples, features.TRAIN_SPLIT, spec, args.batch_size, image_size, shuffle=True,
+                                repeat=True)
     print(f"end to end: input pipeline alone      {input_ms_per_batch(records, args.steps):8.1f} ms/batch")
     print(f"end to end: step fed from TFRecords   {step_ms(lambda: build_model(config, classes), records, args.steps):8.1f} ms")
     memory = in_memory(records, batches)
@@ -109,16 +110,26 @@ def main() -> None:
     cache_dir = os.path.join(args.work_dir or tempfile.mkdtemp(), "feature_cache")
     start = time.perf_counter()
     metadata = features_cache.cache_features(examples_dir=args.examples, transform_graph_dir=args.transform_graph,
-                                             cache_dir=cache_dir, model_config=config)
+                                             cache_dir=cache_dir, model_config=config, top=True)
     products = sum(metadata["split_sizes"].values())
-    print(f"frozen: feature cache built in {time.perf_counter() - start:.1f} s "
-          f"({1000 * (time.perf_counter() - start) / products:.1f} ms/product, all splits)")
-    cached = features_cache.make_feature_dataset(cache_dir, features.TRAIN_SPLIT, args.batch_size, shuffle=True,
-                                                 repeat=True)
-    head = lambda: head_model(config, classes, metadata["text_dim"], metadata["image_dim"])  # noqa: E731
-    print(f"frozen: input pipeline alone          {input_ms_per_batch(cached, args.steps):8.2f} ms/batch")
-    print(f"frozen: step fed from cached TFRecords {step_ms(head, cached, args.steps):7.2f} ms")
-    print(f"frozen: step fed from memory          {step_ms(head, in_memory(cached, batches), args.steps):8.2f} ms")
+    size = sum(tf.io.gfile.stat(os.path.join(root, name)).length
+               for root, _, names in tf.io.gfile.walk(cache_dir) for name in names)
+    print(f"cache (frozen and top forms) built in {time.perf_counter() - start:.1f} s "
+          f"({1000 * (time.perf_counter() - start) / products:.1f} ms/product, all splits), "
+          f"{size / products / 1024:.1f} KiB/product on disk")
+    for form, cache_form, model in (
+        ("frozen", features_cache.FROZEN_FORM,
+         lambda: head_model(config, classes, metadata["text_dim"], metadata["image_dim"])),
+        ("top", features_cache.TOP_FORM,
+         lambda: top_model(config, classes, metadata["text_dim"], metadata["image_map_shape"])),
+    ):
+        cached = features_cache.make_feature_dataset(cache_dir, features.TRAIN_SPLIT, args.batch_size, shuffle=True,
+                                                     repeat=True, form=cache_form)
+        cached = features_cache.for_model(cached, list(model().input))
+        print(f"{form}: input pipeline alone          {input_ms_per_batch(cached, args.steps):8.2f} ms/batch")
+        ms = step_ms(model, cached, args.steps)
+        print(f"{form}: step fed from cached TFRecords {ms:7.2f} ms ({1000 / ms:.1f} steps/s)")
+        print(f"{form}: step fed from memory          {step_ms(model, in_memory(cached, batches), args.steps):8.2f} ms")
 
 
 if __name__ == "__main__":

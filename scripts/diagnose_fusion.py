@@ -6,6 +6,9 @@ weight the head gives the text stream on validation products (s_t; s_i = 1 - s_t
 plus the feature scales of the two streams.
 
     .venv/bin/python scripts/diagnose_fusion.py --out benchmark [--seeds 3] [--variants base,stream_norm]
+
+The heads train through the pipeline's own training loop (trainer/train.py Run, tune "frozen"), in a
+work directory of their own under OUT/diagnose/.
 """
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from common import features  # noqa: E402
-from trainer import ablation, features_cache, fusion  # noqa: E402
-from trainer.model import ModelConfig, fusion_layer  # noqa: E402
+from trainer import features_cache, recipe  # noqa: E402
+from trainer.model import FROZEN, ModelConfig, fusion_layer  # noqa: E402
+from trainer.train import Run, TrainConfig  # noqa: E402
 
 VARIANTS = {
     "base": {},
@@ -31,7 +35,7 @@ VARIANTS = {
     "separate_scorers": {"shared_scorer": False},
     "sigmoid_hybrid": {"hybrid_normalize": "sigmoid"},
     "sum": {"combine": "sum"},
-    "width_128": {"fusion_width": 128},
+    "width_128": {"width": 128},
     "dropout_0.5": {"dropout": 0.5},
     "stream_norm_dropout_0.5": {"stream_norm": True, "dropout": 0.5},
 }
@@ -39,7 +43,7 @@ VARIANTS = {
 
 def feature_scales(cache_dir: str) -> dict:
     norms = {features.TEXT_FEATURES_KEY: [], features.IMAGE_FEATURES_KEY: []}
-    for batch, _ in features_cache.make_feature_dataset(cache_dir, ablation.VALIDATION_SPLIT, 512, shuffle=False):
+    for batch, _ in features_cache.make_feature_dataset(cache_dir, features.VALIDATION_SPLIT, 512, shuffle=False):
         for key in norms:
             norms[key].append(np.linalg.norm(batch[key].numpy(), axis=-1))
     return {key: float(np.concatenate(v).mean()) for key, v in norms.items()}
@@ -47,14 +51,11 @@ def feature_scales(cache_dir: str) -> dict:
 
 def mean_text_weight(cache_dir: str, head) -> float | None:
     layer = fusion_layer(head)
-    if getattr(layer, "fusion", None) not in (fusion.KEYLESS, fusion.KEY_BASED, fusion.HANET):
+    if not getattr(layer, "weighs_streams", False):
         return None
     weights = []
-    for batch, _ in features_cache.make_feature_dataset(cache_dir, ablation.VALIDATION_SPLIT, 512, shuffle=False):
-        f_t, f_i = batch[features.TEXT_FEATURES_KEY], batch[features.IMAGE_FEATURES_KEY]
-        if layer.stream_norm:
-            f_t, f_i = layer.text_norm(f_t), layer.image_norm(f_i)
-        _, _, scores = layer.attention_scores(f_t, f_i)
+    for batch, _ in features_cache.make_feature_dataset(cache_dir, features.VALIDATION_SPLIT, 512, shuffle=False):
+        scores = layer.stream_weights(batch[features.TEXT_FEATURES_KEY], batch[features.IMAGE_FEATURES_KEY])
         weights.append(scores.numpy()[:, 0])
     return float(np.concatenate(weights).mean())
 
@@ -70,29 +71,31 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=5)
     args = parser.parse_args()
     cache_dir = os.path.join(args.out, "feature_cache")
+    metadata = features_cache.read_metadata(cache_dir)
     # The encoders that built the cache; every other model option at its default.
-    base_config = ModelConfig(**features_cache.read_metadata(cache_dir)["encoders"])
-    ablation_config = ablation.AblationConfig(max_epochs=args.max_epochs, patience=args.patience)
-    from tensorflow_transform import TFTransformOutput
-
-    from common.labels import num_classes as count_classes
-
-    num_classes = count_classes(TFTransformOutput(os.path.join(args.out, "preprocess", "transform_graph")))
+    base_config = ModelConfig(**metadata["encoders"])
+    head_recipe = recipe.Recipe(learning_rate=args.learning_rate, epochs=args.max_epochs, batch_size=32)
+    train_config = TrainConfig(tune=FROZEN, patience=args.patience, validation_fraction=metadata["validation_fraction"])
+    examples = os.path.join(args.out, "preprocess")
     print(f"mean L2 norm on validation: {feature_scales(cache_dir)}")
     print("| model | variant | validation top-1 (mean ± std) | mean text weight s_t |")
     print("|---|---|---|---|")
     for model_name in args.models.split(","):
-        rate = args.learning_rate
         for variant in args.variants.split(","):
-            config = dataclasses.replace(base_config, **VARIANTS[variant])
-            trainer = ablation.HeadTrainer(cache_dir, config, num_classes, ablation_config)
+            config = dataclasses.replace(base_config, head=dataclasses.replace(base_config.head, **VARIANTS[variant]))
+            run = Run(examples_dir=os.path.join(examples, "examples"),
+                      transform_graph_dir=os.path.join(examples, "transform_graph"),
+                      work_dir=os.path.join(args.out, "diagnose", variant), model_config=config,
+                      train_config=train_config, cache_dir=cache_dir)
             accuracies, weights = [], []
             for seed in range(args.seeds):
-                fitted = trainer.fit(model_name, seed, rate)
-                accuracies.append(fitted.best_validation_accuracy)
-                weights.append(mean_text_weight(cache_dir, fitted.head))
+                trained = run.train_feature_model(model_name, head_recipe,
+                                                  os.path.join(run.work_dir, f"{model_name}-seed{seed}"), seed=seed)
+                accuracies.append(trained.validation_accuracy)
+                weights.append(mean_text_weight(cache_dir, trained.model))
             weight = "–" if weights[0] is None else f"{np.mean(weights):.3f}"
-            print(f"| {model_name} | {variant} | {100 * np.mean(accuracies):.2f} ± {100 * np.std(accuracies, ddof=1):.2f} "
+            spread = np.std(accuracies, ddof=1) if len(accuracies) > 1 else 0.0
+            print(f"| {model_name} | {variant} | {100 * np.mean(accuracies):.2f} ± {100 * spread:.2f} "
                   f"| {weight} |", flush=True)
 
 
