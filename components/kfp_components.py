@@ -243,27 +243,104 @@ def push(
     return version_dir
 
 
+def batch_predict(
+    model_dir: str,
+    catalog: str,
+    label_column: str,
+    top_k: int,
+    output_format: str,
+    batch_size: int,
+    id_column: str,
+    title_column: str,
+    image_column: str,
+    extra_text_columns: str,
+    text_separator: str,
+    max_image_pixels: int,
+    beam_args: list,
+    predictions: Output[Dataset],
+    quarantine: Output[Dataset],
+    report: Output[Artifact],
+    metrics: Output[Metrics],
+    summary: Output[HTML],
+):
+    """Every product of `catalog` through the model `model_dir` names (a pushed version, a model base
+    whose newest version is taken, or a model artifact's URI). `predictions`: the sharded records;
+    `quarantine`: the rejected rows; `report`: metrics.json; `metrics` and `summary` (HTML): the
+    counts, the predicted classes and, with `label_column`, the figures, for the UI."""
+    from components.batch_predict import job
+    from components.batch_predict.summary import render_html
+    from components.preprocess.catalog import split_column_list
+
+    # Remote workers (Dataflow, a Flink or Spark cluster) write to the artifacts' URIs, not to this pod.
+    local = job.runs_on_this_machine(beam_args)
+    location = (lambda artifact: artifact.path) if local else (lambda artifact: artifact.uri)
+    result = job.predict_catalog(
+        catalog=catalog,
+        model_dir=model_dir,
+        predictions_dir=location(predictions),
+        quarantine_file=location(quarantine),
+        metrics_file=location(report),
+        label_column=label_column or None,
+        id_column=id_column,
+        title_column=title_column,
+        image_column=image_column,
+        extra_text_columns=split_column_list(extra_text_columns),
+        text_separator=text_separator,
+        top_k=top_k,
+        output_format=output_format,
+        batch_size=batch_size,
+        max_image_pixels=max_image_pixels,
+        beam_args=beam_args,
+    )
+    counts = result.metrics
+    predictions.metadata.update({
+        "format": output_format,
+        "products": counts["predicted"],
+        "model": result.model.path,
+        "model_version": result.model.version if result.model.version is not None else "",
+    })
+    quarantine.metadata["rows"] = sum(counts["quarantined"].values())
+    with open(summary.path, "w") as f:
+        f.write(render_html(counts))
+    print(job.format_counts(counts))
+    metrics.log_metric("rows_in", counts["rows_in"])
+    metrics.log_metric("predicted", counts["predicted"])
+    for reason, n in counts["quarantined"].items():
+        metrics.log_metric(f"quarantined_{reason}", n)
+    if "needs_review" in counts:
+        metrics.log_metric("needs_review", counts["needs_review"])
+    if result.model.version is not None:
+        metrics.log_metric("model_version", result.model.version)
+    evaluation = counts.get("evaluation")
+    if evaluation and evaluation["examples"]:
+        for name in ("examples", "top1_accuracy", "top5_accuracy", "macro_f1"):
+            metrics.log_metric(name, evaluation[name])
+
+
 # The FROM of both images (images/*.Dockerfile): what `target_image` builds on.
 BASE_IMAGE = "python:3.11-slim-bookworm"
 
 
 @dataclasses.dataclass(frozen=True)
 class Components:
-    """The four stages as KFP components, all of one form."""
+    """The four stages, and batch prediction (a pipeline of its own), as KFP components, all of one form."""
 
     preprocess: Callable[..., dsl.PipelineTask]
     train: Callable[..., dsl.PipelineTask]
     evaluate: Callable[..., dsl.PipelineTask]
     push: Callable[..., dsl.PipelineTask]
+    batch_predict: Callable[..., dsl.PipelineTask]
 
 
 def containerized(component_image: str, trainer_image: str) -> Components:
-    """For a cluster: train runs in the CUDA image, the other stages in the CPU image."""
+    """For a cluster: train runs in the CUDA image, the other stages (and batch prediction, whose
+    Beam job may also run its workers in that image) in the CPU image."""
     return Components(
         preprocess=dsl.component(preprocess, base_image=BASE_IMAGE, target_image=component_image),
         train=dsl.component(train, base_image=BASE_IMAGE, target_image=trainer_image),
         evaluate=dsl.component(evaluate, base_image=BASE_IMAGE, target_image=component_image),
         push=dsl.component(push, base_image=BASE_IMAGE, target_image=component_image),
+        batch_predict=dsl.component(batch_predict, base_image=BASE_IMAGE, target_image=component_image),
     )
 
 
@@ -272,5 +349,5 @@ def lightweight() -> Components:
     imports the project from the PYTHONPATH (set by run-local) rather than from an image."""
     return Components(
         *(dsl.component(func, base_image=BASE_IMAGE, install_kfp_package=False)
-          for func in (preprocess, train, evaluate, push))
+          for func in (preprocess, train, evaluate, push, batch_predict))
     )

@@ -9,9 +9,10 @@ import sys
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from components.batch_predict import command as predict_catalog  # noqa: E402
 from pipeline import benchmark, cli, compile_pipeline, local_run, predict, serve, submit  # noqa: E402
 
-COMMANDS = (compile_pipeline, local_run, submit, serve, predict, benchmark)
+COMMANDS = (compile_pipeline, local_run, submit, serve, predict, predict_catalog, benchmark)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.register(commands)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Only a command that runs a Beam job passes the options it does not know on to the runner.
+        if not getattr(args, "takes_beam_args", False):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.beam_args = unknown
     try:
         args.func(args)
     except cli.UserError as e:
