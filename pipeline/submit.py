@@ -1,8 +1,10 @@
 """`submit`: run the pipeline on a Kubeflow Pipelines cluster.
 
 Compiles the deployment (or takes `--package FILE`), uploads it as a new version of the pipeline
-`hanet-product-classifier`, starts a run of that version in an experiment and prints the run's page in
-the pipelines UI; with `--wait`, follows the run and its tasks to the end.
+`hanet-product-classifier` (or, with `--pipeline batch-predict`, `hanet-batch-predict`), starts a run of
+that version in an experiment and prints the run's page in the pipelines UI; with `--wait`, follows the
+run and its tasks to the end. With `--schedule CRON`, it creates a recurring run of that version instead
+(kfp.Client().create_recurring_run), e.g. the nightly batch prediction.
 
 Authentication is kfp.Client's, from the environment:
   KF_PIPELINES_ENDPOINT              the API, when --host is not given (kfp.Client reads it)
@@ -35,42 +37,66 @@ ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"
 UI_ENDPOINT_ENV = "KF_PIPELINES_UI_ENDPOINT"
 SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
 FINAL_STATES = ("SUCCEEDED", "SKIPPED", "FAILED", "CANCELED")
+# KFP's cron (robfig/cron): six fields, seconds first.
+CRON_FIELDS = 6
 
 
 def register(commands) -> None:
+    from pipeline.compile_pipeline import add_pipeline_flag
+
     parser = commands.add_parser("submit", help="run the pipeline on a Kubeflow Pipelines cluster")
+    add_pipeline_flag(parser)
     parser.add_argument("--host", help=f"the pipelines API, e.g. https://kubeflow.example.com/pipeline (default: ${ENDPOINT_ENV})")
     parser.add_argument("--namespace", help="the Kubeflow profile namespace (multi-user clusters)")
     parser.add_argument("--experiment", default="hanet", help="the experiment the run is filed under")
-    parser.add_argument("--run-name", help="default: hanet-<UTC time>; also names the pipeline version")
+    parser.add_argument("--run-name", help="default: hanet[-batch]-<UTC time>; also names the pipeline version")
     parser.add_argument("--package", metavar="FILE", help="a compiled pipeline spec to run instead of compiling")
     parser.add_argument("--wait", action="store_true", help="follow the run to its end; fail if it does not succeed")
     parser.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
     parser.add_argument("--poll-seconds", type=float, default=15.0, help="with --wait: time between status checks")
+    parser.add_argument(
+        "--schedule", metavar="CRON",
+        help="create a recurring run instead of a run, on KFP's 6-field cron (seconds first), e.g. "
+             "'0 0 2 * * *' for every night at 02:00 (the scheduler's time zone, usually UTC)",
+    )
     cli.add_cluster_flags(parser)
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> None:
+    from pipeline import compile_pipeline
+
     compiled_in = [o for o in args.overrides if o.split(".", 1)[0] in ("images", "tasks")]
     if args.package and (args.image_tag or compiled_in):
         flag = "--image-tag" if args.image_tag else f"--set {compiled_in[0]}"
         raise cli.UserError(f"{flag} changes the compiled spec, so it cannot apply to --package: compile again")
-    cfg = cli.load_config(args)
+    if args.schedule:
+        check_cron(args.schedule)
+        if args.wait:
+            raise cli.UserError("--wait follows one run; a --schedule starts runs later: leave one of them out")
+    batch = args.pipeline == compile_pipeline.BATCH_PREDICT
+    cfg, params = compile_pipeline.load(args)
     host = args.host or os.environ.get(ENDPOINT_ENV)
     if not host:
         raise cli.UserError(f"submit needs --host (or ${ENDPOINT_ENV}): the Kubeflow Pipelines API")
-    run_name = args.run_name or "hanet-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    # --param values go to the run as arguments, typed by the pipeline's parameters (PipelineParams).
-    arguments = {name: getattr(cfg.params, name) for name in (p.partition("=")[0] for p in args.params)}
+    prefix = "hanet-batch-" if batch else "hanet-"
+    run_name = args.run_name or prefix + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    # --param values go to the run as arguments, typed by the pipeline's parameters (PipelineParams or
+    # BatchPredictParams).
+    arguments = {name: getattr(params, name) for name in (p.partition("=")[0] for p in args.params)}
+    if batch:
+        from pipeline.batch_pipeline import PIPELINE_NAME, REQUIRED_PARAMS
+    else:
+        from pipeline.pipeline import PIPELINE_NAME
+        from pipeline.config import REQUIRED_PARAMS
     with tempfile.TemporaryDirectory() as tmp:
         if args.package:
             package = args.package
         else:
-            from pipeline.compile_pipeline import compile_pipeline
-
-            package = compile_pipeline(cfg, os.path.join(tmp, "hanet_pipeline.yaml"))
-        _check_required_params(package, arguments)
+            output = os.path.join(tmp, compile_pipeline.DEFAULT_OUTPUTS[args.pipeline])
+            package = compile_pipeline.compile_chosen(args.pipeline, cfg, params, output)
+        # The batch pipeline's parameters are not in the config file: --param only.
+        _check_required_params(package, arguments, REQUIRED_PARAMS, config_hint=not batch)
         submitted = submit(
             host,
             package,
@@ -81,10 +107,15 @@ def main(args: argparse.Namespace) -> None:
             pipeline_root=cfg.pipeline_root,
             enable_caching=None if cfg.caching else False,
             service_account=cfg.service_account,
+            pipeline_name=PIPELINE_NAME,
+            schedule=args.schedule,
         )
     ui = submitted["ui"]
     print(f"pipeline version: {ui}/#/pipelines/details/{submitted['pipeline_id']}/version/{submitted['version_id']}")
     print(f"experiment {args.experiment}: {ui}/#/experiments/details/{submitted['experiment_id']}")
+    if args.schedule:
+        print(f"recurring run {run_name} ({args.schedule}): {ui}/#/recurringrun/details/{submitted['recurring_run_id']}")
+        return
     print(f"run {run_name}: {ui}/#/runs/details/{submitted['run_id']}")
     if args.wait:
         state = follow(submitted["client"], host, submitted["run_id"], args.poll_seconds, args.timeout)
@@ -92,7 +123,18 @@ def main(args: argparse.Namespace) -> None:
             raise cli.UserError(f"run {run_name} ended {state}: see {ui}/#/runs/details/{submitted['run_id']}")
 
 
-def _check_required_params(package: str, arguments: dict) -> None:
+def check_cron(schedule: str) -> None:
+    fields = schedule.split()
+    if len(fields) != CRON_FIELDS:
+        hint = f": add the seconds first, '0 {schedule}'" if len(fields) == CRON_FIELDS - 1 else ""
+        raise cli.UserError(
+            f"--schedule {schedule!r} has {len(fields)} fields; KFP's cron has {CRON_FIELDS}, seconds first{hint}"
+        )
+
+
+def _check_required_params(
+    package: str, arguments: dict, required: tuple[str, ...] = config.REQUIRED_PARAMS, config_hint: bool = True
+) -> None:
     """Fails before anything reaches the cluster if the run would start without a catalog, etc."""
     try:
         with open(package) as f:
@@ -102,9 +144,10 @@ def _check_required_params(package: str, arguments: dict) -> None:
         raise cli.UserError(f"cannot read the package {package}: {e.strerror}") from None
     except (yaml.YAMLError, KeyError, TypeError, StopIteration):
         return  # not a spec this command understands: let the API server judge it
-    for name in config.REQUIRED_PARAMS:
+    for name in required:
         if not arguments.get(name, defaults.get(name, {}).get("defaultValue")):
-            raise cli.UserError(f"the run has no {name}: pass --param {name}=... or set params.{name} in the config")
+            hint = f" or set params.{name} in the config" if config_hint else ""
+            raise cli.UserError(f"the run has no {name}: pass --param {name}=...{hint}")
 
 
 def submit(
@@ -118,9 +161,13 @@ def submit(
     pipeline_root: str = "",
     enable_caching: bool | None = None,
     service_account: str = "",
+    pipeline_name: str | None = None,
+    schedule: str | None = None,
 ) -> dict:
-    """Uploads `package` as a version of the pipeline and starts a run of it; returns the ids."""
-    from pipeline.pipeline import PIPELINE_NAME
+    """Uploads `package` as a version of the pipeline `pipeline_name` (default: the training pipeline's)
+    and starts a run of it, or with `schedule` (a KFP cron) creates a recurring run; returns the ids."""
+    if pipeline_name is None:
+        from pipeline.pipeline import PIPELINE_NAME as pipeline_name
 
     with _api_errors(host, "connecting"):
         client = _client(host, namespace)
@@ -129,7 +176,32 @@ def submit(
         with _api_errors(host, "creating the experiment"):
             experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
         with _api_errors(host, f"uploading the package {package}"):
-            pipeline_id, version_id = _upload(client, package, PIPELINE_NAME, run_name, namespace)
+            pipeline_id, version_id = _upload(client, package, pipeline_name, run_name, namespace)
+        ids = {
+            "client": client,
+            "ui": (os.environ.get(UI_ENDPOINT_ENV) or host).rstrip("/"),
+            "experiment_id": experiment_id,
+            "pipeline_id": pipeline_id,
+            "version_id": version_id,
+        }
+        if schedule:
+            with _api_errors(host, "creating the recurring run"):
+                recurring = client.create_recurring_run(
+                    experiment_id=experiment_id,
+                    job_name=run_name,
+                    cron_expression=schedule,
+                    # One run at a time, and no backfill of the nights the schedule was paused: each
+                    # run reads the catalog as it is when it starts.
+                    max_concurrency=1,
+                    no_catchup=True,
+                    params=arguments or {},
+                    pipeline_id=pipeline_id,
+                    version_id=version_id,
+                    pipeline_root=pipeline_root or None,
+                    enable_caching=enable_caching,
+                    service_account=service_account or None,
+                )
+            return {**ids, "recurring_run_id": recurring.recurring_run_id}
         with _api_errors(host, "creating the run"):
             run = client.run_pipeline(
                 experiment_id=experiment_id,
@@ -141,14 +213,7 @@ def submit(
                 enable_caching=enable_caching,
                 service_account=service_account or None,
             )
-    return {
-        "client": client,
-        "ui": (os.environ.get(UI_ENDPOINT_ENV) or host).rstrip("/"),
-        "experiment_id": experiment_id,
-        "pipeline_id": pipeline_id,
-        "version_id": version_id,
-        "run_id": run.run_id,
-    }
+    return {**ids, "run_id": run.run_id}
 
 
 def _client(host: str, namespace: str | None):
