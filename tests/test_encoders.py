@@ -8,6 +8,7 @@ import tensorflow_hub as hub
 import tf_keras
 
 from common import features
+from components.preprocess.tokenizer import encoder_lower_case, encoder_vocab_file
 from trainer import encoders
 
 
@@ -48,9 +49,9 @@ def test_vocab_and_casing_fall_back_to_the_saved_model_attributes(tmp_path):
     module.vocab_file = tf.saved_model.Asset(str(vocab))
     module.do_lower_case = tf.Variable(False, trainable=False)
     tf.saved_model.save(module, str(tmp_path / "model"))
-    path = encoders.vocab_file(str(tmp_path / "model"))
+    path = encoder_vocab_file(str(tmp_path / "model"))
     assert path.endswith("cased_vocab.txt") and open(path).read() == vocab.read_text()
-    assert encoders.lower_case(str(tmp_path / "model")) is False
+    assert encoder_lower_case(str(tmp_path / "model")) is False
 
 
 def test_image_encoders_output_1280_features(b0, lite0):

@@ -25,10 +25,6 @@ from common import features  # noqa: E402
 EFFICIENTNET_FEATURES = 1280
 IMAGE_VARIANTS = ("b0", "lite0")
 
-# Where TF-Hub BERT encoders keep their tokenization parameters (see
-# official/nlp/tools/export_tfhub_lib.py): an asset and a root-level variable.
-_VOCAB_ASSET = os.path.join("assets", "vocab.txt")
-_DO_LOWER_CASE_CKPT_KEY = "do_lower_case/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 # --------------------------------------------------------------------------------------------
@@ -50,34 +46,6 @@ def text_encoder(handle: str, trainable: bool) -> hub.KerasLayer:
 def bert_input_spec() -> dict[str, tf.TensorSpec]:
     """The encoder's input signature, keyed by the names common/features.py owns."""
     return {key: tf.TensorSpec([None, None], tf.int32, name=key) for key in features.BERT_INPUT_KEYS}
-
-
-def vocab_file(handle: str) -> str:
-    """Path of the WordPiece vocabulary shipped as an asset of the encoder SavedModel."""
-    path = hub.resolve(str(handle))
-    candidate = os.path.join(path, _VOCAB_ASSET)
-    if tf.io.gfile.exists(candidate):
-        return candidate
-    # Older or differently-named assets: ask the SavedModel itself, as TF-Hub documents it.
-    loaded = tf.saved_model.load(path)
-    if not hasattr(loaded, "vocab_file"):
-        raise ValueError(f"{handle} has no vocab_file asset: not a TF-Hub BERT encoder")
-    return loaded.vocab_file.asset_path.numpy().decode("utf-8")
-
-
-def lower_case(handle: str) -> bool:
-    """The encoder's do_lower_case variable."""
-    path = hub.resolve(str(handle))
-    # Reading one tensor from the variables checkpoint avoids loading (and tracing) the model.
-    try:
-        return bool(tf.train.load_variable(os.path.join(path, "variables", "variables"),
-                                           _DO_LOWER_CASE_CKPT_KEY))
-    except (tf.errors.NotFoundError, ValueError):
-        pass
-    loaded = tf.saved_model.load(path)
-    if not hasattr(loaded, "do_lower_case"):
-        raise ValueError(f"{handle} has no do_lower_case variable: not a TF-Hub BERT encoder")
-    return bool(loaded.do_lower_case.numpy())
 
 
 # --------------------------------------------------------------------------------------------

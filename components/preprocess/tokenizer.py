@@ -17,6 +17,7 @@ with tables built once outside.
 from __future__ import annotations
 
 import functools
+import os
 import unicodedata
 
 import tensorflow as tf
@@ -336,3 +337,44 @@ class BertTokenizer(tf.Module):
             INPUT_MASK_KEY: mask,
             INPUT_TYPE_IDS_KEY: tf.zeros_like(word_ids),
         }
+
+
+# --------------------------------------------------------------------------------------------
+# The tokenization parameters of a TF-Hub BERT encoder, read from its SavedModel
+
+# Where TF-Hub BERT encoders keep them (see official/nlp/tools/export_tfhub_lib.py): an asset and a
+# root-level variable.
+_VOCAB_ASSET = os.path.join("assets", "vocab.txt")
+_DO_LOWER_CASE_CKPT_KEY = "do_lower_case/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def encoder_vocab_file(handle: str) -> str:
+    """Path of the WordPiece vocabulary shipped as an asset of the encoder SavedModel."""
+    import tensorflow_hub as hub
+
+    path = hub.resolve(str(handle))
+    candidate = os.path.join(path, _VOCAB_ASSET)
+    if tf.io.gfile.exists(candidate):
+        return candidate
+    # Older or differently-named assets: ask the SavedModel itself, as TF-Hub documents it.
+    loaded = tf.saved_model.load(path)
+    if not hasattr(loaded, "vocab_file"):
+        raise ValueError(f"{handle} has no vocab_file asset: not a TF-Hub BERT encoder")
+    return loaded.vocab_file.asset_path.numpy().decode("utf-8")
+
+
+def encoder_lower_case(handle: str) -> bool:
+    """The encoder's do_lower_case variable."""
+    import tensorflow_hub as hub
+
+    path = hub.resolve(str(handle))
+    # Reading one tensor from the variables checkpoint avoids loading (and tracing) the model.
+    try:
+        return bool(tf.train.load_variable(os.path.join(path, "variables", "variables"),
+                                           _DO_LOWER_CASE_CKPT_KEY))
+    except (tf.errors.NotFoundError, ValueError):
+        pass
+    loaded = tf.saved_model.load(path)
+    if not hasattr(loaded, "do_lower_case"):
+        raise ValueError(f"{handle} has no do_lower_case variable: not a TF-Hub BERT encoder")
+    return bool(loaded.do_lower_case.numpy())

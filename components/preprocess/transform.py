@@ -36,9 +36,9 @@ class TransformOptions:
     @classmethod
     def for_text_encoder(cls, bert_handle: str, **options) -> "TransformOptions":
         """Tokenizes with the WordPiece vocabulary and casing of the text encoder that will read the ids."""
-        from trainer import encoders
+        from components.preprocess.tokenizer import encoder_lower_case, encoder_vocab_file
 
-        return cls(vocab_file=encoders.vocab_file(bert_handle), lower_case=encoders.lower_case(bert_handle), **options)
+        return cls(vocab_file=encoder_vocab_file(bert_handle), lower_case=encoder_lower_case(bert_handle), **options)
 
 
 def resize_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
