@@ -123,11 +123,6 @@ def test_the_shell_is_a_top_level_function_of_kfp_components():
     assert "batch_predict" in {node.name for node in ast.parse(module.read_text()).body if isinstance(node, ast.FunctionDef)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="images/kfp_config.ini (outside this change) needs `batch_predict = components/kfp_components.py`; "
-           "until then the cluster's executor cannot find the shell. Remove this mark when the line is added.",
-)
 def test_the_images_kfp_config_names_the_shell(shipped):
     spec, _ = shipped
     args = executor(spec)["args"]
