@@ -149,3 +149,209 @@ class UnimodalAgreement:
         table["text_only_top1_accuracy"] = int(self.cells[1].sum()) / total
         table["image_only_top1_accuracy"] = int(self.cells[:, 1].sum()) / total
         return table
+
+
+# ---- Calibration: are the scores probabilities? ------------------------------------------------
+
+# Top-1 confidence c is histogrammed on the doubt scale d = -ln(1 - c), in cells of width DOUBT_CELL:
+# a cell is 0.2 % of 1 - c wide at every confidence, so 0.999 and 0.9999 stay apart (a uniform grid in c
+# would pool every overconfident product in its last cell), and the memory is DOUBT_CELLS cells
+# whatever the number of products. 1 - c below e^-DOUBT_MAX (1.8e-35) is pooled in the last cell.
+DOUBT_CELL = 0.002
+DOUBT_MAX = 80.0
+DOUBT_CELLS = int(round(DOUBT_MAX / DOUBT_CELL))
+CALIBRATION_BINS = 15  # equal-mass bins of the expected calibration error
+TARGET_PRECISIONS = (0.95, 0.98, 0.99)  # the catalog team's table: coverage at these top-1 precisions
+CURVE_POINTS = 200  # points of the coverage–precision curve kept for the report
+
+
+def precision_name(target: float) -> str:
+    """0.98 → "98": the suffix of coverage_at_98 and threshold_at_98."""
+    return f"{100 * target:g}".replace(".", "_")
+
+
+def cell_edge(cell: int | np.ndarray) -> float | np.ndarray:
+    """The lowest confidence of a cell: c = 1 - exp(-cell · DOUBT_CELL)."""
+    return -np.expm1(-np.asarray(cell, np.float64) * DOUBT_CELL)
+
+
+# From this cell on, edges are 1.0 in float64 (1 - c < 2^-54): a threshold of 1.0 admits them.
+_FIRST_CELL_AT_1 = int(np.argmax(cell_edge(np.arange(DOUBT_CELLS)) == 1.0))
+
+
+def first_cell_at(threshold: float) -> int:
+    """The first cell whose confidences all clear `threshold` (c ≥ threshold); DOUBT_CELLS if none."""
+    if threshold <= 0:
+        return 0
+    if threshold > 1:
+        return DOUBT_CELLS
+    if threshold == 1:
+        return _FIRST_CELL_AT_1
+    return min(_FIRST_CELL_AT_1, int(np.ceil(-np.log1p(-threshold) / DOUBT_CELL - 1e-9)))
+
+
+class CalibrationCounts:
+    """Streaming calibration figures of class logits [batch, classes] against labels [batch]:
+
+    - NLL = mean_n -ln p(y_n), and the Brier score = mean_n Σ_c (p_c - [c = y_n])² (Brier 1950, the
+      multi-class form, in [0, 2]): exact running sums;
+    - ECE = Σ_b (n_b / N) |acc_b - conf_b| over CALIBRATION_BINS equal-mass bins of the top-1
+      confidence (Guo et al. 2017; equal-mass bins as Nixon et al. 2019);
+    - coverage at precision P: the largest share of products whose top-1 confidence c ≥ t for a
+      threshold t at which their top-1 precision is ≥ P, and that t (the least confidence admitted).
+
+    The last two come from a histogram of (products, right, Σ c) per cell of the doubt scale (see
+    DOUBT_CELL), so memory is DOUBT_CELLS cells, not products. Bin means are exact for the products
+    each bin holds; bin edges fall on cell edges, so a bin may hold up to one cell's products more or
+    less than N/15 (products tied at one confidence can never be split anyway). Coverage and precision
+    are exact for every threshold on a cell edge; the best threshold is searched on those edges only,
+    1 - c resolved to 0.2 %. p is computed in float64 from the logits, so a float32 score of 1.0 still
+    has its doubt.
+    """
+
+    def __init__(self):
+        self.products = np.zeros(DOUBT_CELLS, np.int64)
+        self.right = np.zeros(DOUBT_CELLS, np.int64)
+        self.confidence = np.zeros(DOUBT_CELLS, np.float64)
+        self.examples = 0
+        self.nll_sum = 0.0
+        self.brier_sum = 0.0
+
+    def add(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        """logits [batch, classes] (divide by the temperature first for calibrated figures); labels [batch]."""
+        from scipy.special import log_softmax, logsumexp
+
+        log_p = log_softmax(np.asarray(logits, np.float64), axis=-1)
+        labels = np.asarray(labels)
+        rows = np.arange(len(labels))
+        top = np.argmax(log_p, axis=-1)
+        others = log_p.copy()
+        others[rows, top] = -np.inf
+        log_doubt = logsumexp(others, axis=-1)  # ln(1 - c), precise where c rounds to 1
+        cells = np.minimum(np.floor(-log_doubt / DOUBT_CELL), DOUBT_CELLS - 1).astype(np.int64)
+        np.add.at(self.products, cells, 1)
+        np.add.at(self.right, cells, (top == labels).astype(np.int64))
+        np.add.at(self.confidence, cells, -np.expm1(log_doubt))
+        p = np.exp(log_p)
+        self.examples += len(labels)
+        self.nll_sum += float(-log_p[rows, labels].sum())
+        self.brier_sum += float(((p**2).sum(-1) - 2 * p[rows, labels] + 1).sum())
+
+    def reliability(self, bins: int = CALIBRATION_BINS) -> list[dict]:
+        """Equal-mass bins by increasing confidence: {products, confidence (mean), accuracy}."""
+        cumulative = np.cumsum(self.products)
+        # Bin b ends with the cell where the running count first reaches b · N / bins.
+        ends = np.unique(np.searchsorted(cumulative, np.arange(1, bins + 1) * self.examples / bins - 1e-9))
+        ends = np.minimum(ends, DOUBT_CELLS - 1)
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        rows = []
+        for products, right, confidence in zip(*(np.add.reduceat(x, starts) for x in
+                                                  (self.products, self.right, self.confidence))):
+            if products:
+                rows.append({"products": int(products), "confidence": float(confidence / products),
+                             "accuracy": float(right / products)})
+        return rows
+
+    def ece(self, bins: int = CALIBRATION_BINS) -> float:
+        return sum(b["products"] * abs(b["accuracy"] - b["confidence"]) for b in self.reliability(bins)) / self.examples
+
+    def _suffixes(self):
+        """Over the non-empty cells by decreasing confidence: (first cell, products and right at or above it)."""
+        cells = np.flatnonzero(self.products)[::-1]
+        return cells, np.cumsum(self.products[cells]), np.cumsum(self.right[cells])
+
+    def coverage_at(self, target: float) -> tuple[float, float | None]:
+        """(coverage, threshold) at top-1 precision ≥ target; (0.0, None) when no threshold reaches it."""
+        cells, products, right = self._suffixes()
+        reached = np.flatnonzero(right >= target * products - 1e-9)
+        if not len(reached):
+            return 0.0, None
+        last = reached[-1]  # the lowest threshold that still reaches the target
+        return float(products[last] / self.examples), float(cell_edge(cells[last]))
+
+    def at_threshold(self, threshold: float | None) -> dict:
+        """What a threshold does: the share of products it files automatically (c ≥ threshold) and
+        their precision; the rest go to review. None: every product goes to review. Exact for a threshold
+        on a cell edge (what `coverage_at` gives); otherwise products in its cell count as reviewed."""
+        first = DOUBT_CELLS if threshold is None else first_cell_at(threshold)
+        auto, right = int(self.products[first:].sum()), int(self.right[first:].sum())
+        return {"threshold": threshold, "auto_share": auto / self.examples, "review_share": 1 - auto / self.examples,
+                "auto_precision": right / auto if auto else None}
+
+    def coverage_curve(self, points: int = CURVE_POINTS) -> list[dict]:
+        """{threshold, coverage, precision} from the most confident products down to all of them,
+        thinned to about `points` evenly spread in coverage."""
+        cells, products, right = self._suffixes()
+        if not len(cells):
+            return []
+        keep = np.unique(np.searchsorted(products, np.linspace(products[0], products[-1], points) - 1e-9))
+        return [{"threshold": float(cell_edge(cells[i])), "coverage": float(products[i] / self.examples),
+                 "precision": float(right[i] / products[i])} for i in keep]
+
+    def figures(self, target_precisions=TARGET_PRECISIONS, bins: int = CALIBRATION_BINS) -> dict:
+        """{accuracy, mean_confidence, ece, nll, brier, coverage_at_<P>, threshold_at_<P>}."""
+        if self.examples == 0:
+            raise ValueError("no products: the split is empty")
+        figures = {
+            "accuracy": int(self.right.sum()) / self.examples,
+            "mean_confidence": float(self.confidence.sum() / self.examples),
+            "ece": self.ece(bins),
+            "nll": self.nll_sum / self.examples,
+            "brier": self.brier_sum / self.examples,
+        }
+        for target in target_precisions:
+            coverage, threshold = self.coverage_at(target)
+            figures[f"coverage_at_{precision_name(target)}"] = coverage
+            figures[f"threshold_at_{precision_name(target)}"] = threshold
+        return figures
+
+
+# ---- Which stream decided ----------------------------------------------------------------------
+
+WEIGHT_CELLS = 1000  # cells of [0, 1] for the stream weights: quantiles to 0.001
+WEIGHT_QUANTILES = (0.1, 0.5, 0.9)
+
+
+class StreamWeightCounts:
+    """Streaming distribution of the text stream's weight s_t (and means of s_t, s_i) on products
+    the model gets right and wrong. s_t is histogrammed on [0, 1] (the softmax-normalised heads' and
+    the policy's range; values outside, from un-normalised heads, are pooled in the end cells and
+    counted), so memory is 2 × WEIGHT_CELLS; quantiles are resolved to 1 / WEIGHT_CELLS."""
+
+    KINDS = ("right", "wrong")
+
+    def __init__(self):
+        self.cells = np.zeros((2, WEIGHT_CELLS), np.int64)  # [wrong, right]
+        self.sums = np.zeros((2, 2), np.float64)  # [wrong, right] × (s_t, s_i)
+        self.outside = 0
+
+    def add(self, stream_weights: np.ndarray, right: np.ndarray) -> None:
+        """stream_weights [batch, 2] (s_t, s_i); right [batch] bool."""
+        weights = np.asarray(stream_weights, np.float64)
+        right = np.asarray(right).astype(np.int64)
+        s_t = weights[:, 0]
+        self.outside += int(np.sum((s_t < 0) | (s_t > 1)))
+        cells = np.clip(np.floor(s_t * WEIGHT_CELLS), 0, WEIGHT_CELLS - 1).astype(np.int64)
+        np.add.at(self.cells, (right, cells), 1)
+        np.add.at(self.sums, right, weights)
+
+    def histogram(self, bins: int = 20) -> dict:
+        """{"edges": [bins + 1], "right": [bins], "wrong": [bins]} counts of s_t."""
+        pooled = self.cells.reshape(2, bins, WEIGHT_CELLS // bins).sum(-1)
+        return {"edges": np.linspace(0, 1, bins + 1).tolist(), "right": pooled[1].tolist(), "wrong": pooled[0].tolist()}
+
+    def summary(self) -> dict:
+        """Per kind: {products, mean_text_weight, mean_image_weight, text_weight_q10/q50/q90}."""
+        summary = {"outside_0_1": self.outside}
+        for index, kind in ((1, "right"), (0, "wrong")):
+            n = int(self.cells[index].sum())
+            row = {"products": n}
+            if n:
+                row["mean_text_weight"] = float(self.sums[index, 0] / n)
+                row["mean_image_weight"] = float(self.sums[index, 1] / n)
+                cumulative = np.cumsum(self.cells[index])
+                for q in WEIGHT_QUANTILES:
+                    cell = int(np.searchsorted(cumulative, q * n - 1e-9))
+                    row[f"text_weight_q{round(100 * q)}"] = (cell + 0.5) / WEIGHT_CELLS
+            summary[kind] = row
+        return summary
