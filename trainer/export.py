@@ -1,9 +1,17 @@
-"""The serving SavedModel: raw title + image bytes in, top-k classes and scores out.
+"""The serving SavedModel: raw title + image bytes in, top-k classes and calibrated scores out.
 
 The transform graph is inside (TFX's `tft_layer` pattern), so clients never tokenize or resize, and
-training and serving share one definition of the features. Next to it, TF Serving's warm-up file
-(assets.extra/tf_serving_warmup_requests) holds real requests that TF Serving replays on load, so the
-first client does not pay for the graph's lazy initialisation.
+training and serving share one definition of the features. So is the calibration
+(trainer/calibration.py): the temperature T and the review threshold t are constants of the graph,
+
+    scores = softmax(logits / T)[classes],   needs_review = scores[:, 0] < t,
+
+so a client gets calibrated scores with no change, and `logits` (uncalibrated) for whoever wants
+them. Models whose head weighs the streams also answer (s_t, s_i) per product: which stream decided.
+Next to the graph, assets.extra/ holds TF Serving's warm-up file (tf_serving_warmup_requests: real
+requests replayed on load, so the first client does not pay for the graph's lazy initialisation) and
+calibration.json (T, the thresholds per target precision, how they were fitted), for people and for
+the evaluate stage.
 """
 from __future__ import annotations
 
@@ -15,7 +23,9 @@ import tf_keras as keras
 
 from common import features
 from common.labels import label_names
+from trainer import calibration as calibrations
 from trainer import data
+from trainer.model import explained_model
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 WARMUP_PRODUCTS = 4
@@ -38,22 +48,47 @@ def export_serving_model(
     max_seq_length: int,
     top_k: int = features.DEFAULT_TOP_K,
     warmup_examples: list[tuple[str, bytes]] = (),
+    calibration: calibrations.Calibration | None = None,
 ) -> str:
-    """Writes the SavedModel (signatures SERVING_SIGNATURE, TF_EXAMPLE_SIGNATURE,
-    TRANSFORMED_SIGNATURE) and, given (title, image bytes) products, its warm-up requests."""
+    """Writes the SavedModel of `model` (inputs → logits) with the signatures SERVING_SIGNATURE,
+    TF_EXAMPLE_SIGNATURE, TRANSFORMED_SIGNATURE, its calibration (None: temperature 1, nothing needs
+    review) and, given (title, image bytes) products, its warm-up requests."""
+    calibration = calibration or calibrations.Calibration()
     names = label_names(tft_output)
     k = min(top_k, len(names))
     model.tft_layer = tft_output.transform_features_layer()
     model.label_names = tf.constant(names)
+    explained = explained_model(model)  # the same layers: logits and, for attention heads, (s_t, s_i)
+    temperature = tf.constant(calibration.temperature, tf.float32)
+    review_threshold = tf.constant(calibration.review_threshold, tf.float32)
 
-    def probabilities(transformed: dict) -> tf.Tensor:
-        return tf.nn.softmax(model(data.model_inputs(transformed, image_size), training=False), axis=-1)
+    def predict(transformed: dict) -> dict:
+        """Every class: calibrated probabilities, uncalibrated logits, and the stream weights."""
+        out = explained(data.model_inputs(transformed, image_size), training=False)
+        logits = tf.cast(out["logits"], tf.float32)
+        outputs = {
+            features.OUTPUT_PROBABILITIES_KEY: tf.nn.softmax(logits / temperature, axis=-1),
+            features.OUTPUT_LOGITS_KEY: logits,
+        }
+        if "stream_weights" in out:
+            weights = tf.cast(out["stream_weights"], tf.float32)
+            outputs[features.OUTPUT_TEXT_WEIGHT_KEY] = weights[:, 0]
+            outputs[features.OUTPUT_IMAGE_WEIGHT_KEY] = weights[:, 1]
+        return outputs
 
     def top_classes(transformed: dict) -> dict:
-        scores, indices = tf.math.top_k(probabilities(transformed), k=k)
+        outputs = predict(transformed)
+        probabilities = outputs.pop(features.OUTPUT_PROBABILITIES_KEY)
+        # Ranked by the logits: the same order as the scores (T > 0), without the ties of scores
+        # that round to 0 or 1 in float32.
+        logits, indices = tf.math.top_k(outputs[features.OUTPUT_LOGITS_KEY], k=k)
+        scores = tf.gather(probabilities, indices, batch_dims=1)
         return {
+            **outputs,
             features.OUTPUT_CLASSES_KEY: tf.gather(model.label_names, indices),
             features.OUTPUT_SCORES_KEY: scores,
+            features.OUTPUT_LOGITS_KEY: logits,
+            features.OUTPUT_NEEDS_REVIEW_KEY: scores[:, 0] < review_threshold,
         }
 
     @tf.function(
@@ -75,7 +110,7 @@ def export_serving_model(
 
     @tf.function(input_signature=[_transformed_input_spec(max_seq_length)])
     def serve_transformed(transformed):
-        return {features.OUTPUT_PROBABILITIES_KEY: probabilities(transformed)}
+        return predict(transformed)
 
     signatures = {
         features.SERVING_SIGNATURE: serve_raw,
@@ -85,6 +120,7 @@ def export_serving_model(
     # save_traces=False: serving needs the signatures only; tracing every layer's call function for
     # Keras revival (EfficientNet has ~240 layers) would make the export several times slower.
     model.save(export_dir, save_format="tf", include_optimizer=False, signatures=signatures, save_traces=False)
+    calibrations.write(calibration, export_dir)
     if warmup_examples:
         write_warmup_requests(export_dir, warmup_examples)
     return export_dir
