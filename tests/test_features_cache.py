@@ -257,3 +257,13 @@ def test_tune_top_exports_the_whole_encoders_with_the_tuned_blocks(top_run, smal
     assert max(np.abs(a - w.numpy()).max() for a, w in zip(tuned, text_top.weights)) > 1e-3
     pretrained_top, _ = _form_probabilities(trained, run)
     assert np.abs(pretrained_top - served).max() > 10 * np.abs(cached - served).max()
+
+
+def test_a_cache_built_for_top_serves_frozen_without_rebuilding(top_run, small_preprocessed, capsys):
+    root, hanet, config = top_run
+    capsys.readouterr()
+    metadata = features_cache.cache_features(
+        examples_dir=small_preprocessed.examples_dir, transform_graph_dir=small_preprocessed.transform_graph_dir,
+        cache_dir=str(root / "work" / FEATURE_CACHE_DIR), model_config=hanet, top=False,
+        validation_fraction=config.validation_fraction)
+    assert metadata["top"] and "[cache]" not in capsys.readouterr().out

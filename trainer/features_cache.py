@@ -47,7 +47,9 @@ def _reusable(cache_dir: str, wanted: dict, top: bool, splits) -> dict | None:
     if not tf.io.gfile.exists(os.path.join(cache_dir, METADATA_FILE)):
         return None
     metadata = read_metadata(cache_dir)
-    same = {key: metadata.get(key) == value for key, value in wanted.items()}
+    # A cache built for "top" also serves "frozen": compare the encoder fields asked for only.
+    built = dict(metadata, encoders={k: metadata["encoders"].get(k) for k in wanted["encoders"]})
+    same = {key: built.get(key) == value for key, value in wanted.items()}
     if all(same.values()) and (metadata["top"] or not top) and set(splits) <= set(metadata["split_sizes"]):
         return metadata
     why = [key for key, ok in same.items() if not ok] + (["the top blocks' inputs"] if top and not metadata["top"] else [])
