@@ -1,12 +1,18 @@
 """Catalog rows → validated raw products or quarantine records, on real photos and broken ones."""
 import csv
+import gzip
 import io
 import json
+import os
+import struct
+import warnings
+import zlib
 
 import PIL.Image
+import PIL.ImageFile
 import pytest
 
-from components.preprocess import row_checks
+from components.preprocess import catalog, row_checks
 from components.preprocess.catalog import CatalogColumns, CatalogRow, read_rows, resolve_image_uri
 
 COLUMNS = CatalogColumns(label="articleType")
@@ -186,3 +192,172 @@ def test_extra_text_columns_are_joined_with_the_separator_and_labels_made_one_li
     product = row_checks.to_product(row, columns, 10_000)
     assert product.title == "Blue Shirt ; Acme"  # the empty description adds no separator
     assert product.label == "Casual Shoes"
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid all-black 1-bit PNG of width × height, written chunk by chunk: 76 kB on disk for
+    25,000², which decodes to 625 Mpx (1.9 GB as RGB)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte, then the row's pixels, 8 to a byte
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    path.write_bytes(bomb_png(25_000, 25_000))
+    return path
+
+
+@pytest.mark.parametrize("pillow_limit", ["Pillow's default", None, 10**12])
+def test_an_image_over_pillows_hard_limit_is_too_large_and_never_decoded(tmp_path, monkeypatch, bomb, pillow_limit):
+    assert bomb.stat().st_size < 200_000 and 25_000**2 > 2 * PIL.Image.MAX_IMAGE_PIXELS
+    if pillow_limit != "Pillow's default":
+        monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", pillow_limit)
+
+    def decode(self):
+        raise AssertionError("the image was decoded")
+
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", decode)
+    result = row_checks.to_product(_row(tmp_path, image=str(bomb)), COLUMNS, row_checks.DEFAULT_MAX_IMAGE_PIXELS)
+    assert (result.reason, result.row_number, result.id) == (row_checks.IMAGE_TOO_LARGE, 7, "42"), result.message
+    assert "625000000 pixels" in result.message or "25000x25000" in result.message
+
+
+def test_pillows_bomb_warning_raised_as_an_error_is_too_large_too(tmp_path):
+    (tmp_path / "img.png").write_bytes(bomb_png(10_000, 10_000))  # 100 Mpx: between Pillow's warning and error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+        result = row_checks.to_product(_row(tmp_path, image="img.png"), COLUMNS, row_checks.DEFAULT_MAX_IMAGE_PIXELS)
+    assert result.reason == row_checks.IMAGE_TOO_LARGE, result.message
+
+
+def test_a_check_raising_something_unexpected_costs_its_row_as_internal_error(tmp_path, monkeypatch):
+    _save(tmp_path, PIL.Image.new("RGB", (8, 8)))
+
+    def broken(*args):
+        raise ZeroDivisionError("a bug met on this row")
+
+    monkeypatch.setattr(row_checks, "normalize_image", broken)
+    result = row_checks.to_product(_row(tmp_path), COLUMNS, 10_000)
+    assert (result.reason, result.id) == (row_checks.INTERNAL_ERROR, "42")
+    assert result.message.startswith("ZeroDivisionError: a bug met on this row (at test_row_checks.py:")
+    monkeypatch.setattr(row_checks, "resolve_image_uri", broken)  # reached by the text checks too
+    assert row_checks.check_text(_row(tmp_path), COLUMNS).reason == row_checks.INTERNAL_ERROR
+
+
+@pytest.mark.timeout(60)  # opening the FIFO would block forever
+@pytest.mark.parametrize("kind", ["directory", "fifo", "/dev/zero"])
+def test_an_image_path_that_is_not_a_regular_file_is_not_read(tmp_path, kind):
+    if kind == "directory":
+        image = tmp_path / "img.jpg"
+        image.mkdir()
+    elif kind == "fifo":
+        image = tmp_path / "img.jpg"
+        os.mkfifo(image)
+    else:
+        image = kind
+    result = row_checks.to_product(_row(tmp_path, image=str(image)), COLUMNS, 10_000)
+    assert result.reason == row_checks.MISSING_IMAGE and "not a regular file" in result.message
+
+
+def _strict_json(line):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_json_values_that_are_not_text_are_quarantined_by_name(tmp_path):
+    _save(tmp_path, PIL.Image.new("RGB", (8, 8)))
+    base = {"id": "1", "title": "Blue Shirt", "image": "img.jpg", "articleType": "Shirts"}
+    cases = [
+        ({"id": 15970, "title": 42}, None),  # numbers are text: ids often are numbers
+        ({"title": ["Blue", "Shirt"]}, row_checks.NOT_TEXT),
+        ({"title": {"en": "Blue Shirt"}}, row_checks.NOT_TEXT),
+        ({"id": {"sku": 1}}, row_checks.NOT_TEXT),
+        ({"articleType": True}, row_checks.NOT_TEXT),
+        ({"id": float("nan")}, row_checks.NOT_TEXT),
+        ({"image": ["img.jpg"]}, row_checks.NOT_TEXT),
+    ]
+    path = tmp_path / "products.jsonl"
+    path.write_text("".join(json.dumps({**base, **fields}) + "\n" for fields, _ in cases))  # NaN written as NaN
+    results = [row_checks.to_product(row, COLUMNS, 10_000) for row in _rows(path)]
+    assert [getattr(r, "reason", None) for r in results] == [reason for _, reason in cases]
+    assert (results[0].id, results[0].title) == ("15970", "42")
+    assert "holds a list" in results[1].message and "'title'" in results[1].message
+    for result in results[1:]:
+        _strict_json(result.to_json())  # NaN and nested values still make a valid quarantine line
+    assert _strict_json(results[3].to_json())["id"] == "{'sku': 1}"
+
+
+def test_jsonl_lines_too_deep_too_long_or_with_huge_numbers_cost_one_row_each(tmp_path, monkeypatch):
+    monkeypatch.setattr(catalog, "MAX_LINE_CHARS", 15_000)
+    path = tmp_path / "catalog.jsonl"
+    path.write_text(
+        '{"id": "1"}\n'
+        + "[" * 10_000 + "\n"  # json recurses per level: past Python's recursion limit
+        + '{"id": ' + "9" * 5_000 + "}\n"  # more digits than int() converts by default
+        + '{"id": "' + "x" * 20_000 + '"}\n'  # over the line limit: skipped, never parsed
+        + '{"id": "5"}\n'
+    )
+    rows = _rows(path)
+    assert [r.row_number for r in rows] == [1, 2, 3, 4, 5]
+    assert [r.fields.get("id") for r in (rows[0], rows[4])] == ["1", "5"]
+    assert "nested too deeply" in rows[1].parse_error
+    assert "4300 digits" in rows[2].parse_error
+    assert "line 4 is longer than 15000 characters" in rows[3].parse_error and len(rows[3].fields["_raw"]) == 1000
+
+
+def test_csv_nul_bytes_cells_over_the_limit_and_overlong_lines_cost_at_most_their_row(tmp_path, monkeypatch):
+    path = tmp_path / "catalog.csv"
+    over_limit = "x" * (catalog.MAX_CSV_FIELD_CHARS + 1)
+    path.write_bytes(f"id,title\n1,Navy\0Shirt\n2,{over_limit}\n3,ok\n".encode())
+    rows = _rows(path)
+    assert [r.row_number for r in rows] == [1, 2, 3]
+    assert rows[0].fields == {"id": "1", "title": "Navy\0Shirt"}  # the csv module reads NUL as a character
+    assert "field larger than field limit" in rows[1].parse_error
+    assert rows[2].fields == {"id": "3", "title": "ok"}
+
+    monkeypatch.setattr(catalog, "MAX_LINE_CHARS", 1_000)
+    path.write_text(f"id,title\n1,a\n2,{'y' * 5_000}\n3,c\n")
+    rows = _rows(path)
+    assert [r.fields.get("id") for r in rows] == ["1", None, "3"]
+    assert "line 3 is longer than 1000 characters" in rows[1].parse_error
+    path.write_text(f"id,title{'z' * 5_000}\n1,a\n")
+    (header_row,) = _rows(path)
+    assert "unreadable CSV header" in header_row.parse_error
+
+
+@pytest.mark.parametrize("name", ["catalog.csv.gz", "catalog.jsonl.gz", "catalog.tfrecord.gz"])
+def test_a_truncated_gzip_file_keeps_its_first_rows_and_ends_in_one_quarantined_row(tmp_path, name):
+    import tensorflow as tf
+
+    path = tmp_path / name
+    ids = [str(i) for i in range(3_000)]
+    if name.endswith(".tfrecord.gz"):
+        with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+            for i in ids:
+                writer.write(_example(id=int(i), title=b"t" * 50))
+    elif name.endswith(".csv.gz"):
+        path.write_bytes(gzip.compress(("id,title\n" + "".join(f"{i},{'t' * 50}\n" for i in ids)).encode()))
+    else:
+        path.write_bytes(gzip.compress("".join(json.dumps({"id": i, "title": "t" * 50}) + "\n" for i in ids).encode()))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    rows = _rows(path)
+    *read, last = rows
+    assert read and [r.fields["id"] for r in read] == ids[: len(read)] and len(read) < len(ids)
+    assert last.row_number == len(read) + 1 and "the rest of the file is unreadable" in last.parse_error
+
+
+def test_a_file_named_gz_that_is_not_gzip_is_one_quarantined_row(tmp_path):
+    path = tmp_path / "catalog.csv.gz"
+    path.write_text("id,title\n1,a\n")
+    (row,) = _rows(path)
+    assert "corrupt gzip" in row.parse_error and "Not a gzipped file" in row.parse_error

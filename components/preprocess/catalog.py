@@ -15,7 +15,9 @@ import dataclasses
 import gzip
 import io
 import json
+import logging
 import posixpath
+import zlib
 from typing import BinaryIO, Callable, Iterator, Mapping
 
 CSV_SUFFIXES = (".csv", ".csv.gz")
@@ -26,6 +28,12 @@ TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrecord.gz", ".tfrecords.gz")
 # far larger than the csv module's 128 KiB default. The cap still stops an unclosed quote from
 # swallowing the rest of a large file into one cell.
 MAX_CSV_FIELD_CHARS = 16 * 2**20
+# The csv and json modules see a file line by line, each line read whole first: without a bound, a file
+# with no line break (a 5 GB JSON array saved as .json, a CSV whose line breaks were stripped) would be
+# held in memory as one row. A longer line is skipped unread and quarantined as one malformed row.
+MAX_LINE_CHARS = 64 * 2**20
+# What a truncated or corrupt gzip file raises part-way through: nothing after it can be read.
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
 # The catalog columns' default names; the label column has none, a catalog always names it.
 DEFAULT_ID_COLUMN = "id"
@@ -97,13 +105,20 @@ def check_catalog(catalog: str, columns: CatalogColumns) -> list[str]:
         raise CatalogError(f"catalog {catalog} matches no file")
     for path in files:
         catalog_format(path)
-    first = files[0]
-    if catalog_format(first) == "csv":
+    for path in (p for p in files if catalog_format(p) == "csv"):
         # A CSV header is the catalog's schema: a misspelt column would otherwise quarantine every row.
-        header = csv_header(first, lambda: FileSystems.open(first, compression_type=CompressionTypes.UNCOMPRESSED))
+        try:
+            header = csv_header(path, lambda: FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
+        except (*_GZIP_ERRORS, csv.Error, _LineTooLong) as e:
+            # A corrupt file costs its rows, not the job (it is quarantined as one row): the next one has the schema.
+            logging.warning("catalog %s: its CSV header cannot be read (%s), checking the next CSV file's", path, e)
+            continue
+        except Exception as e:  # the file cannot be opened at all (permissions, a directory, a broken link)
+            raise CatalogError(f"catalog {path} cannot be read: {e}") from None
         absent = [c for c in (*columns.required(), *columns.extra_text) if c not in header]
         if absent:
-            raise CatalogError(f"catalog {first} has no column {', '.join(map(repr, absent))} (its columns: {header})")
+            raise CatalogError(f"catalog {path} has no column {', '.join(map(repr, absent))} (its columns: {header})")
+        break
     return files
 
 
@@ -113,14 +128,27 @@ def read_rows(source: str, open_file: Callable[[], BinaryIO]) -> Iterator[Catalo
     if fmt == "tfrecord":
         yield from _tf_example_rows(source)
         return
-    with _open_text(source, open_file) as text:
-        yield from (_csv_rows if fmt == "csv" else _jsonl_rows)(source, text)
+    row_number = 0
+    try:
+        with _open_text(source, open_file) as text:
+            for row in (_csv_rows if fmt == "csv" else _jsonl_rows)(source, text):
+                row_number = row.row_number
+                yield row
+    except _GZIP_ERRORS as e:
+        # As a corrupt TFRecord: the rows before it are read, the rest of the file is one quarantined row.
+        yield CatalogRow(
+            source, row_number + 1, {}, f"corrupt gzip after row {row_number}, the rest of the file is unreadable: {e}"
+        )
+    except OSError as e:
+        # The file itself cannot be read (permissions, a failing disk or network): the job fails, naming it.
+        where = f" after row {row_number}" if row_number else ""
+        raise CatalogError(f"catalog {source} cannot be read{where}: {e}") from e
 
 
 def csv_header(source: str, open_file: Callable[[], BinaryIO]) -> list[str]:
     """The column names of a CSV catalog (its first line)."""
     with _open_text(source, open_file) as text:
-        return next(csv.reader(text), [])
+        return next(csv.reader(_BoundedLines(text)), [])
 
 
 @contextlib.contextmanager
@@ -134,9 +162,50 @@ def _open_text(source: str, open_file: Callable[[], BinaryIO]) -> Iterator[io.Te
         yield io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
 
 
+class _LineTooLong(Exception):
+    def __init__(self, line_number: int, head: str):
+        super().__init__(f"line {line_number} is longer than {MAX_LINE_CHARS} characters, skipped")
+        self.head = head
+
+
+class _BoundedLines:
+    """The lines of a text file, each at most MAX_LINE_CHARS long: a longer one is skipped without being
+    held and raises _LineTooLong, and the next call goes on with the next line. A class, not a generator,
+    because a generator that raised is finished, and the csv reader asks its input again after an error."""
+
+    def __init__(self, text: io.TextIOBase):
+        self._text = text
+        self.line_number = 0  # physical lines read, so messages can name the line
+
+    def __iter__(self) -> "_BoundedLines":
+        return self
+
+    def __next__(self) -> str:
+        line = self._text.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            raise StopIteration
+        self.line_number += 1
+        if len(line) > MAX_LINE_CHARS:
+            head, rest = line[:1000], line
+            while rest and rest[-1] not in "\r\n":
+                rest = self._text.readline(MAX_LINE_CHARS)
+            raise _LineTooLong(self.line_number, head)
+        return line
+
+
 def _csv_rows(source: str, text: io.TextIOBase) -> Iterator[CatalogRow]:
     csv.field_size_limit(max(csv.field_size_limit(), MAX_CSV_FIELD_CHARS))
-    reader = csv.DictReader(text)
+    lines = _BoundedLines(text)
+    try:
+        header = next(csv.reader(lines))
+    except StopIteration:
+        return
+    except (csv.Error, _LineTooLong) as e:
+        # Without a header no cell can be named: the file is one malformed row.
+        yield CatalogRow(source, 1, {}, f"unreadable CSV header, the file is not read: {e}")
+        return
+    # The header read apart, so that an error in it cannot make the next line the header.
+    reader = csv.DictReader(lines, fieldnames=header)
     row_number = 0
     while True:
         row_number += 1
@@ -144,9 +213,9 @@ def _csv_rows(source: str, text: io.TextIOBase) -> Iterator[CatalogRow]:
             row = next(reader)
         except StopIteration:
             return
-        except csv.Error as e:
+        except (csv.Error, _LineTooLong) as e:
             # The reader resumes at the next line: one broken row, not a broken file.
-            yield CatalogRow(source, row_number, {}, f"unparseable CSV row ending at line {reader.line_num}: {e}")
+            yield CatalogRow(source, row_number, {}, f"unparseable CSV row ending at line {lines.line_number}: {e}")
             continue
         extra = row.pop(None, None)  # csv puts surplus cells under the key None
         error = f"{len(extra)} more cells than the header has columns" if extra else None
@@ -154,13 +223,29 @@ def _csv_rows(source: str, text: io.TextIOBase) -> Iterator[CatalogRow]:
 
 
 def _jsonl_rows(source: str, text: io.TextIOBase) -> Iterator[CatalogRow]:
-    for row_number, line in enumerate(text, start=1):
+    lines = _BoundedLines(text)
+    while True:
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except _LineTooLong as e:
+            yield CatalogRow(source, lines.line_number, {"_raw": e.head}, str(e))
+            continue
+        row_number = lines.line_number
         if not line.strip():
             continue
         try:
             fields = json.loads(line)
         except json.JSONDecodeError as e:
             yield CatalogRow(source, row_number, {"_raw": line[:1000]}, f"invalid JSON: {e.msg}")
+            continue
+        except RecursionError:
+            # json recurses once per level of nesting: "[[[[..." 10,000 deep exhausts Python's stack limit.
+            yield CatalogRow(source, row_number, {"_raw": line[:1000]}, "invalid JSON: nested too deeply to parse")
+            continue
+        except ValueError as e:  # a number of more digits than Python converts (sys.get_int_max_str_digits)
+            yield CatalogRow(source, row_number, {"_raw": line[:1000]}, f"invalid JSON: {e}")
             continue
         if not isinstance(fields, dict):
             yield CatalogRow(source, row_number, {"_raw": line[:1000]}, "a JSON line must be an object")

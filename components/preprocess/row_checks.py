@@ -8,6 +8,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
+import math
+import os
+import stat
+import struct
+import traceback
 from typing import Mapping
 
 import PIL.Image
@@ -19,12 +25,16 @@ from common import features
 MALFORMED_ROW = "malformed_row"
 MISSING_ID = "missing_id"
 MISSING_TITLE = "missing_title"
+NOT_TEXT = "not_text"
 INVALID_UTF8 = "invalid_utf8"
 MISSING_LABEL = "missing_label"
 MISSING_IMAGE = "missing_image"
 UNREADABLE_IMAGE = "unreadable_image"
 IMAGE_TOO_LARGE = "image_too_large"
 DUPLICATE_ID = "duplicate_id"
+# A check raised something it does not expect: a bug here or in a library, met on this row. The row
+# is quarantined with the exception so that one such row costs that row, not the stage.
+INTERNAL_ERROR = "internal_error"
 
 # A 20-megapixel photo decodes to 60 MB of RGB; anything larger is almost surely a decompression bomb.
 DEFAULT_MAX_IMAGE_PIXELS = 20_000_000
@@ -65,7 +75,14 @@ def _jsonable(value: object) -> object:
     if isinstance(value, str):
         # Undecodable bytes were kept as surrogates; show them escaped rather than fail to write.
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value if isinstance(value, (int, float, bool, type(None))) else str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # json.dumps would write NaN or Infinity, which strict JSON readers refuse
+    if isinstance(value, (int, float, bool, type(None))):
+        return value
+    try:
+        return str(value)  # a JSON list or object, shown as Python prints it
+    except Exception as e:  # e.g. RecursionError: the quarantine line must be written whatever the row holds
+        return f"<{type(value).__name__} that cannot be shown: {type(e).__name__}>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,12 +118,24 @@ def _text_field(row: CatalogRow, column: str) -> str:
         return ""
     if isinstance(value, bytes):  # a tf.Example bytes feature that did not decode as UTF-8
         raise RowError(INVALID_UTF8, f"column {column!r} is not valid UTF-8")
+    # A JSON catalog may hold any JSON value: a number reads as text (an id often is one), but a
+    # list, an object, a boolean, NaN or Infinity would become a text such as "['a', 'b']" or "True".
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or (
+        isinstance(value, float) and not math.isfinite(value)
+    ):
+        raise RowError(NOT_TEXT, f"column {column!r} holds {_json_kind(value)}, not text or a finite number")
     text = str(value)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise RowError(INVALID_UTF8, f"column {column!r} is not valid UTF-8") from None
     return text.strip()
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, (bool, float)):
+        return json.dumps(value)  # true, false, NaN, Infinity, -Infinity: as the catalog spells them
+    return {list: "a list", dict: "an object"}.get(type(value), f"a {type(value).__name__}")
 
 
 def validate_row(row: CatalogRow, columns: CatalogColumns) -> tuple[str, str, str, str | bytes]:
@@ -138,11 +167,29 @@ def validate_row(row: CatalogRow, columns: CatalogColumns) -> tuple[str, str, st
     return product_id, title, label, resolve_image_uri(row.source, image)
 
 
+def _local_path(uri: str) -> str | None:
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    return None if "://" in uri else uri
+
+
 def read_image(uri: str) -> bytes:
     # tf.io.gfile reads every URI TensorFlow's filesystems know (gs://, s3:// with its plugin, ...).
     # Imported here so that the command line can check its arguments before TensorFlow loads.
     import tensorflow as tf
 
+    path = _local_path(uri)
+    if path is not None:
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise RowError(MISSING_IMAGE, f"image {uri} does not exist") from None
+        except (OSError, ValueError) as e:  # ValueError: a NUL character in the path
+            raise RowError(MISSING_IMAGE, f"image {uri} cannot be read: {e}") from None
+        if not stat.S_ISREG(mode):
+            # Opening a FIFO blocks the worker until something writes to it (forever), and a device such
+            # as /dev/zero never ends: a photo is a regular file, anything else is not read at all.
+            raise RowError(MISSING_IMAGE, f"image {uri} is not a regular file ({_file_kind(mode)})")
     try:
         with tf.io.gfile.GFile(uri, "rb") as f:
             data = f.read(MAX_IMAGE_FILE_BYTES + 1)
@@ -155,11 +202,26 @@ def read_image(uri: str) -> bytes:
     return data
 
 
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
+
+
+# What Pillow raises on a file it cannot decode, besides OSError: its plugins' parsing errors.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error)
+
+
 def normalize_image(data: bytes, uri: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> bytes:
     """Checks that the bytes are a decodable image of a sane size; returns bytes TF decodes as RGB."""
     try:
         image = PIL.Image.open(io.BytesIO(data))  # reads the header only
-    except (PIL.UnidentifiedImageError, OSError) as e:
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as e:
+        # Pillow's own limit (PIL.Image.MAX_IMAGE_PIXELS, a process-wide setting that any code may change,
+        # None included) refuses the header inside open(), before the check below can run; the warning
+        # is an exception too when warnings are errors. Nothing has been decoded.
+        raise RowError(IMAGE_TOO_LARGE, f"image {uri} is over Pillow's limit by its header, not decoded: {e}") from None
+    except (PIL.UnidentifiedImageError, *_DECODE_ERRORS) as e:
         raise RowError(UNREADABLE_IMAGE, f"image {uri} is not a readable image: {e}") from None
     width, height = image.size
     if width * height > max_pixels:
@@ -168,7 +230,10 @@ def normalize_image(data: bytes, uri: str, max_pixels: int = DEFAULT_MAX_IMAGE_P
         )
     try:
         image.load()  # a full decode: catches truncated and corrupt files
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as e:
+        # A GIF frame may extend the canvas past the header's size.
+        raise RowError(IMAGE_TOO_LARGE, f"image {uri} grows past Pillow's limit while decoding: {e}") from None
+    except _DECODE_ERRORS as e:
         raise RowError(UNREADABLE_IMAGE, f"image {uri} cannot be decoded: {e}") from None
     if (image.format, image.mode) in _TF_NATIVE:
         return data
@@ -187,7 +252,19 @@ def normalize_image(data: bytes, uri: str, max_pixels: int = DEFAULT_MAX_IMAGE_P
     return out.getvalue()
 
 
+def check_text(row: CatalogRow, columns: CatalogColumns) -> str | Quarantined:
+    """The row's id if its text fields pass `validate_row`, else its quarantine record; never raises."""
+    try:
+        product_id, _, _, _ = validate_row(row, columns)
+    except RowError as e:
+        return quarantine(row, columns, e.reason, e.message)
+    except Exception as e:
+        return internal_error(row, columns, e)
+    return product_id
+
+
 def to_product(row: CatalogRow, columns: CatalogColumns, max_pixels: int) -> RawProduct | Quarantined:
+    """The validated product, or the row's quarantine record; never raises."""
     try:
         product_id, title, label, image = validate_row(row, columns)
         if isinstance(image, bytes):
@@ -196,7 +273,19 @@ def to_product(row: CatalogRow, columns: CatalogColumns, max_pixels: int) -> Raw
             image_bytes = normalize_image(read_image(image), image, max_pixels)
     except RowError as e:
         return quarantine(row, columns, e.reason, e.message)
+    except Exception as e:
+        return internal_error(row, columns, e)
     return RawProduct(row.source, row.row_number, product_id, title, label, image_bytes)
+
+
+def internal_error(row: CatalogRow, columns: CatalogColumns, error: Exception) -> Quarantined:
+    """The quarantine record of a row on which a check raised `error`, an exception it does not expect."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    # The whole traceback goes to the worker's log, for whoever fixes the bug; the row says what and where.
+    logging.warning("%s row %d: %s raised on this row, quarantined", row.source, row.row_number,
+                    type(error).__name__, exc_info=error)
+    return quarantine(row, columns, INTERNAL_ERROR, f"{type(error).__name__}: {error}{where}")
 
 
 def quarantine(row: CatalogRow, columns: CatalogColumns, reason: str, message: str) -> Quarantined:
