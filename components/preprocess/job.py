@@ -93,12 +93,11 @@ class _CheckText(beam.DoFn):
         self._columns = columns
 
     def process(self, row: CatalogRow):
-        try:
-            product_id, _, _, _ = row_checks.validate_row(row, self._columns)
-        except row_checks.RowError as e:
-            yield beam.pvalue.TaggedOutput(_QUARANTINE_TAG, row_checks.quarantine(row, self._columns, e.reason, e.message))
-            return
-        yield product_id, row
+        checked = row_checks.check_text(row, self._columns)
+        if isinstance(checked, row_checks.Quarantined):
+            yield beam.pvalue.TaggedOutput(_QUARANTINE_TAG, checked)
+        else:
+            yield checked, row
 
 
 def _position(row: CatalogRow) -> tuple[str, int]:
@@ -161,11 +160,27 @@ def runs_on_this_machine(beam_args: Sequence[str]) -> bool:
     return beam_options(beam_args).view_as(StandardOptions).runner in ("DirectRunner", "direct")
 
 
-def check_outputs(examples_dir: str) -> None:
+def check_outputs(examples_dir: str, *other_dirs: str) -> None:
+    """Raises PreprocessError unless the output directories can be written and hold no earlier records."""
     for split in SPLITS:
         # Shards of an earlier run would be read as part of this one.
         if FileSystems.match([split_file_pattern(examples_dir, split)])[0].metadata_list:
             raise PreprocessError(f"{examples_dir} already holds {split} records: write to a new directory")
+    for directory in dict.fromkeys((examples_dir, *other_dirs)):
+        _check_writable(directory)
+
+
+def _check_writable(directory: str) -> None:
+    # Written to rather than asked about: permissions, a read-only mount or a bucket's IAM only show on
+    # writing, and otherwise the failure would come at the end of the first pipeline, its work lost.
+    probe = FileSystems.join(directory, f".hanet-write-check-{uuid.uuid4().hex}")
+    try:
+        if not FileSystems.exists(directory):
+            FileSystems.mkdirs(directory)
+        FileSystems.create(probe).close()
+        FileSystems.delete([probe])
+    except Exception as e:  # BeamIOError, OSError, or a cloud client's own error
+        raise PreprocessError(f"output directory {directory} cannot be written: {e}") from None
 
 
 def preprocess(
@@ -192,7 +207,9 @@ def preprocess(
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
     check_catalog(catalog, columns)
-    check_outputs(examples_dir)
+    check_outputs(
+        examples_dir, transform_graph_dir, os.path.dirname(quarantine_file) or ".", os.path.dirname(metrics_file) or "."
+    )
     pipeline_options = beam_options(beam_args)
     if pipeline_options.view_as(DirectOptions).direct_running_mode == "multi_processing":
         # The worker processes unpickle this project's DoFns, so they must be able to import it.
