@@ -336,9 +336,18 @@ class StreamWeightCounts:
         np.add.at(self.sums, right, weights)
 
     def histogram(self, bins: int = 20) -> dict:
-        """{"edges": [bins + 1], "right": [bins], "wrong": [bins]} counts of s_t."""
-        pooled = self.cells.reshape(2, bins, WEIGHT_CELLS // bins).sum(-1)
-        return {"edges": np.linspace(0, 1, bins + 1).tolist(), "right": pooled[1].tolist(), "wrong": pooled[0].tolist()}
+        """{"edges": [≤ bins + 1], "right", "wrong": counts of s_t per bin}: `bins` bins over the range
+        the weights occupy (a head whose s_t all lie in [0.95, 0.97] shows their spread, not one bar),
+        at most [0, 1], edges on the cells."""
+        occupied = np.flatnonzero(self.cells.sum(0))
+        if not len(occupied):
+            return {"edges": [0.0, 1.0], "right": [0], "wrong": [0]}
+        width = max(1, -(-(occupied[-1] + 1 - occupied[0]) // bins))  # cells per bin, rounded up
+        first = min(occupied[0], WEIGHT_CELLS - width * bins) if width * bins <= WEIGHT_CELLS else 0
+        starts = np.arange(first, min(WEIGHT_CELLS, first + width * bins), width)
+        pooled = np.add.reduceat(self.cells, starts, axis=1)
+        edges = np.append(starts, min(WEIGHT_CELLS, starts[-1] + width)) / WEIGHT_CELLS
+        return {"edges": edges.tolist(), "right": pooled[1].tolist(), "wrong": pooled[0].tolist()}
 
     def summary(self) -> dict:
         """Per kind: {products, mean_text_weight, mean_image_weight, text_weight_q10/q50/q90}."""

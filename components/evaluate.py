@@ -1,22 +1,24 @@
 """The evaluate stage: a candidate model's figures on the eval split, and the gate that blesses it.
 
-One streamed pass over the eval records feeds every batch to each model being judged:
+One streamed pass over the transformed eval records feeds every batch to each model being judged:
 
     candidate            `transformed_features` → top-1/top-5 accuracy, macro-F1, per-class
-                         precision/recall/F1, confusion counts, a few products for the report
-                         (the very inputs training saw, so no training/serving skew)
+                         precision/recall/F1, confusion counts, calibration (ECE, NLL, Brier,
+                         coverage at target precision; before and after its temperature), what its
+                         review threshold does, the stream weights (s_t, s_i) of right and wrong
+                         products, a few products for the report (the very inputs training saw)
     text_only and        `transformed_features` → the paper's Table 1: on which products the text
-    image_only models    model, the image model, both or neither is right (when the trainer exported them)
-    served model and     `serving_default` on each product's raw title and stored image → both
-    candidate again      top-1 accuracies, for the gate's comparison
+    image_only models    model, the image model, both or neither is right; their calibration figures
 
-The served model is compared through its raw-input signature because it may come from another run,
-with another label vocabulary, sequence length or image size: its own transform graph handles those,
-and classes are matched by name. The candidate is scored through the same signature on the same
-products, so the comparison is like for like.
+When a model is served, a second pass over the eval split's raw examples (RAW_EXAMPLES_DIR: the
+catalog's title and original image bytes, as a client sends them) feeds both the served model and the
+candidate through `serving_default`, for the gate's comparison. The served model may come from another
+run, with another label vocabulary, sequence length or image size: its own transform graph handles
+those from the original photo (not the candidate's resized JPEG, which a model of another image size
+would see upscaled and re-encoded), and classes are matched by name against the raw label.
 
-Memory is bounded by the number of classes (per-class counts, and the confused pairs that occur),
-never by the number of products.
+Memory is bounded by the number of classes (per-class counts, the confused pairs that occur) and fixed
+histograms (confidence, stream weights), never by the number of products.
 """
 from __future__ import annotations
 
@@ -28,7 +30,16 @@ import tensorflow as tf
 
 from common import features
 from common.labels import label_names
-from common.metrics import ClassCounts, UnimodalAgreement, top_k_ids
+from common.metrics import (
+    TARGET_PRECISIONS,
+    CalibrationCounts,
+    ClassCounts,
+    StreamWeightCounts,
+    UnimodalAgreement,
+    precision_name,
+    top_k_ids,
+)
+from trainer import calibration as calibrations
 
 # Correctly and wrongly classified eval products shown (photo, title, classes) in the report.
 SAMPLES_PER_KIND = 4
@@ -42,19 +53,34 @@ class Verdict:
 
 @dataclasses.dataclass
 class ServedComparison:
-    """Top-1 of the served model and of the candidate, both through SERVING_SIGNATURE."""
+    """Top-1 accuracy and mean top-1 score of the served model and of the candidate, both through
+    SERVING_SIGNATURE on the same raw eval products."""
 
     served_version: int
     examples: int = 0
     served_right: int = 0
     candidate_right: int = 0
+    served_score_sum: float = 0.0
+    candidate_score_sum: float = 0.0
+
+    def add(self, labels: np.ndarray, served: tuple, candidate: tuple) -> None:
+        """labels [batch] strings; served and candidate: (top-1 classes [batch] strings, scores [batch])."""
+        self.examples += len(labels)
+        self.served_right += int(np.sum(served[0] == labels))
+        self.candidate_right += int(np.sum(candidate[0] == labels))
+        self.served_score_sum += float(np.sum(served[1], dtype=np.float64))
+        self.candidate_score_sum += float(np.sum(candidate[1], dtype=np.float64))
 
     def figures(self) -> dict:
+        if not self.examples:
+            raise ValueError("no raw eval examples to compare the served model on")
         return {
             "served_version": self.served_version,
             "examples": self.examples,
             "served_top1_accuracy": self.served_right / self.examples,
             "candidate_top1_accuracy": self.candidate_right / self.examples,
+            "served_mean_top1_score": self.served_score_sum / self.examples,
+            "candidate_mean_top1_score": self.candidate_score_sum / self.examples,
         }
 
 
@@ -69,18 +95,54 @@ class SampleProducts:
     def full(self) -> bool:
         return len(self.right) >= self.per_kind and len(self.wrong) >= self.per_kind
 
-    def add(self, batch: dict, labels, top_ids, probabilities, names: list[str]) -> None:
+    def add(self, batch: dict, labels, top_ids, outputs: dict, names: list[str], review_threshold: float) -> None:
+        probabilities = outputs[features.OUTPUT_PROBABILITIES_KEY]
         for row in range(len(labels)):
             kind = self.right if top_ids[row, 0] == labels[row] else self.wrong
             if len(kind) >= self.per_kind:
                 continue
-            kind.append({
+            sample = {
                 "id": batch[features.ID_KEY][row].decode("utf-8"),
                 "title": batch[features.TITLE_KEY][row].decode("utf-8") if features.TITLE_KEY in batch else "",
                 "image_jpeg": batch[features.IMAGE_KEY][row],
                 "true": names[labels[row]],
                 "predicted": [(names[c], float(probabilities[row, c])) for c in top_ids[row, :3]],
-            })
+                "needs_review": bool(probabilities[row, top_ids[row, 0]] < review_threshold),
+            }
+            if features.OUTPUT_TEXT_WEIGHT_KEY in outputs:
+                sample["text_weight"] = float(outputs[features.OUTPUT_TEXT_WEIGHT_KEY][row])
+                sample["image_weight"] = float(outputs[features.OUTPUT_IMAGE_WEIGHT_KEY][row])
+            kind.append(sample)
+
+
+class ModelCalibration:
+    """A model's calibration figures on eval, from its uncalibrated logits: before (softmax(z)) and
+    after its temperature (softmax(z / T), what it serves), and what its review threshold does."""
+
+    def __init__(self, calibration: calibrations.Calibration):
+        self.calibration = calibration
+        self.before, self.after = CalibrationCounts(), CalibrationCounts()
+
+    def add(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        self.before.add(logits, labels)
+        self.after.add(np.asarray(logits, np.float64) / self.calibration.temperature, labels)
+
+    def figures(self) -> dict:
+        """{temperature, the calibrated figures, *_uncalibrated, review: what the model's threshold does}."""
+        after, before = self.after.figures(), self.before.figures()
+        figures = {"temperature": self.calibration.temperature, **after}
+        for name in ("ece", "nll", "brier", "mean_confidence",
+                     *(f"coverage_at_{precision_name(p)}" for p in TARGET_PRECISIONS)):
+            figures[f"{name}_uncalibrated"] = before[name]
+        review = self.after.at_threshold(
+            None if np.isinf(self.calibration.review_threshold) else self.calibration.review_threshold)
+        figures["review"] = {"target_precision": self.calibration.target_precision, **review}
+        return figures
+
+    def curves(self) -> dict:
+        """What the report draws: the reliability bins before and after, the coverage–precision curve."""
+        return {"reliability_uncalibrated": self.before.reliability(), "reliability": self.after.reliability(),
+                "coverage_precision": self.after.coverage_curve()}
 
 
 @dataclasses.dataclass
@@ -92,9 +154,15 @@ class Evaluation:
     table1: dict | None
     served: dict | None  # ServedComparison.figures(), when a model is served
     samples: dict  # {"right": [...], "wrong": [...]}
+    # ModelCalibration.figures() of the candidate, and {"text_only", "image_only": the same} with Table 1.
+    calibration: dict = dataclasses.field(default_factory=dict)
+    unimodal_calibration: dict | None = None
+    curves: dict = dataclasses.field(default_factory=dict)  # ModelCalibration.curves() of the candidate
+    # StreamWeightCounts.summary() and .histogram() of the candidate, for heads that weigh the streams.
+    stream_weights: dict | None = None
 
     def scalars(self) -> dict:
-        """Every single-number figure, flat, as KFP's Metrics artifact takes them."""
+        """Every single-number figure, flat, as KFP's Metrics artifact takes them (undefined ones left out)."""
         scalars = dict(self.metrics)
         for name, cell in (self.table1 or {}).items():
             if isinstance(cell, dict):
@@ -105,7 +173,19 @@ class Evaluation:
             scalars["served_version"] = self.served["served_version"]
             scalars["served_top1_accuracy"] = self.served["served_top1_accuracy"]
             scalars["candidate_serving_top1_accuracy"] = self.served["candidate_top1_accuracy"]
-        return scalars
+        for prefix, figures in (("", self.calibration), *((f"{m}_", f) for m, f in (self.unimodal_calibration or {}).items())):
+            for name, value in figures.items():
+                if name == "review":
+                    scalars[f"{prefix}review_threshold"] = value["threshold"]
+                    scalars[f"{prefix}review_share"] = value["review_share"]
+                    scalars[f"{prefix}auto_precision"] = value["auto_precision"]
+                elif name != "accuracy":  # the same as top1_accuracy
+                    scalars[f"{prefix}{name}"] = value
+        for kind in StreamWeightCounts.KINDS:
+            for name, value in ((self.stream_weights or {}).get("summary", {}).get(kind) or {}).items():
+                if name != "products":
+                    scalars[f"{kind}_{name}"] = value
+        return {k: v for k, v in scalars.items() if v is not None}
 
     def summary(self) -> dict:
         """Everything but the photos, for a JSON file next to the verdict."""
@@ -116,26 +196,28 @@ class Evaluation:
         return {**dataclasses.asdict(self), "samples": samples}
 
 
-def _transformed_predictor(model):
+def _transformed_predictor(model, model_dir: str):
+    """batch → the TRANSFORMED_SIGNATURE outputs (numpy): probabilities, logits, stream weights."""
     signature = model.signatures[features.TRANSFORMED_SIGNATURE]
     input_names = list(signature.structured_input_signature[1])
+    if features.OUTPUT_LOGITS_KEY not in signature.structured_outputs:
+        raise ValueError(f"{model_dir} has no {features.OUTPUT_LOGITS_KEY!r} output in {features.TRANSFORMED_SIGNATURE}: "
+                         "it was exported before calibration; export it again")
 
-    def probabilities(batch: dict) -> np.ndarray:
-        return signature(**{k: batch[k] for k in input_names})[features.OUTPUT_PROBABILITIES_KEY].numpy()
+    def predict(batch: dict) -> dict:
+        return {k: v.numpy() for k, v in signature(**{k: batch[k] for k in input_names}).items()}
 
-    return probabilities
+    return predict
 
 
-def _raw_input_top1(model, label_ids: dict[str, int]):
-    """The model's top class through SERVING_SIGNATURE, as an id of the candidate's vocabulary (-1 for
-    a class the candidate does not know)."""
+def _raw_input_top1(model):
+    """The model's top class (label string) and its score through SERVING_SIGNATURE."""
     signature = model.signatures[features.SERVING_SIGNATURE]
 
-    def top1(batch: dict) -> np.ndarray:
+    def top1(batch: dict) -> tuple[np.ndarray, np.ndarray]:
         outputs = signature(**{features.TITLE_KEY: batch[features.TITLE_KEY],
-                               features.IMAGE_BYTES_KEY: batch[features.IMAGE_KEY]})
-        classes = outputs[features.OUTPUT_CLASSES_KEY].numpy()[:, 0]
-        return np.array([label_ids.get(c.decode("utf-8"), -1) for c in classes], np.int64)
+                               features.IMAGE_BYTES_KEY: batch[features.IMAGE_BYTES_KEY]})
+        return outputs[features.OUTPUT_CLASSES_KEY].numpy()[:, 0], outputs[features.OUTPUT_SCORES_KEY].numpy()[:, 0]
 
     return top1
 
@@ -149,6 +231,34 @@ def eval_records(examples_dir: str, feature_spec: dict, batch_size: int) -> tf.d
     return records.batch(batch_size).map(lambda s: tf.io.parse_example(s, feature_spec)).prefetch(tf.data.AUTOTUNE)
 
 
+RAW_SPEC = {key: tf.io.FixedLenFeature([], tf.string)
+            for key in (features.ID_KEY, features.TITLE_KEY, features.IMAGE_BYTES_KEY, features.LABEL_KEY)}
+
+
+def raw_eval_records(examples_dir: str, batch_size: int) -> tf.data.Dataset:
+    """The eval split's raw examples (original image bytes, label string), as the preprocess stage keeps them."""
+    directory = os.path.join(examples_dir, features.RAW_EXAMPLES_DIR, features.EVAL_SPLIT)
+    files = tf.io.gfile.glob(os.path.join(directory, "*.tfrecord.gz"))
+    if not files:
+        raise ValueError(f"comparing with the served model needs the eval split's raw examples, and {directory} "
+                         "holds none: the examples come from an older preprocess stage; run it again")
+    records = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP")
+    return records.batch(batch_size).map(lambda s: tf.io.parse_example(s, RAW_SPEC)).prefetch(tf.data.AUTOTUNE)
+
+
+def compare_with_served(served_model: tuple[int, str], candidate, examples_dir: str, batch_size: int,
+                        load=tf.saved_model.load) -> dict:
+    """ServedComparison.figures() of the served model (version, directory) and the candidate (a loaded
+    model) through SERVING_SIGNATURE on the eval split's raw examples."""
+    records = raw_eval_records(examples_dir, batch_size)  # before loading: a missing directory fails fast
+    version, served_dir = served_model
+    comparison = ServedComparison(version)
+    served_top1, candidate_top1 = _raw_input_top1(load(served_dir)), _raw_input_top1(candidate)
+    for batch in records:
+        comparison.add(batch[features.LABEL_KEY].numpy(), served_top1(batch), candidate_top1(batch))
+    return comparison.figures()
+
+
 def evaluate_model(
     model_dir: str,
     examples_dir: str,
@@ -160,8 +270,9 @@ def evaluate_model(
     batch_size: int = 64,
     samples_per_kind: int = SAMPLES_PER_KIND,
 ) -> Evaluation:
-    """The candidate's figures on the transformed eval split; Table 1 when both unimodal model
-    directories are given; the comparison with `served_model` (version, directory) when given."""
+    """The candidate's figures on the transformed eval split; Table 1 and the unimodal models'
+    calibration when both unimodal model directories are given; the comparison with `served_model`
+    (version, directory) on the raw eval split when given."""
     import tensorflow_transform as tft
 
     tft_output = tft.TFTransformOutput(transform_graph_dir)
@@ -169,11 +280,6 @@ def evaluate_model(
     spec = tft_output.transformed_feature_spec()
     wanted = (*features.BERT_INPUT_KEYS, features.IMAGE_KEY, features.LABEL_ID_KEY, features.ID_KEY, features.TITLE_KEY)
     spec = {k: spec[k] for k in wanted if k in spec}
-    if served_model and features.TITLE_KEY not in spec:
-        raise ValueError(
-            f"the eval records under {examples_dir} carry no raw {features.TITLE_KEY!r}, which comparing "
-            "with the served model needs: they come from an older preprocess stage; run it again"
-        )
 
     if bool(text_model_dir) != bool(image_model_dir):
         raise ValueError("Table 1 needs both unimodal models: give text_model_dir and image_model_dir, or neither")
@@ -184,51 +290,56 @@ def evaluate_model(
             loaded[directory] = tf.saved_model.load(directory)
         return loaded[directory]
 
-    candidate = _transformed_predictor(load(model_dir))
-    unimodal = None
+    served = compare_with_served(served_model, load(model_dir), examples_dir, batch_size, load) if served_model else None
+    candidate = _transformed_predictor(load(model_dir), model_dir)
+    candidate_calibration = ModelCalibration(calibrations.read(model_dir))
+    review_threshold = candidate_calibration.calibration.review_threshold
+    unimodal = {}
     if text_model_dir:
-        unimodal = (_transformed_predictor(load(text_model_dir)), _transformed_predictor(load(image_model_dir)))
-    comparison = None
-    if served_model:
-        version, served_dir = served_model
-        label_ids = {name: i for i, name in enumerate(names)}
-        comparison = (
-            ServedComparison(version),
-            _raw_input_top1(load(served_dir), label_ids),
-            _raw_input_top1(load(model_dir), label_ids),
-        )
+        unimodal = {stage: (_transformed_predictor(load(d), d), ModelCalibration(calibrations.read(d)))
+                    for stage, d in (("text_only", text_model_dir), ("image_only", image_model_dir))}
 
     counts = ClassCounts(len(names))
     agreement = UnimodalAgreement() if unimodal else None
+    weights = None
     samples = SampleProducts(samples_per_kind)
     for batch in eval_records(examples_dir, spec, batch_size):
         labels = batch[features.LABEL_ID_KEY].numpy()
-        probabilities = candidate(batch)
-        if probabilities.shape[-1] != len(names):
+        outputs = candidate(batch)
+        logits = outputs[features.OUTPUT_LOGITS_KEY]
+        if logits.shape[-1] != len(names):
             raise ValueError(
-                f"{model_dir} predicts {probabilities.shape[-1]} classes but the transform graph "
+                f"{model_dir} predicts {logits.shape[-1]} classes but the transform graph "
                 f"{transform_graph_dir} has {len(names)}: the model was trained on other records"
             )
-        top_ids = top_k_ids(probabilities)
+        top_ids = top_k_ids(logits)
         counts.add(labels, top_ids)
+        candidate_calibration.add(logits, labels)
+        if features.OUTPUT_TEXT_WEIGHT_KEY in outputs:
+            weights = weights or StreamWeightCounts()
+            weights.add(np.stack([outputs[features.OUTPUT_TEXT_WEIGHT_KEY], outputs[features.OUTPUT_IMAGE_WEIGHT_KEY]], -1),
+                        top_ids[:, 0] == labels)
         if not samples.full():
-            samples.add({k: v.numpy() for k, v in batch.items()}, labels, top_ids, probabilities, names)
+            samples.add({k: v.numpy() for k, v in batch.items()}, labels, top_ids, outputs, names, review_threshold)
         if agreement:
-            text, image = (top_k_ids(predict(batch), 1)[:, 0] for predict in unimodal)
-            agreement.add(labels, text, image, top_ids[:, 0])
-        if comparison:
-            figures, served_top1, candidate_top1 = comparison
-            figures.examples += len(labels)
-            figures.served_right += int(np.sum(served_top1(batch) == labels))
-            figures.candidate_right += int(np.sum(candidate_top1(batch) == labels))
+            top1 = {}
+            for stage, (predict, stage_calibration) in unimodal.items():
+                stage_logits = predict(batch)[features.OUTPUT_LOGITS_KEY]
+                stage_calibration.add(stage_logits, labels)
+                top1[stage] = top_k_ids(stage_logits, 1)[:, 0]
+            agreement.add(labels, top1["text_only"], top1["image_only"], top_ids[:, 0])
     return Evaluation(
         metrics=counts.metrics(),
         per_class=counts.per_class(names),
         confused_pairs=counts.confused_pairs(names),
         confusion_matrix=counts.confusion_matrix(names),
         table1=agreement.table() if agreement else None,
-        served=comparison[0].figures() if comparison else None,
+        served=served,
         samples={"right": samples.right, "wrong": samples.wrong},
+        calibration=candidate_calibration.figures(),
+        unimodal_calibration={stage: c.figures() for stage, (_, c) in unimodal.items()} or None,
+        curves=candidate_calibration.curves(),
+        stream_weights={"summary": weights.summary(), "histogram": weights.histogram()} if weights else None,
     )
 
 

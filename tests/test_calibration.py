@@ -174,3 +174,16 @@ def test_stream_weights_are_summarised_for_right_and_wrong_products():
     histogram = counts.histogram(20)
     assert sum(histogram["right"]) == right.sum() and sum(histogram["wrong"]) == (~right).sum()
     assert histogram["right"] == np.histogram(s_t[right], bins=histogram["edges"])[0].tolist()
+    assert histogram["edges"][0] <= s_t.min() and s_t.max() < histogram["edges"][-1]
+
+
+def test_the_stream_weight_histogram_spans_the_weights_a_head_gives():
+    counts = StreamWeightCounts()
+    s_t = np.linspace(0.951, 0.968, 300)  # a head whose title always weighs about 0.96
+    counts.add(np.stack([s_t, 1 - s_t], -1), np.arange(300) % 3 > 0)
+    histogram = counts.histogram(10)
+    width = histogram["edges"][1] - histogram["edges"][0]
+    # From the first occupied cell to at most one bar past the last one ([0.968, 0.969)).
+    assert histogram["edges"][0] == pytest.approx(0.951) and 0.969 <= histogram["edges"][-1] <= 0.969 + width + 1e-9
+    assert len(histogram["right"]) == 10 and min(histogram["right"][:9]) > 0  # spread over the bars, not one
+    assert histogram["right"] == np.histogram(s_t[np.arange(300) % 3 > 0], bins=histogram["edges"])[0].tolist()

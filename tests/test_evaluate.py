@@ -1,8 +1,5 @@
 """The evaluate stage's streaming figures against scikit-learn, Table 1 against a direct count, the
-gate's verdicts, and the HTML report."""
-import base64
-import html.parser
-
+calibration scalars it logs, and the gate's verdicts. (The HTML report: test_evaluation_report.py.)"""
 import numpy as np
 import pytest
 from sklearn.metrics import (
@@ -13,10 +10,9 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from common.metrics import OTHER_CLASSES, ClassCounts, UnimodalAgreement, top_k_ids
-from components.evaluate import Evaluation, Verdict, gate
-from components.evaluation_report import render_html
-from tests.conftest import FASHION_DIR
+from common.metrics import OTHER_CLASSES, CalibrationCounts, ClassCounts, UnimodalAgreement, top_k_ids
+from components.evaluate import Evaluation, ModelCalibration, gate
+from trainer.calibration import Calibration, ReviewThreshold
 
 
 def _streamed(labels, probabilities, num_classes, batch=64) -> ClassCounts:
@@ -158,45 +154,28 @@ def test_gate_refuses_a_candidate_worse_than_the_served_model_beyond_the_toleran
     assert not gate({"top1_accuracy": 0.4}, 0.5, better).blessed
 
 
-class _Collector(html.parser.HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.images, self.text = [], []
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "img":
-            self.images.append(dict(attrs)["src"])
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
-def test_report_shows_the_verdict_tables_and_products_with_their_photo():
-    photo = (FASHION_DIR / "images" / "15970.jpg").read_bytes()
-    names = ["Shirts", "Tshirts", "Watches"]
-    counts = ClassCounts(3)
-    counts.add(np.array([0, 0, 1, 2]), np.array([[0, 1, 2], [1, 0, 2], [1, 0, 2], [2, 0, 1]]))
+def test_scalars_hold_every_calibration_figure_flat_and_leave_out_undefined_ones():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(400, 5)) * 8
+    labels = np.where(rng.random(400) < 0.6, logits.argmax(-1), rng.integers(0, 5, 400))
+    fitted = Calibration(4.0, (ReviewThreshold(0.95, 0.9, 0.4), ReviewThreshold(0.98, None, 0.0)), 0.98)
+    candidate, text = ModelCalibration(fitted), ModelCalibration(Calibration())
+    candidate.add(logits, labels)
+    text.add(logits, labels)
+    counts = ClassCounts(5)
+    counts.add(labels, top_k_ids(logits))
     evaluation = Evaluation(
-        metrics=counts.metrics(),
-        per_class=counts.per_class(names),
-        confused_pairs=counts.confused_pairs(names),
-        confusion_matrix=counts.confusion_matrix(names),
-        table1={"text_right_image_wrong": {"products": 1, "percent": 25.0, "fused_right_percent": 100.0},
-                "text_wrong_image_right": {"products": 0, "percent": 0.0, "fused_right_percent": None},
-                "both_right": {"products": 2, "percent": 50.0, "fused_right_percent": 100.0},
-                "both_wrong": {"products": 1, "percent": 25.0, "fused_right_percent": 0.0},
-                "text_only_top1_accuracy": 0.75, "image_only_top1_accuracy": 0.5},
-        served={"served_version": 3, "examples": 4, "served_top1_accuracy": 0.5, "candidate_top1_accuracy": 0.75},
-        samples={"right": [{"id": "15970", "title": "Turtle <Check> Shirt", "image_jpeg": photo, "true": "Shirts",
-                            "predicted": [("Shirts", 0.9), ("Tshirts", 0.05)]}], "wrong": []},
+        metrics=counts.metrics(), per_class=[], confused_pairs=[], confusion_matrix=([], []), table1=None,
+        served=None, samples={"right": [], "wrong": []}, calibration=candidate.figures(),
+        unimodal_calibration={"text_only": text.figures()},
     )
-    page = render_html(evaluation, Verdict(False, "top-1 accuracy 0.7500 < threshold 0.8000"), "model/uri")
-    collected = _Collector()
-    collected.feed(page)
-    text = " ".join(collected.text)
-    assert "Not blessed" in text and "0.7500 < threshold 0.8000" in text
-    assert "Turtle <Check> Shirt" in text and "<Check>" not in page  # the title is escaped, not markup
-    assert collected.images == ["data:image/jpeg;base64," + base64.b64encode(photo).decode()]
-    assert "text model right, image model wrong" in text and "served version 3" in text
-    assert "Tshirts" in text and "Watches" in text  # per-class rows and the confused pair Shirts → Tshirts
-    assert "75.00%" in text  # top-1 accuracy
+    scalars = evaluation.scalars()
+    direct = CalibrationCounts()
+    direct.add(logits / 4.0, labels)
+    assert scalars["ece"] == pytest.approx(direct.ece()) and scalars["temperature"] == 4.0
+    assert scalars["coverage_at_98"] == direct.coverage_at(0.98)[0]
+    assert scalars["ece_uncalibrated"] == pytest.approx(scalars["text_only_ece"])  # T = 1: the same logits
+    # The 98 % target was not reached on validation: every product is reviewed, no threshold to log.
+    assert scalars["review_share"] == 1.0 and "review_threshold" not in scalars and "auto_precision" not in scalars
+    assert scalars["text_only_review_threshold"] == 0.0 and scalars["text_only_review_share"] == 0.0
+    assert all(isinstance(v, (int, float)) for v in scalars.values())

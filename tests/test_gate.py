@@ -1,25 +1,69 @@
 """The evaluate stage on real models: a first model is blessed on the threshold alone, a deliberately
-worse one is refused against the model served; and the KFP component writes what the pipeline UI
-shows (metrics, confusion matrix, Table 1 from real unimodal models, the HTML report, the verdict)."""
+worse one is refused against the model served; a served model of another image size is fed the
+original photos, as the candidate is; and the KFP component writes what the pipeline UI shows
+(metrics, confusion matrix, Table 1 from real unimodal models, the HTML report, the verdict)."""
 import csv
 import html.parser
 import json
 import os
+import pathlib
+import shutil
 
+import numpy as np
 import pytest
+import tensorflow as tf
 from kfp import dsl
 
+from common import features
 from components import kfp_components
 from components.evaluate import evaluate_model, gate
+from components.preprocess.row_checks import normalize_image
 from components.push import newest_served_model, push
-from tests.conftest import DISTINCT_CLASSES, FASHION_CATALOG, train_small_model
-from common import features
+from tests import conftest
+from tests.conftest import DISTINCT_CLASSES, FASHION_CATALOG, FASHION_DIR
 
 TOLERANCE = 0.05
+OTHER_IMAGE_SIZE = 64  # the served image model's; the candidates' is conftest's 32
 
 
-def test_a_deliberately_worse_model_is_refused_against_the_served_one(distinct_preprocessed, text_models, tmp_path):
-    records = (distinct_preprocessed.examples_dir, distinct_preprocessed.transform_graph_dir)
+def _bytes_feature(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def write_raw_eval_examples(preprocessed) -> str:
+    """The eval split's raw tf.Examples as the preprocess stage keeps them (RAW_EXAMPLES_DIR/eval/:
+    id, title, the catalog's original image bytes, the label string), for the products of its
+    transformed eval split; left as it is when the preprocess stage wrote them itself."""
+    directory = os.path.join(preprocessed.examples_dir, features.RAW_EXAMPLES_DIR, features.EVAL_SPLIT)
+    if tf.io.gfile.glob(os.path.join(directory, "*.tfrecord.gz")):
+        return directory
+    spec = {features.ID_KEY: tf.io.FixedLenFeature([], tf.string)}
+    files = tf.io.gfile.glob(os.path.join(preprocessed.examples_dir, features.EVAL_SPLIT, "*"))
+    ids = [tf.io.parse_single_example(r, spec)[features.ID_KEY].numpy().decode()
+           for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    with open(FASHION_CATALOG, newline="") as f:
+        rows = {row["id"]: row for row in csv.DictReader(f)}
+    os.makedirs(directory)
+    with tf.io.TFRecordWriter(os.path.join(directory, "part-00000.tfrecord.gz"), "GZIP") as writer:
+        for product_id in ids:
+            row, photo = rows[product_id], FASHION_DIR / rows[product_id]["image"]
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                features.ID_KEY: _bytes_feature(product_id.encode()),
+                features.TITLE_KEY: _bytes_feature(row["title"].encode()),
+                features.IMAGE_BYTES_KEY: _bytes_feature(normalize_image(photo.read_bytes(), str(photo))),
+                features.LABEL_KEY: _bytes_feature(row["articleType"].encode()),
+            })).SerializeToString())
+    return directory
+
+
+@pytest.fixture(scope="module")
+def distinct_with_raw(distinct_preprocessed):
+    write_raw_eval_examples(distinct_preprocessed)
+    return distinct_preprocessed
+
+
+def test_a_deliberately_worse_model_is_refused_against_the_served_one(distinct_with_raw, text_models, tmp_path):
+    records = (distinct_with_raw.examples_dir, distinct_with_raw.transform_graph_dir)
     base = str(tmp_path / "serving")
 
     first = evaluate_model(text_models["trained"], *records, served_model=newest_served_model(base))
@@ -36,17 +80,105 @@ def test_a_deliberately_worse_model_is_refused_against_the_served_one(distinct_p
     assert worse.served["examples"] == first.metrics["examples"] == worse.metrics["examples"]
     assert worse.served["served_top1_accuracy"] == pytest.approx(first.metrics["top1_accuracy"])
     assert worse.served["candidate_top1_accuracy"] == pytest.approx(worse.metrics["top1_accuracy"])
+    assert worse.served["served_mean_top1_score"] == pytest.approx(first.calibration["mean_confidence"], rel=1e-4)
     assert worse.served["candidate_top1_accuracy"] < worse.served["served_top1_accuracy"] - TOLERANCE
     verdict = gate(worse.metrics, 0.0, worse.served, TOLERANCE)  # threshold 0: only the comparison can refuse
     assert not verdict.blessed
     assert "served version 1" in verdict.reason and "more than the tolerance 0.0500" in verdict.reason
 
 
+def export_image_model(preprocessed, image_size: int, export_dir, bert_handle) -> str:
+    """An image_only model on ImageNet EfficientNet-Lite0 features with an untrained head (seeded: the
+    same head at every size), exported at `image_size`. Its scores move with every photo, which a
+    randomly initialised encoder's hardly do, so a test comparing how models see photos can fail."""
+    import tensorflow_transform as tft
+
+    from common.labels import num_classes
+    from trainer import export
+    from trainer.fusion import HeadConfig
+    from trainer.model import ModelConfig, build_model
+
+    weights = conftest.PRETRAINED_DIR / "efficientnet_lite0_imagenet.h5"
+    if not weights.exists():
+        pytest.fail(f"{weights} not found: run scripts/setup_encoders.sh first (see README)")
+    tft_output = tft.TFTransformOutput(preprocessed.transform_graph_dir)
+    config = ModelConfig(fusion="image_only", bert_handle=str(bert_handle), image_weights=str(weights),
+                         image_variant="lite0", image_size=image_size, max_seq_length=conftest.SMALL_MODEL_SEQ_LENGTH,
+                         head=HeadConfig(width=32))
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(config, num_classes(tft_output))
+    export.export_serving_model(model, tft_output, str(export_dir), image_size=image_size,
+                                max_seq_length=conftest.SMALL_MODEL_SEQ_LENGTH)
+    return str(export_dir)
+
+
 @pytest.fixture(scope="module")
 def image_model(distinct_preprocessed, tiny_bert_handle, tmp_path_factory):
-    return train_small_model(
-        distinct_preprocessed, tmp_path_factory.mktemp("image") / "model", "image_only", 1, 1e-3, tiny_bert_handle
+    return export_image_model(distinct_preprocessed, conftest.SMALL_MODEL_IMAGE_SIZE,
+                              tmp_path_factory.mktemp("image") / "model", tiny_bert_handle)
+
+
+@pytest.fixture(scope="module")
+def other_size_image_model(distinct_preprocessed, tiny_bert_handle, tmp_path_factory):
+    """The same image model at OTHER_IMAGE_SIZE, with the same products' records at that size (its own
+    preprocess run)."""
+    from components.preprocess.catalog import CatalogColumns
+    from components.preprocess.job import preprocess
+    from components.preprocess.transform import TransformOptions
+
+    root = tmp_path_factory.mktemp("other_size")
+    source = pathlib.Path(distinct_preprocessed.examples_dir).parent
+    options = TransformOptions(vocab_file=str(tiny_bert_handle / "assets" / "vocab.txt"),
+                               max_seq_length=conftest.SMALL_MODEL_SEQ_LENGTH, image_size=OTHER_IMAGE_SIZE)
+    preprocessed = preprocess(
+        catalog=str(source / "catalog.csv"), columns=CatalogColumns(label="articleType"), options=options,
+        examples_dir=str(root / "examples"), transform_graph_dir=str(root / "transform_graph"),
+        quarantine_file=str(root / "quarantine.jsonl"), metrics_file=str(root / "metrics.json"),
+        eval_fraction=0.25, beam_args=["--direct_running_mode=in_memory"],
     )
+    return preprocessed, export_image_model(preprocessed, OTHER_IMAGE_SIZE, root / "model", tiny_bert_handle)
+
+
+def test_a_served_model_of_another_image_size_sees_the_original_photos(
+    distinct_with_raw, image_model, other_size_image_model, tmp_path
+):
+    other_records, other_model = other_size_image_model
+    base = str(tmp_path / "serving")
+    push(other_model, base)
+    compared = evaluate_model(image_model, distinct_with_raw.examples_dir, distinct_with_raw.transform_graph_dir,
+                              served_model=newest_served_model(base))
+    # The served model scores on the raw eval products what it scores on its own records, made from
+    # the same original photos at its own size: the same products right, the same confidence.
+    own = evaluate_model(other_model, other_records.examples_dir, other_records.transform_graph_dir)
+    assert compared.served["examples"] == own.metrics["examples"] == compared.metrics["examples"]
+    assert compared.served["served_top1_accuracy"] == pytest.approx(own.metrics["top1_accuracy"])
+    assert compared.served["served_mean_top1_score"] == pytest.approx(own.calibration["mean_confidence"], rel=1e-4)
+    assert compared.served["candidate_top1_accuracy"] == pytest.approx(compared.metrics["top1_accuracy"])
+    assert compared.served["candidate_mean_top1_score"] == pytest.approx(compared.calibration["mean_confidence"], rel=1e-4)
+    # Not a check that always passes: fed the candidate's stored 32 px JPEGs, the served model's
+    # confidence moves far beyond that tolerance.
+    stored = {features.TITLE_KEY: tf.io.FixedLenFeature([], tf.string), features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
+    files = tf.io.gfile.glob(os.path.join(distinct_with_raw.examples_dir, features.EVAL_SPLIT, "*"))
+    batch = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1000).map(
+        lambda s: tf.io.parse_example(s, stored))))
+    upscaled = tf.saved_model.load(other_model).signatures[features.SERVING_SIGNATURE](
+        title=batch[features.TITLE_KEY], image_bytes=batch[features.IMAGE_KEY])
+    mean_upscaled = float(np.mean(upscaled[features.OUTPUT_SCORES_KEY].numpy()[:, 0]))
+    assert abs(mean_upscaled - compared.served["served_mean_top1_score"]) > 1e-3 * compared.served["served_mean_top1_score"]
+
+
+def test_a_served_model_without_raw_eval_examples_fails_in_one_line_naming_the_directory(
+    distinct_preprocessed, text_models, tmp_path
+):
+    examples = tmp_path / "examples"
+    shutil.copytree(distinct_preprocessed.examples_dir, examples, ignore=shutil.ignore_patterns(features.RAW_EXAMPLES_DIR))
+    base = str(tmp_path / "serving")
+    push(text_models["trained"], base)
+    expected = os.path.join(str(examples), features.RAW_EXAMPLES_DIR, features.EVAL_SPLIT)
+    with pytest.raises(ValueError, match="raw examples") as error:
+        evaluate_model(text_models["trained"], str(examples), distinct_preprocessed.transform_graph_dir,
+                       served_model=newest_served_model(base))
+    assert expected in str(error.value) and "\n" not in str(error.value)
 
 
 class _Page(html.parser.HTMLParser):
@@ -62,8 +194,9 @@ class _Page(html.parser.HTMLParser):
 
 
 def test_the_kfp_component_writes_metrics_confusion_matrix_table1_report_and_verdict(
-    distinct_preprocessed, text_models, image_model, tmp_path
+    distinct_with_raw, text_models, image_model, tmp_path
 ):
+    distinct_preprocessed = distinct_with_raw
     base = str(tmp_path / "serving")
     push(text_models["untrained"], base)  # what is served: the candidate must beat it
     out = tmp_path / "outputs"
