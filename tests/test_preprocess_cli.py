@@ -16,7 +16,7 @@ from components.preprocess.__main__ import main
 from components.preprocess.tokenizer import BertTokenizer
 from tests.conftest import FASHION_CATALOG, FASHION_DIR
 from common import features
-from trainer import encoders
+from components.preprocess.tokenizer import encoder_vocab_file
 
 MAX_SEQ_LENGTH = 16
 IMAGE_SIZE = 32
@@ -102,7 +102,7 @@ def test_cli_accounts_for_every_row_of_a_mixed_format_catalog(cli_run, sharded_c
     tft_output = tft.TFTransformOutput(str(out / "transform_graph"))
     vocabulary = [v.decode() for v in tft_output.vocabulary_by_name(features.LABEL_VOCABULARY_NAME)]
     spec = tft_output.transformed_feature_spec()
-    tokenizer = BertTokenizer(encoders.vocab_file(str(tiny_bert_handle)), MAX_SEQ_LENGTH)
+    tokenizer = BertTokenizer(encoder_vocab_file(str(tiny_bert_handle)), MAX_SEQ_LENGTH)
     train_counts, seen = {}, {}
     for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
         files = tf.io.gfile.glob(str(out / "examples" / split / "*"))
@@ -145,3 +145,20 @@ def test_cli_errors_are_one_line_and_come_before_any_work(cli_run, tmp_path, cap
     assert "already holds" in _one_line_error(capsys, argv)
     (tmp_path / "catalog.parquet").write_text("")
     assert "unknown format" in _one_line_error(capsys, [*argv[:1], str(tmp_path / "catalog.parquet"), *argv[2:]])
+    (tmp_path / "a-file").write_text("")
+    unwritable = [*argv[:5], str(tmp_path / "a-file" / "out"), *argv[6:]]
+    assert "a-file/out/examples cannot be written" in _one_line_error(capsys, unwritable)
+
+
+def test_a_failure_of_the_job_itself_is_one_line(tmp_path, capsys, caplog, tiny_bert_handle):
+    """A catalog shard that cannot be read part-way through (here /proc/self/mem, which fails with EIO
+    even for root) fails the job; the command says so in one line, Beam's logged traceback left out."""
+    (tmp_path / "part-0.csv").write_text("id,title,image,articleType\n1,Shirt,a.jpg,Shirts\n")
+    (tmp_path / "part-1.csv").symlink_to("/proc/self/mem")
+    argv = ["--catalog", str(tmp_path / "part-*"), "--label-column", "articleType", "--output-dir",
+            str(tmp_path / "out"), "--bert-handle", str(tiny_bert_handle), "--direct_running_mode=in_memory"]
+    err = _one_line_error(capsys, argv)
+    # In one process Beam re-raises the reader's CatalogError itself; from worker processes, a RuntimeError
+    # naming it ("error: the preprocess job failed: RuntimeError: CatalogError: ...").
+    assert "part-1.csv cannot be read: [Errno 5] Input/output error [while running 'Rows']" in err
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
 # Must precede the first `import tensorflow`, here and in the Beam worker processes (which inherit it).
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -19,7 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from components.preprocess import row_checks  # noqa: E402
 from components.preprocess.catalog import CatalogColumns, CatalogError, split_column_list  # noqa: E402
-from pipeline import cli, config  # noqa: E402
+from common import cli  # noqa: E402
+from common.params import local_params  # noqa: E402
 
 def _fraction(text: str) -> float:
     value = float(text)
@@ -36,7 +38,7 @@ def _positive(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    defaults = config.local_params()
+    defaults = local_params()
     p = argparse.ArgumentParser(
         prog="python -m components.preprocess",
         description="Catalog → validated, split, transformed TFRecords + transform graph, quarantine and metrics.",
@@ -61,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
                    help="larger images (by their header) are quarantined before decoding")
     p.add_argument("--runner", default="DirectRunner",
                    help="DirectRunner (one process per core), DataflowRunner, FlinkRunner or SparkRunner")
+    p.add_argument("--traceback", action="store_true", help="on a failure of the job, print the whole traceback too")
     return p
 
 
@@ -96,9 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     from components.preprocess.job import PreprocessError, format_counts
 
     try:
-        result = run(args, beam_args)
+        with cli.beam_tracebacks_dropped(not args.traceback):
+            result = run(args, beam_args)
     except (cli.UserError, CatalogError, PreprocessError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        # A bad row never gets here (it is quarantined); this is the job itself failing, e.g. a catalog
+        # file that cannot be read or an output that cannot be written part-way through.
+        if args.traceback:
+            traceback.print_exc()
+        print(f"error: the preprocess job failed: {cli.one_line(e)} (--traceback shows where)", file=sys.stderr)
         return 1
     print(format_counts(result.metrics))
     print(f"examples: {result.examples_dir}\ntransform graph: {result.transform_graph_dir}")
