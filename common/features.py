@@ -12,6 +12,17 @@ TITLE_KEY = "title"
 IMAGE_BYTES_KEY = "image_bytes"  # encoded JPEG/PNG/GIF/BMP/WebP bytes, any size
 LABEL_KEY = "label"  # the category string, whatever the catalog's column is called
 
+# A catalog's columns unless a command or the pipeline names others (the label column has no default),
+# and what joins the title and each extra text column: the model's text is that join.
+DEFAULT_ID_COLUMN = "id"
+DEFAULT_TITLE_COLUMN = "title"
+DEFAULT_IMAGE_COLUMN = "image"
+DEFAULT_TEXT_SEPARATOR = " | "
+# Larger images (by their header) are quarantined before decoding: a decompression bomb is tiny on disk.
+DEFAULT_MAX_IMAGE_PIXELS = 20_000_000
+# The share of products in the eval split, by a hash of the id.
+DEFAULT_EVAL_FRACTION = 0.2
+
 # Transformed features: outputs of the transform graph, inputs of the model.
 INPUT_WORD_IDS_KEY = "input_word_ids"  # the TF-Hub BERT encoder's input dict
 INPUT_MASK_KEY = "input_mask"
@@ -49,6 +60,17 @@ OUTPUT_TEXT_WEIGHT_KEY = "text_weight"
 OUTPUT_IMAGE_WEIGHT_KEY = "image_weight"
 OUTPUT_NEEDS_REVIEW_KEY = "needs_review"  # [batch] bool: top-1 score below the model's review threshold
 DEFAULT_TOP_K = 5
+
+# Batch prediction: its record's fields besides ID_KEY, LABEL_KEY and the signature's outputs, the
+# formats of its files (JSON Lines, or Parquet for a data warehouse), and products per call of the
+# signature (TF Serving's max_batch_size in k8s/ is 32; offline there is no latency to keep, and a
+# larger batch spreads the per-call cost further).
+MODEL_VERSION_FIELD = "model_version"
+MODEL_FIELD = "model"
+JSONL = "jsonl"
+PARQUET = "parquet"
+PREDICTION_FORMATS = (JSONL, PARQUET)
+DEFAULT_BATCH_SIZE = 64
 
 # The paper's text encoder (BERT-base uncased), the production default of every BERT handle.
 PAPER_BERT_HANDLE = "https://tfhub.dev/tensorflow/bert_en_uncased_L-12_H-768_A-12/4"

@@ -39,33 +39,26 @@ from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptio
 
 from common import features
 from common.metrics import TOP_K, ClassCounts
-from components.batch_predict import (
+from common.features import (
     DEFAULT_BATCH_SIZE,
-    FORMATS,
-    JSONL,
-    METRICS_FILE,
-    PARQUET,
-    PREDICTIONS_DIR,
-    QUARANTINE_FILE,
-)
-from components.batch_predict.model import ServingModel, ServingModelHandler, resolve
-from components.preprocess import row_checks
-from components.preprocess.catalog import (
     DEFAULT_ID_COLUMN,
     DEFAULT_IMAGE_COLUMN,
+    DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_TEXT_SEPARATOR,
     DEFAULT_TITLE_COLUMN,
-    CatalogColumns,
-    CatalogRow,
-    check_catalog,
-    read_rows,
+    JSONL,
+    MODEL_FIELD,
+    MODEL_VERSION_FIELD,
+    PARQUET,
+    PREDICTION_FORMATS,
 )
+from components.batch_predict import METRICS_FILE, PREDICTIONS_DIR, QUARANTINE_FILE
+from components.batch_predict.model import ServingModel, ServingModelHandler, resolve
+from components.preprocess import row_checks
+from components.preprocess.catalog import CatalogColumns, CatalogRow, check_catalog, read_rows
 
 _SUFFIXES = {JSONL: ".jsonl", PARQUET: ".parquet"}
 SHARD_PREFIX = "part"
-# The prediction records' own fields, besides the signature's outputs and the raw ID_KEY / LABEL_KEY.
-MODEL_VERSION_FIELD = "model_version"
-MODEL_FIELD = "model"
 # Where the name → class id map of the metrics comes from (metrics.json says which).
 FROM_MODEL_VOCABULARY = "model_vocabulary"
 FROM_LABELS_SEEN = "labels_seen"
@@ -141,8 +134,8 @@ def prediction_pattern(predictions_dir: str) -> str:
 def check_outputs(predictions_dir: str, output_format: str, *other_dirs: str) -> None:
     """Raises BatchPredictError unless the format is known and the output directories can be written
     and hold no earlier predictions."""
-    if output_format not in FORMATS:
-        raise BatchPredictError(f"output format {output_format!r}: expected one of {', '.join(FORMATS)}")
+    if output_format not in PREDICTION_FORMATS:
+        raise BatchPredictError(f"output format {output_format!r}: expected one of {', '.join(PREDICTION_FORMATS)}")
     # Shards of an earlier run would be read as part of this one.
     if FileSystems.match([prediction_pattern(predictions_dir)])[0].metadata_list:
         raise BatchPredictError(f"{predictions_dir} already holds predictions: write to a new directory")
@@ -310,7 +303,7 @@ def predict_catalog(
     output_format: str = JSONL,
     batch_size: int = DEFAULT_BATCH_SIZE,
     large_model: bool = False,
-    max_image_pixels: int = row_checks.DEFAULT_MAX_IMAGE_PIXELS,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     beam_args: Sequence[str] = (),
     temp_dir: str | None = None,
 ) -> BatchPredictResult:
