@@ -18,15 +18,18 @@ import platform
 import sys
 import time
 
-from pipeline import cli, config
+from common import console
+from common.params import local_params
+from pipeline import cli
 
 RESULTS_MARKDOWN = "results.md"
 RESULTS_JSON = "results.json"
 PREPROCESS_DIR = "preprocess"
+LOG_FILE = os.path.join("logs", "benchmark.log")
 
 
 def register(commands) -> None:
-    local = config.local_params()
+    local = local_params()
     parser = commands.add_parser("benchmark", help="reproduce the paper's Tables 1-3 on a catalog")
     parser.add_argument("--catalog", required=True)
     parser.add_argument("--label-column", required=True)
@@ -53,17 +56,19 @@ def register(commands) -> None:
     parser.add_argument("--image-variant", default=local.image_variant)
     parser.add_argument("--image-size", type=int, default=224, help="the paper's EfficientNet-B0 input")
     parser.add_argument("--max-seq-length", type=int, default=64)
-    parser.add_argument("--text-top-blocks", type=int, default=_model_default("text_top_blocks"))
-    parser.add_argument("--image-top-blocks", type=int, default=_model_default("image_top_blocks"))
-    cli.add_head_flags(parser)
     parser.add_argument("--beam-arg", dest="beam_args", action="append", default=[], help="a Beam pipeline option")
+    parser.add_argument("--verbose", action="store_true", help="print every library's output too, not only progress")
     parser.set_defaults(func=main)
 
 
-def _model_default(name: str):
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags whose defaults are the trainer's (ModelConfig, HeadConfig): they import TensorFlow, tens
+    of seconds, so they are added only when the benchmark is the command being run (pipeline/__main__.py)."""
     from trainer.model import ModelConfig
 
-    return getattr(ModelConfig(), name)
+    parser.add_argument("--text-top-blocks", type=int, default=ModelConfig().text_top_blocks)
+    parser.add_argument("--image-top-blocks", type=int, default=ModelConfig().image_top_blocks)
+    cli.add_head_flags(parser)
 
 
 def _ablation():
@@ -80,10 +85,19 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 
 
 def main(args: argparse.Namespace) -> None:
+    cli.check_local_inputs(args.catalog, args.bert_handle, args.image_weights)
+    # From here TensorFlow is imported, whose C++ logs go to the log with the rest.
+    with console.quiet(os.path.join(args.out, LOG_FILE), args.verbose):
+        summary, markdown = run_benchmark(args, *_configs(args))
+    print(markdown)
+    print(f"wrote {os.path.join(args.out, RESULTS_MARKDOWN)} and {os.path.join(args.out, RESULTS_JSON)}")
+
+
+def _configs(args: argparse.Namespace):
+    """(AblationConfig, ModelConfig) of the command line; flags not given take AblationConfig's defaults."""
     from trainer.model import ModelConfig
 
     ablation = _ablation()
-    cli.check_local_inputs(args.catalog, args.bert_handle, args.image_weights)
     try:
         given = {
             "learning_rates": args.learning_rates and _floats(args.learning_rates, "--learning-rates"),
@@ -116,9 +130,7 @@ def main(args: argparse.Namespace) -> None:
         )
     except ValueError as e:
         raise cli.UserError(str(e)) from None
-    summary, markdown = run_benchmark(args, ablation_config, model_config)
-    print(markdown)
-    print(f"wrote {os.path.join(args.out, RESULTS_MARKDOWN)} and {os.path.join(args.out, RESULTS_JSON)}")
+    return ablation_config, model_config
 
 
 def _preprocess(args: argparse.Namespace, model_config, out: str) -> dict:
@@ -151,8 +163,11 @@ def run_benchmark(args: argparse.Namespace, ablation_config, model_config) -> tu
     ablation = _ablation()
     out = os.path.abspath(args.out)
     started = time.monotonic()
+    console.progress("preprocess", "started")
     preprocess_metrics = _preprocess(args, model_config, out)
     seconds = {"preprocess": time.monotonic() - started}
+    console.progress("preprocess", preprocess_job.format_counts(preprocess_metrics))
+    console.progress("preprocess", f"finished in {seconds['preprocess']:.0f} s")
     examples_dir = os.path.join(out, PREPROCESS_DIR, preprocess_job.EXAMPLES_DIR)
     transform_graph_dir = os.path.join(out, PREPROCESS_DIR, preprocess_job.TRANSFORM_GRAPH_DIR)
     raw = ablation.run_ablation(out, examples_dir, transform_graph_dir, model_config, ablation_config,

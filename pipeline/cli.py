@@ -1,27 +1,13 @@
-"""What every command of `python -m pipeline` shares: one-line user errors, the config file and its
-overrides, and the pipeline flags."""
+"""What every command of `python -m pipeline` shares: one-line user errors (common/cli.py), the config
+file and its overrides, and the pipeline parameters' flags."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
-import os
 
+from common import params as declared
+from common.cli import UserError, check_local_inputs  # noqa: F401 (the commands' names for them)
 from pipeline import config
-
-
-class UserError(Exception):
-    """An error the user can fix; printed as one line, without a traceback."""
-
-
-def check_local_inputs(catalog: str = "", bert_handle: str = "", image_weights: str | None = "") -> None:
-    """Local paths given to a command exist (URIs and "imagenet" are left to the loaders; an empty
-    argument is not checked)."""
-    for name, path in (("--bert-handle", bert_handle), ("--image-weights", image_weights)):
-        if path and "://" not in path and path != "imagenet" and not os.path.exists(path):
-            raise UserError(f"{name} {path} does not exist: run scripts/setup_encoders.sh (see README)")
-    if catalog and "://" not in catalog and not glob.glob(catalog):
-        raise UserError(f"catalog {catalog} does not exist")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, default_config: str | None) -> None:
@@ -45,13 +31,15 @@ def add_config_flags(parser: argparse.ArgumentParser, default_config: str | None
 def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of the commands that target a cluster (compile, submit)."""
     add_config_flags(parser, str(config.DEFAULT_CONFIG))
+    names = ", ".join(f.name for f in dataclasses.fields(declared.PipelineParams))
     parser.add_argument(
         "--param",
         dest="params",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a pipeline parameter, e.g. catalog=gs://b/catalog.jsonl or epochs=20 (repeatable)",
+        help="a pipeline parameter, e.g. catalog=gs://b/catalog.jsonl or epochs=20 (repeatable); the training "
+        f"pipeline's: {names}; the batch pipeline's: see common/params.py",
     )
     parser.add_argument("--image-tag", help="the tag of both images (overrides images.tag)")
     parser.add_argument("--pipeline-root", help="where the run's artifacts go, e.g. gs://BUCKET/pipeline_root")
@@ -74,27 +62,33 @@ def load_config(args: argparse.Namespace, base: config.Config | None = None) -> 
     return cfg
 
 
-def add_param_flags(parser: argparse.ArgumentParser, defaults: config.PipelineParams) -> None:
-    """One flag per pipeline parameter (`--epochs`, `--fusion`, ...); a flag not given leaves the
-    config's value (or `defaults`, shown in the help) in place."""
-    parser.add_argument("--catalog", default=argparse.SUPPRESS, help="CSV or JSON Lines catalog (path or tf.io.gfile URI)")
-    parser.add_argument("--label-column", default=argparse.SUPPRESS, help="the catalog column holding the category")
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_param_flags(parser: argparse.ArgumentParser, defaults: declared.PipelineParams, skip=()) -> None:
+    """One flag per pipeline parameter (`--epochs`, `--fusion`, `--beam-arg` for beam_args, ...), with
+    its declared help; a flag not given leaves the config's value (or `defaults`, shown in the help) in
+    place."""
     for field in dataclasses.fields(defaults):
-        if field.name in ("catalog", "label_column", "serving_base", "beam_args"):
+        if field.name in skip:
             continue
         default = getattr(defaults, field.name)
-        flag = "--" + field.name.replace("_", "-")
-        if isinstance(default, bool):  # --frozen-encoders / --no-frozen-encoders
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=f"default: {default!r}")
-            continue
-        parser.add_argument(flag, type=type(default), default=argparse.SUPPRESS, help=f"default: {default!r}")
-    parser.add_argument(
-        "--beam-arg", dest="beam_args", action="append", default=argparse.SUPPRESS, help="a Beam pipeline option"
-    )
+        help = field.metadata["help"].replace("%", "%%")  # argparse %-formats help texts
+        if isinstance(default, list):  # repeatable: --beam-arg=--runner=DataflowRunner --beam-arg=...
+            parser.add_argument(flag(field.name.removesuffix("s")), dest=field.name, action="append",
+                                default=argparse.SUPPRESS, help=f"{help} (repeatable)")
+        elif isinstance(default, bool):  # --frozen-encoders / --no-frozen-encoders
+            parser.add_argument(flag(field.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=f"{help} (default: {default!r})")
+        elif field.metadata["required"] and not default:
+            parser.add_argument(flag(field.name), type=type(default), default=argparse.SUPPRESS, help=help)
+        else:
+            parser.add_argument(flag(field.name), type=type(default), default=argparse.SUPPRESS,
+                                help=f"{help} (default: {default!r})")
 
 
-def params_from_args(args: argparse.Namespace, defaults: config.PipelineParams) -> config.PipelineParams:
+def params_from_args(args: argparse.Namespace, defaults: declared.PipelineParams) -> declared.PipelineParams:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(defaults) if hasattr(args, f.name)}
     return dataclasses.replace(defaults, **values)
 

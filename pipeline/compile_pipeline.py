@@ -3,13 +3,15 @@
 `--pipeline training` (default): preprocess → train → evaluate → push; the config's parameters become
 the spec's parameter defaults (a run may override each). `--pipeline batch-predict`: hanet-batch-predict
 (pipeline/batch_pipeline.py), whose parameters are BatchPredictParams (`--param model_dir=...`); it
-takes the config's images, task settings (those of evaluate), pipeline root and caching switch.
+takes the config's images, task settings (tasks.batch_predict), pipeline root and caching switch.
 Images, task resources, node placement, retries, caching and the pipeline root are fixed in the spec.
 """
 from __future__ import annotations
 
 import argparse
 
+from common import params as declared
+from common.params import BatchPredictParams
 from pipeline import cli, config
 
 TRAINING = "training"
@@ -41,8 +43,6 @@ def load(args: argparse.Namespace):
     if getattr(args, "pipeline", TRAINING) == TRAINING:
         cfg = cli.load_config(args)
         return cfg, cfg.params
-    from pipeline.batch_pipeline import BatchPredictParams
-
     cfg = cli.load_config(argparse.Namespace(**{**vars(args), "params": []}))
     try:
         params = config.with_overrides(BatchPredictParams(), args.params)
@@ -51,46 +51,32 @@ def load(args: argparse.Namespace):
     return cfg, params
 
 
-def compile_pipeline(cfg: config.Config, output: str) -> str:
-    from kfp import compiler
+def create(pipeline: str, cfg: config.Config):
+    """The chosen pipeline of containerized components, with the deployment's task settings and root."""
+    from pipeline import kfp_components
 
-    from components import kfp_components
-    from pipeline.pipeline import create_pipeline
-
-    components = kfp_components.containerized(cfg.images.component_image, cfg.images.trainer_image)
-    try:
-        pipeline = create_pipeline(components, cfg.task_settings(), cfg.pipeline_root)
-    except config.ConfigError as e:
-        raise cli.UserError(str(e)) from None
-    compiler.Compiler().compile(pipeline, output, pipeline_parameters=cfg.params.as_arguments())
-    return output
-
-
-def compile_batch_pipeline(cfg: config.Config, params, output: str) -> str:
-    """The spec of hanet-batch-predict, `params` (BatchPredictParams) as its parameter defaults."""
-    from kfp import compiler
-
-    from components import kfp_components
-    from pipeline.batch_pipeline import create_batch_pipeline
-
-    components = kfp_components.containerized(cfg.images.component_image, cfg.images.trainer_image)
-    try:
-        pipeline = create_batch_pipeline(components, cfg.task_settings(), cfg.pipeline_root)
-    except config.ConfigError as e:
-        raise cli.UserError(str(e)) from None
-    compiler.Compiler().compile(pipeline, output, pipeline_parameters=params.as_arguments())
-    return output
-
-
-def compile_chosen(pipeline: str, cfg: config.Config, params, output: str) -> str:
     if pipeline == BATCH_PREDICT:
-        return compile_batch_pipeline(cfg, params, output)
-    return compile_pipeline(cfg, output)
+        from pipeline.batch_pipeline import create_batch_pipeline as create_chosen
+    else:
+        from pipeline.training_pipeline import create_training_pipeline as create_chosen
+    components = kfp_components.containerized(cfg.images.component_image, cfg.images.trainer_image)
+    try:
+        return create_chosen(components, cfg.task_settings(), cfg.pipeline_root)
+    except config.ConfigError as e:
+        raise cli.UserError(str(e)) from None
+
+
+def compile_spec(pipeline: str, cfg: config.Config, params: declared.Params, output: str) -> str:
+    """Writes the spec of the chosen pipeline to `output`, `params` as its parameters' defaults."""
+    from kfp import compiler
+
+    compiler.Compiler().compile(create(pipeline, cfg), output, pipeline_parameters=params.as_arguments())
+    return output
 
 
 def main(args: argparse.Namespace) -> None:
     cfg, params = load(args)
-    output = compile_chosen(args.pipeline, cfg, params, args.output or DEFAULT_OUTPUTS[args.pipeline])
+    output = compile_spec(args.pipeline, cfg, params, args.output or DEFAULT_OUTPUTS[args.pipeline])
     images = cfg.images.component_image if args.pipeline == BATCH_PREDICT else (
         f"{cfg.images.component_image}, {cfg.images.trainer_image}"
     )

@@ -1,6 +1,6 @@
-"""The pipeline's parameters, with production defaults and the small local defaults of run-local;
-and the deployment around them (images, per-task resources and node pools, caching, pipeline root),
-read from one YAML file (config/pipeline.yaml) and overridden by flags.
+"""The deployment of the pipelines: their parameters' defaults (common/params.py declares them), images,
+per-task resources and node pools, caching and the pipeline root, read from one YAML file
+(config/pipeline.yaml) and overridden by flags.
 """
 from __future__ import annotations
 
@@ -11,112 +11,11 @@ import typing
 
 import yaml
 
-from components.preprocess.catalog import (
-    DEFAULT_ID_COLUMN,
-    DEFAULT_IMAGE_COLUMN,
-    DEFAULT_TEXT_SEPARATOR,
-    DEFAULT_TITLE_COLUMN,
-)
-from common import features
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-PRETRAINED_DIR = pathlib.Path(os.environ.get("HANET_PRETRAINED_DIR", REPO_ROOT / "pretrained"))
-
-
-@dataclasses.dataclass
-class PipelineParams:
-    """Exactly the parameters of `hanet_pipeline`; production defaults (the paper's settings)."""
-
-    catalog: str = ""
-    label_column: str = ""
-    serving_base: str = ""
-    bert_handle: str = features.PAPER_BERT_HANDLE
-    image_weights: str = "imagenet"
-    image_variant: str = "b0"
-    fusion: str = "hanet"
-    # The text model and the fusion: AdamW, 10% warm-up (trainer/recipe.py).
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float = 2e-5
-    # f_t: BERT's "pooled" output (the paper's), or the "mean" of its token outputs (trainer/model.py).
-    text_pooling: str = "pooled"
-    # The image model: SGD, lr divided by 10 every image_lr_decay_epochs.
-    image_epochs: int = 90
-    image_batch_size: int = 512
-    image_learning_rate: float = 0.1
-    image_lr_decay_epochs: int = 30
-    # What of the encoders trains: "full" (end to end, the paper's), "top" (their last blocks, on cached
-    # lower layers), "frozen" (heads only, on cached features); see README, Training.
-    tune: str = "full"
-    text_top_blocks: int = 1
-    image_top_blocks: int = 1
-    # tune "top": the first phase of every stage, its head alone on fixed features (AdamW).
-    head_epochs: int = 30
-    head_learning_rate: float = 1e-2
-    # Carved out of the train split by a hash of the id: early stopping and calibration.
-    validation_fraction: float = 0.125
-    patience: int = 0  # early stopping after this many epochs without validation progress (0: off)
-    init_from_unimodal: bool = True
-    mixed_precision: bool = True  # on GPUs only
-    backup_every_steps: int = 0  # 0: back up the training state at every epoch's end
-    image_size: int = 224
-    max_seq_length: int = 64
-    eval_fraction: float = 0.2
-    # The catalog's columns (the label's is label_column); extra_text_columns: comma-separated, each
-    # appended to the title after text_separator.
-    id_column: str = DEFAULT_ID_COLUMN
-    title_column: str = DEFAULT_TITLE_COLUMN
-    image_column: str = DEFAULT_IMAGE_COLUMN
-    extra_text_columns: str = ""
-    text_separator: str = DEFAULT_TEXT_SEPARATOR
-    # Labels seen fewer times in train share the out-of-vocabulary bucket.
-    label_min_count: int = 1
-    accuracy_threshold: float = 0.5
-    # The gate also refuses a candidate whose top-1 is more than this below the served model's.
-    accuracy_tolerance: float = 0.01
-    # Versions kept under SERVING_BASE/MODEL_NAME after a push (0: all); older ones are removed.
-    keep_versions: int = 5
-    beam_args: list = dataclasses.field(default_factory=list)
-    model_name: str = features.MODEL_NAME
-
-    def as_arguments(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def local_params() -> PipelineParams:
-    """Defaults of run-local: a few hundred products train in minutes on 2 CPU cores.
-
-    The encoders are the local stand-ins built by scripts/setup_encoders.sh from registry packages
-    (no hub is reachable): MiniLM-L6 converted to the TF-Hub BERT format, EfficientNet-Lite0 ImageNet.
-    """
-    return PipelineParams(
-        bert_handle=str(PRETRAINED_DIR / "bert_minilm_l6"),
-        image_weights=str(PRETRAINED_DIR / "efficientnet_lite0_imagenet.h5"),
-        image_variant="lite0",
-        # Frozen encoders: one forward pass per product, then heads train in seconds on a CPU; heads
-        # start from scratch, so they take a larger learning rate than fine-tuning's 2e-5.
-        tune="frozen",
-        patience=5,
-        epochs=20,
-        batch_size=32,
-        learning_rate=2e-2,
-        # MiniLM was trained with mean pooling and ships no pooler (its pooled output is random).
-        text_pooling="mean",
-        image_epochs=20,
-        image_batch_size=32,
-        image_learning_rate=0.05,
-        image_lr_decay_epochs=15,
-        image_size=96,
-        max_seq_length=32,
-        accuracy_threshold=0.0,
-    )
-
-
-# ---- The deployment: config/pipeline.yaml ----------------------------------------------------
+from common import params as declared
+from common.params import REPO_ROOT, PipelineParams
 
 DEFAULT_CONFIG = REPO_ROOT / "config" / "pipeline.yaml"
-# Parameters without a usable default: a run needs them from the config or from --param.
-REQUIRED_PARAMS = ("catalog", "label_column", "serving_base")
+REQUIRED_PARAMS = declared.required(PipelineParams)
 TOLERATION_OPERATORS = ("Equal", "Exists")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
@@ -129,7 +28,7 @@ class ConfigError(ValueError):
 class Images:
     """The two container images built from images/: repositories (with the registry, no tag) and one tag."""
 
-    component: str = "hanet-components"  # CPU: preprocess, evaluate, push
+    component: str = "hanet-components"  # CPU: preprocess, evaluate, push, batch_predict
     trainer: str = "hanet-trainer"  # CUDA: train
     tag: str = "latest"
 
@@ -191,11 +90,15 @@ class Tasks:
     evaluate: TaskSettings = dataclasses.field(default_factory=TaskSettings)
     # Never cached by default: a cache hit would report a push without writing to the serving base.
     push: TaskSettings = dataclasses.field(default_factory=lambda: TaskSettings(caching=False))
+    # The batch prediction pipeline's one task; never cached by default: a recurring run reads the same
+    # catalog URI with new contents.
+    batch_predict: TaskSettings = dataclasses.field(default_factory=lambda: TaskSettings(caching=False))
 
 
 @dataclasses.dataclass
 class Config:
-    """One deployment of the pipeline: the parameters' defaults, images and task settings."""
+    """One deployment of the pipelines: the training pipeline's parameter defaults (the batch pipeline's
+    come from --param only: one deployment serves many catalogs and models), images and task settings."""
 
     params: PipelineParams = dataclasses.field(default_factory=PipelineParams)
     images: Images = dataclasses.field(default_factory=Images)

@@ -1,11 +1,20 @@
-"""Thin KFP shells around the stage functions: typed artifacts in and out, a few lines of glue.
+"""The KFP component shells around the stage functions: typed artifacts in and out, a few lines of glue.
 
-Each body imports the real stage from this project (copied into the container images of images/,
+Pipeline glue, not stage logic, so here in pipeline/ and not in components/: the train shell calls the
+trainer, evaluate's calls the evaluate stage and push's the push stage, which a stage package does not
+do. Each body imports the real stage from this project (copied into the container images of images/,
 on the PYTHONPATH under kfp.local), so the logic lives and is tested in plain Python modules.
+
+Their arguments are common/params.py's parameters, spelled out because KFP inlines a lightweight
+component's source and the executor reads the function's own signature; tests/test_pipeline_params.py
+fails on an argument that is not declared there with the same type. Their summaries are progress lines
+(`[preprocess] rows in: ...`, common/console.py), which run-local shows and the pod log keeps.
 
 The shells are plain functions; `containerized()` and `lightweight()` at the end make the KFP
 components of them. A cluster runs containerized components: `python3 -m kfp.dsl.executor_main` in
-this project's image, which finds the function through the image's kfp_config.ini. kfp.local's
+this project's image, which finds the function through the image's kfp_config.ini and loads this file
+as the top-level module `kfp_components` with pipeline/ first on sys.path (so no module of pipeline/
+may be named after a package the shells import: components, trainer, common, kfp). kfp.local's
 SubprocessRunner refuses those, so run-local uses lightweight ones (the function's source inlined in
 the command). Both forms run the same function. No `from __future__ import annotations` here: the
 executor reads the annotations as types.
@@ -42,6 +51,7 @@ def preprocess(
     and the labels only in eval or below the min count; `metrics`: the counts, for the UI."""
     import tensorflow as tf
 
+    from common.console import progress
     from components.preprocess import job
     from components.preprocess.catalog import CatalogColumns, split_column_list
     from components.preprocess.transform import TransformOptions
@@ -75,7 +85,7 @@ def preprocess(
     tf.io.gfile.copy(result.label_vocabulary_file, location(label_vocabulary), overwrite=True)
     label_vocabulary.metadata["size"] = result.metrics["label_vocabulary_size"]
     quarantine.metadata["rows"] = sum(result.metrics["quarantined"].values())
-    print(job.format_counts(result.metrics))
+    progress("preprocess", job.format_counts(result.metrics))
     metrics.log_metric("rows_in", result.metrics["rows_in"])
     for split, n in result.metrics["kept"].items():
         metrics.log_metric(f"kept_{split}", n)
@@ -199,6 +209,7 @@ def evaluate(
     import json
     import os
 
+    from common.console import progress
     from components.evaluate import evaluate_model, gate
     from components.evaluation_report import render_html
     from components.push import newest_served_model
@@ -224,8 +235,8 @@ def evaluate(
         blessing.metadata["served_version"] = served[0]
     with open(blessing.path, "w") as f:
         json.dump({"blessed": verdict.blessed, "reason": verdict.reason, **evaluation.summary()}, f, indent=2)
-    print("evaluation: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.scalars().items()))
-    print(f"gate: {'blessed' if verdict.blessed else 'not blessed'}: {verdict.reason}")
+    progress("evaluate", ", ".join(f"{k} {v:.4g}" for k, v in evaluation.scalars().items()))
+    progress("evaluate", f"gate: {'blessed' if verdict.blessed else 'not blessed'}: {verdict.reason}")
     return verdict.blessed
 
 
@@ -234,12 +245,13 @@ def push(
 ) -> str:
     """Copies the blessed model to SERVING_BASE/MODEL_NAME/<next version>/; keeps the newest
     `keep_versions` versions (0: all)."""
+    from common.console import progress
     from components.push import push as run
 
     version_dir = run(model.path, serving_base, model_name, keep_versions=keep_versions)
     pushed_model.uri = version_dir
     pushed_model.metadata["version"] = int(version_dir.rstrip("/").rsplit("/", 1)[-1])
-    print(f"pushed {model.path} to {version_dir}")
+    progress("push", f"pushed {model.path} to {version_dir}")
     return version_dir
 
 
@@ -267,6 +279,7 @@ def batch_predict(
     whose newest version is taken, or a model artifact's URI). `predictions`: the sharded records;
     `quarantine`: the rejected rows; `report`: metrics.json; `metrics` and `summary` (HTML): the
     counts, the predicted classes and, with `label_column`, the figures, for the UI."""
+    from common.console import progress
     from components.batch_predict import job
     from components.batch_predict.summary import render_html
     from components.preprocess.catalog import split_column_list
@@ -302,7 +315,7 @@ def batch_predict(
     quarantine.metadata["rows"] = sum(counts["quarantined"].values())
     with open(summary.path, "w") as f:
         f.write(render_html(counts))
-    print(job.format_counts(counts))
+    progress("batch_predict", job.format_counts(counts))
     metrics.log_metric("rows_in", counts["rows_in"])
     metrics.log_metric("predicted", counts["predicted"])
     for reason, n in counts["quarantined"].items():

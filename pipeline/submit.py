@@ -29,6 +29,7 @@ import warnings
 
 import yaml
 
+from common import params as declared
 from pipeline import cli, config
 
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
@@ -85,18 +86,17 @@ def main(args: argparse.Namespace) -> None:
     # BatchPredictParams).
     arguments = {name: getattr(params, name) for name in (p.partition("=")[0] for p in args.params)}
     if batch:
-        from pipeline.batch_pipeline import PIPELINE_NAME, REQUIRED_PARAMS
+        from pipeline.batch_pipeline import PIPELINE_NAME
     else:
-        from pipeline.pipeline import PIPELINE_NAME
-        from pipeline.config import REQUIRED_PARAMS
+        from pipeline.training_pipeline import PIPELINE_NAME
     with tempfile.TemporaryDirectory() as tmp:
         if args.package:
             package = args.package
         else:
             output = os.path.join(tmp, compile_pipeline.DEFAULT_OUTPUTS[args.pipeline])
-            package = compile_pipeline.compile_chosen(args.pipeline, cfg, params, output)
+            package = compile_pipeline.compile_spec(args.pipeline, cfg, params, output)
         # The batch pipeline's parameters are not in the config file: --param only.
-        _check_required_params(package, arguments, REQUIRED_PARAMS, config_hint=not batch)
+        _check_required_params(package, arguments, declared.required(type(params)), config_hint=not batch)
         submitted = submit(
             host,
             package,
@@ -167,7 +167,7 @@ def submit(
     """Uploads `package` as a version of the pipeline `pipeline_name` (default: the training pipeline's)
     and starts a run of it, or with `schedule` (a KFP cron) creates a recurring run; returns the ids."""
     if pipeline_name is None:
-        from pipeline.pipeline import PIPELINE_NAME as pipeline_name
+        from pipeline.training_pipeline import PIPELINE_NAME as pipeline_name
 
     with _api_errors(host, "connecting"):
         client = _client(host, namespace)

@@ -9,6 +9,7 @@ import pathlib
 import pytest
 import yaml
 
+from common.params import BatchPredictParams
 from pipeline import batch_pipeline, config
 from pipeline.__main__ import main
 from tests.test_pipeline_spec import compile_spec
@@ -45,16 +46,24 @@ def test_one_task_in_the_component_image_running_the_batch_predict_shell(shipped
     assert "accelerator" not in container["resources"] and not platform
 
 
-def test_the_task_has_the_evaluate_tasks_resources_and_is_never_cached(shipped):
+def test_the_task_has_its_own_settings_and_is_never_cached(shipped):
     spec, _ = shipped
-    evaluate = config.load(config.DEFAULT_CONFIG).tasks.evaluate
+    settings = config.load(config.DEFAULT_CONFIG).tasks.batch_predict
     resources = executor(spec)["resources"]
-    assert resources["resourceCpuRequest"] == evaluate.cpu_request and evaluate.cpu_request
-    assert resources["resourceCpuLimit"] == evaluate.cpu_limit
-    assert resources["resourceMemoryRequest"] == evaluate.memory_request
-    assert resources["resourceMemoryLimit"] == evaluate.memory_limit
+    assert resources["resourceCpuRequest"] == settings.cpu_request and settings.cpu_request
+    assert resources["resourceCpuLimit"] == settings.cpu_limit
+    assert resources["resourceMemoryRequest"] == settings.memory_request
+    assert resources["resourceMemoryLimit"] == settings.memory_limit
     # A recurring run reads the same catalog URI with new contents: a cache hit would be stale.
+    assert not settings.caching and not config.Tasks().batch_predict.caching
     assert not spec["root"]["dag"]["tasks"]["batch-predict"]["cachingOptions"].get("enableCache", False)
+
+
+def test_the_batch_tasks_settings_are_not_the_evaluate_tasks(tmp_path):
+    spec, _ = compile_spec(tmp_path, "--pipeline", "batch-predict", "--set", "tasks.evaluate.memory_limit=64Gi",
+                           "--set", "tasks.batch_predict.caching=true")
+    assert executor(spec)["resources"]["resourceMemoryLimit"] != "64Gi"
+    assert spec["root"]["dag"]["tasks"]["batch-predict"]["cachingOptions"]["enableCache"] is True
 
 
 def test_outputs_are_typed_artifacts_and_the_ui_gets_metrics_and_the_summary(shipped):
@@ -71,9 +80,9 @@ def test_outputs_are_typed_artifacts_and_the_ui_gets_metrics_and_the_summary(shi
 def test_the_parameters_are_exactly_batch_predict_params_wired_to_the_task(shipped):
     spec, _ = shipped
     parameters = spec["root"]["inputDefinitions"]["parameters"]
-    fields = {f.name for f in dataclasses.fields(batch_pipeline.BatchPredictParams)}
+    fields = {f.name for f in dataclasses.fields(BatchPredictParams)}
     assert set(parameters) == fields
-    for name, value in dataclasses.asdict(batch_pipeline.BatchPredictParams()).items():
+    for name, value in dataclasses.asdict(BatchPredictParams()).items():
         assert parameters[name]["defaultValue"] == value, name
     wiring = spec["root"]["dag"]["tasks"]["batch-predict"]["inputs"]["parameters"]
     assert wiring == {name: {"componentInputParameter": name} for name in fields}
@@ -86,7 +95,7 @@ def test_params_and_settings_per_compile(tmp_path):
         tmp_path, "--pipeline", "batch-predict",
         "--param", "model_dir=gs://shop/serving/hanet", "--param", "top_k=3", "--param", "output_format=parquet",
         "--param", "beam_args=[--runner=DataflowRunner, --region=europe-west4]",
-        "--set", "tasks.evaluate.memory_limit=32Gi", "--pipeline-root", "gs://shop/root",
+        "--set", "tasks.batch_predict.memory_limit=32Gi", "--pipeline-root", "gs://shop/root",
     )
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert parameters["model_dir"]["defaultValue"] == "gs://shop/serving/hanet"
@@ -119,14 +128,14 @@ def _kfp_config_components() -> dict:
 
 
 def test_the_shell_is_a_top_level_function_of_kfp_components():
-    module = REPO / "components" / "kfp_components.py"
+    module = REPO / "pipeline" / "kfp_components.py"
     assert "batch_predict" in {node.name for node in ast.parse(module.read_text()).body if isinstance(node, ast.FunctionDef)}
 
 
 def test_the_images_kfp_config_names_the_shell(shipped):
     spec, _ = shipped
     args = executor(spec)["args"]
-    assert _kfp_config_components()[args[args.index("--function_to_execute") + 1]] == "components/kfp_components.py"
+    assert _kfp_config_components()[args[args.index("--function_to_execute") + 1]] == "pipeline/kfp_components.py"
 
 
 # ---- submit ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import tensorflow as tf
 from common import features
 from common.labels import OOV_LABEL
 from common.metrics import ClassCounts, top_k_ids
-from components import kfp_components
+from pipeline import kfp_components
 from components.batch_predict import job
 from components.batch_predict.model import ModelError, resolve
 from components.batch_predict.summary import render_html

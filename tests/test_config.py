@@ -4,6 +4,7 @@ import textwrap
 
 import pytest
 
+from common.params import PipelineParams
 from pipeline import config
 from pipeline.__main__ import main
 
@@ -62,7 +63,7 @@ def test_every_pipeline_parameter_is_settable_without_listing_it(tmp_path):
     """Parameters added to PipelineParams need no change to the loading."""
     samples = {str: "x", int: 7, float: 0.25, bool: True, list: ["--a=b"]}
     values = {
-        f.name: samples[type(getattr(config.PipelineParams(), f.name))] for f in dataclasses.fields(config.PipelineParams)
+        f.name: samples[type(getattr(PipelineParams(), f.name))] for f in dataclasses.fields(PipelineParams)
     }
     lines = "".join(f"  {name}: {value!r}\n".replace("'", '"') for name, value in values.items())
     assert dataclasses.asdict(config.load(write(tmp_path, "params:\n" + lines)).params) == values

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from components import kfp_components
+from pipeline import kfp_components
 from pipeline.__main__ import main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -202,3 +202,30 @@ def test_compiled_push_command_runs_in_a_replica_of_the_component_image(compiled
     assert (serving / "hanet" / "1" / "saved_model.pb").read_bytes() == b"a graph"
     executor_output = json.loads((outputs / "executor_output.json").read_text())
     assert executor_output["artifacts"]["pushed_model"]["artifacts"][0]["uri"] == str(serving / "hanet" / "1")
+
+
+def test_no_module_beside_the_shells_hides_a_package_the_executor_imports():
+    """The executor loads pipeline/kfp_components.py with pipeline/ first on sys.path (kfp.dsl.utils.load_module),
+    so a module of pipeline/ named like a package it imports (the project's, or an installed one) would
+    be imported in its place, in the pod only."""
+    import importlib.util
+
+    shells = REPO / "pipeline" / "kfp_components.py"
+    beside = {path.stem for path in shells.parent.glob("*.py")} - {"__init__", "__main__"}
+    imported = {
+        name.split(".")[0]
+        for node in ast.walk(ast.parse(shells.read_text()))
+        for name in ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+    }
+    assert {"common", "components", "kfp", "trainer"} <= imported
+    assert beside & (imported | {"pipeline"}) == set()
+    # Nor any installed top-level module, which a library could import (the repository's own directories,
+    # such as config/, are not in the images).
+    def installed_outside_the_repository(name: str) -> bool:
+        spec = importlib.util.find_spec(name)
+        places = [spec.origin] if spec and spec.origin else list(spec.submodule_search_locations or []) if spec else []
+        return any(not pathlib.Path(place).resolve().is_relative_to(REPO) for place in places)
+
+    installed = {name for name in beside if installed_outside_the_repository(name)}
+    assert installed == set(), installed

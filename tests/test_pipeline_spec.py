@@ -4,6 +4,7 @@ import dataclasses
 import pytest
 import yaml
 
+from common.params import PipelineParams
 from pipeline import config
 from pipeline.__main__ import main
 
@@ -134,7 +135,7 @@ def test_every_component_output_is_a_typed_artifact_for_lineage(shipped):
 def test_the_parameters_are_exactly_pipeline_params_with_the_configs_defaults(shipped, shipped_config):
     spec, _ = shipped
     parameters = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(parameters) == {f.name for f in dataclasses.fields(config.PipelineParams)}
+    assert set(parameters) == {f.name for f in dataclasses.fields(PipelineParams)}
     for name, value in dataclasses.asdict(shipped_config.params).items():
         assert parameters[name]["defaultValue"] == value, name
     assert parameters["label_column"]["defaultValue"] == "articleType"  # set by the shipped config
