@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import math
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -30,12 +31,17 @@ OUTPUTS_KEY = "outputs"
 BASE64_KEY = "b64"
 BYTES_SUFFIX = "_bytes"
 _MAX_ERROR_VALUE_CHARS = 200
+# A JSON tensor may nest lists this deep (numpy's, and so TensorFlow's host arrays', limit on dimensions).
+MAX_RANK = 64
 # Digits that always read back as the same value (C++'s max_digits10).
 _MAX_DIGITS10 = {np.dtype(np.float16): 5, np.dtype(np.float32): 9, np.dtype(np.float64): 17}
 
 
 def _dump(value) -> str:
-    text = json.dumps(value, separators=(",", ":"))
+    try:
+        text = json.dumps(value, separators=(",", ":"))
+    except RecursionError:
+        return "(a value nested too deeply to show)"
     return text if len(text) <= _MAX_ERROR_VALUE_CHARS else text[:_MAX_ERROR_VALUE_CHARS] + "..."
 
 
@@ -59,7 +65,14 @@ def _scalar(value, dtype: tf.DType):
     """One JSON leaf → a Python value of `dtype`, with TF Serving's checks."""
     if dtype == tf.string:
         if isinstance(value, str):
-            return value.encode("utf-8")
+            try:
+                return value.encode("utf-8")
+            except UnicodeEncodeError as e:  # JSON's \ud800 escapes decode to lone surrogates, which UTF-8 cannot hold
+                raise InvalidArgument(
+                    f"JSON Value: {_dump(value)} is not valid Unicode: a lone surrogate "
+                    f"\\u{ord(value[e.start]):04x} at character {e.start} (escape a character outside the "
+                    "Basic Multilingual Plane as a surrogate pair)"
+                ) from None
         if isinstance(value, dict):
             if not _is_base64_object(value):
                 raise InvalidArgument(f"JSON Value: {_dump(value)} not formatted correctly for base64 data")
@@ -76,9 +89,9 @@ def _scalar(value, dtype: tf.DType):
         raise _type_error(value, dtype)
     if dtype.is_floating:
         if isinstance(value, int) and abs(value) > 2 ** np.finfo(dtype.as_numpy_dtype).nmant + 1:
-            raise InvalidArgument(f"Cannot convert JSON value: {value} to {dtype.name} without loss of precision.")
+            raise InvalidArgument(f"Cannot convert JSON value: {_dump(value)} to {dtype.name} without loss of precision.")
         if math.isfinite(value) and abs(value) > np.finfo(dtype.as_numpy_dtype).max:
-            raise InvalidArgument(f"Cannot convert JSON value: {value} to {dtype.name} without loss of precision.")
+            raise InvalidArgument(f"Cannot convert JSON value: {_dump(value)} to {dtype.name} without loss of precision.")
         return float(value)
     if dtype.is_integer:
         if not isinstance(value, int) or not dtype.min <= value <= dtype.max:
@@ -120,6 +133,10 @@ def _fill(value, level: int, shape: list[int], dtype: tf.DType, out: list) -> No
 def to_array(value, dtype: tf.DType) -> np.ndarray:
     """A JSON value (scalar or nested lists) → a dense array of `dtype`."""
     shape = _dense_shape(value)
+    if len(shape) > MAX_RANK:
+        raise InvalidArgument(
+            f"JSON Value: lists nested {len(shape)} levels deep, more than the {MAX_RANK} dimensions a tensor can have"
+        )
     flat: list = []
     _fill(value, 0, shape, dtype, flat)
     numpy_dtype = object if dtype == tf.string else dtype.as_numpy_dtype
@@ -203,8 +220,14 @@ def parse_request(body: bytes) -> dict:
         raise InvalidArgument("JSON Parse error: The document is empty")
     try:
         document = json.loads(body)
+    except RecursionError:
+        raise InvalidArgument("JSON Parse error: the document nests arrays or objects too deeply") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidArgument(f"JSON Parse error: {e}") from None
+    except ValueError:  # Python refuses to read integers of more digits than sys.get_int_max_str_digits()
+        raise InvalidArgument(
+            f"JSON Parse error: a number has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     if not isinstance(document, dict):
         raise InvalidArgument(f"JSON Value: {_dump(document)} Is not object")
     signature = document.get(SIGNATURE_KEY, "")

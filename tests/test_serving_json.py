@@ -115,3 +115,26 @@ def test_a_model_error_keeps_its_code_and_the_line_that_says_what_is_wrong():
     error = from_tf_error(raised.value)
     assert error.http_status == 400
     assert error.message.startswith("Unknown image file format.")
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b'{"instances": [{"title": "\\ud800", "image_bytes": "x"}]}', "a lone surrogate \\ud800 at character 0"),
+        (b'{"instances": [{"title": "ok \\udfff", "image_bytes": "x"}]}', "a lone surrogate \\udfff at character 3"),
+        (b"[" * 100_000, "nests arrays or objects too deeply"),
+        (b'{"inputs": {"title": ' + b"[" * 65 + b'"a"' + b"]" * 65 + b', "image_bytes": ["x"]}}', "lists nested 65 levels deep"),
+        (b'{"instances": [' + b"1" * 4301 + b"]}", "a number has more than 4300 digits"),
+        (b'{"instances": [{"title": "a", "image_bytes": ' + b"9" * 4000 + b"}]}", "is not of expected type: string"),
+    ],
+)
+def test_hostile_json_is_invalid_argument_about_the_input(body, message):
+    with pytest.raises(InvalidArgument) as raised:
+        json_tensor.request_tensors(json_tensor.parse_request(body), RAW)
+    assert message in raised.value.message and len(raised.value.message) < 600
+
+
+def test_a_surrogate_pair_is_one_character():
+    _, tensors = json_tensor.request_tensors(
+        json_tensor.parse_request(b'{"instances": [{"title": "\\ud83d\\udc55 Shirt", "image_bytes": "x"}]}'), RAW)
+    assert tensors["title"].tolist() == ["👕 Shirt".encode()]
