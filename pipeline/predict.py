@@ -39,8 +39,27 @@ def main(args: argparse.Namespace) -> None:
         (prediction,) = client.predict([(args.title, image)])
     except ClientError as e:
         raise cli.UserError(str(e)) from None
-    width = max(len(name) for name, _ in prediction[: args.top_k])
-    for name, score in prediction[: args.top_k]:
+    top = prediction.classes[: args.top_k]
+    width = max(len(name) for name, _ in top)
+    for name, score in top:
         print(f"{name:<{width}}  {score:.4f}")
-    if args.top_k > len(prediction):
-        print(f"(the model returns its top {len(prediction)} classes)")
+    if args.top_k > len(prediction.classes):
+        print(f"(the model returns its top {len(prediction.classes)} classes)")
+    # Whatever else the model answers, when it does: which stream decided, whether to review, ...
+    known = [features.OUTPUT_TEXT_WEIGHT_KEY, features.OUTPUT_IMAGE_WEIGHT_KEY, features.OUTPUT_NEEDS_REVIEW_KEY,
+             features.OUTPUT_LOGITS_KEY]
+    for name in [k for k in known if k in prediction.extras] + sorted(set(prediction.extras) - set(known)):
+        value = prediction.extras[name]
+        if isinstance(value, list):  # per class (the logits of `classes`): as many as the classes printed
+            value = value[: len(top)]
+        print(f"{name}: {_format(value)}")
+
+
+def _format(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(_format(v) for v in value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

@@ -3,28 +3,59 @@ a product's title and photo → its top classes with scores.
 
 RestClient speaks the REST API (row format, the photo as {"b64": ...}); GrpcClient calls
 PredictionService.Predict with tensorflow-serving-api's stub. Both send SERVING_SIGNATURE's raw
-inputs, so they need nothing of the model but its name. Failures are ClientError, one line each.
+inputs, so they need nothing of the model but its name, and need of its answer only the classes and
+scores: any other output (logits, the stream weights, needs_review) comes back in
+Prediction.extras when the model has it. Failures are ClientError, one line each.
 """
 from __future__ import annotations
 
 import base64
+import dataclasses
 
 import numpy as np
 
 from common import features
 
-Prediction = list[tuple[str, float]]  # (class, score), best first
+
+@dataclasses.dataclass
+class Prediction:
+    """One product's answer: its top classes with their scores, best first, and every other output
+    of the signature by name (a float, a bool, a string or a list of them)."""
+
+    classes: list[tuple[str, float]]
+    extras: dict[str, object] = dataclasses.field(default_factory=dict)
 
 
 class ClientError(Exception):
     """The endpoint could not be reached or refused the request; the message says which and why."""
 
 
-def _rows(classes, scores) -> list[Prediction]:
-    return [
-        [(c.decode("utf-8") if isinstance(c, bytes) else c, float(s)) for c, s in zip(row_classes, row_scores)]
-        for row_classes, row_scores in zip(classes, scores)
-    ]
+def _text(value):
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def _plain(value):
+    """An output value as plain Python (numpy scalars and arrays, bytes → str)."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return _text(value)
+
+
+def _predictions(rows: list[dict]) -> list[Prediction]:
+    """Per product, its outputs by name → Prediction."""
+    classes_key, scores_key = features.OUTPUT_CLASSES_KEY, features.OUTPUT_SCORES_KEY
+    predictions = []
+    for row in rows:
+        if classes_key not in row or scores_key not in row:
+            raise ClientError(f"the answer has no {classes_key!r} and {scores_key!r} outputs, only {sorted(row)}")
+        classes = [(_text(c), float(s)) for c, s in zip(_plain(row[classes_key]), _plain(row[scores_key]))]
+        extras = {name: _plain(value) for name, value in row.items() if name not in (classes_key, scores_key)}
+        predictions.append(Prediction(classes, extras))
+    return predictions
 
 
 class RestClient:
@@ -81,12 +112,13 @@ class RestClient:
         }
 
     def predict(self, products: list[tuple[str, bytes]]) -> list[Prediction]:
-        """(title, image bytes) products → for each, its top classes with scores."""
+        """(title, image bytes) products → for each, its top classes with scores (and any other outputs)."""
         document = self._call("POST", self.model_url + ":predict", json=self.predict_request(products))
-        predictions = document["predictions"]
-        return _rows(
-            [p[features.OUTPUT_CLASSES_KEY] for p in predictions], [p[features.OUTPUT_SCORES_KEY] for p in predictions]
-        )
+        predictions = document.get("predictions")
+        if not isinstance(predictions, list) or not all(isinstance(p, dict) for p in predictions):
+            # One output only: TF Serving then leaves out the names.
+            raise ClientError(f"{self.model_url}:predict answered without named outputs: {str(document)[:200]}")
+        return _predictions(predictions)
 
 
 class GrpcClient:
@@ -149,9 +181,12 @@ class GrpcClient:
         import tensorflow as tf
 
         response = self._call(self._predictions.Predict, self.predict_request(products))
-        classes = tf.make_ndarray(response.outputs[features.OUTPUT_CLASSES_KEY])
-        scores = tf.make_ndarray(response.outputs[features.OUTPUT_SCORES_KEY])
-        return _rows(classes, np.asarray(scores))
+        outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+        for name, array in outputs.items():
+            if array.ndim == 0 or len(array) != len(products):
+                raise ClientError(f"{self.target} answered output {name!r} of shape {list(array.shape)} "
+                                  f"for {len(products)} products")
+        return _predictions([{name: array[i] for name, array in outputs.items()} for i in range(len(products))])
 
     def close(self) -> None:
         self._channel.close()

@@ -95,7 +95,8 @@ def test_metadata_lists_the_signatures_with_their_tensors(endpoint):
     assert serving["method_name"] == "tensorflow/serving/predict"
     assert {k: v["dtype"] for k, v in serving["inputs"].items()} == {"title": "DT_STRING", "image_bytes": "DT_STRING"}
     assert serving["inputs"]["title"]["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}]
-    assert set(serving["outputs"]) == {features.OUTPUT_CLASSES_KEY, features.OUTPUT_SCORES_KEY}
+    # Classes and scores always; the model may answer more (logits, stream weights, needs_review).
+    assert {features.OUTPUT_CLASSES_KEY, features.OUTPUT_SCORES_KEY} <= set(serving["outputs"])
 
 
 def test_rest_predictions_equal_the_savedmodels_in_row_and_columnar_form(endpoint, in_process):
@@ -141,8 +142,8 @@ def test_grpc_predictions_equal_the_savedmodels(endpoint, in_process):
         status = client.status()
     finally:
         client.close()
-    assert [p[0][0] for p in predictions] == classes
-    np.testing.assert_allclose([[s for _, s in p] for p in predictions], scores, rtol=1e-6)
+    assert [p.classes[0][0] for p in predictions] == classes
+    np.testing.assert_allclose([[s for _, s in p.classes] for p in predictions], scores, rtol=1e-6)
     assert [(s.version, s.state) for s in status.model_version_status] == [(1, 30)]  # AVAILABLE
     with pytest.raises(ClientError, match="NOT_FOUND: Servable not found for request: Latest\\(other\\)"):
         GrpcClient(endpoint["grpc"], "other").predict(_products())
@@ -154,8 +155,14 @@ def test_predict_command_prints_the_top_classes(endpoint, transport, capsys):
     title, image = WATCH
     assert main(["predict", transport, where, "--model-name", "hanet", "--title", title, "--image", str(image), "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and lines[0].split()[0] == "Watches"
-    assert 0 < float(lines[0].split()[-1]) <= 1
+    assert lines[0].split()[0] == "Watches" and 0 < float(lines[0].split()[-1]) <= 1
+    assert len(lines[1].split()) == 2  # the second class and its score
+    # Then one "name: value" line per other output of the signature, whichever the model has.
+    extras = dict(line.split(": ", 1) for line in lines[2:])
+    assert set(extras) <= {features.OUTPUT_LOGITS_KEY, features.OUTPUT_TEXT_WEIGHT_KEY,
+                           features.OUTPUT_IMAGE_WEIGHT_KEY, features.OUTPUT_NEEDS_REVIEW_KEY}
+    if features.OUTPUT_LOGITS_KEY in extras:
+        assert len(extras[features.OUTPUT_LOGITS_KEY].split(", ")) == 2  # one per class printed
 
 
 def test_a_newly_pushed_version_is_served_once_loaded(endpoint, text_models):
@@ -171,7 +178,7 @@ def test_a_newly_pushed_version_is_served_once_loaded(endpoint, text_models):
     title, image = WATCH
     expected = untrained(title=tf.constant([title]), image_bytes=tf.constant([image.read_bytes()]))
     (prediction,) = rest.predict([(title, image.read_bytes())])
-    assert prediction[0][0] == expected["classes"].numpy()[0, 0].decode() != "Watches"
+    assert prediction.classes[0][0] == expected["classes"].numpy()[0, 0].decode() != "Watches"
     with pytest.raises(ClientError, match="404: Servable not found for request: Specific\\(hanet, 1\\)"):
         RestClient(endpoint["url"], "hanet", version=1).predict([(title, image.read_bytes())])
 
