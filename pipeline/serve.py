@@ -28,16 +28,36 @@ def register(commands) -> None:
     parser.add_argument("--no-grpc", action="store_true", help="serve REST only")
     parser.add_argument("--num-versions", type=int, default=1, help="how many of the newest versions to keep loaded")
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
+    parser.add_argument(
+        "--enable-batching", action="store_true",
+        help="merge concurrent requests into one model call, as TF Serving's --enable_batching",
+    )
+    parser.add_argument(
+        "--batching-parameters", metavar="FILE",
+        help="TF Serving's BatchingParameters text file (as its --batching_parameters_file, e.g. "
+        "k8s/base/config/batching_parameters.txt): request and batch limits, batch threads, queue, timeout; "
+        "with --enable-batching, as TF Serving requires",
+    )
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> None:
-    from serving import server
-    from serving.servables import ServableManager
+    from serving.batching import BatchingParametersError, load_batching_options
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if args.num_versions < 1:
         raise cli.UserError(f"--num-versions must be at least 1, got {args.num_versions}")
+    if args.batching_parameters and not args.enable_batching:
+        raise cli.UserError("--batching-parameters needs --enable-batching (TF Serving refuses a batching "
+                            "parameters file without batching enabled, too)")
+    try:
+        batching = load_batching_options(args.batching_parameters, args.enable_batching)
+    except BatchingParametersError as e:
+        raise cli.UserError(str(e)) from None
+    # TensorFlow (tens of seconds to import) only once the arguments are known to be good.
+    from serving import server
+    from serving.servables import ServableManager
+
     # posixpath for URIs (gs://...), which os.path would mangle on other platforms.
     model_base_path = (posixpath if "://" in args.model_base else os.path).join(args.model_base, args.model_name)
     if "://" not in model_base_path and not os.path.isdir(model_base_path):
@@ -51,6 +71,7 @@ def main(args: argparse.Namespace) -> None:
             rest_port=args.port,
             grpc_port=None if args.no_grpc else args.grpc_port,
             poll_seconds=args.poll_seconds,
+            batching=batching,
         )
     except OSError as e:
         if e.errno == errno.EADDRINUSE or "bind" in str(e):

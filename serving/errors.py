@@ -49,6 +49,22 @@ class Unimplemented(ServingError):
     code = grpc.StatusCode.UNIMPLEMENTED
 
 
+class Unavailable(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class PayloadTooLarge(ServingError):
+    """A REST body over the server's limit: HTTP's own status for it, RESOURCE_EXHAUSTED for gRPC."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 413
+
+
+# What a client reads of an error that is the server's, not its input's: the details (and the
+# exception's class, which says nothing to a client) go to the server's log.
+INTERNAL_ERROR_MESSAGE = "Internal error while serving the request; the server's log has the details"
+
+
 # Lines of a graph-execution error that say where, not what: headers, the (indented) Python stack
 # of the op, the node in [[...]], blank lines.
 _CONTEXT_LINE = re.compile(r"^(Graph execution error:|Detected at node |<stack traces unavailable>|\s|$)")

@@ -1,11 +1,12 @@
 """The versions of one model, as TF Serving manages them: found on disk, loaded, served, unloaded.
 
 `ServableManager.poll()` lists MODEL_BASE_PATH for integer version directories (the layout the push
-stage writes), keeps the newest `num_versions` loaded (TF Serving's default policy is the newest
-one) and, like TF Serving's availability-preserving policy, loads a new version before it unloads
-the one it replaces: a version that fails to load leaves the previous one serving. Each loaded
-version replays its warm-up requests (assets.extra/tf_serving_warmup_requests) before it is
-AVAILABLE, as TF Serving does.
+stage writes) and keeps the newest `num_versions` loaded (TF Serving's default policy is the newest
+one): when the newest is deleted, the newest remaining one is loaded again (a rollback), and the
+deleted one serves from memory until it is. Like TF Serving's availability-preserving policy, it
+loads a new version before it unloads the one it replaces: a version that fails to load leaves the
+previous one serving. Each loaded version replays its warm-up requests
+(assets.extra/tf_serving_warmup_requests) before it is AVAILABLE, as TF Serving does.
 """
 from __future__ import annotations
 
@@ -70,23 +71,37 @@ class Servable:
             raise InvalidArgument(f'Serving signature name: "{name}" not found in signature def')
         return self._signatures[name]
 
-    def predict(self, signature_name: str, inputs: dict[str, np.ndarray], output_filter=()) -> dict[str, np.ndarray]:
-        """Runs a signature: inputs by name (every input of the signature, no other), outputs by name."""
+    def output_names(self, signature_name: str, output_filter=()) -> list[str]:
+        """The outputs a request asks for: those of `output_filter`, or every output of the signature."""
+        outputs = set(self._signature(signature_name).structured_outputs)
+        unknown = sorted(set(output_filter) - outputs)
+        if unknown:
+            raise InvalidArgument(
+                f"output tensor alias not found in signature: {unknown[0]} Outputs expected to be in the set "
+                f"{{{','.join(sorted(outputs))}}}."
+            )
+        return sorted(set(output_filter) or outputs)
+
+    def check_input_names(self, signature_name: str, names) -> None:
+        """Every input of the signature, and no other."""
         specs = self.input_specs(signature_name)
-        unknown = sorted(set(inputs) - set(specs))
+        unknown = sorted(set(names) - set(specs))
         if unknown:
             raise InvalidArgument(
                 f"input tensor alias not found in signature: {unknown[0]}. Inputs expected to be in the set "
                 f"{{{','.join(sorted(specs))}}}."
             )
-        missing = sorted(set(specs) - set(inputs))
+        missing = sorted(set(specs) - set(names))
         if missing:
             raise InvalidArgument(
                 f"Expected inputs: {','.join(sorted(specs))} but missing: {','.join(missing)} "
                 f"(signature {signature_name or features.SERVING_SIGNATURE})"
             )
-        tensors = {}
-        for name, spec in specs.items():
+
+    def check_inputs(self, signature_name: str, inputs: dict[str, np.ndarray]) -> None:
+        """Every input of the signature and no other, each of its shape and dtype."""
+        self.check_input_names(signature_name, inputs)
+        for name, spec in self.input_specs(signature_name).items():
             array = inputs[name]
             if not spec.shape.is_compatible_with(array.shape):
                 raise InvalidArgument(
@@ -96,16 +111,23 @@ class Servable:
             expected = object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype
             if array.dtype != expected and not (spec.dtype == tf.string and array.dtype.kind == "S"):
                 raise InvalidArgument(f"input {name!r} is {array.dtype}, but the signature takes {spec.dtype.name}")
-            tensors[name] = tf.constant(array, dtype=spec.dtype)
+
+    def run(self, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Calls a signature on checked inputs (check_inputs); every output, by name."""
+        specs = self.input_specs(signature_name)
+        tensors = {name: tf.constant(array, dtype=specs[name].dtype) for name, array in inputs.items()}
         try:
             outputs = self._signature(signature_name)(**tensors)
         except tf.errors.OpError as e:
             raise from_tf_error(e) from None
-        wanted = set(output_filter) or set(outputs)
-        unknown = sorted(wanted - set(outputs))
-        if unknown:
-            raise InvalidArgument(f"output tensor alias not found in signature: {unknown[0]}")
-        return {name: outputs[name].numpy() for name in wanted}
+        return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+    def predict(self, signature_name: str, inputs: dict[str, np.ndarray], output_filter=()) -> dict[str, np.ndarray]:
+        """Runs a signature on one request, unbatched: inputs by name, outputs by name."""
+        self.check_inputs(signature_name, inputs)
+        wanted = self.output_names(signature_name, output_filter)
+        outputs = self.run(signature_name, inputs)
+        return {name: outputs[name] for name in wanted}
 
     def warm_up(self) -> int:
         """Replays the model's warm-up PredictLogs; returns how many ran."""
@@ -183,7 +205,10 @@ class ServableManager:
             aspired = self.versions_on_disk()[-self.num_versions:]
             for version in reversed(aspired):
                 with self._lock:
-                    if version in self._versions:
+                    entry = self._versions.get(version)
+                    # A version unloaded earlier is loaded again when it is aspired again (the newer one
+                    # was removed: a rollback); one that failed to load is not retried every poll.
+                    if entry is not None and (entry.state != State.END or entry.error):
                         continue
                     self._versions[version] = _Version(State.LOADING)
                 self._load(version)

@@ -11,22 +11,30 @@ does (serving/json_tensor.py), and errors carry TF Serving's codes and messages.
 under MODEL_BASE_PATH are picked up every `poll_seconds` (serving/servables.py). A client written
 against this server works unchanged against TF Serving on the cluster (k8s/), and the reverse.
 
+Requests are parsed and answered on worker threads; the model runs on the batch threads of a
+BatchScheduler (serving/batching.py: TF Serving's batching, large requests split, cancelled ones
+dropped). Every failure of a request is a ServingError with TF Serving's code and a message about
+the input; anything else is logged and answered 500 / INTERNAL with a generic message, on both
+transports (GuardInterceptor also turns undecodable gRPC requests into INVALID_ARGUMENT).
+
 Not here, and in TF Serving: :classify/:regress (the exported model has predict signatures only),
-server-side request batching, version labels, several models per server, Prometheus metrics.
-Each request runs on a worker thread, so TensorFlow executes concurrent requests in parallel.
+version labels, several models per server, Prometheus metrics.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import re
 import signal
+import zlib
 
 import grpc
 import tensorflow as tf
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import any_pb2, json_format
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -35,9 +43,17 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import json_tensor
-from serving.errors import InvalidArgument, NotFound, ServingError, Unimplemented
-from serving.servables import SIGNATURE_DEF_FIELD, ServableManager
+from serving import json_tensor, tensor_proto
+from serving.batching import BatchingOptions, BatchScheduler
+from serving.errors import (
+    INTERNAL_ERROR_MESSAGE,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    ServingError,
+    Unimplemented,
+)
+from serving.servables import SIGNATURE_DEF_FIELD, Servable, ServableManager
 from common import features
 
 # TF Serving's route patterns (tensorflow_serving/model_servers/http_rest_api_util.cc).
@@ -48,6 +64,7 @@ MODEL_STATUS_ROUTE = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\
 # TF Serving takes requests of any size; aiohttp and grpcio default to 1 and 4 MiB, a batch of photos.
 MAX_REQUEST_BYTES = 256 * 1024 * 1024
 DEFAULT_POLL_SECONDS = 1.0
+MAX_VERSION = 2**63 - 1  # versions are int64
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +72,11 @@ log = logging.getLogger(__name__)
 def _version_of(version: str | None, label: str | None) -> int | None:
     if label:
         raise NotFound(f"Unrecognized servable version label: {label}")
-    return int(version) if version else None
+    if not version:
+        return None
+    if len(version) > len(str(MAX_VERSION)) or int(version) > MAX_VERSION:
+        raise InvalidArgument(f"Failed to convert version: {version[:30]}{'...' if len(version) > 30 else ''} to numeric.")
+    return int(version)
 
 
 def _status_json(response) -> dict:
@@ -64,12 +85,36 @@ def _status_json(response) -> dict:
     )
 
 
-class RestApi:
-    """TF Serving's REST API over a ServableManager; handlers run the model on `executor` threads."""
+def _batch_key(servable: Servable, signature: str, inputs) -> tuple:
+    # Requests share a model call only if they call the same version's signature with inputs that
+    # concatenate: the same dtype and the same shape after the batch dimension.
+    return (servable, signature, tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items())))
 
-    def __init__(self, manager: ServableManager, executor: concurrent.futures.Executor):
+
+_DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _decompress(body: bytes, encoding: str) -> bytes:
+    decompressor = zlib.decompressobj(_DECOMPRESSORS[encoding])
+    try:
+        data = decompressor.decompress(body, MAX_REQUEST_BYTES + 1)
+    except zlib.error as e:
+        raise InvalidArgument(f"the request body is not valid {encoding} data (Content-Encoding: {encoding}): {e}") from None
+    if len(data) > MAX_REQUEST_BYTES:
+        raise PayloadTooLarge(f"the request body decompresses to more than {MAX_REQUEST_BYTES} bytes, the server's limit")
+    if not decompressor.eof:
+        raise InvalidArgument(f"the request body is truncated {encoding} data (Content-Encoding: {encoding})")
+    return data
+
+
+class RestApi:
+    """TF Serving's REST API over a ServableManager: requests parsed and answered on `executor`
+    threads, the model run by `scheduler`."""
+
+    def __init__(self, manager: ServableManager, executor: concurrent.futures.Executor, scheduler: BatchScheduler):
         self.manager = manager
         self.executor = executor
+        self.scheduler = scheduler
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
@@ -77,77 +122,162 @@ class RestApi:
         return app
 
     async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read() if request.method == "POST" else b""
-        loop = asyncio.get_running_loop()
         try:
-            document = await loop.run_in_executor(self.executor, self.respond, request.method, request.path, body)
+            document = await self.respond(request)
             status = 200
         except ServingError as e:
             document, status = {"error": e.message}, e.http_status
-        except Exception as e:  # a bug here: still TF Serving's error shape, and the traceback in the log
+        except Exception:  # a bug here: TF Serving's error shape, a message that gives nothing away, the traceback in the log
             log.exception("%s %s failed", request.method, request.path)
-            document, status = {"error": f"internal error: {type(e).__name__}: {e}"}, 500
+            document, status = {"error": INTERNAL_ERROR_MESSAGE}, 500
         return web.Response(text=json_tensor.dumps(document), status=status, content_type="application/json")
 
-    def respond(self, method: str, path: str, body: bytes) -> dict:
+    async def _body(self, request: web.Request) -> bytes:
+        # The server decompresses bodies itself (auto_decompress is off): aiohttp would answer a bad
+        # gzip body or an unknown Content-Encoding with its own text/plain error.
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity") and encoding not in _DECOMPRESSORS:
+            raise InvalidArgument(
+                f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed, gzip or deflate"
+            )
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(f"the request body is larger than {MAX_REQUEST_BYTES} bytes, the server's limit") from None
+        except RequestPayloadError as e:
+            raise InvalidArgument(f"the request body could not be read: {str(e).splitlines()[-1].strip()}") from None
+        if encoding in _DECOMPRESSORS:
+            body = await asyncio.get_running_loop().run_in_executor(self.executor, _decompress, body, encoding)
+        return body
+
+    async def respond(self, request: web.Request) -> dict:
+        method, path = request.method, request.path
+        loop = asyncio.get_running_loop()
         if method == "POST" and (match := PREDICTION_ROUTE.fullmatch(path)):
             name, version, label, verb = match.groups()
             if verb.lower() != "predict":
                 raise Unimplemented(f"this local server answers :predict only, not :{verb} (TF Serving does both)")
-            return self.predict(name, _version_of(version, label), body)
+            version = _version_of(version, label)
+            body = await self._body(request)
+            servable, signature, request_format, inputs = await loop.run_in_executor(
+                self.executor, self._request, name, version, body
+            )
+            outputs = await self.scheduler.run(
+                _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs
+            )
+            return await loop.run_in_executor(self.executor, json_tensor.response_json, outputs, request_format)
         if method == "GET" and (match := MODEL_STATUS_ROUTE.fullmatch(path)):
             name, version, label, metadata = match.groups()
             if not name:
                 raise InvalidArgument("Missing model name in request.")
             version = _version_of(version, label)
             if metadata:
-                return self.manager.servable(name, version).metadata_json()
+                return await loop.run_in_executor(self.executor, lambda: self.manager.servable(name, version).metadata_json())
             return _status_json(self.manager.status(name, version))
         raise InvalidArgument(f"Malformed request: {method} {path}")
 
-    def predict(self, name: str, version: int | None, body: bytes) -> dict:
+    def _request(self, name: str, version: int | None, body: bytes):
         document = json_tensor.parse_request(body)
         servable = self.manager.servable(name, version)
         signature = document.get(json_tensor.SIGNATURE_KEY) or features.SERVING_SIGNATURE
-        dtypes = {k: spec.dtype for k, spec in servable.input_specs(signature).items()}
-        request_format, inputs = json_tensor.request_tensors(document, dtypes)
-        return json_tensor.response_json(servable.predict(signature, inputs), request_format)
+        specs = servable.input_specs(signature)
+        instances = document.get(json_tensor.INSTANCES_KEY)
+        if isinstance(instances, list):
+            self.scheduler.check_size(len(instances))  # before decoding a request that will be refused
+        request_format, inputs = json_tensor.request_tensors(document, {k: spec.dtype for k, spec in specs.items()})
+        servable.check_inputs(signature, inputs)
+        return servable, signature, request_format, inputs
 
 
-async def _unary(context: grpc.aio.ServicerContext, executor, function, *args):
+class _Undecodable:
+    """What a request that is not the method's message deserializes to, so the handler can refuse it."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):
+    """Two answers grpcio would otherwise give as UNKNOWN with a Python exception's class: a request
+    that does not parse as its message (INVALID_ARGUMENT), and an unexpected error (INTERNAL, with a
+    message that gives nothing away and the traceback in the log)."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method, deserialize, behaviour = handler_call_details.method, handler.request_deserializer, handler.unary_unary
+
+        def lenient_deserialize(data: bytes):
+            try:
+                return deserialize(data)
+            except Exception as e:  # DecodeError, or whatever a deserializer raises on garbage
+                return _Undecodable(str(e) or type(e).__name__)
+
+        async def guarded(request, context):
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request to {method} does not parse: {request.reason}")
+            try:
+                return await behaviour(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                log.exception("%s failed", method)
+                await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR_MESSAGE)
+
+        return handler._replace(unary_unary=guarded, request_deserializer=lenient_deserialize)
+
+
+async def _unary(context: grpc.aio.ServicerContext, call):
     try:
-        return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
+        return await call
     except ServingError as e:
         await context.abort(e.code, e.message)
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ServableManager, executor: concurrent.futures.Executor):
+    def __init__(self, manager: ServableManager, executor: concurrent.futures.Executor, scheduler: BatchScheduler):
         self.manager = manager
         self.executor = executor
+        self.scheduler = scheduler
 
     async def Predict(self, request: predict_pb2.PredictRequest, context):  # noqa: N802 (gRPC method name)
-        return await _unary(context, self.executor, self._predict, request)
+        return await _unary(context, self._predict(request))
 
     async def GetModelMetadata(self, request, context):  # noqa: N802
-        return await _unary(context, self.executor, self._metadata, request)
+        loop = asyncio.get_running_loop()
+        return await _unary(context, loop.run_in_executor(self.executor, self._metadata, request))
 
     def _servable(self, model_spec):
         if model_spec.version_label:
             raise NotFound(f"Unrecognized servable version label: {model_spec.version_label}")
         return self.manager.servable(model_spec.name, model_spec.version.value if model_spec.HasField("version") else None)
 
-    def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    async def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        loop = asyncio.get_running_loop()
+        servable, signature, inputs, wanted = await loop.run_in_executor(self.executor, self._request, request)
+        outputs = await self.scheduler.run(
+            _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs
+        )
+        return await loop.run_in_executor(self.executor, self._response, servable, signature, outputs, wanted)
+
+    def _request(self, request: predict_pb2.PredictRequest):
         servable = self._servable(request.model_spec)
         signature = request.model_spec.signature_name or features.SERVING_SIGNATURE
-        try:
-            inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
-        except (TypeError, ValueError) as e:
-            raise InvalidArgument(f"malformed input tensor: {e}") from None
-        outputs = servable.predict(signature, inputs, request.output_filter)
+        specs = servable.input_specs(signature)
+        servable.check_input_names(signature, request.inputs)
+        inputs = {
+            name: tensor_proto.to_array(name, proto, specs[name], self.scheduler.check_size)
+            for name, proto in request.inputs.items()
+        }
+        servable.check_inputs(signature, inputs)
+        wanted = servable.output_names(signature, request.output_filter)
+        return servable, signature, inputs, wanted
+
+    @staticmethod
+    def _response(servable: Servable, signature: str, outputs, wanted) -> predict_pb2.PredictResponse:
         response = predict_pb2.PredictResponse(model_spec=servable.model_spec(signature))
-        for name, array in outputs.items():
-            response.outputs[name].CopyFrom(tf.make_tensor_proto(array))
+        for name in wanted:
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name]))
         return response
 
     def _metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -163,14 +293,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: ServableManager, executor: concurrent.futures.Executor):
+    def __init__(self, manager: ServableManager):
         self.manager = manager
-        self.executor = executor
 
     async def GetModelStatus(self, request, context):  # noqa: N802
         spec = request.model_spec
         version = spec.version.value if spec.HasField("version") else None
-        return await _unary(context, self.executor, self.manager.status, spec.name, version)
+
+        async def status():
+            return self.manager.status(spec.name, version)
+
+        return await _unary(context, status())
 
 
 async def _poll_forever(manager: ServableManager, poll_seconds: float, executor) -> None:
@@ -191,16 +324,23 @@ async def serve_async(
     grpc_port: int | None = features.GRPC_PORT,
     poll_seconds: float = DEFAULT_POLL_SECONDS,
     workers: int | None = None,
+    batching: BatchingOptions | None = None,
+    scheduler: BatchScheduler | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serves until `stop` is set (or SIGINT/SIGTERM when run by `serve`)."""
+    """Serves until `stop` is set (or SIGINT/SIGTERM when run by `serve`); the model runs on
+    `scheduler`, or on one made from `batching` (default: BatchingOptions())."""
+    scheduler = scheduler or BatchScheduler(batching or BatchingOptions())
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers or 4 * (os.cpu_count() or 1))
     # A separate thread for loading, so a large model loading does not hold up requests.
     loader = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     await loop.run_in_executor(loader, manager.poll)
-    runner = web.AppRunner(RestApi(manager, executor).app(), access_log=None)
+    # handler_cancellation: a client that disconnects cancels its handler, and so its queued work.
+    runner = web.AppRunner(
+        RestApi(manager, executor, scheduler).app(), access_log=None, handler_cancellation=True, auto_decompress=False
+    )
     await runner.setup()
     grpc_server = None
     try:
@@ -208,23 +348,24 @@ async def serve_async(
         if grpc_port is not None:
             options = [("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                        ("grpc.max_send_message_length", MAX_REQUEST_BYTES)]
-            grpc_server = grpc.aio.server(options=options)
+            grpc_server = grpc.aio.server(options=options, interceptors=[GuardInterceptor()])
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-                PredictionService(manager, executor), grpc_server
+                PredictionService(manager, executor, scheduler), grpc_server
             )
-            model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, executor), grpc_server)
+            model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), grpc_server)
             if grpc_server.add_insecure_port(f"{host}:{grpc_port}") == 0:
                 raise OSError(f"cannot bind gRPC to {host}:{grpc_port}")
             await grpc_server.start()
         poller = asyncio.create_task(_poll_forever(manager, poll_seconds, loader))
-        log.info("serving %s from %s: REST on %s:%d, gRPC on %s", manager.name, manager.model_base_path, host,
-                 rest_port, f"{host}:{grpc_port}" if grpc_port is not None else "(off)")
+        log.info("serving %s from %s: REST on %s:%d, gRPC on %s; %s", manager.name, manager.model_base_path, host,
+                 rest_port, f"{host}:{grpc_port}" if grpc_port is not None else "(off)", scheduler.options.describe())
         await stop.wait()
         poller.cancel()
     finally:
         if grpc_server is not None:
             await grpc_server.stop(grace=1)
         await runner.cleanup()
+        scheduler.close()
         executor.shutdown(wait=False, cancel_futures=True)
         loader.shutdown(wait=False, cancel_futures=True)
 

@@ -1,16 +1,21 @@
 """`python -m pipeline serve` as a user runs it, queried over REST and gRPC as TF Serving would be:
 answers equal the SavedModel's own, TF Serving's JSON shapes and errors, new versions picked up."""
 import base64
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 
+import grpc
 import numpy as np
 import pytest
 import requests
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from components.push import push
 from pipeline.__main__ import main
@@ -134,6 +139,100 @@ def test_malformed_requests_get_tf_servings_status_and_a_message_naming_the_prob
     assert message in response.json()["error"]
 
 
+# Issue 11: hostile requests are the client's fault, answered 400 / INVALID_ARGUMENT with a message
+# about the input; none may surface a Python exception's class (they did, as 500 / UNKNOWN).
+PYTHON_ERRORS = ("KeyError", "MemoryError", "RecursionError", "UnicodeEncodeError", "DecodeError",
+                 "ValueError", "Traceback", "internal error", "<class")
+DEEP_TITLE = b'{"instances": [{"title": %s"Shirt"%s, "image_bytes": "x"}]}'
+
+
+def _says_only_about_the_input(message: str, *expected) -> None:
+    """`message` holds every one of `expected` (a tuple: any one of it) and no Python exception's name."""
+    assert all(any(e in message for e in (x if isinstance(x, tuple) else (x,))) for x in expected), message
+    assert not any(e in message for e in PYTHON_ERRORS), message
+
+
+@pytest.mark.parametrize(
+    "body, headers, message",
+    [
+        (b'{"instances": [{"title": "\\ud800", "image_bytes": "x"}]}', {}, "is not valid Unicode: a lone surrogate \\ud800"),
+        (b"[" * 100_000, {}, "JSON Parse error: the document nests arrays or objects too deeply"),
+        # Python's JSON reader gives up first (its recursion limit), or the tensor's rank check does.
+        (DEEP_TITLE % (b"[" * 990, b"]" * 990), {}, ("nests arrays or objects too deeply", "lists nested 990 levels deep")),
+        (DEEP_TITLE % (b"[" * 65, b"]" * 65), {}, "lists nested 65 levels deep, more than the 64 dimensions"),
+        (b'{"instances": [{"title": "x", "image_bytes": "x", "n": ' + b"7" * 4301 + b"}]}", {},
+         "JSON Parse error: a number has more than 4300 digits"),
+        (b'{"instances": [{"title": "x", "image_bytes": "x"}]}', {"Content-Encoding": "gzip"},
+         "the request body is not valid gzip data"),
+        (b'{"instances": [{"title": "x", "image_bytes": "x"}]}', {"Content-Encoding": "br"},
+         "Content-Encoding 'br' is not supported"),
+        (b'{"instances": [' + b",".join([b'{"title": "x", "image_bytes": "x"}'] * 1001) + b"]}", {},
+         "Task size 1001 is larger than maximum input batch size 1000"),
+    ],
+    ids=["lone-surrogate", "100000-brackets", "990-levels-in-title", "65-levels-in-title", "4301-digits",
+         "gzip-header-plain-body", "unknown-encoding", "over-the-instance-cap"],
+)
+def test_hostile_rest_bodies_are_the_clients_fault(endpoint, body, headers, message):
+    response = requests.post(f"{endpoint['url']}/v1/models/hanet:predict", data=body, headers=headers, timeout=60)
+    assert response.status_code == 400 and response.headers["Content-Type"].startswith("application/json")
+    _says_only_about_the_input(response.json()["error"], message)
+
+
+def test_a_gzip_body_is_read(endpoint):
+    import gzip
+
+    title, image = WATCH
+    body = {"instances": [{"title": title, "image_bytes": {"b64": base64.b64encode(image.read_bytes()).decode()}}]}
+    response = requests.post(f"{endpoint['url']}/v1/models/hanet:predict", data=gzip.compress(json.dumps(body).encode()),
+                             headers={"Content-Encoding": "gzip"}, timeout=60)
+    assert response.status_code == 200 and response.json()["predictions"][0]["classes"][0] == "Watches"
+
+
+def _tensor(dtype, dims, **values):
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims])
+    return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, **values)
+
+
+def _peak_memory_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+@pytest.mark.parametrize(
+    "title, message",
+    [
+        (_tensor(types_pb2.DT_VARIANT, [1]), "input 'title' is DT_VARIANT, but the signature takes DT_STRING"),
+        (_tensor(types_pb2.DT_RESOURCE, [1]), "input 'title' is DT_RESOURCE, but the signature takes DT_STRING"),
+        (_tensor(types_pb2.DT_STRING, [10**13], string_val=[b"x"]), "Task size 10000000000000 is larger than maximum input batch size 1000"),
+        (_tensor(types_pb2.DT_STRING, [1, 50_000_000], string_val=[b"x"]), "input 'title' has shape [1, 50000000], but the signature takes [-1]"),
+        (_tensor(types_pb2.DT_STRING, [-5]), "input 'title' has shape [-5]: a dimension cannot be negative"),
+        (_tensor(types_pb2.DT_STRING, [3], string_val=[b"a", b"b"]), "input 'title' has shape [3] (3 values), but holds 2 values"),
+    ],
+    ids=["DT_VARIANT", "DT_RESOURCE", "shape-1e13-one-value", "shape-1x5e7-one-value", "negative-dimension", "too-few-values"],
+)
+def test_hostile_grpc_tensors_are_refused_before_anything_is_allocated(endpoint, title, message):
+    request = GrpcClient(endpoint["grpc"]).predict_request(_products()[:1])
+    request.inputs["title"].CopyFrom(title)
+    peak = _peak_memory_mb(endpoint["server"].pid)
+    with grpc.insecure_channel(endpoint["grpc"]) as channel:
+        with pytest.raises(grpc.RpcError) as raised:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _says_only_about_the_input(raised.value.details(), message)
+    assert _peak_memory_mb(endpoint["server"].pid) - peak < 50  # MB: nothing the size of the declared shape
+
+
+def test_grpc_bytes_that_are_no_request_are_invalid_argument(endpoint):
+    with grpc.insecure_channel(endpoint["grpc"]) as channel:
+        predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+        with pytest.raises(grpc.RpcError) as raised:
+            predict(b"\xff\xff\xff\xff", timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _says_only_about_the_input(raised.value.details(), "does not parse", "tensorflow.serving.PredictRequest")
+
+
 def test_grpc_predictions_equal_the_savedmodels(endpoint, in_process):
     classes, scores = in_process
     client = GrpcClient(endpoint["grpc"], "hanet")
@@ -199,6 +298,30 @@ def test_a_version_that_fails_to_load_leaves_the_previous_one_serving(endpoint, 
     assert status["2"]["state"] == "AVAILABLE"
     title, image = WATCH
     assert rest.predict([(title, image.read_bytes())])  # still answered, by version 2
+
+
+def test_removing_the_serving_version_rolls_back_to_the_newest_remaining_one(endpoint, text_models):
+    # Versions 1 (trained), 2 (untrained, serving) and 3 (broken) are on disk: remove 3, then 2.
+    rest = RestClient(endpoint["url"], "hanet")
+    title, image = WATCH
+    model_dir = os.path.join(endpoint["base"], "hanet")
+    shutil.rmtree(os.path.join(model_dir, "3"))
+    assert rest.predict([(title, image.read_bytes())])[0].classes[0][0] != "Watches"  # still version 2
+    shutil.rmtree(os.path.join(model_dir, "2"))
+    answers = []
+
+    def version_1_serves():
+        try:
+            answers.append(rest.predict([(title, image.read_bytes())])[0].classes[0][0])
+        except ClientError as e:
+            answers.append(str(e))
+        states = {s["version"]: s["state"] for s in rest.status()["model_version_status"]}
+        return states.get("1") == "AVAILABLE" and states.get("2") == "END"
+
+    _wait_for(version_1_serves, "version 1 to serve again", endpoint["server"], timeout=60)
+    assert rest.predict([(title, image.read_bytes())])[0].classes[0][0] == "Watches"  # the trained version 1
+    # Version 2 answered from memory until version 1 was loaded: no request failed meanwhile.
+    assert not [a for a in answers if "Servable not found" in a or "answered" in a], answers
 
 
 def test_serve_fails_in_one_line_when_its_port_is_taken(tmp_path):

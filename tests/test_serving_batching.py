@@ -1,0 +1,301 @@
+"""Server-side batching and the scheduler's protections, against the real server object (serve_async)
+in this process so the model calls can be counted: concurrent requests merged into one call, large
+requests split and refused over the cap, cancelled requests' work dropped, a bad request in a merged
+batch failing alone, unexpected errors answered without details; and the BatchingParameters file."""
+import asyncio
+import base64
+import concurrent.futures
+import os
+import socket
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+
+from components.push import push
+from serving import server
+from serving.batching import (
+    BatchingOptions,
+    BatchingParametersError,
+    BatchScheduler,
+    load_batching_options,
+    parse_batching_parameters,
+)
+from serving.client import GrpcClient
+from serving.errors import INTERNAL_ERROR_MESSAGE
+from serving.servables import ServableManager
+from tests.conftest import FASHION_DIR, REPO_ROOT
+from common import features
+
+TITLES = ["CASIO G-Shock Men Black Digital Watch", "Kiara Women Graphiti White Handbag", "Fastrack Men Sunglasses"]
+IMAGE = (FASHION_DIR / "images" / "17429.jpg").read_bytes()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def manager(text_models, tmp_path_factory):
+    """Version 1 (the trained text model), loaded once for every server of this module."""
+    base = str(tmp_path_factory.mktemp("serving"))
+    push(text_models["trained"], base)
+    manager = ServableManager(os.path.join(base, features.MODEL_NAME))
+    manager.poll()
+    return manager
+
+
+class Server:
+    """serve_async on a thread of its own, REST and gRPC on free ports, model calls counted by its scheduler."""
+
+    def __init__(self, manager: ServableManager, **options):
+        self.manager = manager
+        self.scheduler = BatchScheduler(BatchingOptions(**options))
+        self.rest_port, self.grpc_port = _free_port(), _free_port()
+        self.url = f"http://127.0.0.1:{self.rest_port}/v1/models/{features.MODEL_NAME}"
+        self.grpc = f"127.0.0.1:{self.grpc_port}"
+        self._started = threading.Event()
+
+    def __enter__(self):
+        def run():
+            async def main():
+                self.loop, self.stop = asyncio.get_running_loop(), asyncio.Event()
+                self._started.set()
+                await server.serve_async(self.manager, rest_port=self.rest_port, grpc_port=self.grpc_port,
+                                         poll_seconds=3600, scheduler=self.scheduler, stop=self.stop)
+
+            asyncio.run(main())
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        self._started.wait(30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url, timeout=5).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        pytest.fail("the in-process server did not start")
+
+    def __exit__(self, *exc):
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(30)
+
+    def post(self, instances: list[dict], **kwargs) -> requests.Response:
+        return requests.post(self.url + ":predict", json={"instances": instances}, timeout=kwargs.pop("timeout", 120), **kwargs)
+
+
+def _instances(count: int, image: bytes = IMAGE) -> list[dict]:
+    encoded = {"b64": base64.b64encode(image).decode()}
+    return [{features.TITLE_KEY: TITLES[i % len(TITLES)], features.IMAGE_BYTES_KEY: encoded} for i in range(count)]
+
+
+def _grpc_request(count: int):
+    return GrpcClient("unused").predict_request([(TITLES[i % len(TITLES)], IMAGE) for i in range(count)])
+
+
+def _concurrently(calls) -> list:
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        return [f.result() for f in [pool.submit(call) for call in calls]]
+
+
+@pytest.fixture(scope="module")
+def expected(text_models):
+    """The SavedModel's own answer for TITLES, top class first."""
+    signature = tf.saved_model.load(text_models["trained"]).signatures[features.SERVING_SIGNATURE]
+    out = signature(title=tf.constant(TITLES), image_bytes=tf.constant([IMAGE] * len(TITLES)))
+    return [c.decode() for c in out["classes"].numpy()[:, 0]]
+
+
+def test_batching_merges_concurrent_requests_into_one_model_call(manager, expected):
+    # One batch thread and a generous timeout: the eight requests arrive while the first batch waits.
+    with Server(manager, enable_batching=True, num_batch_threads=1, batch_timeout_micros=500_000,
+                max_execution_batch_size=32) as merged:
+        answers = _concurrently([lambda i=i: merged.post(_instances(1 + i)[i:]) for i in range(len(TITLES))] * 3)
+        batches = merged.scheduler.batches_run
+    assert all(a.status_code == 200 for a in answers)
+    assert [a.json()["predictions"][0]["classes"][0] for a in answers] == expected * 3
+    assert merged.scheduler.instances_run == 9
+    assert batches <= 2, f"9 concurrent requests took {batches} model calls"
+
+    with Server(manager, enable_batching=False, num_batch_threads=1) as unmerged:
+        _concurrently([lambda: unmerged.post(_instances(1))] * 9)
+        assert unmerged.scheduler.batches_run == 9  # without batching, one call per request
+
+
+def test_a_large_request_is_split_and_one_over_the_cap_is_refused(manager, expected):
+    with Server(manager, max_batch_size=10, max_execution_batch_size=4) as small:
+        answer = small.post(_instances(10))
+        assert answer.status_code == 200
+        assert [p["classes"][0] for p in answer.json()["predictions"]] == (expected * 4)[:10]
+        assert small.scheduler.batches_run == 3  # 4 + 4 + 2
+
+        refused = small.post(_instances(11))
+        assert refused.status_code == 400
+        assert refused.json()["error"].startswith("Task size 11 is larger than maximum input batch size 10")
+        stub = GrpcClient(small.grpc)._predictions
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Predict(_grpc_request(11), timeout=30)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Task size 11 is larger than maximum input batch size 10" in raised.value.details()
+        assert small.scheduler.batches_run == 3  # refused before the model saw them
+
+
+def _wait_until_still(scheduler: BatchScheduler, seconds: float = 1.5) -> int:
+    """The instances computed once the count has stopped moving for `seconds`."""
+    count, since = scheduler.instances_run, time.monotonic()
+    while time.monotonic() - since < seconds:
+        time.sleep(0.1)
+        if scheduler.instances_run != count:
+            count, since = scheduler.instances_run, time.monotonic()
+    return count
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_the_work_of_a_request_whose_client_gave_up_is_dropped(manager, transport):
+    with Server(manager, max_execution_batch_size=4, num_batch_threads=1) as slow:
+        if transport == "grpc":
+            stub = GrpcClient(slow.grpc)._predictions
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.Predict(_grpc_request(1000), timeout=0.5)
+            assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        else:
+            with pytest.raises(requests.Timeout):
+                slow.post(_instances(1000), timeout=(5, 0.5))  # the client closes its connection
+        computed = _wait_until_still(slow.scheduler)
+        assert computed < 1000, "the server computed the whole request of a client that had gone"
+        start = time.monotonic()
+        assert slow.post(_instances(1)).status_code == 200
+        assert time.monotonic() - start < 5
+        assert slow.scheduler.instances_run == computed + 1
+
+
+def test_a_small_request_is_answered_while_a_large_one_is_computed(manager):
+    with Server(manager, max_execution_batch_size=4, num_batch_threads=1) as fair:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            large = pool.submit(fair.post, _instances(400))
+            while fair.scheduler.instances_run == 0:
+                time.sleep(0.01)
+            small = fair.post(_instances(1))
+            assert small.status_code == 200
+            assert not large.done(), "the small request waited for the whole large one"
+            assert large.result().status_code == 200
+            assert len(large.result().json()["predictions"]) == 400
+
+
+def test_a_bad_request_merged_with_good_ones_fails_alone(manager, monkeypatch, expected):
+    from serving.errors import InvalidArgument
+
+    servable = manager.servable(features.MODEL_NAME)
+    run, calls = servable.run, []
+
+    def picky(signature, inputs):  # as the model fails on a photo that is not an image: the whole call fails
+        calls.append(len(inputs[features.TITLE_KEY]))
+        if b"BAD" in inputs[features.TITLE_KEY].tolist():
+            raise InvalidArgument("Unknown image file format. One of JPEG, PNG, GIF, BMP required.")
+        return run(signature, inputs)
+
+    monkeypatch.setattr(servable, "run", picky)
+    with Server(manager, enable_batching=True, num_batch_threads=1, batch_timeout_micros=500_000,
+                max_execution_batch_size=32) as merged:
+        answers = _concurrently([
+            lambda: merged.post(_instances(1)),
+            lambda: merged.post([{**_instances(1)[0], features.TITLE_KEY: "BAD"}]),
+            lambda: merged.post(_instances(2)),
+        ])
+    assert calls[0] == 4, "the three requests were not merged"
+    assert [a.status_code for a in answers] == [200, 400, 200]
+    assert answers[1].json()["error"].startswith("Unknown image file format")
+    assert [p["classes"][0] for p in answers[2].json()["predictions"]] == expected[:2]
+
+
+def test_a_full_queue_refuses_with_unavailable(manager, monkeypatch):
+    servable = manager.servable(features.MODEL_NAME)
+    run = servable.run
+
+    def slow(signature, inputs):  # every model call takes half a second: the requests below all queue
+        time.sleep(0.5)
+        return run(signature, inputs)
+
+    monkeypatch.setattr(servable, "run", slow)
+    with Server(manager, max_execution_batch_size=1, max_enqueued_batches=2, num_batch_threads=1) as busy:
+        answers = _concurrently([lambda: busy.post(_instances(1))] * 5)
+    # One running, two waiting (the queue's two batches), two refused.
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 503, 503]
+    refused = next(a for a in answers if a.status_code == 503).json()["error"]
+    assert "queue" in refused and "max_enqueued_batches 2" in refused
+
+
+def test_an_unexpected_error_is_internal_without_details(manager, monkeypatch):
+    servable = manager.servable(features.MODEL_NAME)
+
+    def broken(signature, inputs):
+        raise KeyError("/secret/path/of/the/server")
+
+    monkeypatch.setattr(servable, "run", broken)
+    with Server(manager) as failing:
+        answer = failing.post(_instances(1))
+        with pytest.raises(grpc.RpcError) as raised:
+            GrpcClient(failing.grpc)._predictions.Predict(_grpc_request(1), timeout=30)
+    assert answer.status_code == 500 and answer.json() == {"error": INTERNAL_ERROR_MESSAGE}
+    assert raised.value.code() == grpc.StatusCode.INTERNAL and raised.value.details() == INTERNAL_ERROR_MESSAGE
+
+
+def test_without_a_file_large_requests_are_split_and_batching_merges_up_to_32():
+    assert (BatchingOptions().max_batch_size, BatchingOptions().max_execution_batch_size) == (1000, 2)
+    assert load_batching_options(None, False) == BatchingOptions()
+    merged = load_batching_options(None, True)
+    assert merged.enable_batching and merged.max_execution_batch_size == 32 and merged.max_batch_size == 1000
+
+
+def test_the_k8s_batching_parameters_are_read_as_tf_serving_reads_them():
+    options = load_batching_options(str(REPO_ROOT / "k8s" / "base" / "config" / "batching_parameters.txt"), True)
+    assert (options.max_batch_size, options.batch_timeout_micros, options.max_enqueued_batches,
+            options.num_batch_threads) == (32, 5000, 64, 2)
+    # No large-batch splitting in the file: as in TF Serving, a model call takes up to max_batch_size.
+    assert not options.enable_large_batch_splitting and options.max_execution_batch_size == 32
+    gpu = load_batching_options(str(REPO_ROOT / "k8s" / "overlays" / "gpu" / "batching_parameters.txt"), True)
+    assert (gpu.max_batch_size, gpu.batch_timeout_micros, gpu.num_batch_threads) == (128, 10000, 2)
+    split = BatchingOptions.from_parameters(parse_batching_parameters(
+        "max_batch_size { value: 1000 }\nenable_large_batch_splitting { value: true }\n"
+        "max_execution_batch_size { value: 16 }"), enable_batching=True)
+    assert (split.max_batch_size, split.max_execution_batch_size) == (1000, 16)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("max_batch_size: 32", """:1:17 : 'max_batch_size: 32': Expected "{"."""),
+        ("max_batch_size { value: 32 }\nmax_batch_size { value: 8 }", "should not have multiple"),
+        ("batch_size { value: 32 }", 'has no field named "batch_size"'),
+        ("num_batch_threads { value: 0 }", "num_batch_threads must be at least 1, got 0"),
+        ("max_batch_size { value: 8 }\nenable_large_batch_splitting { value: true }\n"
+         "max_execution_batch_size { value: 16 }", "max_execution_batch_size 16 is larger than max_batch_size 8"),
+        ("max_batch_size { value: 8 }\nallowed_batch_sizes: 4\nallowed_batch_sizes: 2", "must increase"),
+    ],
+)
+def test_a_bad_batching_parameters_file_says_where_and_why(tmp_path, text, message):
+    path = tmp_path / "batching_parameters.txt"
+    path.write_text(text)
+    with pytest.raises(BatchingParametersError) as raised:
+        load_batching_options(str(path), True)
+    assert str(raised.value).startswith(str(path)) and message in str(raised.value)
+
+
+def test_the_scheduler_checks_batch_dimensions():
+    from serving.errors import InvalidArgument
+
+    async def attempt(inputs):
+        return await BatchScheduler(BatchingOptions()).run(("key",), lambda x: x, inputs)
+
+    with pytest.raises(InvalidArgument, match="equal 0th-dimension size"):
+        asyncio.run(attempt({"a": np.zeros(2), "b": np.zeros(3)}))
+    with pytest.raises(InvalidArgument, match="is a scalar"):
+        asyncio.run(attempt({"a": np.zeros(())}))
