@@ -1,13 +1,22 @@
-"""Load benchmark of the serving endpoint: throughput and p50/p99 latency of `python -m pipeline serve`
-over REST and gRPC, at 1 and 16 concurrent clients, one product or a batch per request, against
-calling the same SavedModel's serving signature in this process.
+"""Load benchmark of the serving endpoint (`python -m pipeline serve`), in two modes.
 
-    .venv/bin/python scripts/bench_serving.py --model WORK/serving/hanet/1 [--requests 400] [--seconds 60]
+    .venv/bin/python scripts/bench_serving.py --model WORK/serving/hanet/1 [--batching off,on] [--requests 400] [--seconds 60]
+    .venv/bin/python scripts/bench_serving.py --model WORK/serving/hanet/1 --mode large-in-flight [--large 1000]
 
-Each scenario stops after --requests requests or --seconds seconds, whichever comes first; the server
-listens on 127.0.0.1 only and is stopped at the end. Products are real catalog rows (title and the
-original JPEG, as a client sends them). Clients and server share this machine's cores, so the
-endpoint's figures include the clients' own cost (JSON and base64 for REST).
+`throughput` (the default): throughput and p50/p99 latency over REST and gRPC, at 1 and 16 concurrent
+clients, one product or a batch per request, with server-side batching off and on (on: the
+--batching-parameters file, by default the CPU pod's k8s/base/config/batching_parameters.txt), against
+calling the same SavedModel's serving signature in this process; then, per transport and request
+size, the 16-client throughput with batching divided by that without. Each scenario stops after
+--requests requests or --seconds seconds, whichever comes first.
+
+`large-in-flight`: p50/p99 of one client's single-product REST requests, first on an idle server
+(--seconds), then while one request of --large products is computed; the ratio of the two p99s,
+how long the large request took, and the server's resident memory before, at its peak and after.
+
+The server listens on 127.0.0.1 only and is stopped at the end. Products are real catalog rows
+(title and the original JPEG, as a client sends them). Clients and server share this machine's
+cores, so the endpoint's figures include the clients' own cost (JSON and base64 for REST).
 """
 from __future__ import annotations
 
@@ -116,12 +125,12 @@ def run_scenario(make_client, products, clients: int, batch: int, max_requests: 
     }
 
 
-def start_server(serving_base: str, rest_port: int, grpc_port: int) -> subprocess.Popen:
+def start_server(serving_base: str, rest_port: int, grpc_port: int, flags: list[str] = ()) -> subprocess.Popen:
     import requests
 
     server = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "serve", "--model-base", serving_base, "--host", HOST,
-         "--port", str(rest_port), "--grpc-port", str(grpc_port)],
+         "--port", str(rest_port), "--grpc-port", str(grpc_port), *flags],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         stderr=subprocess.DEVNULL,
@@ -140,16 +149,83 @@ def start_server(serving_base: str, rest_port: int, grpc_port: int) -> subproces
     raise SystemExit("the server did not load the model within 300 s")
 
 
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(resident, peak resident) memory of a process, in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
+
+
+def latencies_until(client, product, stop, minimum: int = 0) -> list[float]:
+    """Single-product requests one after another until `stop()` (and at least `minimum` of them)."""
+    latencies = []
+    while not stop() or len(latencies) < minimum:
+        start = time.perf_counter()
+        client.predict([product])
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def large_in_flight(args, products, serving_base: str, flags: list[str]) -> None:
+    from serving.client import RestClient
+
+    rest_port, grpc_port = _free_port(), _free_port()
+    server = start_server(serving_base, rest_port, grpc_port, flags)
+    try:
+        client = RestClient(f"http://{HOST}:{rest_port}", MODEL_NAME, timeout=600)
+        large = [products[i % len(products)] for i in range(args.large)]
+        small = products[0]
+        client.predict([small])
+        resident_before, _ = memory_mb(server.pid)
+        deadline = time.monotonic() + args.seconds
+        idle = np.array(latencies_until(client, small, lambda: time.monotonic() > deadline)) * 1000
+        done = threading.Event()
+        answer = {}
+
+        def send_large():
+            start = time.perf_counter()
+            try:
+                answer["predictions"] = len(RestClient(f"http://{HOST}:{rest_port}", MODEL_NAME, timeout=600).predict(large))
+            except Exception as e:  # reported below, with the figures
+                answer["error"] = str(e)
+            answer["seconds"] = time.perf_counter() - start
+            done.set()
+
+        thread = threading.Thread(target=send_large)
+        thread.start()
+        busy = np.array(latencies_until(client, small, done.is_set, minimum=5)) * 1000
+        thread.join()
+        time.sleep(2)
+        resident_after, peak = memory_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print(f"server flags: {' '.join(flags) or '(none)'}; {os.cpu_count()} CPUs shared by clients and server")
+    outcome = answer.get("error") or f"{answer['predictions']} predictions"
+    print(f"large request: {args.large} products in {answer['seconds']:.1f} s ({outcome})")
+    print(f"{'small requests':<28}{'count':>7}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    for name, figures in (("idle server", idle), (f"{args.large}-product request in flight", busy)):
+        print(f"{name:<28}{len(figures):>7}{np.percentile(figures, 50):>9.1f}{np.percentile(figures, 99):>9.1f}"
+              f"{figures.max():>9.1f}")
+    print(f"p99 in flight / idle p99: {np.percentile(busy, 99) / np.percentile(idle, 99):.2f}")
+    print(f"server memory: {resident_before:.0f} MB before, {peak:.0f} MB peak, {resident_after:.0f} MB after")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="an exported serving SavedModel (e.g. SERVING_BASE/hanet/1)")
+    parser.add_argument("--mode", choices=["throughput", "large-in-flight"], default="throughput")
     parser.add_argument("--catalog", default=str(DEFAULT_CATALOG), help="products to send (title and image columns)")
     parser.add_argument("--products", type=int, default=64, help="distinct products cycled through")
     parser.add_argument("--clients", default="1,16", help="concurrent clients, comma-separated")
     parser.add_argument("--batches", default="1,8", help="products per request, comma-separated")
     parser.add_argument("--transports", default="in-process,rest,grpc")
+    parser.add_argument("--batching", default="off,on", help="server-side batching: off, on or both (comma-separated)")
+    parser.add_argument("--batching-parameters", default=str(REPO_ROOT / "k8s" / "base" / "config" / "batching_parameters.txt"),
+                        help="the BatchingParameters file of the server with batching on")
+    parser.add_argument("--large", type=int, default=1000, help="products in the large request (large-in-flight)")
     parser.add_argument("--requests", type=int, default=400, help="at most this many requests per scenario")
-    parser.add_argument("--seconds", type=float, default=60, help="at most this long per scenario")
+    parser.add_argument("--seconds", type=float, default=60, help="at most this long per scenario (the idle phase of large-in-flight)")
     args = parser.parse_args()
 
     from components.push import push
@@ -159,29 +235,47 @@ def main() -> None:
     clients = [int(c) for c in args.clients.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     transports = args.transports.split(",")
+    settings = args.batching.split(",")
+    flags = {"off": [], "on": ["--enable-batching", "--batching-parameters", args.batching_parameters]}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as serving_base:
         push(args.model, serving_base)
-        rest_port, grpc_port = _free_port(), _free_port()
-        server = start_server(serving_base, rest_port, grpc_port) if {"rest", "grpc"} & set(transports) else None
-        try:
-            make = {
-                "in-process": (lambda model=InProcess(args.model): model) if "in-process" in transports else None,
-                "rest": lambda: RestClient(f"http://{HOST}:{rest_port}", MODEL_NAME),
-                "grpc": lambda: GrpcClient(f"{HOST}:{grpc_port}", MODEL_NAME),
-            }
-            print(f"model {args.model}; {len(products)} catalog products; at most {args.requests} requests "
-                  f"or {args.seconds:g} s per scenario; {os.cpu_count()} CPUs shared by clients and server")
-            print(f"{'transport':<11}{'clients':>8}{'batch':>6}{'requests':>9}{'req/s':>9}{'products/s':>11}"
-                  f"{'p50 ms':>9}{'p99 ms':>9}")
-            for transport, n, batch in itertools.product(transports, clients, batches):
-                figures = run_scenario(make[transport], products, n, batch, args.requests, args.seconds)
-                print(f"{transport:<11}{n:>8}{batch:>6}{figures['requests']:>9}{figures['requests_per_s']:>9.1f}"
-                      f"{figures['products_per_s']:>11.1f}{figures['p50_ms']:>9.1f}{figures['p99_ms']:>9.1f}",
-                      flush=True)
-        finally:
-            if server is not None:
+        if args.mode == "large-in-flight":
+            for setting in settings:
+                large_in_flight(args, products, serving_base, flags[setting])
+            return
+        print(f"model {args.model}; {len(products)} catalog products; at most {args.requests} requests "
+              f"or {args.seconds:g} s per scenario; {os.cpu_count()} CPUs shared by clients and server")
+        print(f"{'transport':<11}{'batching':>9}{'clients':>8}{'batch':>6}{'requests':>9}{'req/s':>9}{'products/s':>11}"
+              f"{'p50 ms':>9}{'p99 ms':>9}")
+        throughput = {}
+
+        def report(transport, setting, n, batch, figures):
+            throughput[transport, setting, n, batch] = figures["requests_per_s"]
+            print(f"{transport:<11}{setting:>9}{n:>8}{batch:>6}{figures['requests']:>9}{figures['requests_per_s']:>9.1f}"
+                  f"{figures['products_per_s']:>11.1f}{figures['p50_ms']:>9.1f}{figures['p99_ms']:>9.1f}", flush=True)
+
+        if "in-process" in transports:
+            model = InProcess(args.model)
+            for n, batch in itertools.product(clients, batches):
+                report("in-process", "-", n, batch, run_scenario(lambda: model, products, n, batch, args.requests, args.seconds))
+        for setting in settings if {"rest", "grpc"} & set(transports) else []:
+            rest_port, grpc_port = _free_port(), _free_port()
+            server = start_server(serving_base, rest_port, grpc_port, flags[setting])
+            try:
+                make = {
+                    "rest": lambda: RestClient(f"http://{HOST}:{rest_port}", MODEL_NAME),
+                    "grpc": lambda: GrpcClient(f"{HOST}:{grpc_port}", MODEL_NAME),
+                }
+                for transport, n, batch in itertools.product([t for t in transports if t in make], clients, batches):
+                    report(transport, setting, n, batch, run_scenario(make[transport], products, n, batch, args.requests, args.seconds))
+            finally:
                 server.terminate()
                 server.wait(timeout=30)
+        most = max(clients)
+        for transport, batch in itertools.product(("rest", "grpc"), batches):
+            if (transport, "on", most, batch) in throughput and (transport, "off", most, batch) in throughput:
+                ratio = throughput[transport, "on", most, batch] / throughput[transport, "off", most, batch]
+                print(f"{transport} at {most} clients, {batch} per request: batching on / off = {ratio:.2f}")
 
 
 if __name__ == "__main__":
