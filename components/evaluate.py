@@ -28,6 +28,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from common import calibration as calibrations
 from common import features
 from common.labels import label_names
 from common.metrics import (
@@ -39,7 +40,6 @@ from common.metrics import (
     precision_name,
     top_k_ids,
 )
-from trainer import calibration as calibrations
 
 # Correctly and wrongly classified eval products shown (photo, title, classes) in the report.
 SAMPLES_PER_KIND = 4

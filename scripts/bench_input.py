@@ -32,6 +32,7 @@ from common import features  # noqa: E402
 from trainer import data, features_cache, recipe  # noqa: E402
 from trainer.model import ModelConfig, build_model, head_model, top_model  # noqa: E402
 from common.labels import num_classes  # noqa: E402
+from common.splits import read_split_sizes  # noqa: E402
 
 
 class StepTimes(keras.callbacks.Callback):
@@ -95,7 +96,7 @@ def main() -> None:
                          image_variant=args.image_variant, image_size=image_size,
                          max_seq_length=spec[features.INPUT_WORD_IDS_KEY].shape[0])
     classes = num_classes(tft_output)
-    train_size = data.read_split_sizes(args.examples)[features.TRAIN_SPLIT]
+    train_size = read_split_sizes(args.examples)[features.TRAIN_SPLIT]
     batches = min(args.steps, math.ceil(train_size / args.batch_size))
     print(f"{train_size} training products, batch {args.batch_size}, {image_size}px, {config.max_seq_length} tokens, "
           f"{args.fusion}, {os.cpu_count()} CPUs, GPUs: {len(tf.config.list_physical_devices('GPU'))}")

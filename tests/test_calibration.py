@@ -1,6 +1,7 @@
-"""Temperature scaling and the review thresholds (trainer/calibration.py), and the streamed calibration
-figures they rest on (common.metrics.CalibrationCounts, StreamWeightCounts): against hand-computed
-cases, direct per-product computations and scikit-learn."""
+"""Temperature scaling and the review thresholds (trainer/calibration.py), their format in the model
+(common/calibration.py), and the streamed calibration figures they rest on (common.metrics:
+CalibrationCounts, StreamWeightCounts): against hand-computed cases, direct per-product computations
+and scikit-learn."""
 import math
 
 import numpy as np
@@ -8,9 +9,10 @@ import pytest
 from scipy.special import softmax
 from sklearn.metrics import log_loss
 
+from common import calibration as calibration_format
+from common.calibration import Calibration, ReviewThreshold
 from common.metrics import CalibrationCounts, StreamWeightCounts, cell_edge, first_cell_at
 from trainer import calibration as calibrations
-from trainer.calibration import Calibration, ReviewThreshold
 
 
 def _calibrated_logits(rng, n: int, classes: int = 8, scale: float = 1.5):
@@ -145,9 +147,9 @@ def test_the_calibration_round_trips_through_the_model_assets(tmp_path):
     fitted = Calibration(temperature=2.0, target_precision=0.98, validation_products=10,
                          review_thresholds=(ReviewThreshold(0.95, 0.7, 0.8), ReviewThreshold(0.98, None, 0.0)))
     assert fitted.review_threshold == math.inf  # an unreached target: every product needs review
-    calibrations.write(fitted, str(tmp_path))
-    assert calibrations.read(str(tmp_path)) == fitted
-    assert calibrations.read(str(tmp_path / "older-model")) == Calibration()
+    calibration_format.write(fitted, str(tmp_path))
+    assert calibration_format.read(str(tmp_path)) == fitted
+    assert calibration_format.read(str(tmp_path / "older-model")) == Calibration()
     assert Calibration().review_threshold == 0.0  # no calibration: nothing needs review
     with pytest.raises(ValueError, match="target precision 0.99 has no review threshold"):
         Calibration(target_precision=0.99, review_thresholds=(ReviewThreshold(0.95, 0.7, 0.8),))

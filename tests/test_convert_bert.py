@@ -12,6 +12,7 @@ from scipy.special import erf
 
 from tests.conftest import PRETRAINED_DIR, _require
 from common import features
+from components.preprocess import tokenizer
 from trainer import convert_bert, encoders
 
 MINILM_HANDLE = PRETRAINED_DIR / "bert_minilm_l6"
@@ -106,7 +107,7 @@ def numpy_bert(t, config, ids, mask, type_ids):
 def test_minilm_matches_numpy_reference(minilm_handle, minilm_checkpoint, titles):
     config = json.loads((minilm_checkpoint / "config.json").read_text())
     handle = str(minilm_handle)
-    inputs = bert_inputs(titles, encoders.vocab_file(handle), encoders.lower_case(handle))
+    inputs = bert_inputs(titles, tokenizer.encoder_vocab_file(handle), tokenizer.encoder_lower_case(handle))
     mask = inputs[features.INPUT_MASK_KEY]
     assert mask[:, -1].any() and not mask[:, -1].all(), "want both truncated and padded titles"
 
@@ -129,11 +130,11 @@ def test_minilm_matches_numpy_reference(minilm_handle, minilm_checkpoint, titles
 def test_vocab_and_casing_come_from_the_saved_model(minilm_handle, minilm_checkpoint, tiny_bert_handle):
     minilm_vocab = (minilm_checkpoint / "vocab.txt").read_bytes()
     for handle in (minilm_handle, tiny_bert_handle):
-        path = encoders.vocab_file(str(handle))
+        path = tokenizer.encoder_vocab_file(str(handle))
         assert path == str(handle / "assets" / "vocab.txt")
         with open(path, "rb") as f:
             assert f.read() == minilm_vocab
-        assert encoders.lower_case(str(handle)) is True
+        assert tokenizer.encoder_lower_case(str(handle)) is True
 
 
 def test_tiny_encoder_fine_tunes(tiny_bert_handle, bert_vocab_file, titles):

@@ -31,13 +31,6 @@ EXCEPTIONS = {
         "one definition of a usable row: the same checks and quarantine reasons as preprocess",
     ("components.batch_predict", "components.push"):
         "newest_served_model: a model base resolves to the version push published and TF Serving serves",
-    ("components.evaluate", "trainer.calibration"):
-        "the evaluate colleague's work in progress reads a model's calibration with the trainer's code; "
-        "to move to common/ (change requested)",
-    ("components.preprocess", "trainer.data"):
-        "write_split_sizes (lazy): the split-sizes file the trainer reads; to move to common/ (change requested)",
-    ("components.kfp_components", "pipeline.kfp_components"):
-        "an alias of the moved shells, until tests/test_gate.py imports pipeline.kfp_components (requested)",
 }
 
 

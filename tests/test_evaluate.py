@@ -10,9 +10,9 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
+from common.calibration import Calibration, ReviewThreshold
 from common.metrics import OTHER_CLASSES, CalibrationCounts, ClassCounts, UnimodalAgreement, top_k_ids
 from components.evaluate import Evaluation, ModelCalibration, gate
-from trainer.calibration import Calibration, ReviewThreshold
 
 
 def _streamed(labels, probabilities, num_classes, batch=64) -> ClassCounts:

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from scipy.special import softmax
 
+from common.calibration import Calibration, ReviewThreshold
 from common.metrics import ClassCounts, StreamWeightCounts, top_k_ids
 from components.evaluate import Evaluation, ModelCalibration, Verdict
 from components.evaluation_report import render_html
 from tests.conftest import FASHION_DIR
-from trainer.calibration import Calibration, ReviewThreshold
 
 NAMES = [f"class {i}" for i in range(70)]  # more than the F1 chart's 60 bars: it shows both ends
 

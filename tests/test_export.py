@@ -13,13 +13,13 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from scipy.special import softmax
 
+from common import calibration as calibrations
 from common import features
 from common.labels import label_names
 from tests.conftest import FASHION_DIR
 from tests.no_tensorflow_text import PRELUDE
-from trainer import calibration as calibrations
+from common.calibration import Calibration, ReviewThreshold
 from trainer import data, export
-from trainer.calibration import Calibration, ReviewThreshold
 from trainer.fusion import HeadConfig
 from trainer.model import ModelConfig, build_model, explained_model
 

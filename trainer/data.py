@@ -7,14 +7,13 @@ accelerator never waits for input.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 
 import tensorflow as tf
 
 from common import features
+from common.splits import read_split_sizes
 
-SPLIT_SIZES_FILE = "split_sizes.json"
 # The validation split is carved out of the train split by a salted hash of the id, in the graph
 # (FarmHash Fingerprint64, stable across machines and releases), so no copy of the records is made
 # and every reader of the train split agrees on it. The salt keeps it independent of the eval split's
@@ -145,16 +144,6 @@ def shard_for_workers(dataset: tf.data.Dataset, file_pattern: str, workers: int)
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         dataset = dataset.with_options(options)
     return dataset
-
-
-def write_split_sizes(examples_dir: str, sizes: dict[str, int]) -> None:
-    with tf.io.gfile.GFile(os.path.join(examples_dir, SPLIT_SIZES_FILE), "w") as f:
-        json.dump(sizes, f)
-
-
-def read_split_sizes(examples_dir: str) -> dict[str, int]:
-    with tf.io.gfile.GFile(os.path.join(examples_dir, SPLIT_SIZES_FILE)) as f:
-        return json.load(f)
 
 
 def fingerprint(*directories: str, head_bytes: int = 65536) -> str:

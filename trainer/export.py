@@ -2,7 +2,7 @@
 
 The transform graph is inside (TFX's `tft_layer` pattern), so clients never tokenize or resize, and
 training and serving share one definition of the features. So is the calibration
-(trainer/calibration.py): the temperature T and the review threshold t are constants of the graph,
+(trainer/calibration.py fits it): the temperature T and the review threshold t are constants of the graph,
 
     scores = softmax(logits / T)[classes],   needs_review = scores[:, 0] < t,
 
@@ -21,9 +21,9 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
+from common import calibration as calibrations
 from common import features
 from common.labels import label_names
-from trainer import calibration as calibrations
 from trainer import data
 from trainer.model import explained_model
 

@@ -40,7 +40,8 @@ import tf_keras as keras
 
 from common import features
 from common.labels import num_classes
-from trainer import data, export, features_cache, fusion, recipe
+from common.splits import read_split_sizes
+from trainer import calibration, data, export, features_cache, fusion, recipe
 from trainer.loop import fit_stage, writable
 from trainer.model import (
     FROZEN,
@@ -68,6 +69,9 @@ PROBABILITIES_DIR = "probabilities"
 CROSSFIT, IN_SAMPLE = "crossfit", "in_sample"
 DECISION_TRAININGS = (CROSSFIT, IN_SAMPLE)
 EVAL_BATCH_SIZE = 256
+# Temperature scaling needs the logits of held-out products in memory (n × classes): one scalar is
+# pinned by far fewer products than the paper's 150K validation ones.
+CALIBRATION_PRODUCTS = 50_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,6 +345,34 @@ class Run:
         return features_cache.make_feature_dataset(cache_dir, split, batch_size, shuffle, repeat=shuffle, seed=seed,
                                                    keep=keep)
 
+    def logits(self, trained: Trained, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(logits [n, classes], labels [n]) of a model on (the first `limit` products of) a split."""
+        names = list(trained.model.input) if isinstance(trained.model.input, dict) else None
+        predict = tf.function(lambda inputs: trained.model(inputs, training=False))
+        outputs, labels, count = [], [], 0
+        for inputs, batch_labels in self.dataset(trained.form, split, EVAL_BATCH_SIZE, shuffle=False, input_names=names):
+            outputs.append(predict(inputs).numpy())
+            labels.append(batch_labels.numpy())
+            count += len(labels[-1])
+            if limit and count >= limit:
+                break
+        if not outputs:
+            return np.zeros([0, self.classes], np.float32), np.zeros([0], np.int64)
+        return np.concatenate(outputs)[:limit], np.concatenate(labels)[:limit]
+
+    def calibrate(self, trained: Trained) -> calibration.Calibration | None:
+        """The temperature and review thresholds of a model, fitted on the validation split (None
+        without one: the model is then exported uncalibrated)."""
+        if not self.validation:
+            return None
+        logits, labels = self.logits(trained, features.VALIDATION_SPLIT, CALIBRATION_PRODUCTS)
+        if not len(labels):
+            return None
+        fitted = calibration.fit(logits, labels)
+        self.log(f"[{trained.name}] calibration on {len(labels)} validation products: temperature "
+                 f"{fitted.temperature:.3f}, ECE {fitted.validation['ece_before']:.4f} → {fitted.validation['ece_after']:.4f}")
+        return fitted
+
     # ---- Decision-level heads ----
 
     def probabilities(self, trained: Trained, split: str, keep=None):
@@ -471,7 +503,8 @@ def train_stages(run: Run, fusion_name: str, seed: int) -> dict[str, Trained]:
 
 
 def export_model(run: Run, trained: Trained, export_dir: str, warmup: list) -> None:
-    """`trained` (any form) as the full serving SavedModel."""
+    """`trained` (any form) as the full serving SavedModel, calibrated on the validation split."""
+    fitted = run.calibrate(trained)
     model = trained.model
     if trained.form != FULL:
         with run.strategy.scope():
@@ -479,7 +512,7 @@ def export_model(run: Run, trained: Trained, export_dir: str, warmup: list) -> N
         transfer(trained.model, model)
     export.export_serving_model(
         model, run.tft_output, writable(export_dir), image_size=run.model_config.image_size,
-        max_seq_length=run.model_config.max_seq_length, warmup_examples=warmup,
+        max_seq_length=run.model_config.max_seq_length, warmup_examples=warmup, calibration=fitted,
     )
 
 
@@ -496,7 +529,7 @@ def train(
     """Trains every stage of `model_config.fusion` and exports the serving SavedModel to `export_dir`
     (and the unimodal models to `unimodal_export_dirs[text_only|image_only]`, when given and
     trained). Returns {stage: last logs}."""
-    train_size = data.read_split_sizes(examples_dir)[features.TRAIN_SPLIT]
+    train_size = read_split_sizes(examples_dir)[features.TRAIN_SPLIT]
     if train_size == 0:
         raise ValueError(f"{examples_dir} has no training examples")
     policy = precision_policy(train_config.mixed_precision)

@@ -173,12 +173,12 @@ class _CheckText(beam.DoFn):
         self._columns = columns
 
     def process(self, row: CatalogRow):
-        try:
-            product_id, _, _, _ = row_checks.validate_row(row, self._columns)
-        except row_checks.RowError as e:
-            yield beam.pvalue.TaggedOutput(_QUARANTINE_TAG, row_checks.quarantine(row, self._columns, e.reason, e.message))
-            return
-        yield product_id, row
+        # preprocess's text check, which never raises: an unexpected error quarantines its row too.
+        checked = row_checks.check_text(row, self._columns)
+        if isinstance(checked, row_checks.Quarantined):
+            yield beam.pvalue.TaggedOutput(_QUARANTINE_TAG, checked)
+        else:
+            yield checked, row
 
 
 def _position(row: CatalogRow) -> tuple[str, int]:
