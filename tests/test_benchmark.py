@@ -72,6 +72,8 @@ def test_every_model_seed_and_tune_is_reported_consistently(benchmark_run):
                 figures = run["eval"][name]
                 assert figures["examples"] == summary["tunes"][tune]["examples"]
                 assert 0.0 <= figures["top1_accuracy"] <= figures["top5_accuracy"] <= 1.0
+                assert 0.0 <= figures["ece"] <= 1.0 and 0.0 <= figures["coverage_at_98"] <= 1.0
+                assert figures["temperature"] > 0
     markdown = (benchmark_run[0] / "out" / "results.md").read_text()
     assert "## Table 1, tune top" in markdown and "| hanet | top |" in markdown and "| tfidf_svm | titles |" in markdown
 

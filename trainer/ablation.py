@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import features
-from common.metrics import ClassCounts, UnimodalAgreement, top_k_ids
+from common.metrics import CalibrationCounts, ClassCounts, UnimodalAgreement, top_k_ids
 from trainer import baselines, features_cache, fusion
 from trainer.model import FROZEN, TOP, ModelConfig
 from trainer.recipe import ADAMW, Recipe
@@ -146,24 +146,34 @@ def _validation_of(trained: Trained) -> float:
 
 def evaluate_models(run: Run, models: dict[str, Trained]) -> dict:
     """One streamed pass over the eval split for all `models` (one form): {model: {top1_accuracy,
-    top5_accuracy, macro_f1, examples}} and, with both unimodal models, "table1" per model."""
+    top5_accuracy, macro_f1, examples, ece, coverage_at_98, temperature}} and, with both unimodal
+    models, "table1" per model. Scores are calibrated as the exported model's are: a temperature
+    fitted on the validation split (trainer/calibration.py)."""
     forms = {t.form for t in models.values()}
     if len(forms) != 1:
         raise ValueError(f"models of one pass must share a form, got {forms}")
+    temperatures = {name: getattr(run.calibrate(t), "temperature", 1.0) for name, t in models.items()}
     counts = {name: ClassCounts(run.classes) for name in models}
+    calibrated = {name: CalibrationCounts() for name in models}
     agreements = {name: UnimodalAgreement() for name in models}
     has_table1 = all(m in models for m in fusion.UNIMODAL_FUSIONS)
     predict = {name: tf.function(lambda inputs, m=t.model: m(inputs, training=False)) for name, t in models.items()}
     names = {name: list(t.model.input) for name, t in models.items()}
     for inputs, labels in run.dataset(forms.pop(), features.EVAL_SPLIT, EVAL_BATCH_SIZE, shuffle=False):
         labels = labels.numpy()
-        top = {name: top_k_ids(predict[name]({k: inputs[k] for k in names[name]}).numpy()) for name in models}
+        logits = {name: predict[name]({k: inputs[k] for k in names[name]}).numpy() for name in models}
+        top = {name: top_k_ids(logits[name]) for name in models}
         for name in models:
             counts[name].add(labels, top[name])
+            calibrated[name].add(np.asarray(logits[name], np.float64) / temperatures[name], labels)
             if has_table1:
                 agreements[name].add(labels, top[fusion.TEXT_ONLY][:, 0], top[fusion.IMAGE_ONLY][:, 0],
                                      top[name][:, 0])
-    results = {name: counts[name].metrics() for name in models}
+    results = {}
+    for name in models:
+        coverage, threshold = calibrated[name].coverage_at(0.98)
+        results[name] = {**counts[name].metrics(), "ece": calibrated[name].ece(), "coverage_at_98": coverage,
+                         "threshold_at_98": threshold, "temperature": temperatures[name]}
     if has_table1:
         results["table1"] = {name: agreements[name].table() for name in models}
     return results
@@ -261,7 +271,7 @@ def summarize(raw: dict) -> dict:
         per_seed = [run["eval"][name] for run in runs]
         entry = {
             metric: _mean_std([figures[metric] for figures in per_seed])
-            for metric in ("top1_accuracy", "top5_accuracy", "macro_f1")
+            for metric in ("top1_accuracy", "top5_accuracy", "macro_f1", "ece", "coverage_at_98")
         }
         entry["validation_top1_accuracy"] = _mean_std(
             [run["training"][name]["validation_top1_accuracy"] for run in runs]
