@@ -15,55 +15,18 @@ import tensorflow as tf
 from kfp import dsl
 
 from common import features
-from components import kfp_components
 from components.evaluate import evaluate_model, gate
-from components.preprocess.row_checks import normalize_image
 from components.push import newest_served_model, push
+from pipeline import kfp_components
 from tests import conftest
-from tests.conftest import DISTINCT_CLASSES, FASHION_CATALOG, FASHION_DIR
+from tests.conftest import DISTINCT_CLASSES, FASHION_CATALOG
 
 TOLERANCE = 0.05
 OTHER_IMAGE_SIZE = 64  # the served image model's; the candidates' is conftest's 32
 
 
-def _bytes_feature(value: bytes) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def write_raw_eval_examples(preprocessed) -> str:
-    """The eval split's raw tf.Examples as the preprocess stage keeps them (RAW_EXAMPLES_DIR/eval/:
-    id, title, the catalog's original image bytes, the label string), for the products of its
-    transformed eval split; left as it is when the preprocess stage wrote them itself."""
-    directory = os.path.join(preprocessed.examples_dir, features.RAW_EXAMPLES_DIR, features.EVAL_SPLIT)
-    if tf.io.gfile.glob(os.path.join(directory, "*.tfrecord.gz")):
-        return directory
-    spec = {features.ID_KEY: tf.io.FixedLenFeature([], tf.string)}
-    files = tf.io.gfile.glob(os.path.join(preprocessed.examples_dir, features.EVAL_SPLIT, "*"))
-    ids = [tf.io.parse_single_example(r, spec)[features.ID_KEY].numpy().decode()
-           for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-    with open(FASHION_CATALOG, newline="") as f:
-        rows = {row["id"]: row for row in csv.DictReader(f)}
-    os.makedirs(directory)
-    with tf.io.TFRecordWriter(os.path.join(directory, "part-00000.tfrecord.gz"), "GZIP") as writer:
-        for product_id in ids:
-            row, photo = rows[product_id], FASHION_DIR / rows[product_id]["image"]
-            writer.write(tf.train.Example(features=tf.train.Features(feature={
-                features.ID_KEY: _bytes_feature(product_id.encode()),
-                features.TITLE_KEY: _bytes_feature(row["title"].encode()),
-                features.IMAGE_BYTES_KEY: _bytes_feature(normalize_image(photo.read_bytes(), str(photo))),
-                features.LABEL_KEY: _bytes_feature(row["articleType"].encode()),
-            })).SerializeToString())
-    return directory
-
-
-@pytest.fixture(scope="module")
-def distinct_with_raw(distinct_preprocessed):
-    write_raw_eval_examples(distinct_preprocessed)
-    return distinct_preprocessed
-
-
-def test_a_deliberately_worse_model_is_refused_against_the_served_one(distinct_with_raw, text_models, tmp_path):
-    records = (distinct_with_raw.examples_dir, distinct_with_raw.transform_graph_dir)
+def test_a_deliberately_worse_model_is_refused_against_the_served_one(distinct_preprocessed, text_models, tmp_path):
+    records = (distinct_preprocessed.examples_dir, distinct_preprocessed.transform_graph_dir)
     base = str(tmp_path / "serving")
 
     first = evaluate_model(text_models["trained"], *records, served_model=newest_served_model(base))
@@ -140,12 +103,12 @@ def other_size_image_model(distinct_preprocessed, tiny_bert_handle, tmp_path_fac
 
 
 def test_a_served_model_of_another_image_size_sees_the_original_photos(
-    distinct_with_raw, image_model, other_size_image_model, tmp_path
+    distinct_preprocessed, image_model, other_size_image_model, tmp_path
 ):
     other_records, other_model = other_size_image_model
     base = str(tmp_path / "serving")
     push(other_model, base)
-    compared = evaluate_model(image_model, distinct_with_raw.examples_dir, distinct_with_raw.transform_graph_dir,
+    compared = evaluate_model(image_model, distinct_preprocessed.examples_dir, distinct_preprocessed.transform_graph_dir,
                               served_model=newest_served_model(base))
     # The served model scores on the raw eval products what it scores on its own records, made from
     # the same original photos at its own size: the same products right, the same confidence.
@@ -158,7 +121,7 @@ def test_a_served_model_of_another_image_size_sees_the_original_photos(
     # Not a check that always passes: fed the candidate's stored 32 px JPEGs, the served model's
     # confidence moves far beyond that tolerance.
     stored = {features.TITLE_KEY: tf.io.FixedLenFeature([], tf.string), features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
-    files = tf.io.gfile.glob(os.path.join(distinct_with_raw.examples_dir, features.EVAL_SPLIT, "*"))
+    files = tf.io.gfile.glob(os.path.join(distinct_preprocessed.examples_dir, features.EVAL_SPLIT, "*"))
     batch = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1000).map(
         lambda s: tf.io.parse_example(s, stored))))
     upscaled = tf.saved_model.load(other_model).signatures[features.SERVING_SIGNATURE](
@@ -194,9 +157,8 @@ class _Page(html.parser.HTMLParser):
 
 
 def test_the_kfp_component_writes_metrics_confusion_matrix_table1_report_and_verdict(
-    distinct_with_raw, text_models, image_model, tmp_path
+    distinct_preprocessed, text_models, image_model, tmp_path
 ):
-    distinct_preprocessed = distinct_with_raw
     base = str(tmp_path / "serving")
     push(text_models["untrained"], base)  # what is served: the candidate must beat it
     out = tmp_path / "outputs"

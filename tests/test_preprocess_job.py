@@ -4,12 +4,14 @@ import json
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from components.evaluate import RAW_SPEC
 from components.preprocess import row_checks
-from components.preprocess.job import split_of
-from tests.conftest import FASHION_CATALOG
+from components.preprocess.job import PreprocessError, check_outputs, split_of
+from tests.conftest import FASHION_CATALOG, FASHION_DIR
 from common import features
 from trainer import data
 
@@ -54,6 +56,41 @@ def test_split_is_by_hash_of_id_and_records_carry_model_features(small_preproces
     # The vocabulary is analysed on train only: every train label is in it.
     assert max(train_labels) < len(vocabulary)
     assert len(vocabulary) == small_preprocessed.metrics["label_vocabulary_size"]
+
+
+def test_the_eval_split_raw_examples_are_kept_as_the_catalog_has_them(small_preprocessed):
+    examples_dir = small_preprocessed.examples_dir
+    raw_dir = os.path.join(examples_dir, features.RAW_EXAMPLES_DIR)
+    assert os.listdir(raw_dir) == [features.EVAL_SPLIT]  # train's are not kept: nothing reads them
+    files = tf.io.gfile.glob(os.path.join(raw_dir, features.EVAL_SPLIT, "*.tfrecord.gz"))
+    assert files
+    raw = [tf.io.parse_single_example(r, RAW_SPEC) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    raw = {e[features.ID_KEY].numpy().decode(): e for e in raw}
+    spec = {features.ID_KEY: tf.io.FixedLenFeature([], tf.string)}
+    transformed_ids = [e[features.ID_KEY].decode() for e in _read(examples_dir, features.EVAL_SPLIT, spec)]
+    # The same products as the transformed eval split, each once (not the quarantined duplicate).
+    assert sorted(raw) == sorted(transformed_ids) and len(raw) == small_preprocessed.metrics["kept"]["eval"] > 0
+    with open(FASHION_CATALOG, newline="") as f:
+        rows = {row["id"]: row for row in csv.DictReader(f)}
+    for product_id, example in raw.items():
+        row, photo = rows[product_id], FASHION_DIR / rows[product_id]["image"]
+        assert example[features.TITLE_KEY].numpy().decode() == row["title"]
+        assert example[features.LABEL_KEY].numpy().decode() == row["articleType"]
+        image_bytes = example[features.IMAGE_BYTES_KEY].numpy()
+        # The catalog's original photo, as the row checks pass it on: not the resized model input.
+        assert image_bytes == row_checks.normalize_image(photo.read_bytes(), str(photo))
+        pixels = tf.io.decode_image(image_bytes, channels=3).numpy()
+        assert np.array_equal(pixels, tf.io.decode_image(photo.read_bytes(), channels=3).numpy())
+        assert pixels.shape[0] > 32 and pixels.shape[1] > 32
+
+
+def test_raw_eval_shards_of_an_earlier_run_are_refused_before_any_work(tmp_path):
+    raw_eval = tmp_path / "examples" / features.RAW_EXAMPLES_DIR / features.EVAL_SPLIT
+    raw_eval.mkdir(parents=True)
+    (raw_eval / "part-00000-of-00001.tfrecord.gz").write_bytes(b"")
+    # The evaluate stage reads every shard there: an earlier run's would be compared on as this one's.
+    with pytest.raises(PreprocessError, match="already holds raw eval records"):
+        check_outputs(str(tmp_path / "examples"))
 
 
 # Computed once with split_of as it stands: a product must stay in its split across releases (a trained

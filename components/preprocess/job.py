@@ -3,10 +3,17 @@
 Two Beam pipelines, one after the other, as TFX's ExampleGen and Transform are:
 
     validate:  catalog files → rows → text checks → one row per id → images read and checked
-               → split by hash of id → raw tf.Examples (temporary TFRecords)
+               → split by hash of id → raw tf.Examples: train as temporary TFRecords, eval kept in
+               the examples artifact (RAW_EXAMPLES_DIR/eval/, GZIP TFRecords)
                and every rejected row → quarantine.jsonl, with its reason
     transform: raw train → tensorflow-transform analysis (label vocabulary on train only) → transform graph
                raw train, raw eval → transform → GZIP TFRecords of model features
+
+The eval split's raw examples are kept for the evaluate stage: it compares the served model with the
+candidate on the original photos and titles, as a client sends them, and a served model of another
+image size or vocabulary cannot read the candidate's transformed records. They are written once and
+are what the transformed eval split is made from, so both hold the same products. Train's raw examples
+are not kept: nothing reads them after this stage, and they would double its storage.
 
 Why two: the analysis must finish before any row is transformed, so in one pipeline every raw example,
 photo included, would wait in the runner for the analysis; the DirectRunner waits in memory (measured:
@@ -38,7 +45,7 @@ from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptio
 
 from components.preprocess import row_checks
 from components.preprocess.catalog import CatalogColumns, CatalogRow, check_catalog, read_rows
-from common import features
+from common import features, splits
 
 if TYPE_CHECKING:
     from components.preprocess.transform import TransformOptions
@@ -50,7 +57,7 @@ METRICS_FILE = "metrics.json"
 RECORD_SUFFIX = ".tfrecord.gz"
 SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
 DEFAULT_EVAL_FRACTION = 0.2
-_RAW_SUFFIX = ".tfrecord"  # temporary raw examples: JPEG bytes do not compress, gzip would only cost CPU
+_RAW_SUFFIX = ".tfrecord"  # temporary raw train examples: JPEG bytes do not compress, gzip would only cost CPU
 _COUNTS_PREFIX = "counts"
 _QUARANTINE_TAG = "quarantine"
 _PROJECT_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
@@ -79,6 +86,20 @@ def split_of(product_id: str, eval_fraction: float) -> str:
 
 def split_file_pattern(examples_dir: str, split: str) -> str:
     return os.path.join(examples_dir, split, f"part-*{RECORD_SUFFIX}")
+
+
+def raw_eval_dir(examples_dir: str) -> str:
+    """Where the eval split's raw examples are kept, for the evaluate stage."""
+    return os.path.join(examples_dir, features.RAW_EXAMPLES_DIR, features.EVAL_SPLIT)
+
+
+def _raw_shards(split: str, raw_dir: str, examples_dir: str) -> tuple[str, str]:
+    """(prefix, suffix) of a split's raw example shards, written by pipeline 1 and read by pipeline 2:
+    eval's in the examples artifact, GZIP as every kept record (the suffix picks the compression);
+    train's in the temporary directory, uncompressed."""
+    if split == features.EVAL_SPLIT:
+        return os.path.join(raw_eval_dir(examples_dir), "part"), RECORD_SUFFIX
+    return FileSystems.join(raw_dir, split, "part"), _RAW_SUFFIX
 
 
 def _rows_of(catalog_file: fileio.ReadableFile) -> Iterable[CatalogRow]:
@@ -162,10 +183,12 @@ def runs_on_this_machine(beam_args: Sequence[str]) -> bool:
 
 def check_outputs(examples_dir: str, *other_dirs: str) -> None:
     """Raises PreprocessError unless the output directories can be written and hold no earlier records."""
-    for split in SPLITS:
+    earlier = {split: split_file_pattern(examples_dir, split) for split in SPLITS}
+    earlier[f"raw {features.EVAL_SPLIT}"] = os.path.join(raw_eval_dir(examples_dir), f"part-*{RECORD_SUFFIX}")
+    for what, pattern in earlier.items():
         # Shards of an earlier run would be read as part of this one.
-        if FileSystems.match([split_file_pattern(examples_dir, split)])[0].metadata_list:
-            raise PreprocessError(f"{examples_dir} already holds {split} records: write to a new directory")
+        if FileSystems.match([pattern])[0].metadata_list:
+            raise PreprocessError(f"{examples_dir} already holds {what} records: write to a new directory")
     for directory in dict.fromkeys((examples_dir, *other_dirs)):
         _check_writable(directory)
 
@@ -200,7 +223,7 @@ def preprocess(
     """Runs the preprocess stage; returns its metrics (rows in, kept per split, quarantined per reason,
     label vocabulary and out-of-vocabulary labels), also written to `metrics_file`.
 
-    `temp_dir` holds the raw examples between the two pipelines and TFT's scratch files; by default a
+    `temp_dir` holds the raw train examples between the two pipelines and TFT's scratch files; by default a
     new directory under the pipeline's --temp_location (needed on remote runners) or the local temp dir.
     It is deleted when the stage succeeds.
     """
@@ -225,15 +248,15 @@ def preprocess(
         )
     raw_dir = FileSystems.join(temp_dir, "raw")
 
-    _validate(catalog, columns, eval_fraction, max_image_pixels, raw_dir, quarantine_file, temp_dir, pipeline_options)
+    _validate(
+        catalog, columns, eval_fraction, max_image_pixels, raw_dir, examples_dir, quarantine_file, temp_dir, pipeline_options
+    )
     _transform(options, raw_dir, examples_dir, transform_graph_dir, temp_dir, pipeline_options)
 
     metrics = _metrics(temp_dir, transform_graph_dir, options.label_min_count)
     _write_json(metrics_file, metrics)
     # The trainer's steps per epoch come from here rather than from a pass over the records.
-    from trainer.data import write_split_sizes
-
-    write_split_sizes(examples_dir, metrics["kept"])
+    splits.write_split_sizes(examples_dir, metrics["kept"])
     _delete(temp_dir)
     return PreprocessResult(
         metrics,
@@ -245,8 +268,10 @@ def preprocess(
     )
 
 
-def _validate(catalog, columns, eval_fraction, max_image_pixels, raw_dir, quarantine_file, temp_dir, pipeline_options):
-    """Pipeline 1: catalog → raw examples per split, quarantine, counts."""
+def _validate(
+    catalog, columns, eval_fraction, max_image_pixels, raw_dir, examples_dir, quarantine_file, temp_dir, pipeline_options
+):
+    """Pipeline 1: catalog → raw examples per split (eval's kept), quarantine, counts."""
     import tensorflow_transform as tft
     from tensorflow_transform.tf_metadata import schema_utils
 
@@ -286,10 +311,11 @@ def _validate(catalog, columns, eval_fraction, max_image_pixels, raw_dir, quaran
             lambda p, _: SPLITS.index(split_of(p.id, eval_fraction)), len(SPLITS)
         )
         for i, split in enumerate(SPLITS):
+            prefix, suffix = _raw_shards(split, raw_dir, examples_dir)
             _ = (
                 by_split[i]
                 | f"RawExample{split}" >> beam.Map(lambda p: raw_coder.encode(p.as_raw_example()))
-                | f"WriteRaw{split}" >> beam.io.WriteToTFRecord(FileSystems.join(raw_dir, split, "part"), file_name_suffix=_RAW_SUFFIX)
+                | f"WriteRaw{split}" >> beam.io.WriteToTFRecord(prefix, file_name_suffix=suffix)
             )
         _ = (
             quarantined
@@ -324,8 +350,9 @@ def _transform(options, raw_dir, examples_dir, transform_graph_dir, temp_dir, pi
     raw_schema = schema_utils.schema_from_feature_spec(RAW_FEATURE_SPEC)
 
     def raw_examples(split: str) -> tfxio.TFExampleRecord:
+        prefix, suffix = _raw_shards(split, raw_dir, examples_dir)
         return tfxio.TFExampleRecord(
-            FileSystems.join(raw_dir, split, f"part-*{_RAW_SUFFIX}"),
+            f"{prefix}-*{suffix}",  # GZIP or not, read as the suffix says
             schema=raw_schema,
             telemetry_descriptors=["hanet", "preprocess"],
         )
