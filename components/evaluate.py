@@ -196,6 +196,57 @@ class Evaluation:
         return {**dataclasses.asdict(self), "samples": samples}
 
 
+class EvalFigures:
+    """Everything evaluate_model streams over the eval split: the candidate's counts, calibration,
+    stream weights and sample products, and with the unimodal models Table 1 and their calibration."""
+
+    def __init__(self, names: list[str], calibration: ModelCalibration, unimodal: dict, samples_per_kind: int):
+        self.names, self.calibration, self.unimodal = names, calibration, unimodal
+        self.counts = ClassCounts(len(names))
+        self.agreement = UnimodalAgreement() if unimodal else None
+        self.weights = None
+        self.samples = SampleProducts(samples_per_kind)
+
+    def add(self, batch: dict, outputs: dict) -> None:
+        """One batch of transformed eval records and the candidate's outputs on it."""
+        labels = batch[features.LABEL_ID_KEY].numpy()
+        logits = outputs[features.OUTPUT_LOGITS_KEY]
+        top_ids = top_k_ids(logits)
+        self.counts.add(labels, top_ids)
+        self.calibration.add(logits, labels)
+        if features.OUTPUT_TEXT_WEIGHT_KEY in outputs:
+            self.weights = self.weights or StreamWeightCounts()
+            self.weights.add(
+                np.stack([outputs[features.OUTPUT_TEXT_WEIGHT_KEY], outputs[features.OUTPUT_IMAGE_WEIGHT_KEY]], -1),
+                top_ids[:, 0] == labels)
+        if not self.samples.full():
+            self.samples.add({k: v.numpy() for k, v in batch.items()}, labels, top_ids, outputs, self.names,
+                             self.calibration.calibration.review_threshold)
+        if self.agreement:
+            top1 = {}
+            for stage, (predict, stage_calibration) in self.unimodal.items():
+                stage_logits = predict(batch)[features.OUTPUT_LOGITS_KEY]
+                stage_calibration.add(stage_logits, labels)
+                top1[stage] = top_k_ids(stage_logits, 1)[:, 0]
+            self.agreement.add(labels, top1["text_only"], top1["image_only"], top_ids[:, 0])
+
+    def evaluation(self, served: dict | None) -> Evaluation:
+        return Evaluation(
+            metrics=self.counts.metrics(),
+            per_class=self.counts.per_class(self.names),
+            confused_pairs=self.counts.confused_pairs(self.names),
+            confusion_matrix=self.counts.confusion_matrix(self.names),
+            table1=self.agreement.table() if self.agreement else None,
+            served=served,
+            samples={"right": self.samples.right, "wrong": self.samples.wrong},
+            calibration=self.calibration.figures(),
+            unimodal_calibration={stage: c.figures() for stage, (_, c) in self.unimodal.items()} or None,
+            curves=self.calibration.curves(),
+            stream_weights={"summary": self.weights.summary(), "histogram": self.weights.histogram()}
+            if self.weights else None,
+        )
+
+
 def _transformed_predictor(model, model_dir: str):
     """batch → the TRANSFORMED_SIGNATURE outputs (numpy): probabilities, logits, stream weights."""
     signature = model.signatures[features.TRANSFORMED_SIGNATURE]
@@ -292,55 +343,22 @@ def evaluate_model(
 
     served = compare_with_served(served_model, load(model_dir), examples_dir, batch_size, load) if served_model else None
     candidate = _transformed_predictor(load(model_dir), model_dir)
-    candidate_calibration = ModelCalibration(calibrations.read(model_dir))
-    review_threshold = candidate_calibration.calibration.review_threshold
     unimodal = {}
     if text_model_dir:
         unimodal = {stage: (_transformed_predictor(load(d), d), ModelCalibration(calibrations.read(d)))
                     for stage, d in (("text_only", text_model_dir), ("image_only", image_model_dir))}
 
-    counts = ClassCounts(len(names))
-    agreement = UnimodalAgreement() if unimodal else None
-    weights = None
-    samples = SampleProducts(samples_per_kind)
+    figures = EvalFigures(names, ModelCalibration(calibrations.read(model_dir)), unimodal, samples_per_kind)
     for batch in eval_records(examples_dir, spec, batch_size):
-        labels = batch[features.LABEL_ID_KEY].numpy()
         outputs = candidate(batch)
-        logits = outputs[features.OUTPUT_LOGITS_KEY]
-        if logits.shape[-1] != len(names):
+        classes = outputs[features.OUTPUT_LOGITS_KEY].shape[-1]
+        if classes != len(names):
             raise ValueError(
-                f"{model_dir} predicts {logits.shape[-1]} classes but the transform graph "
+                f"{model_dir} predicts {classes} classes but the transform graph "
                 f"{transform_graph_dir} has {len(names)}: the model was trained on other records"
             )
-        top_ids = top_k_ids(logits)
-        counts.add(labels, top_ids)
-        candidate_calibration.add(logits, labels)
-        if features.OUTPUT_TEXT_WEIGHT_KEY in outputs:
-            weights = weights or StreamWeightCounts()
-            weights.add(np.stack([outputs[features.OUTPUT_TEXT_WEIGHT_KEY], outputs[features.OUTPUT_IMAGE_WEIGHT_KEY]], -1),
-                        top_ids[:, 0] == labels)
-        if not samples.full():
-            samples.add({k: v.numpy() for k, v in batch.items()}, labels, top_ids, outputs, names, review_threshold)
-        if agreement:
-            top1 = {}
-            for stage, (predict, stage_calibration) in unimodal.items():
-                stage_logits = predict(batch)[features.OUTPUT_LOGITS_KEY]
-                stage_calibration.add(stage_logits, labels)
-                top1[stage] = top_k_ids(stage_logits, 1)[:, 0]
-            agreement.add(labels, top1["text_only"], top1["image_only"], top_ids[:, 0])
-    return Evaluation(
-        metrics=counts.metrics(),
-        per_class=counts.per_class(names),
-        confused_pairs=counts.confused_pairs(names),
-        confusion_matrix=counts.confusion_matrix(names),
-        table1=agreement.table() if agreement else None,
-        served=served,
-        samples={"right": samples.right, "wrong": samples.wrong},
-        calibration=candidate_calibration.figures(),
-        unimodal_calibration={stage: c.figures() for stage, (_, c) in unimodal.items()} or None,
-        curves=candidate_calibration.curves(),
-        stream_weights={"summary": weights.summary(), "histogram": weights.histogram()} if weights else None,
-    )
+        figures.add(batch, outputs)
+    return figures.evaluation(served)
 
 
 def gate(
