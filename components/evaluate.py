@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import calibration as calibrations
-from common import features
+from common import features, splits
 from common.labels import label_names
 from common.metrics import (
     TARGET_PRECISIONS,
@@ -288,7 +288,7 @@ RAW_SPEC = {key: tf.io.FixedLenFeature([], tf.string)
 
 def raw_eval_records(examples_dir: str, batch_size: int) -> tf.data.Dataset:
     """The eval split's raw examples (original image bytes, label string), as the preprocess stage keeps them."""
-    directory = os.path.join(examples_dir, features.RAW_EXAMPLES_DIR, features.EVAL_SPLIT)
+    directory = splits.raw_examples_dir(examples_dir)
     files = tf.io.gfile.glob(os.path.join(directory, "*.tfrecord.gz"))
     if not files:
         raise ValueError(f"comparing with the served model needs the eval split's raw examples, and {directory} "

@@ -38,13 +38,12 @@ def bert_vocab_file(tiny_bert_handle) -> pathlib.Path:
     return _require(tiny_bert_handle / "assets" / "vocab.txt", "the BERT uncased WordPiece vocabulary")
 
 
-def write_small_catalog(path: pathlib.Path, n: int, extra_rows: list[dict] | None = None) -> pathlib.Path:
-    """The first n products of the fashion catalog, images by absolute path, plus extra rows."""
+def write_fashion_catalog(path: pathlib.Path, keep=lambda rows: rows, extra_rows: list[dict] | None = None) -> pathlib.Path:
+    """The fashion catalog's rows that `keep` (rows → rows) picks, images by absolute path, plus extra rows."""
     import csv
 
     with open(FASHION_CATALOG, newline="") as f:
-        reader = csv.DictReader(f)
-        rows = [row for _, row in zip(range(n), reader)]
+        rows = keep(list(csv.DictReader(f)))
     for row in rows:
         row["image"] = str(FASHION_DIR / row["image"])
     rows += extra_rows or []
@@ -53,6 +52,11 @@ def write_small_catalog(path: pathlib.Path, n: int, extra_rows: list[dict] | Non
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def write_small_catalog(path: pathlib.Path, n: int, extra_rows: list[dict] | None = None) -> pathlib.Path:
+    """The first n products of the fashion catalog, images by absolute path, plus extra rows."""
+    return write_fashion_catalog(path, lambda rows: rows[:n], extra_rows)
 
 
 @pytest.fixture(scope="session")
@@ -96,22 +100,14 @@ SMALL_MODEL_IMAGE_SIZE = 32  # EfficientNet's smallest input
 @pytest.fixture(scope="session")
 def distinct_preprocessed(tmp_path_factory, bert_vocab_file):
     """20 products of each of DISTINCT_CLASSES through the real preprocess stage (about 15 in eval)."""
-    import csv
 
     from components.preprocess.catalog import CatalogColumns
     from components.preprocess.job import preprocess
     from components.preprocess.transform import TransformOptions
 
     root = tmp_path_factory.mktemp("distinct")
-    with open(FASHION_CATALOG, newline="") as f:
-        rows = list(csv.DictReader(f))
-    picked = [row for label in DISTINCT_CLASSES for row in [r for r in rows if r["articleType"] == label][:20]]
-    for row in picked:
-        row["image"] = str(FASHION_DIR / row["image"])
-    with open(root / "catalog.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(picked[0]))
-        writer.writeheader()
-        writer.writerows(picked)
+    write_fashion_catalog(root / "catalog.csv", lambda rows: [
+        row for label in DISTINCT_CLASSES for row in [r for r in rows if r["articleType"] == label][:20]])
     return preprocess(
         catalog=str(root / "catalog.csv"),
         columns=CatalogColumns(label="articleType"),

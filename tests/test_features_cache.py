@@ -71,17 +71,14 @@ def _eval_records(small_preprocessed):
 def _served_probabilities(model_dir, small_preprocessed):
     parsed, labels = _eval_records(small_preprocessed)
     predict = tf.saved_model.load(model_dir).signatures[features.TRANSFORMED_SIGNATURE]
-    return predict(**parsed)[features.OUTPUT_PROBABILITIES_KEY].numpy(), labels
+    # Before the exported model's temperature (fitted on validation), as the trained head computes them.
+    return tf.nn.softmax(predict(**parsed)[features.OUTPUT_LOGITS_KEY]).numpy(), labels
 
 
 def _form_probabilities(trained, run):
     """A trained model's probabilities on the eval split, in the form it trained in (cached inputs)."""
-    names = list(trained.model.input)
-    outputs, labels = [], []
-    for inputs, batch_labels in run.dataset(trained.form, features.EVAL_SPLIT, 64, shuffle=False, input_names=names):
-        outputs.append(tf.nn.softmax(trained.model(inputs, training=False)).numpy())
-        labels.append(batch_labels.numpy())
-    return np.concatenate(outputs), np.concatenate(labels)
+    batches = list(run.probabilities(trained, features.EVAL_SPLIT))
+    return np.concatenate([p for p, _, _ in batches]), np.concatenate([labels for _, labels, _ in batches])
 
 
 def test_every_split_is_cached_once_per_product_and_validation_is_carved_from_train(frozen_run, small_preprocessed,

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from pipeline.__main__ import main
 from tests import conftest
-from tests.conftest import DISTINCT_CLASSES, FASHION_CATALOG, FASHION_DIR
+from tests.conftest import DISTINCT_CLASSES, FASHION_DIR
 from common import features
 
 # How each of DISTINCT_CLASSES is named in a title: the test's products are those whose titles name
@@ -21,17 +21,9 @@ PRODUCTS_PER_CLASS = 13
 def write_named_class_catalog(path, per_class: int):
     """The first `per_class` products of each of DISTINCT_CLASSES whose title names the class, images
     by absolute path."""
-    with open(FASHION_CATALOG, newline="") as f:
-        rows = list(csv.DictReader(f))
-    picked = [row for label in DISTINCT_CLASSES
-              for row in [r for r in rows if r["articleType"] == label and _CLASS_WORDS[label] in r["title"].lower()][:per_class]]
-    for row in picked:
-        row["image"] = str(FASHION_DIR / row["image"])
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(picked[0]))
-        writer.writeheader()
-        writer.writerows(picked)
-    return path
+    return conftest.write_fashion_catalog(path, lambda rows: [
+        row for label in DISTINCT_CLASSES
+        for row in [r for r in rows if r["articleType"] == label and _CLASS_WORDS[label] in r["title"].lower()][:per_class]])
 
 
 def test_compile_writes_the_pipeline_spec(tmp_path):

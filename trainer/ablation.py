@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from common import features
 from common.metrics import CalibrationCounts, ClassCounts, UnimodalAgreement, top_k_ids
-from trainer import baselines, features_cache, fusion
+from trainer import baselines, calibration, features_cache, fusion
 from trainer.model import FROZEN, TOP, ModelConfig
 from trainer.recipe import ADAMW, Recipe
 from trainer.train import CROSSFIT, EVAL_BATCH_SIZE, IN_SAMPLE, STAGES_DIR, Run, TrainConfig, Trained
@@ -152,7 +152,8 @@ def evaluate_models(run: Run, models: dict[str, Trained]) -> dict:
     forms = {t.form for t in models.values()}
     if len(forms) != 1:
         raise ValueError(f"models of one pass must share a form, got {forms}")
-    temperatures = {name: getattr(run.calibrate(t), "temperature", 1.0) for name, t in models.items()}
+    fitted = {name: run.calibrate(t) for name, t in models.items()}
+    temperatures = {name: f.temperature if f else 1.0 for name, f in fitted.items()}  # None: no validation split
     counts = {name: ClassCounts(run.classes) for name in models}
     calibrated = {name: CalibrationCounts() for name in models}
     agreements = {name: UnimodalAgreement() for name in models}
@@ -171,7 +172,7 @@ def evaluate_models(run: Run, models: dict[str, Trained]) -> dict:
                                      top[name][:, 0])
     results = {}
     for name in models:
-        coverage, threshold = calibrated[name].coverage_at(0.98)
+        coverage, threshold = calibrated[name].coverage_at(calibration.DEFAULT_TARGET_PRECISION)
         results[name] = {**counts[name].metrics(), "ece": calibrated[name].ece(), "coverage_at_98": coverage,
                          "threshold_at_98": threshold, "temperature": temperatures[name]}
     if has_table1:

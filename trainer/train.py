@@ -345,29 +345,30 @@ class Run:
         return features_cache.make_feature_dataset(cache_dir, split, batch_size, shuffle, repeat=shuffle, seed=seed,
                                                    keep=keep)
 
-    def logits(self, trained: Trained, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(logits [n, classes], labels [n]) of a model on (the first `limit` products of) a split."""
+    def batch_logits(self, trained: Trained, split: str, keep=None):
+        """(logits [n, classes], labels [n], ids [n]) of a model on a split, streamed batch by batch
+        (a generator)."""
         names = list(trained.model.input) if isinstance(trained.model.input, dict) else None
         predict = tf.function(lambda inputs: trained.model(inputs, training=False))
-        outputs, labels, count = [], [], 0
-        for inputs, batch_labels in self.dataset(trained.form, split, EVAL_BATCH_SIZE, shuffle=False, input_names=names):
-            outputs.append(predict(inputs).numpy())
-            labels.append(batch_labels.numpy())
-            count += len(labels[-1])
-            if limit and count >= limit:
-                break
-        if not outputs:
-            return np.zeros([0, self.classes], np.float32), np.zeros([0], np.int64)
-        return np.concatenate(outputs)[:limit], np.concatenate(labels)[:limit]
+        for inputs, labels, ids in self.dataset(trained.form, split, EVAL_BATCH_SIZE, shuffle=False, input_names=names,
+                                                keep=keep, with_ids=True):
+            yield predict(inputs).numpy(), labels.numpy(), ids.numpy()
 
     def calibrate(self, trained: Trained) -> calibration.Calibration | None:
         """The temperature and review thresholds of a model, fitted on the validation split (None
         without one: the model is then exported uncalibrated)."""
         if not self.validation:
             return None
-        logits, labels = self.logits(trained, features.VALIDATION_SPLIT, CALIBRATION_PRODUCTS)
-        if not len(labels):
+        logits, labels, count = [], [], 0
+        for batch_logits, batch_labels, _ in self.batch_logits(trained, features.VALIDATION_SPLIT):
+            logits.append(batch_logits)
+            labels.append(batch_labels)
+            count += len(batch_labels)
+            if count >= CALIBRATION_PRODUCTS:
+                break
+        if not count:
             return None
+        logits, labels = np.concatenate(logits)[:CALIBRATION_PRODUCTS], np.concatenate(labels)[:CALIBRATION_PRODUCTS]
         fitted = calibration.fit(logits, labels)
         self.log(f"[{trained.name}] calibration on {len(labels)} validation products: temperature "
                  f"{fitted.temperature:.3f}, ECE {fitted.validation['ece_before']:.4f} → {fitted.validation['ece_after']:.4f}")
@@ -378,11 +379,8 @@ class Run:
     def probabilities(self, trained: Trained, split: str, keep=None):
         """(probabilities [n, classes], labels [n], ids [n]) of a unimodal model on a split, streamed
         batch by batch (a generator)."""
-        names = list(trained.model.input) if isinstance(trained.model.input, dict) else None
-        predict = tf.function(lambda inputs: tf.nn.softmax(trained.model(inputs, training=False), axis=-1))
-        for inputs, labels, ids in self.dataset(trained.form, split, EVAL_BATCH_SIZE, shuffle=False, input_names=names,
-                                                keep=keep, with_ids=True):
-            yield predict(inputs).numpy(), labels.numpy(), ids.numpy()
+        for logits, labels, ids in self.batch_logits(trained, split, keep):
+            yield tf.nn.softmax(logits, axis=-1).numpy(), labels, ids
 
     def write_probabilities(self, unimodal_per_part: list, out_dir: str) -> int:
         """Records of {TEXT_PROBABILITIES_KEY, IMAGE_PROBABILITIES_KEY, LABEL_ID_KEY, ID_KEY}: for each

@@ -88,17 +88,12 @@ def split_file_pattern(examples_dir: str, split: str) -> str:
     return os.path.join(examples_dir, split, f"part-*{RECORD_SUFFIX}")
 
 
-def raw_eval_dir(examples_dir: str) -> str:
-    """Where the eval split's raw examples are kept, for the evaluate stage."""
-    return os.path.join(examples_dir, features.RAW_EXAMPLES_DIR, features.EVAL_SPLIT)
-
-
 def _raw_shards(split: str, raw_dir: str, examples_dir: str) -> tuple[str, str]:
     """(prefix, suffix) of a split's raw example shards, written by pipeline 1 and read by pipeline 2:
     eval's in the examples artifact, GZIP as every kept record (the suffix picks the compression);
     train's in the temporary directory, uncompressed."""
     if split == features.EVAL_SPLIT:
-        return os.path.join(raw_eval_dir(examples_dir), "part"), RECORD_SUFFIX
+        return os.path.join(splits.raw_examples_dir(examples_dir), "part"), RECORD_SUFFIX
     return FileSystems.join(raw_dir, split, "part"), _RAW_SUFFIX
 
 
@@ -184,7 +179,7 @@ def runs_on_this_machine(beam_args: Sequence[str]) -> bool:
 def check_outputs(examples_dir: str, *other_dirs: str) -> None:
     """Raises PreprocessError unless the output directories can be written and hold no earlier records."""
     earlier = {split: split_file_pattern(examples_dir, split) for split in SPLITS}
-    earlier[f"raw {features.EVAL_SPLIT}"] = os.path.join(raw_eval_dir(examples_dir), f"part-*{RECORD_SUFFIX}")
+    earlier[f"raw {features.EVAL_SPLIT}"] = os.path.join(splits.raw_examples_dir(examples_dir), f"part-*{RECORD_SUFFIX}")
     for what, pattern in earlier.items():
         # Shards of an earlier run would be read as part of this one.
         if FileSystems.match([pattern])[0].metadata_list:
