@@ -69,32 +69,35 @@ class PipelineParams:
     fusion: str = param(
         "hanet", "the model: text_only, image_only, concat, keyless, key_based, hanet, decision_level or policy"
     )
-    # Frozen encoders (run-local): heads start from scratch, so they take a larger learning rate than
-    # fine-tuning's 2e-5, and train in seconds on a CPU.
-    epochs: int = param(10, "epochs of the text model and the fusion (AdamW, 10% warm-up)", local=20)
+    # The encoders' training (tune full, and top's second phase). run-local's are the `top` settings
+    # measured on the fashion catalog (docs/results.md, "run-local's tune").
+    epochs: int = param(10, "epochs of the text model and the fusion (AdamW, 10% warm-up)", local=8)
     batch_size: int = param(32, "batch size of the text model and the fusion")
-    learning_rate: float = param(2e-5, "peak learning rate of the text model and the fusion", local=2e-2)
+    learning_rate: float = param(2e-5, "peak learning rate of the text model and the fusion", local=3e-4)
     # MiniLM (run-local's encoder) was trained with mean pooling and ships no pooler.
     text_pooling: str = param(
         "pooled", "f_t: BERT's pooled output (the paper's) or the mean of its token outputs", local="mean"
     )
-    image_epochs: int = param(90, "epochs of the image model (SGD, momentum 0.9)", local=20)
+    image_epochs: int = param(90, "epochs of the image model (SGD, momentum 0.9)", local=8)
     image_batch_size: int = param(512, "batch size of the image model", local=32)
-    image_learning_rate: float = param(0.1, "learning rate of the image model", local=0.05)
+    image_learning_rate: float = param(0.1, "learning rate of the image model", local=0.005)
     image_lr_decay_epochs: int = param(30, "the image model's learning rate is divided by 10 every this many epochs",
-                                       local=15)
+                                       local=8)
     tune: str = param(
         "full", "what of the encoders trains: full (end to end, the paper's), top (their last blocks, on cached "
-        "lower layers) or frozen (heads only, on cached features)", local="frozen",
+        "lower layers) or frozen (heads only, on cached features)", local="top",
     )
     text_top_blocks: int = param(1, "tune top: BERT's last blocks that fine-tune")
-    image_top_blocks: int = param(1, "tune top: EfficientNet's last blocks that fine-tune")
-    head_epochs: int = param(30, "tune top: epochs of each stage's first phase, its head alone on fixed features")
-    head_learning_rate: float = param(1e-2, "tune top: learning rate of that first phase (AdamW)")
+    image_top_blocks: int = param(2, "tune top: EfficientNet's last blocks that fine-tune")
+    # Heads start from scratch, so they take a far larger learning rate than fine-tuning's.
+    head_epochs: int = param(
+        30, "epochs of a head from scratch on fixed inputs: tune frozen's models, tune top's first phase, and "
+        "the decision-level heads in every tune")
+    head_learning_rate: float = param(1e-2, "learning rate of those heads (AdamW)")
     validation_fraction: float = param(
         0.125, "share of the train split held out (by a hash of the id) for early stopping and calibration"
     )
-    patience: int = param(0, "early stopping after this many epochs without validation progress (0: off)", local=5)
+    patience: int = param(0, "early stopping after this many epochs without validation progress (0: off)", local=2)
     init_from_unimodal: bool = param(True, "feature-level fusions start from the unimodal models' trained encoders")
     mixed_precision: bool = param(True, "compute in float16 on GPUs (logits stay float32); no effect on CPUs")
     backup_every_steps: int = param(0, "back up the training state every this many steps (0: at every epoch's end)")

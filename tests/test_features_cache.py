@@ -21,6 +21,7 @@ TRAIN_CONFIG = TrainConfig(
     text_recipe=HEAD_RECIPE,
     image_recipe=dataclasses.replace(recipe.PAPER_IMAGE, learning_rate=0.01, epochs=3, batch_size=8, decay_epochs=2),
     fusion_recipe=HEAD_RECIPE,
+    head_recipe=HEAD_RECIPE,
     tune=FROZEN,
     validation_fraction=0.2,
     crossfit_folds=2,

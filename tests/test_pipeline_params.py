@@ -121,7 +121,7 @@ def test_run_local_has_a_flag_per_parameter_with_its_declared_help_and_local_def
     )
     params = cli.params_from_args(args, local_params())
     assert (params.epochs, params.mixed_precision, params.beam_args) == (3, False, ["--runner=DirectRunner", "--x=1"])
-    assert params.image_size == 96 and params.tune == "frozen"  # the local defaults stay where no flag is given
+    assert params.image_size == 96 and params.tune == "top"  # the local defaults stay where no flag is given
 
 
 def test_local_params_differ_from_production_only_where_declared():

@@ -12,7 +12,9 @@ Stages (the paper trains the unimodal models first):
             encoders' last blocks together with that head (the stage's recipe) — "linear probe,
             then fine-tune", so a random head never sends large gradients into pretrained blocks.
             A fusion's fixed features for its first phase are those of the tuned unimodal models;
-    frozen  the encoders never train: heads only, on cached features (the stage's recipe).
+    frozen  the encoders never train: heads only, on cached features (`head_recipe`).
+So the stage recipes are the encoders' training (full, top's second phase) and `head_recipe` every
+head from scratch: frozen's, top's first phase, and the decision-level heads in every tune.
 The decision-level heads (decision_level, policy) train on the unimodal models' class
 probabilities: held out by K-fold cross-fitting over the train split (`decision_training`
 "crossfit": fold k's probabilities come from unimodal models trained without fold k), so that they
@@ -80,7 +82,8 @@ class TrainConfig:
     image_recipe: Recipe = recipe.PAPER_IMAGE
     fusion_recipe: Recipe = recipe.PAPER_FUSION
     tune: str = FULL
-    # tune="top": the first phase of every stage, a head from scratch on fixed features.
+    # A head from scratch on fixed inputs: every stage of tune "frozen", the first phase of "top",
+    # and the decision-level heads (on class probabilities) in every tune.
     head_recipe: Recipe = recipe.HEAD
     # Of the train split, by a hash of the id; 0: no validation split (no early stopping, no calibration).
     validation_fraction: float = 0.125
@@ -109,6 +112,8 @@ class TrainConfig:
             raise ValueError(f"crossfit_folds must be at least 2, got {self.crossfit_folds}")
 
     def recipe_of(self, stage: str) -> Recipe:
+        if self.tune == FROZEN or stage in fusion.DECISION_FUSIONS:
+            return self.head_recipe
         return {fusion.TEXT_ONLY: self.text_recipe, fusion.IMAGE_ONLY: self.image_recipe}.get(stage, self.fusion_recipe)
 
 
