@@ -38,6 +38,8 @@ VARIANTS = {
     "width_128": {"width": 128},
     "dropout_0.5": {"dropout": 0.5},
     "stream_norm_dropout_0.5": {"stream_norm": True, "dropout": 0.5},
+    "stream_dropout_0.2": {"stream_dropout": 0.2},
+    "stream_dropout_0.4": {"stream_dropout": 0.4},
 }
 
 

@@ -188,3 +188,29 @@ def test_stream_norm_makes_the_heads_blind_to_a_stream_s_scale():
         assert not np.allclose(plain(f_t, f_i), plain(f_t, 100.0 * f_i), atol=5e-2)
     # Unimodal heads have nothing to balance: the option leaves them as they are.
     assert not fusion.FeatureHead(fusion.TEXT_ONLY, 5, fusion.HeadConfig(stream_norm=True)).stream_norm
+
+
+def test_stream_dropout_zeroes_one_stream_never_both_of_its_share_of_examples():
+    f_t, f_i = tf.ones([20000, 3]), tf.ones([20000, 5])
+    tf.random.set_seed(0)
+    t, i = (x.numpy() for x in fusion.drop_one_stream(f_t, f_i, 0.4))
+    text_gone, image_gone = (t == 0).all(axis=1), (i == 0).all(axis=1)
+    # A stream is dropped whole or not at all, and never both of one example.
+    assert set(np.unique(t)) <= {0.0, 1.0} and ((t == 0).any(axis=1) == text_gone).all()
+    assert not (text_gone & image_gone).any()
+    # 40 % of examples lose a stream, half of them each (binomial std of 20,000 draws: 0.35 points).
+    assert abs((text_gone | image_gone).mean() - 0.4) < 0.015
+    assert abs(text_gone.mean() - 0.2) < 0.015 and abs(image_gone.mean() - 0.2) < 0.015
+
+
+def test_stream_dropout_acts_in_training_only_and_not_on_unimodal_heads():
+    f_t, f_i = tf.random.normal([64, 24]), tf.random.normal([64, 40])
+    config = fusion.HeadConfig(width=16, key_dim=8, stream_dropout=0.9, dropout=0.0)
+    for name in (fusion.CONCAT, fusion.HANET):
+        head = fusion.FeatureHead(name, 5, config)
+        np.testing.assert_allclose(head(f_t, f_i, training=False), head(f_t, f_i))
+        assert not np.allclose(head(f_t, f_i, training=True), head(f_t, f_i), atol=1e-4)
+    text = fusion.FeatureHead(fusion.TEXT_ONLY, 5, config)
+    np.testing.assert_allclose(text(f_t, f_i, training=True), text(f_t, f_i))
+    with pytest.raises(ValueError, match="stream_dropout"):
+        fusion.HeadConfig(stream_dropout=1.0)

@@ -46,6 +46,7 @@ class HeadConfig:
     combine: str = "concat"  # FeatureHead
     dropout: float = 0.1
     stream_norm: bool = False  # FeatureHead
+    stream_dropout: float = 0.0  # FeatureHead: the share of training examples that lose one stream
     policy_top_k: int = 5  # PolicyFusion
 
     def __post_init__(self):
@@ -57,6 +58,8 @@ class HeadConfig:
             raise ValueError("width, key_dim, hybrid_hidden_units and policy_top_k must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.stream_dropout < 1.0:
+            raise ValueError(f"stream_dropout must be in [0, 1), got {self.stream_dropout}")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -178,6 +181,21 @@ def _compute_dtype(layer, *tensors):
     return tuple(None if t is None else tf.cast(t, layer.compute_dtype) for t in tensors)
 
 
+def drop_one_stream(f_t, f_i, rate: float):
+    """Zeroes one stream, text or image with equal odds, of a `rate` share of the examples.
+
+    A fusion head trained on both streams fits the train split through the richer one (on hm with
+    descriptions the fused heads reach 99 % train top-1 and fall below text alone on validation):
+    examples that must be classified from one stream keep each stream's own route to the classes
+    (ModDrop, Neverova et al. 2015). At serving time both streams are always present."""
+    batch = tf.shape(f_t)[0]
+    dropped = tf.random.uniform([batch, 1]) < rate
+    image_side = tf.random.uniform([batch, 1]) < 0.5
+    keep_t = tf.cast(tf.logical_not(dropped & tf.logical_not(image_side)), f_t.dtype)
+    keep_i = tf.cast(tf.logical_not(dropped & image_side), f_i.dtype)
+    return f_t * keep_t, f_i * keep_i
+
+
 class FeatureHead(keras.layers.Layer):
     """(f_t, f_i) → logits, for every feature-level model of the paper.
 
@@ -205,6 +223,7 @@ class FeatureHead(keras.layers.Layer):
         # Layer normalization of f_t and f_i before they meet: the streams come from different
         # encoders on different scales, and the larger one otherwise wins the attention at the start.
         self.stream_norm = config.stream_norm and fusion not in UNIMODAL_FUSIONS
+        self.stream_dropout = config.stream_dropout
         if self.stream_norm:
             self.text_norm = keras.layers.LayerNormalization(name="text_norm")
             self.image_norm = keras.layers.LayerNormalization(name="image_norm")
@@ -243,6 +262,8 @@ class FeatureHead(keras.layers.Layer):
         f_t, f_i = _compute_dtype(self, f_t, f_i)
         if self.stream_norm:
             f_t, f_i = self.text_norm(f_t), self.image_norm(f_i)
+        if training and self.stream_dropout and self.fusion not in UNIMODAL_FUSIONS:  # never at serving
+            f_t, f_i = drop_one_stream(f_t, f_i, self.stream_dropout)
         if self.fusion == TEXT_ONLY:
             fused = f_t
         elif self.fusion == IMAGE_ONLY:
