@@ -188,12 +188,10 @@ def drop_one_stream(f_t, f_i, rate: float):
     descriptions the fused heads reach 99 % train top-1 and fall below text alone on validation):
     examples that must be classified from one stream keep each stream's own route to the classes
     (ModDrop, Neverova et al. 2015). At serving time both streams are always present."""
-    batch = tf.shape(f_t)[0]
-    dropped = tf.random.uniform([batch, 1]) < rate
-    image_side = tf.random.uniform([batch, 1]) < 0.5
-    keep_t = tf.cast(tf.logical_not(dropped & tf.logical_not(image_side)), f_t.dtype)
-    keep_i = tf.cast(tf.logical_not(dropped & image_side), f_i.dtype)
-    return f_t * keep_t, f_i * keep_i
+    # One draw per example: below rate/2 the text goes, from rate/2 to rate the image.
+    u = tf.random.uniform([tf.shape(f_t)[0], 1])
+    return (f_t * tf.cast(u >= rate / 2, f_t.dtype),
+            f_i * tf.cast((u < rate / 2) | (u >= rate), f_i.dtype))
 
 
 class FeatureHead(keras.layers.Layer):
@@ -223,7 +221,7 @@ class FeatureHead(keras.layers.Layer):
         # Layer normalization of f_t and f_i before they meet: the streams come from different
         # encoders on different scales, and the larger one otherwise wins the attention at the start.
         self.stream_norm = config.stream_norm and fusion not in UNIMODAL_FUSIONS
-        self.stream_dropout = config.stream_dropout
+        self.stream_dropout = 0.0 if fusion in UNIMODAL_FUSIONS else config.stream_dropout
         if self.stream_norm:
             self.text_norm = keras.layers.LayerNormalization(name="text_norm")
             self.image_norm = keras.layers.LayerNormalization(name="image_norm")
@@ -262,7 +260,7 @@ class FeatureHead(keras.layers.Layer):
         f_t, f_i = _compute_dtype(self, f_t, f_i)
         if self.stream_norm:
             f_t, f_i = self.text_norm(f_t), self.image_norm(f_i)
-        if training and self.stream_dropout and self.fusion not in UNIMODAL_FUSIONS:  # never at serving
+        if training and self.stream_dropout:  # never at serving
             f_t, f_i = drop_one_stream(f_t, f_i, self.stream_dropout)
         if self.fusion == TEXT_ONLY:
             fused = f_t
