@@ -194,6 +194,24 @@ def test_a_work_dir_of_other_data_is_refused_and_a_cache_of_other_data_rebuilt(
                                   seed=TRAIN_CONFIG.seed)
 
 
+def test_a_frozen_cache_asked_for_top_says_it_lacks_the_top_inputs_not_other_encoders(
+        frozen_run, model_config, small_preprocessed, capsys):
+    _, _, work = frozen_run
+    cache_dir = str(work / FEATURE_CACHE_DIR)
+    metadata = features_cache.read_metadata(cache_dir)
+    wanted = {"encoders": model_config.encoder_fields(True), "data": metadata["data"],
+              "validation_fraction": metadata["validation_fraction"]}
+    capsys.readouterr()
+    assert features_cache._reusable(cache_dir, wanted, True, features_cache.SPLITS) is None
+    out = capsys.readouterr().out
+    assert out == f"[cache] rebuilding {cache_dir}: it holds no inputs of the top blocks (built for tune frozen)\n"
+    other = dict(wanted, encoders=dict(wanted["encoders"], image_size=64))
+    assert features_cache._reusable(cache_dir, other, True, features_cache.SPLITS) is None
+    assert "it was built for other encoders; it holds no inputs of the top blocks" in capsys.readouterr().out
+    frozen = dict(wanted, encoders=model_config.encoder_fields(False))
+    assert features_cache._reusable(cache_dir, frozen, False, metadata["split_sizes"]) == metadata
+
+
 def test_the_warmup_file_holds_real_requests_that_the_served_model_answers(frozen_run, small_preprocessed):
     from tensorflow_serving.apis import prediction_log_pb2
 

@@ -47,13 +47,18 @@ def _reusable(cache_dir: str, wanted: dict, top: bool, splits) -> dict | None:
     if not tf.io.gfile.exists(os.path.join(cache_dir, METADATA_FILE)):
         return None
     metadata = read_metadata(cache_dir)
-    # A cache built for "top" also serves "frozen": compare the encoder fields asked for only.
-    built = dict(metadata, encoders={k: metadata["encoders"].get(k) for k in wanted["encoders"]})
-    same = {key: built.get(key) == value for key, value in wanted.items()}
-    if all(same.values()) and (metadata["top"] or not top) and set(splits) <= set(metadata["split_sizes"]):
+    # A cache built for "top" also serves "frozen": compare the encoder fields asked for only. A
+    # frozen cache records no top blocks: what it lacks is a form, said apart from other encoders.
+    fields = [k for k in wanted["encoders"] if metadata["top"] or k in metadata["encoders"]]
+    built = dict(metadata, encoders={k: metadata["encoders"].get(k) for k in fields})
+    wanted = dict(wanted, encoders={k: wanted["encoders"][k] for k in fields})
+    other = [key for key, value in wanted.items() if built.get(key) != value]
+    lacks_top = top and not metadata["top"]
+    if not other and not lacks_top and set(splits) <= set(metadata["split_sizes"]):
         return metadata
-    why = [key for key, ok in same.items() if not ok] + (["the top blocks' inputs"] if top and not metadata["top"] else [])
-    print(f"[cache] rebuilding {cache_dir}: it was built for other {', '.join(why) or 'splits'}", flush=True)
+    reasons = ([f"it was built for other {', '.join(other)}"] if other else []) + (
+        ["it holds no inputs of the top blocks (built for tune frozen)"] if lacks_top else [])
+    print(f"[cache] rebuilding {cache_dir}: {'; '.join(reasons) or 'it was built for other splits'}", flush=True)
     return None
 
 
