@@ -31,8 +31,6 @@ from typing import Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
@@ -55,14 +53,14 @@ from common.features import (
 from components.batch_predict import METRICS_FILE, PREDICTIONS_DIR, QUARANTINE_FILE
 from components.batch_predict.model import ServingModel, ServingModelHandler, resolve
 from components.preprocess import row_checks
-from components.preprocess.catalog import CatalogColumns, CatalogRow, check_catalog, read_rows
+from components.preprocess.catalog import CatalogColumns, CatalogRow, check_catalog
+from components.preprocess.catalog_rows import QUARANTINE_TAG, UniqueRows
 
 _SUFFIXES = {JSONL: ".jsonl", PARQUET: ".parquet"}
 SHARD_PREFIX = "part"
 # Where the name → class id map of the metrics comes from (metrics.json says which).
 FROM_MODEL_VOCABULARY = "model_vocabulary"
 FROM_LABELS_SEEN = "labels_seen"
-_QUARANTINE_TAG = "quarantine"
 _COUNTS_PREFIX = "counts"
 _PROJECT_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
@@ -161,50 +159,6 @@ def _check_writable(directory: str) -> None:
 # ---- The pipeline's steps ----------------------------------------------------------------------
 
 
-def _rows_of(catalog_file: fileio.ReadableFile) -> Iterable[CatalogRow]:
-    # Opened as stored: read_rows undoes gzip itself.
-    return read_rows(
-        catalog_file.metadata.path, lambda: catalog_file.open(compression_type=CompressionTypes.UNCOMPRESSED)
-    )
-
-
-class _CheckText(beam.DoFn):
-    def __init__(self, columns: CatalogColumns):
-        self._columns = columns
-
-    def process(self, row: CatalogRow):
-        # preprocess's text check, which never raises: an unexpected error quarantines its row too.
-        checked = row_checks.check_text(row, self._columns)
-        if isinstance(checked, row_checks.Quarantined):
-            yield beam.pvalue.TaggedOutput(_QUARANTINE_TAG, checked)
-        else:
-            yield checked, row
-
-
-def _position(row: CatalogRow) -> tuple[str, int]:
-    return row.source, row.row_number
-
-
-class _KeepFirstOfEachId(beam.DoFn):
-    """As preprocess: the first row of an id (by file, then row) goes on, the others are duplicates."""
-
-    def __init__(self, columns: CatalogColumns):
-        self._columns = columns
-
-    def process(self, keyed: tuple[str, Iterable[CatalogRow]]):
-        product_id, rows = keyed
-        # Two passes over the grouped values rather than a sorted copy: an id repeated a million
-        # times is never held in memory.
-        first = min(rows, key=_position)
-        yield first
-        message = f"id {product_id!r} already seen at {first.source} row {first.row_number}"
-        for row in rows:
-            if _position(row) != _position(first):
-                yield beam.pvalue.TaggedOutput(
-                    _QUARANTINE_TAG, row_checks.quarantine(row, self._columns, row_checks.DUPLICATE_ID, message)
-                )
-
-
 class _ToModelInput(beam.DoFn):
     """Reads and checks the photo as preprocess does (row_checks.to_product); a product that passes
     becomes ((id, label), (title, image bytes)), the keyed example of RunInference."""
@@ -217,7 +171,7 @@ class _ToModelInput(beam.DoFn):
     def process(self, row: CatalogRow):
         result = row_checks.to_product(row, self._columns, self._max_image_pixels)
         if isinstance(result, row_checks.Quarantined):
-            yield beam.pvalue.TaggedOutput(_QUARANTINE_TAG, result)
+            yield beam.pvalue.TaggedOutput(QUARANTINE_TAG, result)
             return
         key = (result.id, result.label if self._labelled else None)
         yield key, (result.title.encode("utf-8"), result.image_bytes)
@@ -344,36 +298,19 @@ def predict_catalog(
 
     handler = ServingModelHandler(model, batch_size=batch_size, large_model=large_model)
     with beam.Pipeline(options=pipeline_options) as pipeline:
-        rows = (
-            pipeline
-            | "Catalog" >> beam.Create([catalog])
-            | "Match" >> fileio.MatchAll()
-            | "Open" >> fileio.ReadMatches()
-            # One worker reads one catalog file (a sharded catalog, e.g. part-*.csv, is read in parallel).
-            | "Rows" >> beam.FlatMap(_rows_of)
-        )
-        checked = rows | "CheckText" >> beam.ParDo(_CheckText(columns)).with_outputs(_QUARANTINE_TAG, main="valid")
-        unique = (
-            checked.valid
-            | "GroupById" >> beam.GroupByKey()
-            | "KeepFirst" >> beam.ParDo(_KeepFirstOfEachId(columns)).with_outputs(_QUARANTINE_TAG, main="first")
-        )
+        rows, first_rows, rejected = pipeline | "UniqueRows" >> UniqueRows(catalog, columns)
         # No Reshuffle before the photos are read (preprocess has one): the grouping already spread the
         # rows over the workers by id, and on the DirectRunner a Reshuffle is one more copy in memory.
-        inputs = unique.first | "ReadImages" >> beam.ParDo(
+        inputs = first_rows | "ReadImages" >> beam.ParDo(
             _ToModelInput(columns, max_image_pixels, labelled)
-        ).with_outputs(_QUARANTINE_TAG, main="product")
+        ).with_outputs(QUARANTINE_TAG, main="product")
         predicted = (
             inputs.product
             | "Predict" >> RunInference(KeyedModelHandler(handler))
             | "Records" >> beam.ParDo(_ToRecord(model, top_k, labelled)).with_outputs("counted", main="record")
         )
         _write_predictions(predicted.record, predictions_dir, output_format, model, labelled)
-        quarantined = (
-            checked[_QUARANTINE_TAG],
-            unique[_QUARANTINE_TAG],
-            inputs[_QUARANTINE_TAG],
-        ) | "AllQuarantined" >> beam.Flatten()
+        quarantined = (rejected, inputs[QUARANTINE_TAG]) | "AllQuarantined" >> beam.Flatten()
         _ = (
             quarantined
             | "QuarantineJson" >> beam.Map(row_checks.Quarantined.to_json)

@@ -35,16 +35,15 @@ import os
 import pathlib
 import tempfile
 import uuid
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import apache_beam as beam
-from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from components.preprocess import row_checks
-from components.preprocess.catalog import CatalogColumns, CatalogRow, check_catalog, read_rows
+from components.preprocess.catalog import CatalogColumns, CatalogRow, check_catalog
+from components.preprocess.catalog_rows import QUARANTINE_TAG, UniqueRows
 from common import features, splits
 
 if TYPE_CHECKING:
@@ -59,7 +58,6 @@ SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
 DEFAULT_EVAL_FRACTION = 0.2
 _RAW_SUFFIX = ".tfrecord"  # temporary raw train examples: JPEG bytes do not compress, gzip would only cost CPU
 _COUNTS_PREFIX = "counts"
-_QUARANTINE_TAG = "quarantine"
 _PROJECT_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
 
@@ -97,47 +95,6 @@ def _raw_shards(split: str, raw_dir: str, examples_dir: str) -> tuple[str, str]:
     return FileSystems.join(raw_dir, split, "part"), _RAW_SUFFIX
 
 
-def _rows_of(catalog_file: fileio.ReadableFile) -> Iterable[CatalogRow]:
-    # Opened as stored: read_rows undoes gzip itself.
-    return read_rows(
-        catalog_file.metadata.path, lambda: catalog_file.open(compression_type=CompressionTypes.UNCOMPRESSED)
-    )
-
-
-class _CheckText(beam.DoFn):
-    def __init__(self, columns: CatalogColumns):
-        self._columns = columns
-
-    def process(self, row: CatalogRow):
-        checked = row_checks.check_text(row, self._columns)
-        if isinstance(checked, row_checks.Quarantined):
-            yield beam.pvalue.TaggedOutput(_QUARANTINE_TAG, checked)
-        else:
-            yield checked, row
-
-
-def _position(row: CatalogRow) -> tuple[str, int]:
-    return row.source, row.row_number
-
-
-class _KeepFirstOfEachId(beam.DoFn):
-    def __init__(self, columns: CatalogColumns):
-        self._columns = columns
-
-    def process(self, keyed: tuple[str, Iterable[CatalogRow]]):
-        product_id, rows = keyed
-        # Two passes over the grouped rows (Beam's grouped values can be iterated again) rather than
-        # a sorted copy: even an id repeated a million times is never held in memory.
-        first = min(rows, key=_position)
-        yield first
-        message = f"id {product_id!r} already seen at {first.source} row {first.row_number}"
-        for row in rows:
-            if _position(row) != _position(first):
-                yield beam.pvalue.TaggedOutput(
-                    _QUARANTINE_TAG, row_checks.quarantine(row, self._columns, row_checks.DUPLICATE_ID, message)
-                )
-
-
 class _ToProduct(beam.DoFn):
     def __init__(self, columns: CatalogColumns, max_image_pixels: int):
         self._columns = columns
@@ -146,7 +103,7 @@ class _ToProduct(beam.DoFn):
     def process(self, row: CatalogRow):
         result = row_checks.to_product(row, self._columns, self._max_image_pixels)
         if isinstance(result, row_checks.Quarantined):
-            yield beam.pvalue.TaggedOutput(_QUARANTINE_TAG, result)
+            yield beam.pvalue.TaggedOutput(QUARANTINE_TAG, result)
         else:
             yield result
 
@@ -274,33 +231,16 @@ def _validate(
 
     raw_coder = tft.coders.ExampleProtoCoder(schema_utils.schema_from_feature_spec(RAW_FEATURE_SPEC))
     with beam.Pipeline(options=pipeline_options) as pipeline:
-        rows = (
-            pipeline
-            | "Catalog" >> beam.Create([catalog])
-            | "Match" >> fileio.MatchAll()
-            | "Open" >> fileio.ReadMatches()
-            # One worker reads one catalog file (a sharded catalog, e.g. part-*.csv, is read in parallel).
-            | "Rows" >> beam.FlatMap(_rows_of)
-        )
-        checked = rows | "CheckText" >> beam.ParDo(_CheckText(columns)).with_outputs(_QUARANTINE_TAG, main="valid")
-        unique = (
-            checked.valid
-            | "GroupById" >> beam.GroupByKey()
-            | "KeepFirst" >> beam.ParDo(_KeepFirstOfEachId(columns)).with_outputs(_QUARANTINE_TAG, main="first")
-        )
+        rows, first_rows, rejected = pipeline | "UniqueRows" >> UniqueRows(catalog, columns)
         products = (
-            unique.first
+            first_rows
             # Spreads the image reads evenly over all workers, whatever the runner made of the grouping.
             | "Spread" >> beam.Reshuffle()
             | "ReadImages" >> beam.ParDo(_ToProduct(columns, max_image_pixels)).with_outputs(
-                _QUARANTINE_TAG, main="product"
+                QUARANTINE_TAG, main="product"
             )
         )
-        quarantined = (
-            checked[_QUARANTINE_TAG],
-            unique[_QUARANTINE_TAG],
-            products[_QUARANTINE_TAG],
-        ) | "AllQuarantined" >> beam.Flatten()
+        quarantined = (rejected, products[QUARANTINE_TAG]) | "AllQuarantined" >> beam.Flatten()
 
         by_split = products.product | "Split" >> beam.Partition(
             lambda p, _: SPLITS.index(split_of(p.id, eval_fraction)), len(SPLITS)
