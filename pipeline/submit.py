@@ -184,35 +184,29 @@ def submit(
             "pipeline_id": pipeline_id,
             "version_id": version_id,
         }
+        run_settings = dict(
+            experiment_id=experiment_id,
+            job_name=run_name,
+            params=arguments or {},
+            pipeline_id=pipeline_id,
+            version_id=version_id,
+            pipeline_root=pipeline_root or None,
+            enable_caching=enable_caching,
+            service_account=service_account or None,
+        )
         if schedule:
             with _api_errors(host, "creating the recurring run"):
                 recurring = client.create_recurring_run(
-                    experiment_id=experiment_id,
-                    job_name=run_name,
                     cron_expression=schedule,
                     # One run at a time, and no backfill of the nights the schedule was paused: each
                     # run reads the catalog as it is when it starts.
                     max_concurrency=1,
                     no_catchup=True,
-                    params=arguments or {},
-                    pipeline_id=pipeline_id,
-                    version_id=version_id,
-                    pipeline_root=pipeline_root or None,
-                    enable_caching=enable_caching,
-                    service_account=service_account or None,
+                    **run_settings,
                 )
             return {**ids, "recurring_run_id": recurring.recurring_run_id}
         with _api_errors(host, "creating the run"):
-            run = client.run_pipeline(
-                experiment_id=experiment_id,
-                job_name=run_name,
-                params=arguments or {},
-                pipeline_id=pipeline_id,
-                version_id=version_id,
-                pipeline_root=pipeline_root or None,
-                enable_caching=enable_caching,
-                service_account=service_account or None,
-            )
+            run = client.run_pipeline(**run_settings)
     return {**ids, "run_id": run.run_id}
 
 
