@@ -29,6 +29,8 @@ EXCEPTIONS = {
         "one catalog reader: batch prediction reads a catalog exactly as preprocess does (README, Batch prediction)",
     ("components.batch_predict", "components.preprocess.row_checks"):
         "one definition of a usable row: the same checks and quarantine reasons as preprocess",
+    ("components.batch_predict", "components.preprocess.catalog_rows"):
+        "the same Beam steps from catalog files to one checked row per id, with the same rejects",
     ("components.batch_predict", "components.push"):
         "newest_served_model: a model base resolves to the version push published and TF Serving serves",
 }

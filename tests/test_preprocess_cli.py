@@ -160,5 +160,5 @@ def test_a_failure_of_the_job_itself_is_one_line(tmp_path, capsys, caplog, tiny_
     err = _one_line_error(capsys, argv)
     # In one process Beam re-raises the reader's CatalogError itself; from worker processes, a RuntimeError
     # naming it ("error: the preprocess job failed: RuntimeError: CatalogError: ...").
-    assert "part-1.csv cannot be read: [Errno 5] Input/output error [while running 'Rows']" in err
+    assert "part-1.csv cannot be read: [Errno 5] Input/output error [while running 'UniqueRows/Rows']" in err
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
