@@ -78,7 +78,7 @@ def test_every_model_seed_and_tune_is_reported_consistently(benchmark_run):
                 assert 0.0 <= figures["ece"] <= 1.0 and 0.0 <= figures["coverage_at_98"] <= 1.0
                 assert figures["temperature"] > 0
     markdown = (benchmark_run[0] / "out" / "results.md").read_text()
-    assert "## Table 1, tune top" in markdown and "| hanet | top |" in markdown and "| tfidf_svm | titles |" in markdown
+    assert "## Table 1, tune top" in markdown and "| hanet | top |" in markdown and "| tfidf_svm | text |" in markdown
 
 
 def test_the_chosen_learning_rate_and_decision_training_are_the_best_on_validation(benchmark_run):

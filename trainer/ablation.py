@@ -2,7 +2,7 @@
 
     transformed examples ── hash of id ──► train (fit) | validation | eval (untouched)
     encoders' fixed parts, once per product ──► feature cache (f_t, f_i and the top blocks' inputs)
-    tfidf_svm on the same titles and splits (the baseline a user tries first)
+    tfidf_svm on the same text (title and extra text columns) and splits (the baseline a user tries first)
     for each tune ("frozen", then "top"), every model through trainer/train.py's Run (the pipeline's
     training loop), for each seed:
         the learning rate per model chosen on validation with the first seed, early stopping on

@@ -67,7 +67,7 @@ def render(summary: dict, context: dict) -> str:
               "headroom recovered | net gain, % of headroom | lr | train time (s) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in summary.get("baseline", {}).items():
-        lines.append(f"| {name} | titles | {_pm(row['top1_accuracy'])} | {_pm(row['top5_accuracy'])} | "
+        lines.append(f"| {name} | text | {_pm(row['top1_accuracy'])} | {_pm(row['top5_accuracy'])} | "
                      f"{_pm(row['macro_f1'])} | – | – | {_pm(row['validation_top1_accuracy'])} | – | – | – | – | "
                      f"{row['train_seconds']['mean']:.1f} |")
     for tune, tune_summary in tunes.items():
@@ -75,8 +75,8 @@ def render(summary: dict, context: dict) -> str:
     lines += ["",
               "*ECE* (15 equal-mass bins) and *coverage at 98 %* (the share of eval products whose calibrated top-1 "
               "score clears the threshold at which top-1 precision reaches 98 %) after a temperature fitted on validation, "
-              "as the exported model applies it. *tfidf_svm*: TF-IDF of word 1–2 and character 2–5-grams + LinearSVC (C=1) on the same title text and "
-              "splits (one deterministic fit, so no spread). *Headroom recovered*: of the eval products the text "
+              "as the exported model applies it. *tfidf_svm*: TF-IDF of word 1–2 and character 2–5-grams + LinearSVC (C=1) on the text the neural models read "
+              "(the title, with any extra text columns joined) and splits (one deterministic fit, so no spread). *Headroom recovered*: of the eval products the text "
               "model gets wrong and the image model right (Table 1's headroom, per tune), the % the model gets right. "
               "*Net gain*: (model top-1 − text_only top-1) / headroom, which also charges what the model loses where "
               "only the text model was right.", ""]
