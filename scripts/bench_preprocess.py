@@ -33,10 +33,9 @@ import threading
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from benchtools import REPO_ROOT, run_measured, write_scaled_catalog  # noqa: E402  (beside this script)
 
-from benchtools import run_measured, write_scaled_catalog  # noqa: E402  (beside this script)
+sys.path.insert(0, str(REPO_ROOT))
 
 DEFAULT_CATALOG = REPO_ROOT.parent / "shared" / "data" / "fashion-products" / "products.csv"
 DEFAULT_BERT = REPO_ROOT / "pretrained" / "bert_tiny"
