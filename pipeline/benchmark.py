@@ -42,7 +42,8 @@ def register(commands) -> None:
     parser.add_argument("--learning-rates", default=None, help="heads' candidates, chosen on validation")
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--patience", type=int, default=None, help="early stopping on validation top-1")
-    parser.add_argument("--top-learning-rates", default=None, help="fine-tuning candidates of tune top")
+    parser.add_argument("--top-learning-rates", default=None, help="fine-tuning candidates of tune top, for every model "
+                        "(default: 3e-4 for the unimodal models, 1e-4 for the fusions)")
     parser.add_argument("--top-epochs", type=int, default=None)
     parser.add_argument("--top-patience", type=int, default=None)
     parser.add_argument("--crossfit-folds", type=int, default=None)
@@ -77,6 +78,10 @@ def _ablation():
     return ablation
 
 
+def _candidates(rates: tuple[float, ...]) -> str:
+    return f"{rates[0]:g}" if len(rates) == 1 else f"chosen on validation from {', '.join(f'{r:g}' for r in rates)}"
+
+
 def _floats(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x)
@@ -99,9 +104,11 @@ def _configs(args: argparse.Namespace):
 
     ablation = _ablation()
     try:
+        top_rates = args.top_learning_rates and _floats(args.top_learning_rates, "--top-learning-rates")
         given = {
             "learning_rates": args.learning_rates and _floats(args.learning_rates, "--learning-rates"),
-            "top_learning_rates": args.top_learning_rates and _floats(args.top_learning_rates, "--top-learning-rates"),
+            "top_unimodal_learning_rates": top_rates,
+            "top_fusion_learning_rates": top_rates,
             "max_epochs": args.max_epochs,
             "patience": args.patience,
             "top_epochs": args.top_epochs,
@@ -200,7 +207,9 @@ def run_benchmark(args: argparse.Namespace, ablation_config, model_config) -> tu
                    f"{model_config.image_top_blocks} EfficientNet block(s) (+ its 1x1 head convolution) fine-tune "
                    f"on cached inputs ({metadata.get('image_map_shape')} feature map), after the head's "
                    f"frozen phase; AdamW, ≤{ablation_config.top_epochs} epochs, patience "
-                   f"{ablation_config.top_patience}, learning rate from {list(ablation_config.top_learning_rates)}",
+                   f"{ablation_config.top_patience}, learning rate "
+                   f"{_candidates(ablation_config.top_unimodal_learning_rates)} for the unimodal models and "
+                   f"{_candidates(ablation_config.top_fusion_learning_rates)} for the feature fusions",
             "heads": f"AdamW (weight decay {ablation_config.weight_decay}, 10% warm-up), batch "
                      f"{ablation_config.batch_size}, ≤{ablation_config.max_epochs} epochs with early stopping "
                      f"(patience {ablation_config.patience}) on validation top-1; learning rate per model from "

@@ -105,6 +105,13 @@ def test_top_fine_tunes_from_the_frozen_heads_and_the_tuned_blocks_train(benchma
         assert (top / "top" / "done.json").exists() and not (top / "head").exists()
         settings = json.loads((top / "top" / "settings.json").read_text())
         assert settings["form"] == TOP and settings["model"]["text_top_blocks"] == 1
+        # So do the cross-fitted unimodal models of the decision-level heads, from the frozen tune's folds.
+        for model in ("text_only", "image_only"):
+            for fold in range(2):
+                name = f"{model}-fold{fold}of2"
+                assert (work / FROZEN / "stages" / f"seed{seed}" / name / "done.json").exists()
+                tuned = work / TOP / "stages" / f"seed{seed}" / name
+                assert (tuned / "top" / "done.json").exists() and not (tuned / "head").exists()
 
 
 def test_the_baseline_is_tfidf_svm_on_the_same_titles_and_split(benchmark_run):

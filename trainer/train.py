@@ -426,9 +426,10 @@ class Run:
         return out
 
     def crossfit_unimodal(self, seed: int, recipes: dict | None = None,
-                          names: tuple[str, ...] = fusion.UNIMODAL_FUSIONS) -> dict:
+                          names: tuple[str, ...] = fusion.UNIMODAL_FUSIONS, head_starts: dict | None = None) -> dict:
         """{fold: {text_only, image_only: Trained}}: the unimodal models (`names`) trained without
-        each fold (with `recipes[name]`, default the stage's recipe)."""
+        each fold (with `recipes[name]`, default the stage's recipe); `head_starts` (tune="top", same
+        shape): the folds' already trained first phases."""
         k = self.train_config.crossfit_folds
         folds = {}
         for i in range(k):
@@ -436,7 +437,8 @@ class Run:
                 name: self.train_feature_model(
                     name, (recipes or {}).get(name) or self.train_config.recipe_of(name),
                     os.path.join(self.work_dir, STAGES_DIR, f"seed{seed}", f"{name}-fold{i}of{k}"), seed=seed,
-                    keep=_fold_keep(k, i, False), keep_share=(k - 1) / k)
+                    keep=_fold_keep(k, i, False), keep_share=(k - 1) / k,
+                    head_start=(head_starts or {}).get(i, {}).get(name))
                 for name in names
             }
         return folds
