@@ -141,6 +141,23 @@ def test_decision_heads_train_on_out_of_fold_unimodal_predictions(frozen_run, mo
         assert settings["data"] == run.fingerprint
 
 
+def test_a_seed_fixes_the_trained_model_whatever_ran_before_it_in_the_process(
+        frozen_run, model_config, small_preprocessed, tmp_path):
+    """The initial weights are drawn under the seed too, not from whatever state earlier work left."""
+    _, _, work = frozen_run
+    run = Run(examples_dir=small_preprocessed.examples_dir, transform_graph_dir=small_preprocessed.transform_graph_dir,
+              work_dir=str(tmp_path), model_config=model_config, train_config=TRAIN_CONFIG,
+              cache_dir=str(work / FEATURE_CACHE_DIR))
+    trained = {}
+    for attempt in ("first", "second"):
+        tf.random.uniform([attempt == "first" and 3 or 5])  # other work draws from the generators in between
+        trained[attempt] = run.train_feature_model(fusion.HANET, HEAD_RECIPE, str(tmp_path / attempt), seed=5)
+    weights = [t.model.get_weights() for t in trained.values()]
+    assert len(weights[0]) == len(weights[1]) > 0
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_another_fusion_in_the_same_work_dir_reuses_the_cache_and_the_unimodal_stages(
         frozen_run, model_config, small_preprocessed, tmp_path, capsys):
     _, _, work = frozen_run

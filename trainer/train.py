@@ -224,7 +224,9 @@ class Run:
 
     # ---- Models ----
 
-    def new_model(self, name: str, form: str) -> keras.Model:
+    def new_model(self, name: str, form: str, *, seed: int) -> keras.Model:
+        # The initial weights are part of what a seed fixes, not whatever state earlier work left.
+        keras.utils.set_random_seed(seed)
         config = self.model_config.with_fusion(name)
         with self.strategy.scope():
             if form == FULL:
@@ -280,11 +282,11 @@ class Run:
         streams = unimodal if (unimodal and self.train_config.init_from_unimodal
                                and name not in fusion.UNIMODAL_FUSIONS) else None
         if tune == FROZEN:
-            model = self.new_model(name, FROZEN)
+            model = self.new_model(name, FROZEN, seed=seed)
             logs = self.fit(model, name, FROZEN, stage_recipe, stage_dir, seed=seed, keep=keep, keep_share=keep_share)
             return Trained(name, FROZEN, model, logs)
         if tune == FULL:
-            model = self.new_model(name, FULL)
+            model = self.new_model(name, FULL, seed=seed)
             if streams:
                 init_from_unimodal(model, streams[fusion.TEXT_ONLY].model, streams[fusion.IMAGE_ONLY].model)
             logs = self.fit(model, name, FULL, stage_recipe, stage_dir, seed=seed, keep=keep, keep_share=keep_share)
@@ -292,7 +294,7 @@ class Run:
         # TOP: the head first, on fixed features (of the tuned unimodal streams for a fusion) ...
         head = head_start
         if head is None:
-            head_model_ = self.new_model(name, FROZEN)
+            head_model_ = self.new_model(name, FROZEN, seed=seed)
             head_dir = os.path.join(stage_dir, "head")
             if streams:
                 cache = self.stream_features(streams, os.path.join(stage_dir, STREAMS_DIR))
@@ -308,7 +310,7 @@ class Run:
                                      keep=keep, keep_share=keep_share, label=f"{name} head")
             head = Trained(name, FROZEN, head_model_, head_logs)
         # ... then the last blocks of the encoders with it.
-        model = self.new_model(name, TOP)
+        model = self.new_model(name, TOP, seed=seed)
         if streams:
             transfer_text(streams[fusion.TEXT_ONLY].model, model)
             transfer_image(streams[fusion.IMAGE_ONLY].model, model)
@@ -449,6 +451,7 @@ class Run:
         (cross-fitted when `folds` is given), then assembled with the unimodal models into one model
         of their form."""
         records = self.decision_probabilities(unimodal, seed, folds, tag)
+        keras.utils.set_random_seed(seed)  # as in new_model
         network = probability_model(self.model_config.with_fusion(name), self.classes)
         with tf.io.gfile.GFile(os.path.join(records, "sizes.json")) as f:
             sizes = json.load(f)
@@ -461,7 +464,7 @@ class Run:
             extra={"decision_training": CROSSFIT if folds else IN_SAMPLE, "crossfit_folds": len(folds or {})},
         )
         form = unimodal[fusion.TEXT_ONLY].form
-        model = self.new_model(name, form)
+        model = self.new_model(name, form, seed=seed)
         init_from_unimodal(model, unimodal[fusion.TEXT_ONLY].model, unimodal[fusion.IMAGE_ONLY].model)
         fusion_layer(model).copy_decision_network(fusion_layer(network).head)
         return Trained(name, form, model, logs)
