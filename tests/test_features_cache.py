@@ -150,7 +150,7 @@ def test_a_seed_fixes_the_trained_model_whatever_ran_before_it_in_the_process(
               cache_dir=str(work / FEATURE_CACHE_DIR))
     trained = {}
     for attempt in ("first", "second"):
-        tf.random.uniform([attempt == "first" and 3 or 5])  # other work draws from the generators in between
+        tf.random.uniform([3 if attempt == "first" else 5])  # other work draws from the generators in between
         trained[attempt] = run.train_feature_model(fusion.HANET, HEAD_RECIPE, str(tmp_path / attempt), seed=5)
     weights = [t.model.get_weights() for t in trained.values()]
     assert len(weights[0]) == len(weights[1]) > 0

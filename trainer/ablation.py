@@ -158,13 +158,12 @@ class Benchmark:
         return run.train_feature_model(model, recipe, self.stage_dir(model, seed, learning_rate), seed=seed,
                                        unimodal=unimodal, head_start=head_start)
 
-
     def crossfit(self, model: str, seed: int, learning_rate: float, head_rates: dict) -> dict:
         """{fold: {model: Trained}}: unimodal `model` of `seed` trained without each fold, once."""
         key = (seed, model, learning_rate)
         if key not in self.folds:
             head_rate = head_rates.get(model, self.config.learning_rates[-1])
-            first_phases = self.frozen_folds.get((seed, model, head_rate)) if self.tune == TOP else None
+            first_phases = self.frozen_folds.get((seed, model, head_rate))
             self.folds[key] = self.run(head_rate).crossfit_unimodal(
                 seed, {model: self.config.recipe(self.tune, learning_rate)}, names=(model,), head_starts=first_phases)
         return self.folds[key]

@@ -68,6 +68,8 @@ STAGES_DIR = "stages"
 FEATURE_CACHE_DIR = "feature_cache"
 STREAMS_DIR = "stream_features"
 PROBABILITIES_DIR = "probabilities"
+# The form of a decision network: a head on the unimodal models' probabilities (their records).
+PROBABILITIES_FORM = "probabilities"
 CROSSFIT, IN_SAMPLE = "crossfit", "in_sample"
 DECISION_TRAININGS = (CROSSFIT, IN_SAMPLE)
 EVAL_BATCH_SIZE = 256
@@ -233,6 +235,8 @@ class Run:
                 return build_model(config, self.classes)
             if form == TOP:
                 return top_model(config, self.classes, self.metadata["text_dim"], self.metadata["image_map_shape"])
+            if form == PROBABILITIES_FORM:
+                return probability_model(config, self.classes)
             return head_model(config, self.classes, self.metadata["text_dim"], self.metadata["image_dim"])
 
     def _settings(self, name: str, form: str, stage_recipe: Recipe, seed: int, extra: dict) -> dict:
@@ -451,12 +455,11 @@ class Run:
         (cross-fitted when `folds` is given), then assembled with the unimodal models into one model
         of their form."""
         records = self.decision_probabilities(unimodal, seed, folds, tag)
-        keras.utils.set_random_seed(seed)  # as in new_model
-        network = probability_model(self.model_config.with_fusion(name), self.classes)
+        network = self.new_model(name, PROBABILITIES_FORM, seed=seed)
         with tf.io.gfile.GFile(os.path.join(records, "sizes.json")) as f:
             sizes = json.load(f)
         logs = self.fit(
-            network, name, "probabilities", stage_recipe, stage_dir, seed=seed,
+            network, name, PROBABILITIES_FORM, stage_recipe, stage_dir, seed=seed,
             dataset=probability_dataset(records, features.TRAIN_SPLIT, self.classes, stage_recipe.batch_size, True, seed),
             validation=probability_dataset(records, features.VALIDATION_SPLIT, self.classes, EVAL_BATCH_SIZE, False)
             if self.validation else None,
