@@ -151,6 +151,34 @@ class UnimodalAgreement:
         return table
 
 
+
+class PairedCounts:
+    """Two models on the same products (the candidate and a baseline): how many each gets right where
+    the other is wrong, and whether that difference could be chance. Only the products on which they
+    disagree tell them apart: McNemar's exact test, a two-sided binomial test of the candidate-only
+    count against half of the disagreements."""
+
+    def __init__(self):
+        self.cells = np.zeros((2, 2), np.int64)  # [candidate right][baseline right]
+
+    def add(self, candidate_right: np.ndarray, baseline_right: np.ndarray) -> None:
+        np.add.at(self.cells, (np.asarray(candidate_right, np.int64), np.asarray(baseline_right, np.int64)), 1)
+
+    def figures(self) -> dict:
+        from scipy.stats import binomtest
+
+        candidate_only, baseline_only = int(self.cells[1, 0]), int(self.cells[0, 1])
+        disagreements = candidate_only + baseline_only
+        return {
+            "examples": int(self.cells.sum()),
+            "both_right": int(self.cells[1, 1]),
+            "candidate_only_right": candidate_only,
+            "baseline_only_right": baseline_only,
+            "both_wrong": int(self.cells[0, 0]),
+            # No disagreement: nothing tells the two apart, which is p = 1.
+            "mcnemar_p_value": float(binomtest(candidate_only, disagreements).pvalue) if disagreements else 1.0,
+        }
+
 # ---- Calibration: are the scores probabilities? ------------------------------------------------
 
 # Top-1 confidence c is histogrammed on the doubt scale d = -ln(1 - c), in cells of width DOUBT_CELL:

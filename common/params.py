@@ -19,7 +19,7 @@ import os
 import pathlib
 import typing
 
-from common import features
+from common import baselines, features
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The local encoders built by scripts/setup_encoders.sh from registry packages (no hub is reachable).
@@ -115,6 +115,15 @@ class PipelineParams:
     )
     accuracy_tolerance: float = param(
         0.01, "the gate also refuses a model whose top-1 is more than this below the served model's"
+    )
+    baseline_max_train_products: int = param(
+        baselines.MAX_TRAIN_PRODUCTS, "the evaluate stage fits the tfidf_svm baseline (TF-IDF word and character "
+        "n-grams + linear SVM) on the text of at most about this many train products and reports the candidate "
+        "beside it on the same eval products (0: no baseline)",
+    )
+    baseline_tolerance: float = param(
+        1.0, "the gate also refuses a model whose top-1 is more than this below the tfidf_svm baseline's "
+        "(1.0: never refuses; 0: the model must at least match the baseline)",
     )
     keep_versions: int = param(5, "versions kept under SERVING_BASE/MODEL_NAME after a push (0: all)")
     beam_args: list = param([], "preprocess's Beam pipeline options, e.g. --runner=DataflowRunner")

@@ -9,6 +9,10 @@ One streamed pass over the transformed eval records feeds every batch to each mo
                          products, a few products for the report (the very inputs training saw)
     text_only and        `transformed_features` → the paper's Table 1: on which products the text
     image_only models    model, the image model, both or neither is right; their calibration figures
+    tfidf_svm            the title (with any extra text columns) → the baseline a user already has
+                         (common/baselines.py, fitted first on the train split's titles): its top-1,
+                         top-5 and macro-F1, and on how many products each model is right where the
+                         other is wrong (McNemar's exact test): does the fused model earn its cost?
 
 When a model is served, a second pass over the eval split's raw examples (RAW_EXAMPLES_DIR: the
 catalog's title and original image bytes, as a client sends them) feeds both the served model and the
@@ -23,18 +27,20 @@ histograms (confidence, stream weights), never by the number of products.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from common import baselines, features, splits
 from common import calibration as calibrations
-from common import features, splits
 from common.labels import label_names
 from common.metrics import (
     TARGET_PRECISIONS,
     CalibrationCounts,
     ClassCounts,
+    PairedCounts,
     StreamWeightCounts,
     UnimodalAgreement,
     precision_name,
@@ -43,6 +49,8 @@ from common.metrics import (
 
 # Correctly and wrongly classified eval products shown (photo, title, classes) in the report.
 SAMPLES_PER_KIND = 4
+# Salted, so that the products the baseline trains on are independent of the eval split's own hash.
+_BASELINE_SALT = b"baseline:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +168,9 @@ class Evaluation:
     curves: dict = dataclasses.field(default_factory=dict)  # ModelCalibration.curves() of the candidate
     # StreamWeightCounts.summary() and .histogram() of the candidate, for heads that weigh the streams.
     stream_weights: dict | None = None
+    # The tfidf_svm baseline on the same eval products: {model, train_products, fit_seconds, its
+    # ClassCounts.metrics(), "paired": PairedCounts.figures() of the candidate against it}.
+    baseline: dict | None = None
 
     def scalars(self) -> dict:
         """Every single-number figure, flat, as KFP's Metrics artifact takes them (undefined ones left out)."""
@@ -185,6 +196,13 @@ class Evaluation:
             for name, value in ((self.stream_weights or {}).get("summary", {}).get(kind) or {}).items():
                 if name != "products":
                     scalars[f"{kind}_{name}"] = value
+        if self.baseline:
+            for name in ("top1_accuracy", "top5_accuracy", "macro_f1", "train_products"):
+                scalars[f"baseline_{name}"] = self.baseline[name]
+            paired = self.baseline["paired"]
+            scalars["baseline_only_right"] = paired["baseline_only_right"]
+            scalars["candidate_only_right"] = paired["candidate_only_right"]
+            scalars["baseline_mcnemar_p_value"] = paired["mcnemar_p_value"]
         return {k: v for k, v in scalars.items() if v is not None}
 
     def summary(self) -> dict:
@@ -200,9 +218,12 @@ class EvalFigures:
     """Everything evaluate_model streams over the eval split: the candidate's counts, calibration,
     stream weights and sample products, and with the unimodal models Table 1 and their calibration."""
 
-    def __init__(self, names: list[str], calibration: ModelCalibration, unimodal: dict, samples_per_kind: int):
-        self.names, self.calibration, self.unimodal = names, calibration, unimodal
+    def __init__(self, names: list[str], calibration: ModelCalibration, unimodal: dict, samples_per_kind: int,
+                 baseline: baselines.TfidfSvm | None = None):
+        self.names, self.calibration, self.unimodal, self.baseline = names, calibration, unimodal, baseline
         self.counts = ClassCounts(len(names))
+        self.baseline_counts = ClassCounts(len(names)) if baseline else None
+        self.paired = PairedCounts() if baseline else None
         self.agreement = UnimodalAgreement() if unimodal else None
         self.weights = None
         self.samples = SampleProducts(samples_per_kind)
@@ -229,6 +250,17 @@ class EvalFigures:
                 stage_calibration.add(stage_logits, labels)
                 top1[stage] = top_k_ids(stage_logits, 1)[:, 0]
             self.agreement.add(labels, top1["text_only"], top1["image_only"], top_ids[:, 0])
+        if self.baseline:
+            baseline_ids = top_k_ids(self.baseline.scores(baselines.decode_titles(batch[features.TITLE_KEY].numpy())))
+            self.baseline_counts.add(labels, baseline_ids)
+            self.paired.add(top_ids[:, 0] == labels, baseline_ids[:, 0] == labels)
+
+    def baseline_figures(self) -> dict | None:
+        if not self.baseline:
+            return None
+        return {"model": baselines.TFIDF_SVM, "train_products": self.baseline.train_products,
+                "fit_seconds": self.baseline.fit_seconds, **self.baseline_counts.metrics(),
+                "paired": self.paired.figures()}
 
     def evaluation(self, served: dict | None) -> Evaluation:
         return Evaluation(
@@ -244,6 +276,7 @@ class EvalFigures:
             curves=self.calibration.curves(),
             stream_weights={"summary": self.weights.summary(), "histogram": self.weights.histogram()}
             if self.weights else None,
+            baseline=self.baseline_figures(),
         )
 
 
@@ -297,6 +330,32 @@ def raw_eval_records(examples_dir: str, batch_size: int) -> tf.data.Dataset:
     return records.batch(batch_size).map(lambda s: tf.io.parse_example(s, RAW_SPEC)).prefetch(tf.data.AUTOTUNE)
 
 
+def _in_baseline_sample(product_id: bytes, share: float) -> bool:
+    digest = hashlib.sha256(_BASELINE_SALT + product_id).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def fit_baseline(examples_dir: str, num_classes: int, max_train_products: int = baselines.MAX_TRAIN_PRODUCTS,
+                 batch_size: int = 1024) -> baselines.TfidfSvm:
+    """tfidf_svm fitted on the train split's titles (what the trainer trains on, validation included),
+    streamed from the transformed records; at most about `max_train_products` of them, by a hash of the id."""
+    pattern = os.path.join(examples_dir, features.TRAIN_SPLIT, "*")
+    files = tf.io.gfile.glob(pattern)
+    if not files:
+        raise ValueError(f"the tfidf_svm baseline trains on the train split, and no examples match {pattern}")
+    share = min(1.0, max_train_products / max(1, splits.read_split_sizes(examples_dir)[features.TRAIN_SPLIT]))
+    spec = {features.ID_KEY: tf.io.FixedLenFeature([], tf.string),
+            features.TITLE_KEY: tf.io.FixedLenFeature([], tf.string),
+            features.LABEL_ID_KEY: tf.io.FixedLenFeature([], tf.int64)}
+    records = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP").batch(batch_size)
+    titles, labels = [], []
+    for batch in records.map(lambda s: tf.io.parse_example(s, spec)):
+        keep = np.array([_in_baseline_sample(i, share) for i in batch[features.ID_KEY].numpy()], bool)
+        titles += baselines.decode_titles(batch[features.TITLE_KEY].numpy()[keep])
+        labels.append(batch[features.LABEL_ID_KEY].numpy()[keep])
+    return baselines.TfidfSvm(titles, np.concatenate(labels), num_classes)
+
+
 def compare_with_served(served_model: tuple[int, str], candidate, examples_dir: str, batch_size: int,
                         load=tf.saved_model.load) -> dict:
     """ServedComparison.figures() of the served model (version, directory) and the candidate (a loaded
@@ -320,10 +379,12 @@ def evaluate_model(
     served_model: tuple[int, str] | None = None,
     batch_size: int = 64,
     samples_per_kind: int = SAMPLES_PER_KIND,
+    baseline_max_train_products: int = baselines.MAX_TRAIN_PRODUCTS,
 ) -> Evaluation:
     """The candidate's figures on the transformed eval split; Table 1 and the unimodal models'
     calibration when both unimodal model directories are given; the comparison with `served_model`
-    (version, directory) on the raw eval split when given."""
+    (version, directory) on the raw eval split when given; the tfidf_svm baseline on the same eval
+    products, fitted on at most about `baseline_max_train_products` train products (0: no baseline)."""
     import tensorflow_transform as tft
 
     tft_output = tft.TFTransformOutput(transform_graph_dir)
@@ -348,7 +409,13 @@ def evaluate_model(
         unimodal = {stage: (_transformed_predictor(load(d), d), ModelCalibration(calibrations.read(d)))
                     for stage, d in (("text_only", text_model_dir), ("image_only", image_model_dir))}
 
-    figures = EvalFigures(names, ModelCalibration(calibrations.read(model_dir)), unimodal, samples_per_kind)
+    baseline = None
+    if baseline_max_train_products:
+        if features.TITLE_KEY not in spec:
+            raise ValueError(f"the transform graph {transform_graph_dir} passes no {features.TITLE_KEY!r} through, which "
+                             "the tfidf_svm baseline reads: preprocess again, or set baseline_max_train_products to 0")
+        baseline = fit_baseline(examples_dir, len(names), baseline_max_train_products)
+    figures = EvalFigures(names, ModelCalibration(calibrations.read(model_dir)), unimodal, samples_per_kind, baseline)
     for batch in eval_records(examples_dir, spec, batch_size):
         outputs = candidate(batch)
         classes = outputs[features.OUTPUT_LOGITS_KEY].shape[-1]
@@ -366,14 +433,25 @@ def gate(
     accuracy_threshold: float,
     served: dict | None = None,
     accuracy_tolerance: float = 0.0,
+    baseline: dict | None = None,
+    baseline_tolerance: float = 1.0,
 ) -> Verdict:
-    """Blesses when (a) top-1 accuracy >= accuracy_threshold and (b) when a model is served, the
-    candidate's top-1 is at most `accuracy_tolerance` below the served model's on the same products
-    through the same signature (`served` as ServedComparison.figures() gives it)."""
+    """Blesses when (a) top-1 accuracy >= accuracy_threshold, (b) the candidate's top-1 is at most
+    `baseline_tolerance` below the tfidf_svm baseline's on the same eval products (`baseline` as
+    Evaluation.baseline; 1.0, the default, never refuses: the baseline is reported, not gated on) and
+    (c) when a model is served, the candidate's top-1 is at most `accuracy_tolerance` below the served
+    model's on the same products through the same signature (`served` as ServedComparison.figures())."""
     accuracy = metrics["top1_accuracy"]
     if accuracy < accuracy_threshold:
         return Verdict(False, f"top-1 accuracy {accuracy:.4f} < threshold {accuracy_threshold:.4f}")
     absolute = f"top-1 accuracy {accuracy:.4f} >= threshold {accuracy_threshold:.4f}"
+    if baseline:
+        theirs = baseline["top1_accuracy"]
+        against = f"the {baseline['model']} baseline's top-1 on the same products is {theirs:.4f}"
+        if accuracy < theirs - baseline_tolerance:
+            return Verdict(False, f"{absolute}, but {against}: worse by {theirs - accuracy:.4f}, more than the "
+                                  f"baseline tolerance {baseline_tolerance:.4f}")
+        absolute += f"; {against} (tolerance {baseline_tolerance:.4f})"
     if not served:
         return Verdict(True, f"{absolute}; nothing is served yet, so there is no model to compare with")
     mine, theirs, version = served["candidate_top1_accuracy"], served["served_top1_accuracy"], served["served_version"]

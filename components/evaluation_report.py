@@ -58,6 +58,22 @@ img.chart { max-width: 100%; border: 1px solid #ddd; }
 </table>
 {% endif %}
 
+{% if e.baseline %}{% set b = e.baseline %}
+<h3>Against the baseline a user already has</h3>
+<p>{{ b.model }}: TF-IDF of word 1–2 and character 2–5-grams + a linear SVM, fitted on the text of {{ b.train_products }}
+train products in {{ '%.1f' % b.fit_seconds }} s, on the same {{ b.examples }} eval products.</p>
+<table>
+<tr><th>model</th><th>top-1 accuracy</th><th>top-5 accuracy</th><th>macro-F1</th><th>right where the other is wrong</th></tr>
+<tr><td class="name">candidate</td><td>{{ pct(e.metrics.top1_accuracy) }}</td><td>{{ pct(e.metrics.top5_accuracy) }}</td>
+<td>{{ '%.4f' % e.metrics.macro_f1 }}</td><td>{{ b.paired.candidate_only_right }}</td></tr>
+<tr><td class="name">{{ b.model }}</td><td>{{ pct(b.top1_accuracy) }}</td><td>{{ pct(b.top5_accuracy) }}</td>
+<td>{{ '%.4f' % b.macro_f1 }}</td><td>{{ b.paired.baseline_only_right }}</td></tr>
+</table>
+<p>McNemar's exact test on the {{ b.paired.candidate_only_right + b.paired.baseline_only_right }} products on which
+exactly one of them is right: p = {{ '%.3g' % b.paired.mcnemar_p_value }}{% if b.paired.mcnemar_p_value >= 0.05 %}
+(at 5 %, this eval split does not tell them apart){% endif %}.</p>
+{% endif %}
+
 {% if e.calibration %}{% set c = e.calibration %}
 <h2>Calibration: can the scores be trusted?</h2>
 <p>Scores are softmax(logits / T) with the temperature T = {{ '%.3f' % c.temperature }} fitted on the

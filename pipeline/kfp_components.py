@@ -194,6 +194,8 @@ def evaluate(
     transform_graph: Input[Artifact],
     accuracy_threshold: float,
     accuracy_tolerance: float,
+    baseline_max_train_products: int,
+    baseline_tolerance: float,
     serving_base: str,
     model_name: str,
     metrics: Output[Metrics],
@@ -223,11 +225,13 @@ def evaluate(
         text_model_dir=unimodal[0] if len(unimodal) == 2 else None,
         image_model_dir=unimodal[1] if len(unimodal) == 2 else None,
         served_model=served,
+        baseline_max_train_products=baseline_max_train_products,
     )
     for name, value in evaluation.scalars().items():
         metrics.log_metric(name, value)
     confusion_matrix.log_confusion_matrix(*evaluation.confusion_matrix)
-    verdict = gate(evaluation.metrics, accuracy_threshold, evaluation.served, accuracy_tolerance)
+    verdict = gate(evaluation.metrics, accuracy_threshold, evaluation.served, accuracy_tolerance,
+                   evaluation.baseline, baseline_tolerance)
     with open(report.path, "w") as f:
         f.write(render_html(evaluation, verdict, model.uri))
     blessing.metadata.update({"blessed": verdict.blessed, "reason": verdict.reason})

@@ -117,7 +117,7 @@ def test_top_fine_tunes_from_the_frozen_heads_and_the_tuned_blocks_train(benchma
 def test_the_baseline_is_tfidf_svm_on_the_same_titles_and_split(benchmark_run):
     from sklearn.metrics import accuracy_score
 
-    from trainer.baselines import make_tfidf_svm
+    from common.baselines import make_tfidf_svm
 
     root, results = benchmark_run
     out = root / "out"

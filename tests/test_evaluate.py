@@ -11,7 +11,7 @@ from sklearn.metrics import (
 )
 
 from common.calibration import Calibration, ReviewThreshold
-from common.metrics import OTHER_CLASSES, CalibrationCounts, ClassCounts, UnimodalAgreement, top_k_ids
+from common.metrics import OTHER_CLASSES, CalibrationCounts, ClassCounts, PairedCounts, UnimodalAgreement, top_k_ids
 from components.evaluate import Evaluation, ModelCalibration, gate
 
 
@@ -179,3 +179,64 @@ def test_scalars_hold_every_calibration_figure_flat_and_leave_out_undefined_ones
     assert scalars["review_share"] == 1.0 and "review_threshold" not in scalars and "auto_precision" not in scalars
     assert scalars["text_only_review_threshold"] == 0.0 and scalars["text_only_review_share"] == 0.0
     assert all(isinstance(v, (int, float)) for v in scalars.values())
+
+
+def _exact_mcnemar(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value, by its definition: twice the binomial(b + c, 1/2) tail."""
+    import math
+
+    n = b + c
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def test_paired_counts_match_a_direct_count_and_the_exact_mcnemar_test():
+    rng = np.random.default_rng(7)
+    candidate = rng.random(700) < 0.8
+    baseline = rng.random(700) < 0.7
+    paired = PairedCounts()
+    for start in range(0, 700, 64):
+        paired.add(candidate[start:start + 64], baseline[start:start + 64])
+    figures = paired.figures()
+    b, c = int(np.sum(candidate & ~baseline)), int(np.sum(~candidate & baseline))
+    assert (figures["candidate_only_right"], figures["baseline_only_right"]) == (b, c)
+    assert figures["both_right"] == int(np.sum(candidate & baseline)) and figures["examples"] == 700
+    assert figures["both_wrong"] == int(np.sum(~candidate & ~baseline))
+    assert figures["mcnemar_p_value"] == pytest.approx(_exact_mcnemar(b, c))
+    assert figures["mcnemar_p_value"] < 0.01  # 80 % against 70 % right on 700 products
+    even = PairedCounts()
+    even.add(np.array([True, False, True, False]), np.array([False, True, True, False]))
+    assert even.figures()["mcnemar_p_value"] == pytest.approx(1.0)
+    same = PairedCounts()
+    same.add(np.array([True, False]), np.array([True, False]))
+    assert same.figures()["mcnemar_p_value"] == 1.0  # no disagreement: nothing tells them apart
+
+
+def test_the_baseline_scores_only_classes_it_saw_and_survives_hostile_titles():
+    from common.baselines import TfidfSvm, decode_titles
+
+    titles = ["red cotton shirt", "blue denim shirt", "leather wallet", "brown wallet", "steel watch", "gold watch"]
+    labels = np.array([0, 0, 2, 2, 3, 3])
+    baseline = TfidfSvm(titles, labels, num_classes=5)
+    hostile = decode_titles([b"\xff\xfe not utf-8", b"", b"wallet " * 10_000, "\u0000\ud7ff".encode()])
+    scores = baseline.scores(hostile + ["leather wallet"])
+    assert scores.shape == (5, 5)
+    assert np.all(np.isinf(scores[:, [1, 4]])) and np.all(np.isfinite(scores[:, [0, 2, 3]]))
+    assert scores[-1].argmax() == 2 and scores[2].argmax() == 2
+    alone = TfidfSvm(["a shirt", "another shirt"], np.array([1, 1]), num_classes=3)  # LinearSVC needs two classes
+    assert alone.scores(["a wallet"]).argmax() == 1
+    with pytest.raises(ValueError, match="no training titles"):
+        TfidfSvm([], np.zeros([0], np.int64), num_classes=3)
+
+
+def test_gate_names_the_baseline_and_refuses_only_beyond_its_tolerance():
+    baseline = {"model": "tfidf_svm", "top1_accuracy": 0.98}
+    reported = gate({"top1_accuracy": 0.97}, 0.5, baseline=baseline)  # default tolerance 1.0: reported only
+    assert reported.blessed and "tfidf_svm baseline's top-1 on the same products is 0.9800" in reported.reason
+    assert gate({"top1_accuracy": 0.97}, 0.5, baseline=baseline, baseline_tolerance=0.01).blessed
+    refused = gate({"top1_accuracy": 0.97}, 0.5, baseline=baseline, baseline_tolerance=0.005)
+    assert not refused.blessed and "worse by 0.0100" in refused.reason and "baseline tolerance 0.0050" in refused.reason
+    # The threshold is judged first; the served model still gets its say after the baseline.
+    assert "threshold" in gate({"top1_accuracy": 0.4}, 0.5, baseline=baseline).reason
+    served = {"served_version": 2, "examples": 10, "served_top1_accuracy": 0.99, "candidate_top1_accuracy": 0.97}
+    assert not gate({"top1_accuracy": 0.97}, 0.5, served, 0.0, baseline, 0.05).blessed

@@ -175,6 +175,8 @@ def test_the_kfp_component_writes_metrics_confusion_matrix_table1_report_and_ver
         transform_graph=dsl.Artifact(uri=distinct_preprocessed.transform_graph_dir),
         accuracy_threshold=0.5,
         accuracy_tolerance=TOLERANCE,
+        baseline_max_train_products=100_000,
+        baseline_tolerance=1.0,
         serving_base=base,
         model_name=features.MODEL_NAME,
         metrics=metrics,
@@ -216,3 +218,62 @@ def test_the_kfp_component_writes_metrics_confusion_matrix_table1_report_and_ver
     for product in shown:
         assert product["title"] == titles[product["id"]] and product["title"] in page.text
     assert "Table 1: top-1 errors of the unimodal models" in page.text
+    # The baseline beside the candidate, in the metrics the UI compares across runs and in the report.
+    assert figures["baseline_top1_accuracy"] == summary["baseline"]["top1_accuracy"]
+    assert "Against the baseline a user already has" in page.text and "tfidf_svm" in " ".join(page.text)
+    assert "tfidf_svm baseline's top-1" in blessing.metadata["reason"]
+
+
+def _split_titles(examples_dir: str, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(titles, label ids, ids) of a transformed split, read directly."""
+    spec = {features.TITLE_KEY: tf.io.FixedLenFeature([], tf.string), features.ID_KEY: tf.io.FixedLenFeature([], tf.string),
+            features.LABEL_ID_KEY: tf.io.FixedLenFeature([], tf.int64)}
+    titles, labels, ids = [], [], []
+    for record in tf.data.TFRecordDataset(tf.io.gfile.glob(os.path.join(examples_dir, split, "*")), compression_type="GZIP"):
+        parsed = tf.io.parse_single_example(record, spec)
+        titles.append(parsed[features.TITLE_KEY].numpy().decode("utf-8"))
+        labels.append(int(parsed[features.LABEL_ID_KEY]))
+        ids.append(parsed[features.ID_KEY].numpy())
+    return titles, np.array(labels), np.array(ids)
+
+
+def test_the_baseline_is_tfidf_svm_on_the_train_titles_scored_beside_the_candidate_on_the_same_products(
+    distinct_preprocessed, text_models
+):
+    from common.baselines import make_tfidf_svm
+
+    records = (distinct_preprocessed.examples_dir, distinct_preprocessed.transform_graph_dir)
+    evaluation = evaluate_model(text_models["untrained"], *records)
+    train_titles, train_labels, _ = _split_titles(distinct_preprocessed.examples_dir, features.TRAIN_SPLIT)
+    eval_titles, eval_labels, _ = _split_titles(distinct_preprocessed.examples_dir, features.EVAL_SPLIT)
+    direct = make_tfidf_svm().fit(train_titles, train_labels).predict(eval_titles)
+    baseline = evaluation.baseline
+    assert baseline["model"] == "tfidf_svm" and baseline["train_products"] == len(train_titles)
+    assert baseline["examples"] == len(eval_titles) == evaluation.metrics["examples"]
+    assert baseline["top1_accuracy"] == pytest.approx(np.mean(direct == eval_labels))
+    assert baseline["top1_accuracy"] > 0.8  # the three classes' titles name them: the baseline is strong here
+    # Paired on the same products: the cells add up to each model's own top-1.
+    paired = baseline["paired"]
+    examples = paired["examples"]
+    assert examples == baseline["examples"]
+    assert (paired["both_right"] + paired["baseline_only_right"]) / examples == pytest.approx(baseline["top1_accuracy"])
+    assert (paired["both_right"] + paired["candidate_only_right"]) / examples == pytest.approx(
+        evaluation.metrics["top1_accuracy"])
+    # An untrained candidate far below the baseline: refused at tolerance 0, blessed (and told) at the default.
+    assert evaluation.metrics["top1_accuracy"] < baseline["top1_accuracy"] - 0.2
+    refused = gate(evaluation.metrics, 0.0, None, baseline=baseline, baseline_tolerance=0.0)
+    assert not refused.blessed and "tfidf_svm baseline's top-1" in refused.reason and "worse by" in refused.reason
+    assert gate(evaluation.metrics, 0.0, None, baseline=baseline).blessed
+
+
+def test_the_baseline_trains_on_a_hash_sample_when_the_train_split_is_larger_than_its_cap(
+    distinct_preprocessed, text_models
+):
+    records = (distinct_preprocessed.examples_dir, distinct_preprocessed.transform_graph_dir)
+    _, _, ids = _split_titles(distinct_preprocessed.examples_dir, features.TRAIN_SPLIT)
+    sampled = evaluate_model(text_models["trained"], *records, baseline_max_train_products=len(ids) // 2)
+    again = evaluate_model(text_models["trained"], *records, baseline_max_train_products=len(ids) // 2)
+    assert 0 < sampled.baseline["train_products"] < len(ids)
+    assert again.baseline == {**sampled.baseline, "fit_seconds": again.baseline["fit_seconds"]}  # the same sample
+    none = evaluate_model(text_models["trained"], *records, baseline_max_train_products=0)
+    assert none.baseline is None and not any(k.startswith("baseline_") for k in none.scalars())

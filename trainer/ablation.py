@@ -25,9 +25,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from common import features
+from common import baselines, features
 from common.metrics import CalibrationCounts, ClassCounts, UnimodalAgreement, top_k_ids
-from trainer import baselines, calibration, features_cache, fusion
+from trainer import calibration, features_cache, fusion
 from trainer.model import FROZEN, TOP, ModelConfig
 from trainer.recipe import ADAMW, Recipe
 from trainer.train import CROSSFIT, EVAL_BATCH_SIZE, IN_SAMPLE, STAGES_DIR, Run, TrainConfig, Trained
