@@ -169,7 +169,8 @@ class Evaluation:
     # StreamWeightCounts.summary() and .histogram() of the candidate, for heads that weigh the streams.
     stream_weights: dict | None = None
     # The tfidf_svm baseline on the same eval products: {model, train_products, fit_seconds, its
-    # ClassCounts.metrics(), "paired": PairedCounts.figures() of the candidate against it}.
+    # ClassCounts.metrics(), "paired": PairedCounts.figures() of the candidate against it}, or {model,
+    # error} when it could not be fitted.
     baseline: dict | None = None
 
     def scalars(self) -> dict:
@@ -196,7 +197,7 @@ class Evaluation:
             for name, value in ((self.stream_weights or {}).get("summary", {}).get(kind) or {}).items():
                 if name != "products":
                     scalars[f"{kind}_{name}"] = value
-        if self.baseline:
+        if self.baseline and "error" not in self.baseline:
             for name in ("top1_accuracy", "top5_accuracy", "macro_f1", "train_products"):
                 scalars[f"baseline_{name}"] = self.baseline[name]
             paired = self.baseline["paired"]
@@ -409,12 +410,18 @@ def evaluate_model(
         unimodal = {stage: (_transformed_predictor(load(d), d), ModelCalibration(calibrations.read(d)))
                     for stage, d in (("text_only", text_model_dir), ("image_only", image_model_dir))}
 
-    baseline = None
+    baseline, baseline_error = None, None
     if baseline_max_train_products:
         if features.TITLE_KEY not in spec:
             raise ValueError(f"the transform graph {transform_graph_dir} passes no {features.TITLE_KEY!r} through, which "
                              "the tfidf_svm baseline reads: preprocess again, or set baseline_max_train_products to 0")
-        baseline = fit_baseline(examples_dir, len(names), baseline_max_train_products)
+        try:
+            baseline = fit_baseline(examples_dir, len(names), baseline_max_train_products)
+        except ValueError as e:
+            # The baseline is a yardstick, not the candidate: text it cannot fit (no word of two letters
+            # in any title leaves TF-IDF no vocabulary) is said in the figures and the verdict, and the
+            # candidate is still judged.
+            baseline_error = f"the {baselines.TFIDF_SVM} baseline could not be fitted: {e}"
     figures = EvalFigures(names, ModelCalibration(calibrations.read(model_dir)), unimodal, samples_per_kind, baseline)
     for batch in eval_records(examples_dir, spec, batch_size):
         outputs = candidate(batch)
@@ -425,7 +432,10 @@ def evaluate_model(
                 f"{transform_graph_dir} has {len(names)}: the model was trained on other records"
             )
         figures.add(batch, outputs)
-    return figures.evaluation(served)
+    evaluation = figures.evaluation(served)
+    if baseline_error:
+        evaluation.baseline = {"model": baselines.TFIDF_SVM, "error": baseline_error}
+    return evaluation
 
 
 def gate(
@@ -436,16 +446,19 @@ def gate(
     baseline: dict | None = None,
     baseline_tolerance: float = 1.0,
 ) -> Verdict:
-    """Blesses when (a) top-1 accuracy >= accuracy_threshold, (b) the candidate's top-1 is at most
+    """Blesses when (a) top-1 accuracy >= accuracy_threshold, (c) the candidate's top-1 is at most
     `baseline_tolerance` below the tfidf_svm baseline's on the same eval products (`baseline` as
-    Evaluation.baseline; 1.0, the default, never refuses: the baseline is reported, not gated on) and
-    (c) when a model is served, the candidate's top-1 is at most `accuracy_tolerance` below the served
-    model's on the same products through the same signature (`served` as ServedComparison.figures())."""
+    Evaluation.baseline; 1.0, the default, never refuses: the baseline is reported, not gated on; a
+    baseline that could not be fitted is said, not gated on) and (b) when a model is served, the
+    candidate's top-1 is at most `accuracy_tolerance` below the served model's on the same products
+    through the same signature (`served` as ServedComparison.figures()). Judged in the order a, c, b."""
     accuracy = metrics["top1_accuracy"]
     if accuracy < accuracy_threshold:
         return Verdict(False, f"top-1 accuracy {accuracy:.4f} < threshold {accuracy_threshold:.4f}")
     absolute = f"top-1 accuracy {accuracy:.4f} >= threshold {accuracy_threshold:.4f}"
-    if baseline:
+    if baseline and "error" in baseline:
+        absolute += f"; {baseline['error']}"
+    elif baseline:
         theirs = baseline["top1_accuracy"]
         against = f"the {baseline['model']} baseline's top-1 on the same products is {theirs:.4f}"
         if accuracy < theirs - baseline_tolerance:

@@ -58,7 +58,10 @@ img.chart { max-width: 100%; border: 1px solid #ddd; }
 </table>
 {% endif %}
 
-{% if e.baseline %}{% set b = e.baseline %}
+{% if e.baseline and 'error' in e.baseline %}
+<h3>Against the baseline a user already has</h3>
+<p>{{ e.baseline.error }}</p>
+{% elif e.baseline %}{% set b = e.baseline %}
 <h3>Against the baseline a user already has</h3>
 <p>{{ b.model }}: TF-IDF of word 1–2 and character 2–5-grams + a linear SVM, fitted on the text of {{ b.train_products }}
 train products in {{ '%.1f' % b.fit_seconds }} s, on the same {{ b.examples }} eval products.</p>

@@ -277,3 +277,24 @@ def test_the_baseline_trains_on_a_hash_sample_when_the_train_split_is_larger_tha
     assert again.baseline == {**sampled.baseline, "fit_seconds": again.baseline["fit_seconds"]}  # the same sample
     none = evaluate_model(text_models["trained"], *records, baseline_max_train_products=0)
     assert none.baseline is None and not any(k.startswith("baseline_") for k in none.scalars())
+
+
+def test_a_baseline_that_cannot_be_fitted_is_said_and_the_candidate_still_judged(
+    distinct_preprocessed, text_models, monkeypatch
+):
+    from components import evaluate
+    from components.evaluation_report import render_html
+
+    def unfittable(*args, **kwargs):  # what scikit-learn says of titles without a word of two letters
+        from common.baselines import TfidfSvm
+
+        return TfidfSvm(["a", "b", "c"], np.array([0, 1, 2]), 3)
+
+    monkeypatch.setattr(evaluate, "fit_baseline", unfittable)
+    evaluation = evaluate_model(text_models["trained"], distinct_preprocessed.examples_dir,
+                                distinct_preprocessed.transform_graph_dir)
+    assert evaluation.metrics["examples"] > 0 and "empty vocabulary" in evaluation.baseline["error"]
+    assert not any(k.startswith("baseline_") for k in evaluation.scalars())
+    verdict = gate(evaluation.metrics, 0.0, None, baseline=evaluation.baseline, baseline_tolerance=0.0)
+    assert verdict.blessed and "baseline could not be fitted" in verdict.reason
+    assert "baseline could not be fitted" in render_html(evaluation, verdict, "model")
