@@ -151,7 +151,6 @@ class UnimodalAgreement:
         return table
 
 
-
 class PairedCounts:
     """Two models on the same products (the candidate and a baseline): how many each gets right where
     the other is wrong, and whether that difference could be chance. Only the products on which they
@@ -178,6 +177,7 @@ class PairedCounts:
             # No disagreement: nothing tells the two apart, which is p = 1.
             "mcnemar_p_value": float(binomtest(candidate_only, disagreements).pvalue) if disagreements else 1.0,
         }
+
 
 # ---- Calibration: are the scores probabilities? ------------------------------------------------
 

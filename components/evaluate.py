@@ -27,7 +27,6 @@ histograms (confidence, stream weights), never by the number of products.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 
 import numpy as np
@@ -50,7 +49,7 @@ from common.metrics import (
 # Correctly and wrongly classified eval products shown (photo, title, classes) in the report.
 SAMPLES_PER_KIND = 4
 # Salted, so that the products the baseline trains on are independent of the eval split's own hash.
-_BASELINE_SALT = b"baseline:"
+_BASELINE_SALT = "baseline:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,8 +219,9 @@ class EvalFigures:
     stream weights and sample products, and with the unimodal models Table 1 and their calibration."""
 
     def __init__(self, names: list[str], calibration: ModelCalibration, unimodal: dict, samples_per_kind: int,
-                 baseline: baselines.TfidfSvm | None = None):
+                 baseline: baselines.TfidfSvm | None = None, baseline_error: str | None = None):
         self.names, self.calibration, self.unimodal, self.baseline = names, calibration, unimodal, baseline
+        self.baseline_error = baseline_error
         self.counts = ClassCounts(len(names))
         self.baseline_counts = ClassCounts(len(names)) if baseline else None
         self.paired = PairedCounts() if baseline else None
@@ -257,6 +257,8 @@ class EvalFigures:
             self.paired.add(top_ids[:, 0] == labels, baseline_ids[:, 0] == labels)
 
     def baseline_figures(self) -> dict | None:
+        if self.baseline_error:
+            return {"model": baselines.TFIDF_SVM, "error": self.baseline_error}
         if not self.baseline:
             return None
         return {"model": baselines.TFIDF_SVM, "train_products": self.baseline.train_products,
@@ -307,11 +309,12 @@ def _raw_input_top1(model):
     return top1
 
 
-def eval_records(examples_dir: str, feature_spec: dict, batch_size: int) -> tf.data.Dataset:
-    pattern = os.path.join(examples_dir, features.EVAL_SPLIT, "*")
+def split_records(examples_dir: str, split: str, feature_spec: dict, batch_size: int) -> tf.data.Dataset:
+    """Parsed batches of a split's transformed records."""
+    pattern = os.path.join(examples_dir, split, "*")
     files = tf.io.gfile.glob(pattern)
     if not files:
-        raise ValueError(f"no eval examples match {pattern}")
+        raise ValueError(f"no {split} examples match {pattern}")
     records = tf.data.TFRecordDataset(files, compression_type="GZIP")
     return records.batch(batch_size).map(lambda s: tf.io.parse_example(s, feature_spec)).prefetch(tf.data.AUTOTUNE)
 
@@ -331,30 +334,22 @@ def raw_eval_records(examples_dir: str, batch_size: int) -> tf.data.Dataset:
     return records.batch(batch_size).map(lambda s: tf.io.parse_example(s, RAW_SPEC)).prefetch(tf.data.AUTOTUNE)
 
 
-def _in_baseline_sample(product_id: bytes, share: float) -> bool:
-    digest = hashlib.sha256(_BASELINE_SALT + product_id).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < share
-
-
 def fit_baseline(examples_dir: str, num_classes: int, max_train_products: int = baselines.MAX_TRAIN_PRODUCTS,
                  batch_size: int = 1024) -> baselines.TfidfSvm:
     """tfidf_svm fitted on the train split's titles (what the trainer trains on, validation included),
     streamed from the transformed records; at most about `max_train_products` of them, by a hash of the id."""
-    pattern = os.path.join(examples_dir, features.TRAIN_SPLIT, "*")
-    files = tf.io.gfile.glob(pattern)
-    if not files:
-        raise ValueError(f"the tfidf_svm baseline trains on the train split, and no examples match {pattern}")
-    share = min(1.0, max_train_products / max(1, splits.read_split_sizes(examples_dir)[features.TRAIN_SPLIT]))
+    share = max_train_products / max(1, splits.read_split_sizes(examples_dir)[features.TRAIN_SPLIT])
     spec = {features.ID_KEY: tf.io.FixedLenFeature([], tf.string),
             features.TITLE_KEY: tf.io.FixedLenFeature([], tf.string),
             features.LABEL_ID_KEY: tf.io.FixedLenFeature([], tf.int64)}
-    records = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP").batch(batch_size)
-    titles, labels = [], []
-    for batch in records.map(lambda s: tf.io.parse_example(s, spec)):
-        keep = np.array([_in_baseline_sample(i, share) for i in batch[features.ID_KEY].numpy()], bool)
-        titles += baselines.decode_titles(batch[features.TITLE_KEY].numpy()[keep])
-        labels.append(batch[features.LABEL_ID_KEY].numpy()[keep])
-    return baselines.TfidfSvm(titles, np.concatenate(labels), num_classes)
+    batches = split_records(examples_dir, features.TRAIN_SPLIT, spec, batch_size)
+    if share < 1:
+        def sample(batch):
+            keep = splits.in_salted_share(batch[features.ID_KEY], _BASELINE_SALT, share)
+            return {key: tf.boolean_mask(value, keep) for key, value in batch.items()}
+
+        batches = batches.map(sample)
+    return baselines.TfidfSvm(*baselines.titles_and_labels(batches), num_classes)
 
 
 def compare_with_served(served_model: tuple[int, str], candidate, examples_dir: str, batch_size: int,
@@ -422,8 +417,9 @@ def evaluate_model(
             # in any title leaves TF-IDF no vocabulary) is said in the figures and the verdict, and the
             # candidate is still judged.
             baseline_error = f"the {baselines.TFIDF_SVM} baseline could not be fitted: {e}"
-    figures = EvalFigures(names, ModelCalibration(calibrations.read(model_dir)), unimodal, samples_per_kind, baseline)
-    for batch in eval_records(examples_dir, spec, batch_size):
+    figures = EvalFigures(names, ModelCalibration(calibrations.read(model_dir)), unimodal, samples_per_kind, baseline,
+                          baseline_error)
+    for batch in split_records(examples_dir, features.EVAL_SPLIT, spec, batch_size):
         outputs = candidate(batch)
         classes = outputs[features.OUTPUT_LOGITS_KEY].shape[-1]
         if classes != len(names):
@@ -432,10 +428,7 @@ def evaluate_model(
                 f"{transform_graph_dir} has {len(names)}: the model was trained on other records"
             )
         figures.add(batch, outputs)
-    evaluation = figures.evaluation(served)
-    if baseline_error:
-        evaluation.baseline = {"model": baselines.TFIDF_SVM, "error": baseline_error}
-    return evaluation
+    return figures.evaluation(served)
 
 
 def gate(

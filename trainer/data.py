@@ -12,7 +12,7 @@ import os
 import tensorflow as tf
 
 from common import features
-from common.splits import read_split_sizes
+from common.splits import in_salted_share, read_split_sizes
 
 # The validation split is carved out of the train split by a salted hash of the id, in the graph
 # (FarmHash Fingerprint64, stable across machines and releases), so no copy of the records is made
@@ -20,13 +20,11 @@ from common.splits import read_split_sizes
 # hash; cross-fitting folds are a third, independent hash.
 _VALIDATION_SALT = "validation:"
 _FOLD_SALT = "fold:"
-_HASH_BUCKETS = 2**31 - 1
 
 
 def in_validation(ids: tf.Tensor, fraction: float) -> tf.Tensor:
     """bool [batch]: whether each product id (string) belongs to the validation split."""
-    buckets = tf.strings.to_hash_bucket_fast(tf.strings.join([_VALIDATION_SALT, ids]), _HASH_BUCKETS)
-    return tf.cast(buckets, tf.float64) < fraction * _HASH_BUCKETS
+    return in_salted_share(ids, _VALIDATION_SALT, fraction)
 
 
 def fold_of(ids: tf.Tensor, folds: int) -> tf.Tensor:
