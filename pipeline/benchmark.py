@@ -215,7 +215,7 @@ def run_benchmark(args: argparse.Namespace, ablation_config, model_config) -> tu
                      f"(patience {ablation_config.patience}) on validation top-1; learning rate per model from "
                      f"{list(ablation_config.learning_rates)} on validation with seed {ablation_config.seeds[0]}; "
                      f"{model_config.head}; decision-level heads cross-fitted over {ablation_config.crossfit_folds} "
-                     f"folds (or in-sample where that won on validation)",
+                     f"folds, each for the epochs its whole-split model kept (or in-sample where that won on validation)",
             "time": ", ".join(f"{phase} {value:.0f} s" for phase, value in seconds.items())
                     + f"; {sum(seconds.values()) / 60:.1f} min in all",
         },

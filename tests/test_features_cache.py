@@ -141,6 +141,28 @@ def test_decision_heads_train_on_out_of_fold_unimodal_predictions(frozen_run, mo
         assert settings["data"] == run.fingerprint
 
 
+def test_cross_fitted_folds_train_the_epochs_their_whole_split_model_kept(frozen_run, model_config,
+                                                                         small_preprocessed, tmp_path):
+    """A fold repeats the early-stopped model's kept epochs, without validation passes of its own."""
+    _, _, work = frozen_run
+    config = dataclasses.replace(TRAIN_CONFIG, patience=1, head_recipe=dataclasses.replace(HEAD_RECIPE, epochs=4))
+    run = Run(examples_dir=small_preprocessed.examples_dir, transform_graph_dir=small_preprocessed.transform_graph_dir,
+              work_dir=str(tmp_path), model_config=model_config, train_config=config,
+              cache_dir=str(work / FEATURE_CACHE_DIR))
+    whole = run.train_feature_model(fusion.TEXT_ONLY, config.head_recipe, str(tmp_path / "whole"), seed=0)
+    kept = whole.logs["best_epoch"]
+    assert 1 <= kept <= whole.logs["epochs"]
+    folds = run.crossfit_unimodal(0, names=(fusion.TEXT_ONLY,), whole={fusion.TEXT_ONLY: whole})
+    for fold, models in folds.items():
+        logs = models[fusion.TEXT_ONLY].logs
+        assert logs["epochs"] == kept and "val_accuracy" not in logs, logs
+        stage = tmp_path / STAGES_DIR / "seed0" / f"text_only-fold{fold}of2"
+        assert json.loads((stage / "settings.json").read_text())["epochs_of_whole_split_model"] == kept
+        assert sorted(os.listdir(stage / "checkpoints")) == sorted(
+            {f"epoch-{e:03d}.index" for e in range(1, kept + 1)} | {f"epoch-{e:03d}.data-00000-of-00001"
+                                                                    for e in range(1, kept + 1)} | {"checkpoint"})
+
+
 def test_a_seed_fixes_the_trained_model_whatever_ran_before_it_in_the_process(
         frozen_run, model_config, small_preprocessed, tmp_path):
     """The initial weights are drawn under the seed too, not from whatever state earlier work left."""

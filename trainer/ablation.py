@@ -146,7 +146,7 @@ class Benchmark:
             if decision_training == CROSSFIT:
                 folds = {i: {} for i in range(self.config.crossfit_folds)}
                 for m in fusion.UNIMODAL_FUSIONS:
-                    for i, fold in self.crossfit(m, seed, unimodal_rates[m], head_rates).items():
+                    for i, fold in self.crossfit(m, seed, unimodal_rates[m], head_rates, trained[m]).items():
                         folds[i].update(fold)
             tag = "-" + "-".join(f"{m}{unimodal_rates[m]:g}" for m in fusion.UNIMODAL_FUSIONS)
             return run.train_decision_model(
@@ -158,14 +158,16 @@ class Benchmark:
         return run.train_feature_model(model, recipe, self.stage_dir(model, seed, learning_rate), seed=seed,
                                        unimodal=unimodal, head_start=head_start)
 
-    def crossfit(self, model: str, seed: int, learning_rate: float, head_rates: dict) -> dict:
-        """{fold: {model: Trained}}: unimodal `model` of `seed` trained without each fold, once."""
+    def crossfit(self, model: str, seed: int, learning_rate: float, head_rates: dict, whole: Trained) -> dict:
+        """{fold: {model: Trained}}: unimodal `model` of `seed` trained without each fold, once, for
+        the epochs `whole` (the same model on the whole train split) kept."""
         key = (seed, model, learning_rate)
         if key not in self.folds:
             head_rate = head_rates.get(model, self.config.learning_rates[-1])
             first_phases = self.frozen_folds.get((seed, model, head_rate))
             self.folds[key] = self.run(head_rate).crossfit_unimodal(
-                seed, {model: self.config.recipe(self.tune, learning_rate)}, names=(model,), head_starts=first_phases)
+                seed, {model: self.config.recipe(self.tune, learning_rate)}, names=(model,), head_starts=first_phases,
+                whole={model: whole})
         return self.folds[key]
 
 

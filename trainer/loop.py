@@ -102,6 +102,7 @@ def fit_stage(
     settings: dict,
     validation: tf.data.Dataset | None = None,
     patience: int = 0,
+    epochs: int | None = None,
     strategy: tf.distribute.Strategy | None = None,
     backup_every_steps: int | None = None,
     log_every_steps: int = 100,
@@ -109,10 +110,12 @@ def fit_stage(
 ) -> dict:
     """Compiles and fits `model` on `dataset` (repeated batches) with `recipe`, or loads it if a
     previous run finished it. With `validation` and `patience` > 0, stops once validation top-1 has
-    not improved for `patience` epochs and keeps the best epoch's weights.
+    not improved for `patience` epochs and keeps the best epoch's weights (its number is "best_epoch"
+    in the logs). `epochs` (default the recipe's) stops training after that many epochs of the
+    recipe's schedule: the learning rate follows the same curve as in a run of all of them.
 
     Returns the last epoch's logs plus "epochs" (trained), "seconds" and, with validation,
-    "best_val_accuracy".
+    "best_val_accuracy" and, with early stopping, "best_epoch".
     """
     check_settings(stage_dir, settings)
     done = os.path.join(stage_dir, DONE_FILE)
@@ -145,14 +148,16 @@ def fit_stage(
             os.path.join(stage_dir, "checkpoints", "epoch-{epoch:03d}"), save_weights_only=True
         ),
         keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs")),
-        ProgressLog(stage, steps_per_epoch * recipe.epochs, log_every_steps, log),
+        ProgressLog(stage, steps_per_epoch * (epochs or recipe.epochs), log_every_steps, log),
     ]
+    early_stopping = None
     if validation is not None and patience:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=patience, restore_best_weights=True))
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", mode="max", patience=patience, restore_best_weights=True)
+        callbacks.append(early_stopping)
     history = model.fit(
         dataset,
-        epochs=recipe.epochs,
+        epochs=min(epochs or recipe.epochs, recipe.epochs),
         steps_per_epoch=steps_per_epoch,
         validation_data=validation,
         callbacks=callbacks,
@@ -163,6 +168,9 @@ def fit_stage(
     logs["seconds"] = time.monotonic() - started
     if "val_accuracy" in history.history:
         logs["best_val_accuracy"] = float(max(history.history["val_accuracy"]))
+    if early_stopping is not None:
+        # The callback's count, not the history's: after a resume the history starts mid-run.
+        logs["best_epoch"] = early_stopping.best_epoch + 1
     model.save_weights(writable(os.path.join(stage_dir, FINAL_WEIGHTS)))
     if is_chief():
         with tf.io.gfile.GFile(done, "w") as f:

@@ -17,8 +17,9 @@ So the stage recipes are the encoders' training (full, top's second phase) and `
 head from scratch: frozen's, top's first phase, and the decision-level heads in every tune.
 The decision-level heads (decision_level, policy) train on the unimodal models' class
 probabilities: held out by K-fold cross-fitting over the train split (`decision_training`
-"crossfit": fold k's probabilities come from unimodal models trained without fold k), so that they
-see the unimodal models' errors on unseen products, or in-sample ("in_sample").
+"crossfit": fold k's probabilities come from unimodal models trained without fold k, for the epochs
+their whole-split models kept), so that they see the unimodal models' errors on unseen products, or
+in-sample ("in_sample").
 
 A validation split is carved out of the train split by a hash of the id (`validation_fraction`):
 early stopping (`patience`) and calibration use it; the eval split is the evaluate stage's alone.
@@ -168,6 +169,11 @@ class Trained:
         return self.logs.get("best_val_accuracy", self.logs.get("val_accuracy"))
 
 
+def _kept_epochs(logs: dict | None) -> int | None:
+    """The epochs an early-stopped model kept (None: it was not early stopped)."""
+    return int(logs["best_epoch"]) if logs and logs.get("best_epoch") else None
+
+
 def _fold_keep(folds: int, fold: int, inside: bool):
     return lambda ids: tf.equal(data.fold_of(ids, folds), fold) == inside
 
@@ -255,45 +261,54 @@ class Run:
     def fit(self, model: keras.Model, name: str, form: str, stage_recipe: Recipe, stage_dir: str, *, seed: int,
             dataset: tf.data.Dataset | None = None, validation: tf.data.Dataset | None = None,
             steps_per_epoch: int | None = None, keep=None, keep_share: float = 1.0, extra: dict | None = None,
-            label: str | None = None) -> dict:
-        """Trains `model` (of `form`) through the one loop, on the train split (or `dataset`)."""
+            label: str | None = None, epochs: int | None = None) -> dict:
+        """Trains `model` (of `form`) through the one loop, on the train split (or `dataset`), with
+        early stopping on validation; or, given `epochs`, that many epochs of the recipe without
+        validation (a cross-fitted fold repeating its whole-split model's, `_kept_epochs`)."""
         keras.utils.set_random_seed(seed)
         names = list(model.input) if isinstance(model.input, dict) else None
         if dataset is None:
             dataset = self.dataset(form, features.TRAIN_SPLIT, stage_recipe.batch_size, shuffle=True, repeat=True,
                                    input_names=names, keep=keep, seed=seed)
-        if validation is None and self.validation:
+        if epochs is not None:
+            validation, extra = None, {**(extra or {}), "epochs_of_whole_split_model": epochs}
+        elif validation is None and self.validation:
             validation = self.dataset(form, features.VALIDATION_SPLIT, EVAL_BATCH_SIZE, shuffle=False,
                                       input_names=names)
         return fit_stage(
             model, dataset, stage=label or os.path.basename(stage_dir), stage_dir=stage_dir, recipe=stage_recipe,
             steps_per_epoch=steps_per_epoch or self._steps(stage_recipe.batch_size, keep_share),
             settings=self._settings(name, form, stage_recipe, seed, extra or {}), validation=validation,
-            patience=self.train_config.patience, strategy=self.strategy,
+            patience=self.train_config.patience if epochs is None else 0, epochs=epochs, strategy=self.strategy,
             backup_every_steps=self.train_config.backup_every_steps, log_every_steps=self.train_config.log_every_steps,
             log=self.log,
         )
 
     def train_feature_model(self, name: str, stage_recipe: Recipe, stage_dir: str, *, seed: int,
                             unimodal: dict | None = None, head_start: Trained | None = None, keep=None,
-                            keep_share: float = 1.0) -> Trained:
+                            keep_share: float = 1.0, like: Trained | None = None) -> Trained:
         """A feature-level model (unimodal, concat, keyless, key_based, hanet) in the run's tune mode.
 
         `unimodal` ({text_only, image_only: Trained}) starts a fusion's streams from theirs;
-        `head_start` (tune="top"): an already trained first phase, whose head is used as it is.
+        `head_start` (tune="top"): an already trained first phase, whose head is used as it is;
+        `like` (a cross-fitted fold): the same model trained on the whole train split, whose kept
+        epochs each phase repeats instead of early stopping.
         """
         tune = self.train_config.tune
         streams = unimodal if (unimodal and self.train_config.init_from_unimodal
                                and name not in fusion.UNIMODAL_FUSIONS) else None
+        epochs = _kept_epochs(like.logs if like else None)
         if tune == FROZEN:
             model = self.new_model(name, FROZEN, seed=seed)
-            logs = self.fit(model, name, FROZEN, stage_recipe, stage_dir, seed=seed, keep=keep, keep_share=keep_share)
+            logs = self.fit(model, name, FROZEN, stage_recipe, stage_dir, seed=seed, keep=keep, keep_share=keep_share,
+                            epochs=epochs)
             return Trained(name, FROZEN, model, logs)
         if tune == FULL:
             model = self.new_model(name, FULL, seed=seed)
             if streams:
                 init_from_unimodal(model, streams[fusion.TEXT_ONLY].model, streams[fusion.IMAGE_ONLY].model)
-            logs = self.fit(model, name, FULL, stage_recipe, stage_dir, seed=seed, keep=keep, keep_share=keep_share)
+            logs = self.fit(model, name, FULL, stage_recipe, stage_dir, seed=seed, keep=keep, keep_share=keep_share,
+                            epochs=epochs)
             return Trained(name, FULL, model, logs)
         # TOP: the head first, on fixed features (of the tuned unimodal streams for a fusion) ...
         head = head_start
@@ -311,7 +326,8 @@ class Run:
                     keep_share=keep_share, extra={"streams": "unimodal"}, label=f"{name} head")
             else:
                 head_logs = self.fit(head_model_, name, FROZEN, self.train_config.head_recipe, head_dir, seed=seed,
-                                     keep=keep, keep_share=keep_share, label=f"{name} head")
+                                     keep=keep, keep_share=keep_share, label=f"{name} head",
+                                     epochs=_kept_epochs(like.logs.get("head_phase") if like else None))
             head = Trained(name, FROZEN, head_model_, head_logs)
         # ... then the last blocks of the encoders with it.
         model = self.new_model(name, TOP, seed=seed)
@@ -321,7 +337,7 @@ class Run:
         copy_weights(fusion_layer(head.model), fusion_layer(model))
         logs = self.fit(model, name, TOP, stage_recipe, os.path.join(stage_dir, "top"), seed=seed, keep=keep,
                         keep_share=keep_share, extra={"head": head.logs.get("best_val_accuracy", head.logs.get("loss"))},
-                        label=f"{name} top")
+                        label=f"{name} top", epochs=epochs)
         return Trained(name, TOP, model, {**logs, "head_phase": head.logs})
 
     def stream_features(self, streams: dict, cache_dir: str) -> str:
@@ -432,10 +448,13 @@ class Run:
         return out
 
     def crossfit_unimodal(self, seed: int, recipes: dict | None = None,
-                          names: tuple[str, ...] = fusion.UNIMODAL_FUSIONS, head_starts: dict | None = None) -> dict:
+                          names: tuple[str, ...] = fusion.UNIMODAL_FUSIONS, head_starts: dict | None = None,
+                          whole: dict | None = None) -> dict:
         """{fold: {text_only, image_only: Trained}}: the unimodal models (`names`) trained without
         each fold (with `recipes[name]`, default the stage's recipe); `head_starts` (tune="top", same
-        shape): the folds' already trained first phases."""
+        shape): the folds' already trained first phases; `whole` ({name: Trained}): the models
+        trained on the whole train split, whose kept epochs the folds repeat without validation
+        (the folds then cost no validation passes and no epochs past the best one)."""
         k = self.train_config.crossfit_folds
         folds = {}
         for i in range(k):
@@ -444,7 +463,7 @@ class Run:
                     name, (recipes or {}).get(name) or self.train_config.recipe_of(name),
                     os.path.join(self.work_dir, STAGES_DIR, f"seed{seed}", f"{name}-fold{i}of{k}"), seed=seed,
                     keep=_fold_keep(k, i, False), keep_share=(k - 1) / k,
-                    head_start=(head_starts or {}).get(i, {}).get(name))
+                    head_start=(head_starts or {}).get(i, {}).get(name), like=(whole or {}).get(name))
                 for name in names
             }
         return folds
@@ -504,7 +523,7 @@ def train_stages(run: Run, fusion_name: str, seed: int) -> dict[str, Trained]:
     stage_dir = lambda stage: os.path.join(run.work_dir, STAGES_DIR, stage)  # noqa: E731
     for stage in stages_of(fusion_name):
         if stage in fusion.DECISION_FUSIONS:
-            folds = run.crossfit_unimodal(seed) if config.decision_training == CROSSFIT else None
+            folds = run.crossfit_unimodal(seed, whole=trained) if config.decision_training == CROSSFIT else None
             trained[stage] = run.train_decision_model(stage, config.recipe_of(stage), stage_dir(stage), seed=seed,
                                                       unimodal=trained, folds=folds)
         else:
