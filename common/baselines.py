@@ -68,6 +68,15 @@ class TfidfSvm:
         return scores
 
 
+def record_spec() -> dict:
+    """What the baseline reads of a transformed record: the id (for sampling), the title and the label."""
+    import tensorflow as tf
+
+    return {features.ID_KEY: tf.io.FixedLenFeature([], tf.string),
+            features.TITLE_KEY: tf.io.FixedLenFeature([], tf.string),
+            features.LABEL_ID_KEY: tf.io.FixedLenFeature([], tf.int64)}
+
+
 def decode_titles(values) -> list[str]:
     """Title bytes (as a parsed record batch holds them) → text; an invalid byte never stops a stage."""
     return [t.decode("utf-8", errors="replace") for t in values]

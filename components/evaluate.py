@@ -339,10 +339,7 @@ def fit_baseline(examples_dir: str, num_classes: int, max_train_products: int = 
     """tfidf_svm fitted on the train split's titles (what the trainer trains on, validation included),
     streamed from the transformed records; at most about `max_train_products` of them, by a hash of the id."""
     share = max_train_products / max(1, splits.read_split_sizes(examples_dir)[features.TRAIN_SPLIT])
-    spec = {features.ID_KEY: tf.io.FixedLenFeature([], tf.string),
-            features.TITLE_KEY: tf.io.FixedLenFeature([], tf.string),
-            features.LABEL_ID_KEY: tf.io.FixedLenFeature([], tf.int64)}
-    batches = split_records(examples_dir, features.TRAIN_SPLIT, spec, batch_size)
+    batches = split_records(examples_dir, features.TRAIN_SPLIT, baselines.record_spec(), batch_size)
     if share < 1:
         def sample(batch):
             keep = splits.in_salted_share(batch[features.ID_KEY], _BASELINE_SALT, share)

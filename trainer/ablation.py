@@ -273,9 +273,7 @@ def run_tune(bench: Benchmark, config: AblationConfig, frozen_models: dict | Non
 
 def run_baseline(run: Run, classes: int) -> dict:
     """tfidf_svm fitted on the train split, scored on validation and eval."""
-    spec = {features.TITLE_KEY: tf.io.FixedLenFeature([], tf.string),
-            features.LABEL_ID_KEY: tf.io.FixedLenFeature([], tf.int64),
-            features.ID_KEY: tf.io.FixedLenFeature([], tf.string)}
+    spec = baselines.record_spec()
     from trainer import data
 
     def split(name):

@@ -118,6 +118,7 @@ def fit_stage(
     "best_val_accuracy" and, with early stopping, "best_epoch".
     """
     check_settings(stage_dir, settings)
+    epochs = min(epochs or recipe.epochs, recipe.epochs)
     done = os.path.join(stage_dir, DONE_FILE)
     if tf.io.gfile.exists(done):
         model.load_weights(os.path.join(stage_dir, FINAL_WEIGHTS)).expect_partial()
@@ -148,7 +149,7 @@ def fit_stage(
             os.path.join(stage_dir, "checkpoints", "epoch-{epoch:03d}"), save_weights_only=True
         ),
         keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs")),
-        ProgressLog(stage, steps_per_epoch * (epochs or recipe.epochs), log_every_steps, log),
+        ProgressLog(stage, steps_per_epoch * epochs, log_every_steps, log),
     ]
     early_stopping = None
     if validation is not None and patience:
@@ -157,7 +158,7 @@ def fit_stage(
         callbacks.append(early_stopping)
     history = model.fit(
         dataset,
-        epochs=min(epochs or recipe.epochs, recipe.epochs),
+        epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         validation_data=validation,
         callbacks=callbacks,

@@ -286,18 +286,18 @@ class Run:
 
     def train_feature_model(self, name: str, stage_recipe: Recipe, stage_dir: str, *, seed: int,
                             unimodal: dict | None = None, head_start: Trained | None = None, keep=None,
-                            keep_share: float = 1.0, like: Trained | None = None) -> Trained:
+                            keep_share: float = 1.0, whole: Trained | None = None) -> Trained:
         """A feature-level model (unimodal, concat, keyless, key_based, hanet) in the run's tune mode.
 
         `unimodal` ({text_only, image_only: Trained}) starts a fusion's streams from theirs;
         `head_start` (tune="top"): an already trained first phase, whose head is used as it is;
-        `like` (a cross-fitted fold): the same model trained on the whole train split, whose kept
-        epochs each phase repeats instead of early stopping.
+        `whole` (given for a cross-fitted fold): the same model trained on the whole train split,
+        whose kept epochs each phase repeats instead of early stopping.
         """
         tune = self.train_config.tune
         streams = unimodal if (unimodal and self.train_config.init_from_unimodal
                                and name not in fusion.UNIMODAL_FUSIONS) else None
-        epochs = _kept_epochs(like.logs if like else None)
+        epochs = _kept_epochs(whole.logs if whole else None)
         if tune == FROZEN:
             model = self.new_model(name, FROZEN, seed=seed)
             logs = self.fit(model, name, FROZEN, stage_recipe, stage_dir, seed=seed, keep=keep, keep_share=keep_share,
@@ -327,7 +327,7 @@ class Run:
             else:
                 head_logs = self.fit(head_model_, name, FROZEN, self.train_config.head_recipe, head_dir, seed=seed,
                                      keep=keep, keep_share=keep_share, label=f"{name} head",
-                                     epochs=_kept_epochs(like.logs.get("head_phase") if like else None))
+                                     epochs=_kept_epochs(whole.logs.get("head_phase") if whole else None))
             head = Trained(name, FROZEN, head_model_, head_logs)
         # ... then the last blocks of the encoders with it.
         model = self.new_model(name, TOP, seed=seed)
@@ -463,7 +463,7 @@ class Run:
                     name, (recipes or {}).get(name) or self.train_config.recipe_of(name),
                     os.path.join(self.work_dir, STAGES_DIR, f"seed{seed}", f"{name}-fold{i}of{k}"), seed=seed,
                     keep=_fold_keep(k, i, False), keep_share=(k - 1) / k,
-                    head_start=(head_starts or {}).get(i, {}).get(name), like=(whole or {}).get(name))
+                    head_start=(head_starts or {}).get(i, {}).get(name), whole=(whole or {}).get(name))
                 for name in names
             }
         return folds
