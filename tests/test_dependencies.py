@@ -26,7 +26,7 @@ STAGES = (
 # (importing unit, imported module) → why it is allowed.
 EXCEPTIONS = {
     ("components.batch_predict", "components.preprocess.catalog"):
-        "one catalog reader: batch prediction reads a catalog exactly as preprocess does (README, Batch prediction)",
+        "one catalog reader: batch prediction reads a catalog exactly as preprocess does (docs/batch-prediction.md)",
     ("components.batch_predict", "components.preprocess.row_checks"):
         "one definition of a usable row: the same checks and quarantine reasons as preprocess",
     ("components.batch_predict", "components.preprocess.catalog_rows"):
