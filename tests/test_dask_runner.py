@@ -1,19 +1,23 @@
 """Preprocess on Beam's DaskRunner (apache-beam[dask]) against a dask.distributed cluster of two worker
 processes, compared with what the shipped stage writes on the DirectRunner.
 
-What Beam 2.77's DaskRunner (apache_beam/runners/dask/) cannot run, each pinned by a test below so that
-the day Beam lifts it the test fails and the harness can give way to the stage itself:
-- `beam.io.Read` (every BoundedSource: ReadFromTFRecord, tfxio's TFExampleRecord.BeamSource) is
+What Beam 2.77's DaskRunner (apache_beam/runners/dask/) gets wrong, each pinned by a test at the end so
+that the day Beam fixes it the test fails and the harness can give way to the stage's own step:
+- `beam.io.Read` (every BoundedSource: ReadFromText, ReadFromTFRecord, tfxio's TFExampleRecord) is
   translated to nothing, and the job fails building its graph;
-- Beam's file sinks (iobase.WriteImpl: WriteToText, WriteToTFRecord, WriteToParquet) write an empty
-  file: their side inputs are recomputed apart from the main input, so the shards written and the
-  shards finalized come from two different temporary directories;
-- only the last transform of the graph is computed: every other sink is silently not run.
-The stage writes through all three, so it cannot run there as it is. Everything between its reads and
-its writes can: the harness below runs the stage's own transforms (UniqueRows, the photo checks, the
-split, the preprocessing_fn through TFT's AnalyzeDataset/TransformDataset and WriteTransformFn) from
-the catalog path to one terminal step that writes each bundle itself, and the test compares its
-examples, transform graph and quarantine with the stage's.
+- a ParDo's tagged outputs are poured into its main output (`with_outputs`, beam.Partition);
+- what a DoFn outputs in finish_bundle is dropped (BatchElements' last batch of every bundle);
+- only the last transform of the graph is computed: every other branch, sink or not, silently never runs;
+- a side input is recomputed for every bundle that reads it, so TFT's analysis, whose graph-running DoFn
+  receives a saved model written to a new temporary directory each time, fails on TFT's assertion.
+  Beam's file sinks (WriteToText, WriteToTFRecord) take side inputs the same way; once they were seen to
+  finalize an empty file with the shards left in two temporary directories, but not reliably.
+Preprocess reads through Read, writes through file sinks, splits through tagged outputs and analyses
+with TFT, so it cannot run there as it is. The rest of it can: the harness below runs the stage's own
+DoFns (reading the catalog, the text checks, one row per id, the photo checks, the split, the raw
+tf.Example) and TFT's transform of both splits with the DirectRunner's transform graph, each pipeline
+ending in one terminal step that writes its bundles itself, and the tests compare raw and transformed
+examples and the quarantine with the stage's. The analysis stays on the DirectRunner.
 """
 from __future__ import annotations
 
