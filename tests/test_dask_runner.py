@@ -322,21 +322,20 @@ def examples_by_id(records) -> dict:
     return examples
 
 
-def direct_examples(examples_dir: str, split: str) -> dict:
+def direct_examples(pattern: str) -> dict:
+    """The GZIP TFRecords of tf.Example the stage wrote under `pattern`, by product id."""
     import tensorflow as tf
 
-    from components.preprocess.job import split_file_pattern
-
-    files = sorted(tf.io.gfile.glob(split_file_pattern(examples_dir, split)))
+    files = sorted(tf.io.gfile.glob(pattern))
     return examples_by_id(r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP"))
 
 
 def test_transformed_examples_are_the_direct_runners(on_direct_runner, on_dask_runner):
-    from components.preprocess.job import SPLITS
+    from components.preprocess.job import SPLITS, split_file_pattern
 
     items = on_dask_runner
     for split in SPLITS:
-        expected = direct_examples(on_direct_runner.examples_dir, split)
+        expected = direct_examples(split_file_pattern(on_direct_runner.examples_dir, split))
         got = examples_by_id(item[2] for item in items if item[:2] == ("example", split))
         assert expected, f"the DirectRunner wrote no {split} example: the comparison would prove nothing"
         assert sorted(got) == sorted(expected), split
@@ -349,10 +348,7 @@ def test_raw_examples_are_the_direct_runners(on_direct_runner, on_dask_runner):
     from common import features, splits
 
     items = on_dask_runner
-    import tensorflow as tf
-
-    files = tf.io.gfile.glob(os.path.join(splits.raw_examples_dir(on_direct_runner.examples_dir), "*"))
-    expected = examples_by_id(r.numpy() for r in tf.data.TFRecordDataset(sorted(files), compression_type="GZIP"))
+    expected = direct_examples(os.path.join(splits.raw_examples_dir(on_direct_runner.examples_dir), "*"))
     got = examples_by_id(item[2] for item in items if item[:2] == ("raw", features.EVAL_SPLIT))
     assert expected and got == expected
     train = [item for item in items if item[:2] == ("raw", features.TRAIN_SPLIT)]
