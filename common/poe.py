@@ -95,6 +95,7 @@ class TfidfImagePoe:
         if not len(train[0]):
             raise ValueError(f"the {TFIDF_IMAGE_POE} baseline has no training products")
         (titles, images, labels), (v_titles, v_images, v_labels) = train, validation
+        labels, v_labels = np.asarray(labels, np.int64), np.asarray(v_labels, np.int64)
         self.num_classes = num_classes
         if len(v_titles):
             self.text_c, self.text_validation = _choose(text_expert, text_cs, titles, labels, v_titles, v_labels,

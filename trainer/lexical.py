@@ -38,6 +38,9 @@ MAX_VOCABULARY = 200_000
 DEFAULT_CS = (3.0, 10.0, 30.0)
 # RE2 (TensorFlow's regex engine) \w is ASCII only; this is Python's Unicode \w, as scikit-learn reads it.
 _NON_WORD = r"[^\pL\pN_]+"
+_NUL_STAND_IN = "\U0010fffe"
+# Python's str.split() whitespace (scikit-learn's char_wb splits words with it); RE2's \s is ASCII only.
+_WHITESPACE = r"[\s\v\x{1c}-\x{1f}\x{85}\p{Z}]+"
 
 
 def _words(lower: tf.Tensor) -> tf.RaggedTensor:
@@ -45,13 +48,22 @@ def _words(lower: tf.Tensor) -> tf.RaggedTensor:
     return tf.ragged.boolean_mask(tokens, tf.strings.length(tokens, unit="UTF8_CHAR") >= 2)
 
 
+def _lower(titles: tf.Tensor) -> tf.Tensor:
+    """Unicode lower case. tf.strings.lower(encoding="utf-8") ends a string at its first NUL, so NULs stand
+    aside as a noncharacter (never in real text) while it runs."""
+    hidden = tf.strings.regex_replace(titles, r"\x00", _NUL_STAND_IN)
+    return tf.strings.regex_replace(tf.strings.lower(hidden, encoding="utf-8"), _NUL_STAND_IN, "\x00")
+
+
 def ngrams(titles: tf.Tensor) -> dict[str, tf.RaggedTensor]:
     """{kind: string [batch, (n-grams)]}: every word and character n-gram of each title, repeated as often
     as it occurs."""
-    lower = tf.strings.lower(tf.convert_to_tensor(titles, tf.string), encoding="utf-8")
+    lower = _lower(tf.convert_to_tensor(titles, tf.string))
     words = _words(lower)
     word_grams = tf.concat([tf.strings.ngrams(words, n, separator=" ") for n in WORD_NGRAMS], axis=1)
-    padded = tf.strings.join([" ", tf.strings.split(lower), " "])  # [batch, (words)]
+    # Split on the one space only: tf.strings.split's default also splits on NUL, which Python keeps in a word.
+    split = tf.strings.split(tf.strings.regex_replace(lower, _WHITESPACE, " "), sep=" ")
+    padded = tf.strings.join([" ", tf.ragged.boolean_mask(split, split != ""), " "])  # [batch, (words)]
     chars = tf.strings.unicode_split(padded, "UTF-8")  # [batch, (words), (chars)]
     # A padded word of n characters gives itself once and none longer, as scikit-learn's char_wb does.
     char_grams = tf.concat([tf.strings.ngrams(chars, n, separator="") for n in CHAR_NGRAMS], axis=2).merge_dims(1, 2)
