@@ -62,7 +62,8 @@ def test_every_model_seed_and_tune_is_reported_consistently(benchmark_run):
     _, results = benchmark_run
     summary, raw = results["summary"], results["raw"]
     assert set(summary["tunes"]) == {FROZEN, TOP} and summary["tune"] == TOP
-    assert set(summary["models"]) == MODELS | {"tfidf_svm"}  # the last tune's models, and the baseline
+    # the last tune's models, and the baselines
+    assert set(summary["models"]) == MODELS | {"tfidf_svm", "tfidf_image_poe"}
     for tune in (FROZEN, TOP):
         assert set(summary["tunes"][tune]["models"]) == MODELS
         for run in raw[tune]["runs"]:
@@ -132,6 +133,33 @@ def test_the_baseline_is_tfidf_svm_on_the_same_titles_and_split(benchmark_run):
     assert baseline["eval"]["top1_accuracy"] <= baseline["eval"]["top5_accuracy"]
     assert 0.0 < baseline["eval"]["macro_f1"] <= 1.0
     assert results["summary"]["models"]["tfidf_svm"]["top1_accuracy"]["mean"] == pytest.approx(expected)
+
+
+def test_tfidf_image_poe_is_the_product_of_its_experts_on_the_cached_image_features(benchmark_run):
+    from common import poe
+
+    root, results = benchmark_run
+    out = root / "out"
+    with open(root / "catalog.csv", newline="") as f:
+        rows = {row["id"]: row for row in csv.DictReader(f)}
+    names = sorted({r["articleType"] for r in rows.values()})
+
+    def split(name):
+        dataset = features_cache.make_feature_dataset(str(out / "feature_cache"), name, 256, False, with_ids=True)
+        ids, images = [], []
+        for inputs, _, batch_ids in dataset:
+            ids += [i.decode() for i in batch_ids.numpy()]
+            images.append(inputs[features.IMAGE_FEATURES_KEY].numpy())
+        return ([rows[i]["title"] for i in ids], np.concatenate(images),
+                np.array([names.index(rows[i]["articleType"]) for i in ids]))
+
+    train, validation, evaluated = (split(s) for s in (features.TRAIN_SPLIT, features.VALIDATION_SPLIT, features.EVAL_SPLIT))
+    raw = results["raw"]["baseline"]["tfidf_image_poe"]
+    fitted = poe.TfidfImagePoe(train, validation, len(names))
+    assert raw["choices"]["text_c"] == fitted.text_c and raw["choices"]["image_c"] == fitted.image_c
+    expected = np.mean(fitted.scores(evaluated[0], evaluated[1]).argmax(1) == evaluated[2])
+    assert raw["eval"]["top1_accuracy"] == pytest.approx(expected)
+    assert results["summary"]["models"]["tfidf_image_poe"]["top1_accuracy"]["mean"] == pytest.approx(expected)
 
 
 def test_headroom_arithmetic_on_a_hand_made_run():
