@@ -27,7 +27,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from common import features  # noqa: E402
+from common import features, poe  # noqa: E402
 
 PRETRAINED = pathlib.Path(__file__).resolve().parents[1] / "pretrained"
 VALIDATION_FRACTION = 0.125  # common/params.py's validation_fraction default
@@ -113,9 +113,8 @@ def cache(args) -> None:
 # --------------------------------------------------------------------------------------------
 # table
 
-TEXT_CS = (3.0, 10.0, 30.0)
-DENSE_CS = (0.003, 0.01, 0.03, 0.1)
-FLOOR = np.log(1e-9)  # log-probability of a class an expert never saw in training
+TEXT_CS, DENSE_CS = poe.TEXT_CS, poe.IMAGE_CS
+FLOOR = poe.LOG_PROB_FLOOR
 
 
 class Data:
@@ -132,23 +131,7 @@ class Data:
         return np.flatnonzero(np.isin(self.split, splits))
 
 
-def lexical_model(c: float):
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline, make_union
-
-    return make_pipeline(
-        make_union(TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True),
-                   TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True)),
-        LogisticRegression(C=c, max_iter=300))
-
-
-def dense_model(c: float):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300))
+lexical_model, dense_model = poe.text_expert, poe.image_expert  # the baseline's own experts
 
 
 def log_probs(model, x, classes: int) -> np.ndarray:
