@@ -4,7 +4,8 @@
 
 For each module of TARGETS, mutmut's operators (mutmut.list_mutations) give every mutant of it: a
 number, operator, keyword, string or name changed, an argument or a decorator dropped. With `--sample`
-a seeded random share of them runs. Each mutant is written into a scratch copy of the project and the
+a seeded random share of them runs, in random order (a run stopped early reports the
+random sample it ran). Each mutant is written into a scratch copy of the project and the
 module's own test files run against it in one pytest process (`-x`): the mutant is killed when they
 fail or run over three times the clean run. Each run is a fork of one process that imported
 TensorFlow and the other heavy libraries once (PRELOAD). It prints killed / run and the score per module, and each
@@ -106,15 +107,18 @@ def run_tests(repo: pathlib.Path, tests: list[str], timeout: float | None) -> tu
         import pytest
 
         os._exit(int(pytest.main(["-q", "-x", "-n", "0", "-p", "no:cacheprovider", *tests])))
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status) == 0, time.monotonic() - start
-        if timeout is not None and time.monotonic() - start > timeout:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return False, time.monotonic() - start
-        time.sleep(0.2)
+    try:
+        while not (done := os.waitpid(pid, os.WNOHANG))[0]:
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise TimeoutError
+            time.sleep(0.2)
+    except (TimeoutError, KeyboardInterrupt) as stop:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        if isinstance(stop, KeyboardInterrupt):
+            raise
+        return False, time.monotonic() - start
+    return os.waitstatus_to_exitcode(done[1]) == 0, time.monotonic() - start
 
 
 def mutants(source: str, filename: str) -> list:
@@ -128,10 +132,12 @@ def changed_line(source: str, mutated: str) -> str:
 
 
 def mutation_score(repo: pathlib.Path, module: str, tests: list[str], sample: float, seed: int) -> Result:
+    """Runs the sampled mutants in their random order, so that a run stopped early (Ctrl-C, SIGTERM)
+    still reports a random sample: what ran so far."""
     path = repo / module
     source = path.read_text()
     ids = mutants(source, module)
-    chosen = sorted(random.Random(seed).sample(ids, round(sample * len(ids))), key=lambda m: m.line_number)
+    chosen = random.Random(seed).sample(ids, max(1, round(sample * len(ids))))
     result = Result(module, len(ids))
     passed, clean = run_tests(repo, tests, None)
     if not passed:
@@ -149,6 +155,8 @@ def mutation_score(repo: pathlib.Path, module: str, tests: list[str], sample: fl
                 result.killed += 1
             print(f"  [{number}/{len(chosen)}] {'SURVIVED' if survived else 'killed'} ({seconds:.0f} s) {line}",
                   flush=True)
+    except KeyboardInterrupt:
+        print(f"  stopped after {result.run} of {len(chosen)} mutants", flush=True)
     finally:
         path.write_text(source)
     return result
@@ -168,6 +176,8 @@ def main(argv=None) -> int:
     if not targets:
         parser.error(f"--only matches none of {', '.join(pathlib.Path(m).name for m in TARGETS)}")
     preload()
+    # SIGTERM stops a run as Ctrl-C does: the mutants run so far are reported.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     repo = scratch_copy(REPO_ROOT)
     try:
         results = [mutation_score(repo, module, tests, args.sample, args.seed) for module, tests in targets.items()]
