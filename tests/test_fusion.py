@@ -439,3 +439,23 @@ def test_a_saved_model_reloads_its_fusion_layer_and_outputs(name, tmp_path):
     assert type(loaded.get_layer("fusion")) is fusion.FUSION_HEADS[name]
     assert loaded.get_layer("fusion").get_config() == model.get_layer("fusion").get_config()
     np.testing.assert_allclose(loaded(inputs, training=False).numpy(), model(inputs, training=False).numpy(), rtol=1e-6)
+
+
+def test_the_default_head_is_the_one_docs_training_md_argues_for():
+    """The open choices' defaults as the docs state them (the table of docs/training.md)."""
+    import pathlib
+
+    rows = {}
+    for line in (pathlib.Path(__file__).parents[1] / "docs" / "training.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        for option in ("shared_scorer", "scaled", "hybrid_normalize", "combine", "stream_dropout"):
+            if len(cells) == 3 and f"`{option}`" in cells[0]:
+                rows[option] = cells[1]
+    assert rows == {"shared_scorer": "shared", "scaled": "scaled", "hybrid_normalize": "softmax", "combine": "concat",
+                    "stream_dropout": "off"}
+    defaults = fusion.HeadConfig()
+    assert (defaults.shared_scorer, defaults.scaled, defaults.hybrid_normalize, defaults.combine,
+            defaults.stream_dropout) == (True, True, "softmax", "concat", 0.0)
+    from common import features
+
+    assert defaults.policy_top_k == features.DEFAULT_TOP_K  # "policy on the top-5": the serving top-k
