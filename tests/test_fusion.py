@@ -421,6 +421,9 @@ def test_a_model_saved_before_one_class_per_fusion_loads_with_equal_outputs(name
     old.save(str(tmp_path / "model"), save_format="tf", include_optimizer=False, save_traces=False)
 
     new = _head_model(fusion, name)
+    # The same weights, by name and in order: HDF5 weight files and get/set_weights line up too.
+    assert [w.name for w in new.weights] == [w.name for w in old.weights]
+    assert [w.name for w in new.trainable_weights] == [w.name for w in old.trainable_weights]
     new.load_weights(str(tmp_path / "weights")).assert_consumed()
     np.testing.assert_allclose(new(inputs, training=False).numpy(), expected, rtol=1e-6)
     loaded = keras.models.load_model(str(tmp_path / "model"))
@@ -459,3 +462,21 @@ def test_the_default_head_is_the_one_docs_training_md_argues_for():
     from common import features
 
     assert defaults.policy_top_k == features.DEFAULT_TOP_K  # "policy on the top-5": the serving top-k
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"hybrid_normalize": "tanh"}, "hybrid_normalize must be one of"), ({"combine": "max"}, "combine must be one of"),
+    ({"width": 0}, "must be positive"), ({"key_dim": 0}, "must be positive"),
+    ({"hybrid_hidden_units": 0}, "must be positive"), ({"policy_top_k": 0}, "must be positive"),
+    ({"dropout": 1.0}, "dropout must be in"), ({"dropout": -0.1}, "dropout must be in"),
+    ({"stream_dropout": -0.1}, "stream_dropout must be in"),
+])
+def test_a_head_config_out_of_range_is_refused_naming_the_option(options, message):
+    with pytest.raises(ValueError, match=message):
+        fusion.HeadConfig(**options)
+
+
+def test_the_smallest_valid_head_config_builds():
+    config = fusion.HeadConfig(width=1, key_dim=1, hybrid_hidden_units=1, policy_top_k=1, dropout=0.0)
+    assert fusion.HeadConfig(**config.as_dict()) == config
+    assert fusion.fusion_head(fusion.HANET, 2, config)(*_stream_features()).shape == (6, 2)
