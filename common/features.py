@@ -80,6 +80,22 @@ MODEL_NAME = "hanet"
 GRPC_PORT = 8500
 REST_PORT = 8501
 
+# The models of the paper, which are also the training stages' names: the unimodal models train first;
+# the feature-level fusions fuse f_t and f_i, the decision-level ones the unimodal models' probabilities.
+TEXT_ONLY = "text_only"
+IMAGE_ONLY = "image_only"
+CONCAT = "concat"
+KEYLESS = "keyless"
+KEY_BASED = "key_based"
+HANET = "hanet"
+DECISION_LEVEL = "decision_level"
+POLICY = "policy"
+UNIMODAL_FUSIONS = (TEXT_ONLY, IMAGE_ONLY)
+FEATURE_FUSIONS = (TEXT_ONLY, IMAGE_ONLY, CONCAT, KEYLESS, KEY_BASED, HANET)
+DECISION_FUSIONS = (DECISION_LEVEL, POLICY)
+ATTENTION_FUSIONS = (KEYLESS, KEY_BASED, HANET)
+FUSIONS = FEATURE_FUSIONS + DECISION_FUSIONS
+
 # Split names, as directories under the examples artifact.
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
