@@ -239,7 +239,9 @@ def evaluate(
         blessing.metadata["served_version"] = served[0]
     with open(blessing.path, "w") as f:
         json.dump({"blessed": verdict.blessed, "reason": verdict.reason, **evaluation.summary()}, f, indent=2)
-    progress("evaluate", ", ".join(f"{k} {v:.4g}" for k, v in evaluation.scalars().items()))
+    figures = evaluation.metrics  # every figure is in `metrics` and the blessing's JSON
+    progress("evaluate", f"top-1 {figures['top1_accuracy']:.4f}, top-5 {figures['top5_accuracy']:.4f}, "
+             f"macro-F1 {figures['macro_f1']:.4f} on {figures['examples']} eval products")
     progress("evaluate", f"gate: {'blessed' if verdict.blessed else 'not blessed'}: {verdict.reason}")
     return verdict.blessed
 
