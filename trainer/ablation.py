@@ -109,21 +109,28 @@ class AblationConfig:
                            head_recipe=self.recipe(FROZEN, head_learning_rate), crossfit_folds=self.crossfit_folds)
 
 
-class Benchmark:
-    """Trains and evaluates every model of `config` for one tune, on one Run (its work directory
-    under OUT/runs/<tune>/), a model of each seed at a time."""
+@dataclasses.dataclass(frozen=True)
+class FrozenTune:
+    """What tune "top" starts from, of the frozen tune: its models ({seed: {model: Trained}}), its
+    learning rate per model, and its cross-fitted folds (TuneTrainer.folds)."""
 
-    def __init__(self, out: str, examples_dir: str, transform_graph_dir: str, cache_dir: str,
-                 model_config: ModelConfig, config: AblationConfig, tune: str, log=print,
-                 frozen_folds: dict | None = None):
-        self.config, self.tune, self.log = config, tune, log
+    models: dict
+    choices: dict
+    folds: dict
+
+
+class TuneTrainer:
+    """Trains every model of `config` for one tune, on one Run (its work directory under
+    OUT/runs/<tune>/), a model of each seed at a time. `run_args`: Run's arguments but its
+    train_config; `frozen`: the frozen tune's results, under "top"."""
+
+    def __init__(self, config: AblationConfig, tune: str, run_args: dict, frozen: FrozenTune | None = None):
+        self.config, self.tune, self.log, self.frozen = config, tune, run_args["log"], frozen
         self.runs = {}  # one Run per first-phase learning rate (the head recipe is part of a Run's config)
         # {(seed, model, learning rate): {fold: {model: Trained}}}: the cross-fitted unimodal models, shared
-        # by both decision-level heads; `frozen_folds`, the frozen tune's, are their first phases under "top".
-        self.folds, self.frozen_folds = {}, frozen_folds or {}
-        self._args = dict(examples_dir=examples_dir, transform_graph_dir=transform_graph_dir,
-                          work_dir=os.path.join(out, "runs", tune), model_config=model_config, log=log,
-                          cache_dir=cache_dir)
+        # by both decision-level heads; the frozen tune's are their first phases under "top".
+        self.folds, self.frozen_folds = {}, frozen.folds if frozen else {}
+        self._args = run_args
 
     def run(self, head_learning_rate: float = 1e-2) -> Run:
         if head_learning_rate not in self.runs:
@@ -134,11 +141,12 @@ class Benchmark:
     def stage_dir(self, model: str, seed: int, learning_rate: float, tag: str = "") -> str:
         return os.path.join(self.run().work_dir, STAGES_DIR, f"seed{seed}", f"{model}{tag}-lr{learning_rate:g}")
 
-    def fit(self, model: str, seed: int, learning_rate: float, trained: dict, frozen: dict | None,
-            head_rates: dict, decision_training: str = CROSSFIT, unimodal_rates: dict | None = None) -> Trained:
-        """One model of one seed: `trained` holds this seed's unimodal models of this tune, `frozen`
-        this seed's models of the frozen tune (the first phases of "top"), `head_rates` the frozen
-        tune's learning rate per model (the first phases' under "top")."""
+    def fit(self, model: str, seed: int, learning_rate: float, trained: dict, head_rates: dict,
+            decision_training: str = CROSSFIT, unimodal_rates: dict | None = None) -> Trained:
+        """One model of one seed: `trained` holds this seed's unimodal models of this tune, `head_rates`
+        the frozen tune's learning rate per model (the first phases' under "top"); under "top" the
+        frozen tune's models of this seed are the unimodal models' first phases."""
+        frozen = self.frozen.models.get(seed) if self.frozen else None
         run = self.run(head_rates.get(model, self.config.learning_rates[-1]))
         recipe = self.config.recipe(self.tune, learning_rate)
         if model in fusion.DECISION_FUSIONS:
@@ -216,18 +224,16 @@ def _training_figures(t: Trained) -> dict:
             "epochs": t.logs.get("epochs"), "validation_top1_accuracy": _validation_of(t)}
 
 
-def run_tune(bench: Benchmark, config: AblationConfig, frozen_models: dict | None = None,
-             frozen_choices: dict | None = None) -> tuple[dict, dict]:
+def run_tune(tune_trainer: TuneTrainer, config: AblationConfig) -> tuple[dict, dict]:
     """Every model × seed of one tune. Returns (raw results, {seed: {model: Trained}})."""
-    log, tune = bench.log, bench.tune
+    log, tune = tune_trainer.log, tune_trainer.tune
     chosen, decision_choice, selection, all_models, runs = {}, {}, {}, {}, []
-    head_rates = dict(frozen_choices or {})
+    head_rates = dict(tune_trainer.frozen.choices if tune_trainer.frozen else {})
     for seed in config.seeds:
         trained: dict[str, Trained] = {}
         started = time.monotonic()
         for model in config.training_order():
             rates = config.learning_rates_of(tune, model)
-            frozen = (frozen_models or {}).get(seed)
             kinds = [CROSSFIT]
             if model in fusion.DECISION_FUSIONS and tune == FROZEN and seed == config.seeds[0]:
                 kinds = [CROSSFIT, IN_SAMPLE]  # in-sample is kept only if it wins on validation
@@ -240,8 +246,8 @@ def run_tune(bench: Benchmark, config: AblationConfig, frozen_models: dict | Non
             fitted = {}
             for rate, kind in candidates:
                 unimodal_rates = {m: chosen[m] for m in fusion.UNIMODAL_FUSIONS if m in chosen}
-                fitted[(rate, kind)] = bench.fit(model, seed, rate, trained, frozen, head_rates or chosen, kind,
-                                                 unimodal_rates)
+                fitted[(rate, kind)] = tune_trainer.fit(model, seed, rate, trained, head_rates or chosen, kind,
+                                                        unimodal_rates)
             (rate, kind), best = max(fitted.items(), key=lambda kv: (_validation_of(kv[1]), kv[0][1] == CROSSFIT,
                                                                       -kv[0][0]))
             if model not in chosen:
@@ -258,7 +264,7 @@ def run_tune(bench: Benchmark, config: AblationConfig, frozen_models: dict | Non
                 f"{_training_figures(best)['seconds']:.0f} s")
         training_seconds = time.monotonic() - started
         started = time.monotonic()
-        figures = evaluate_models(bench.run(), {m: trained[m] for m in config.training_order()})
+        figures = evaluate_models(tune_trainer.run(), {m: trained[m] for m in config.training_order()})
         log(f"[{tune} seed {seed}] eval: " + ", ".join(
             f"{m} {figures[m]['top1_accuracy']:.4f}" for m in config.models))
         runs.append({"seed": seed, "eval": figures,
@@ -369,21 +375,22 @@ def run_ablation(out: str, examples_dir: str, transform_graph_dir: str, model_co
         model_config=model_config, top=TOP in config.tunes, validation_fraction=config.validation_fraction)
     seconds["feature cache"] = time.monotonic() - started
     results = {"cache": metadata}
-    frozen_models, frozen_choices, frozen_folds = None, None, None
+    frozen = None
     for tune in config.tunes:
-        bench = Benchmark(out, examples_dir, transform_graph_dir, cache_dir, model_config, config, tune, log,
-                          frozen_folds)
+        run_args = dict(examples_dir=examples_dir, transform_graph_dir=transform_graph_dir,
+                        work_dir=os.path.join(out, "runs", tune), model_config=model_config, log=log, cache_dir=cache_dir)
+        tune_trainer = TuneTrainer(config, tune, run_args, frozen)
         if config.baseline and "baseline" not in results:
             started = time.monotonic()
-            results["baseline"] = {baselines.TFIDF_SVM: run_baseline(bench.run(), bench.run().classes)}
+            results["baseline"] = {baselines.TFIDF_SVM: run_baseline(tune_trainer.run(), tune_trainer.run().classes)}
             seconds["tfidf_svm"] = time.monotonic() - started
             log(f"[baseline] tfidf_svm: eval top-1 {results['baseline'][baselines.TFIDF_SVM]['eval']['top1_accuracy']:.4f}")
         started = time.monotonic()
-        raw, models = run_tune(bench, config, frozen_models, frozen_choices)
+        raw, models = run_tune(tune_trainer, config)
         seconds[f"{tune} models"] = time.monotonic() - started
         results[tune] = raw
         if tune == FROZEN:
-            frozen_models, frozen_choices, frozen_folds = models, raw["learning_rates"], bench.folds
+            frozen = FrozenTune(models, raw["learning_rates"], tune_trainer.folds)
     results["seconds"] = seconds
     return results
 

@@ -11,7 +11,7 @@ import tf_keras as keras
 from common import features
 from trainer.loop import LoopOptions, StageSpec, fit_stage
 from trainer.model import FULL, TOP, build_model, head_model, probability_model, top_model
-from trainer.run_data import RunData
+from trainer.run_data import Reading, RunData
 from trainer.stages import EVAL_BATCH_SIZE, PROBABILITIES_FORM, FitInputs, ModelSpec
 
 
@@ -59,9 +59,8 @@ class ModelFitting(RunData):
         validation (a cross-fitted fold repeating its whole-split model's, `stages.kept_epochs`)."""
         keras.utils.set_random_seed(spec.seed)
         names = list(model.input) if isinstance(model.input, dict) else None
-        inputs = inputs or FitInputs(self.dataset(
-            form, features.TRAIN_SPLIT, spec.recipe.batch_size, shuffle=True, repeat=True, input_names=names,
-            keep=spec.subset.keep, seed=spec.seed))
+        inputs = inputs or FitInputs(self.read(form, Reading(
+            features.TRAIN_SPLIT, spec.recipe.batch_size, shuffle=True, seed=spec.seed, keep=spec.subset.keep), names))
         validation = inputs.validation
         if epochs is not None:
             validation, extra = None, {**(extra or {}), "epochs_of_whole_split_model": epochs}

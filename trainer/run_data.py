@@ -2,9 +2,11 @@
 split; and a trained model's outputs on a split, streamed batch by batch."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import typing
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -19,6 +21,19 @@ from trainer.stages import EVAL_BATCH_SIZE, FEATURE_CACHE_DIR, Subset, TrainConf
 def num_workers() -> int:
     cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
     return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """How a split is read: in the records' order (evaluation, caches), or shuffled from `seed` and
+    repeated (training); `keep` (ids → bool) selects products, `with_ids` adds their ids to each batch."""
+
+    split: str
+    batch_size: int
+    shuffle: bool = False
+    seed: int | None = None
+    keep: typing.Callable | None = None
+    with_ids: bool = False
 
 
 class RunData:
@@ -53,17 +68,23 @@ class RunData:
             self._sizes = data.count_split_sizes(self.examples_dir, self.train_config.validation_fraction)
         return self._sizes
 
-    def dataset(self, form: str, split: str, batch_size: int, *, shuffle: bool, repeat: bool = False,
-                input_names=None, keep=None, with_ids: bool = False, seed: int | None = None) -> tf.data.Dataset:
+    def dataset(self, form: str, split: str, batch_size: int, *, shuffle: bool = False, input_names=None, keep=None,
+                with_ids: bool = False) -> tf.data.Dataset:
+        """A split in `form`: (inputs, labels[, ids]) batches, in the records' order unless `shuffle`;
+        `keep` (ids → bool) selects products, `input_names` the inputs a model of that form takes."""
+        return self.read(form, Reading(split, batch_size, shuffle=shuffle, keep=keep, with_ids=with_ids), input_names)
+
+    def read(self, form: str, reading: Reading, input_names=None) -> tf.data.Dataset:
+        shuffle, seed, keep, with_ids = reading.shuffle, reading.seed, reading.keep, reading.with_ids
         if form == FULL:
             return data.make_dataset(
-                self.examples_dir, split, self.tft_output.transformed_feature_spec(), batch_size,
-                self.model_config.image_size, shuffle=shuffle, repeat=repeat, seed=seed, workers=num_workers(),
+                self.examples_dir, reading.split, self.tft_output.transformed_feature_spec(), reading.batch_size,
+                self.model_config.image_size, shuffle=shuffle, repeat=shuffle, seed=seed, workers=num_workers(),
                 validation_fraction=self.train_config.validation_fraction, keep=keep, with_ids=with_ids)
         cache_form = features_cache.TOP_FORM if form == TOP else features_cache.FROZEN_FORM
         dataset = features_cache.make_feature_dataset(
-            self.cache_dir, split, batch_size, shuffle, repeat, seed=seed, form=cache_form, keep=keep,
-            with_ids=with_ids)
+            self.cache_dir, reading.split, reading.batch_size, shuffle, shuffle, seed=seed, form=cache_form,
+            keep=keep, with_ids=with_ids)
         return features_cache.for_model(dataset, input_names) if input_names is not None else dataset
 
     def steps(self, batch_size: int, subset: Subset = Subset()) -> int:
