@@ -161,6 +161,48 @@ def _preprocess(args: argparse.Namespace, model_config, out: str) -> dict:
         return json.load(f)
 
 
+def evaluate_models(run, models: dict) -> dict:
+    """One streamed pass over the eval split for all `models` (trainer Trained, one form), each through
+    the evaluate stage's EvalFigures: {model: {top1_accuracy, top5_accuracy, macro_f1, examples, ece,
+    coverage_at_98, threshold_at_98, temperature}} and, with both unimodal models, "table1" per model.
+    Scores are calibrated as the exported model's are: a temperature fitted on the validation split."""
+    import tensorflow as tf
+
+    from common import calibration, features
+    from components.evaluate import EvalFigures, ModelCalibration
+    from trainer.stages import EVAL_BATCH_SIZE
+
+    forms = {t.form for t in models.values()}
+    if len(forms) != 1:
+        raise ValueError(f"models of one pass must share a form, got {forms}")
+    # No validation split: no calibration, as the exporter does.
+    fitted = {name: run.calibrate(t) or calibration.Calibration() for name, t in models.items()}
+    logits = {}  # the batch's logits of every model: Table 1 reads the unimodal models' beside each model's
+    unimodal = all(m in models for m in features.UNIMODAL_FUSIONS)
+
+    def stage_logits(stage: str):
+        return lambda batch: {features.OUTPUT_LOGITS_KEY: logits[stage]}
+
+    names = [str(i) for i in range(run.classes)]  # per-class tables are not reported
+    figures = {name: EvalFigures(names, ModelCalibration(fitted[name]), {
+        stage: (stage_logits(stage), ModelCalibration(fitted[stage])) for stage in features.UNIMODAL_FUSIONS
+    } if unimodal else {}, samples_per_kind=0) for name in models}
+    predict = {name: tf.function(lambda inputs, m=t.model: m(inputs, training=False)) for name, t in models.items()}
+    inputs_of = {name: list(t.model.input) for name, t in models.items()}
+    for inputs, labels in run.dataset(forms.pop(), features.EVAL_SPLIT, EVAL_BATCH_SIZE, shuffle=False):
+        logits.update({name: predict[name]({k: inputs[k] for k in inputs_of[name]}).numpy() for name in models})
+        for name in models:
+            figures[name].add({features.LABEL_ID_KEY: labels}, {features.OUTPUT_LOGITS_KEY: logits[name]})
+    results = {}
+    for name, f in figures.items():
+        calibrated = f.calibration.figures()
+        results[name] = {**f.counts.metrics(), **{k: calibrated[k] for k in (
+            "ece", "coverage_at_98", "threshold_at_98", "temperature")}}
+    if unimodal:
+        results["table1"] = {name: f.agreement.table() for name, f in figures.items()}
+    return results
+
+
 def run_benchmark(args: argparse.Namespace, ablation_config, model_config) -> tuple[dict, str]:
     import tensorflow as tf
 
@@ -178,7 +220,7 @@ def run_benchmark(args: argparse.Namespace, ablation_config, model_config) -> tu
     examples_dir = os.path.join(out, PREPROCESS_DIR, preprocess_job.EXAMPLES_DIR)
     transform_graph_dir = os.path.join(out, PREPROCESS_DIR, preprocess_job.TRANSFORM_GRAPH_DIR)
     raw = ablation.run_ablation(out, examples_dir, transform_graph_dir, model_config, ablation_config,
-                                log=lambda line: print(line, flush=True))
+                                evaluate_models, log=lambda line: print(line, flush=True))
     seconds.update(raw.pop("seconds"))
     summary = ablation.summarize_all(raw, ablation_config.tunes)
     metadata = raw["cache"]

@@ -21,18 +21,24 @@ import dataclasses
 import json
 import os
 import time
+import typing
 
 import numpy as np
 import tensorflow as tf
 
 from common import baselines, features
-from common.metrics import CalibrationCounts, ClassCounts, UnimodalAgreement, top_k_ids
-from trainer import calibration, features_cache, fusion
+from common.metrics import UnimodalAgreement
+from trainer import features_cache, fusion
 from trainer.model import FROZEN, TOP, ModelConfig
 from trainer.recipe import ADAMW, Recipe
-from trainer.train import CROSSFIT, EVAL_BATCH_SIZE, IN_SAMPLE, STAGES_DIR, Run, TrainConfig, Trained
+from trainer.train import CROSSFIT, IN_SAMPLE, STAGES_DIR, Run, TrainConfig, Trained
 
 TUNES = (FROZEN, TOP)
+# (run, {model: Trained} of one form) → {model: {top1_accuracy, top5_accuracy, macro_f1, examples, ece,
+# coverage_at_98, threshold_at_98, temperature}, and "table1": {model: table} with both unimodal models}:
+# one pass over the eval split, by the evaluate stage's figures (pipeline/benchmark.py), scores
+# calibrated as the exported model's are.
+EvaluateModels = typing.Callable[[Run, dict], dict]
 # The models of the paper's Tables 2 and 3 (key_based is the ablation between keyless and HANet).
 PAPER_MODELS = (
     fusion.IMAGE_ONLY,
@@ -183,48 +189,12 @@ def _validation_of(trained: Trained) -> float:
     return float(trained.validation_accuracy or 0.0)
 
 
-def evaluate_models(run: Run, models: dict[str, Trained]) -> dict:
-    """One streamed pass over the eval split for all `models` (one form): {model: {top1_accuracy,
-    top5_accuracy, macro_f1, examples, ece, coverage_at_98, temperature}} and, with both unimodal
-    models, "table1" per model. Scores are calibrated as the exported model's are: a temperature
-    fitted on the validation split (trainer/calibration.py)."""
-    forms = {t.form for t in models.values()}
-    if len(forms) != 1:
-        raise ValueError(f"models of one pass must share a form, got {forms}")
-    fitted = {name: run.calibrate(t) for name, t in models.items()}
-    temperatures = {name: f.temperature if f else 1.0 for name, f in fitted.items()}  # None: no validation split
-    counts = {name: ClassCounts(run.classes) for name in models}
-    calibrated = {name: CalibrationCounts() for name in models}
-    agreements = {name: UnimodalAgreement() for name in models}
-    has_table1 = all(m in models for m in fusion.UNIMODAL_FUSIONS)
-    predict = {name: tf.function(lambda inputs, m=t.model: m(inputs, training=False)) for name, t in models.items()}
-    names = {name: list(t.model.input) for name, t in models.items()}
-    for inputs, labels in run.dataset(forms.pop(), features.EVAL_SPLIT, EVAL_BATCH_SIZE, shuffle=False):
-        labels = labels.numpy()
-        logits = {name: predict[name]({k: inputs[k] for k in names[name]}).numpy() for name in models}
-        top = {name: top_k_ids(logits[name]) for name in models}
-        for name in models:
-            counts[name].add(labels, top[name])
-            calibrated[name].add(np.asarray(logits[name], np.float64) / temperatures[name], labels)
-            if has_table1:
-                agreements[name].add(labels, top[fusion.TEXT_ONLY][:, 0], top[fusion.IMAGE_ONLY][:, 0],
-                                     top[name][:, 0])
-    results = {}
-    for name in models:
-        coverage, threshold = calibrated[name].coverage_at(calibration.DEFAULT_TARGET_PRECISION)
-        results[name] = {**counts[name].metrics(), "ece": calibrated[name].ece(), "coverage_at_98": coverage,
-                         "threshold_at_98": threshold, "temperature": temperatures[name]}
-    if has_table1:
-        results["table1"] = {name: agreements[name].table() for name in models}
-    return results
-
-
 def _training_figures(t: Trained) -> dict:
     return {"seconds": t.logs.get("seconds", 0.0) + t.logs.get("head_phase", {}).get("seconds", 0.0),
             "epochs": t.logs.get("epochs"), "validation_top1_accuracy": _validation_of(t)}
 
 
-def run_tune(tune_trainer: TuneTrainer, config: AblationConfig) -> tuple[dict, dict]:
+def run_tune(tune_trainer: TuneTrainer, config: AblationConfig, evaluate: EvaluateModels) -> tuple[dict, dict]:
     """Every model × seed of one tune. Returns (raw results, {seed: {model: Trained}})."""
     log, tune = tune_trainer.log, tune_trainer.tune
     chosen, decision_choice, selection, all_models, runs = {}, {}, {}, {}, []
@@ -264,7 +234,7 @@ def run_tune(tune_trainer: TuneTrainer, config: AblationConfig) -> tuple[dict, d
                 f"{_training_figures(best)['seconds']:.0f} s")
         training_seconds = time.monotonic() - started
         started = time.monotonic()
-        figures = evaluate_models(tune_trainer.run(), {m: trained[m] for m in config.training_order()})
+        figures = evaluate(tune_trainer.run(), {m: trained[m] for m in config.training_order()})
         log(f"[{tune} seed {seed}] eval: " + ", ".join(
             f"{m} {figures[m]['top1_accuracy']:.4f}" for m in config.models))
         runs.append({"seed": seed, "eval": figures,
@@ -364,9 +334,9 @@ def _headroom(evals: list[dict], name: str) -> dict | None:
 
 
 def run_ablation(out: str, examples_dir: str, transform_graph_dir: str, model_config: ModelConfig,
-                 config: AblationConfig, log=print) -> dict:
-    """The feature cache once, the baseline, then every tune; returns {"cache", "baseline", tune: raw,
-    "seconds": per phase}."""
+                 config: AblationConfig, evaluate: EvaluateModels, log=print) -> dict:
+    """The feature cache once, the baseline, then every tune, each seed's models scored by `evaluate`;
+    returns {"cache", "baseline", tune: raw, "seconds": per phase}."""
     seconds = {}
     started = time.monotonic()
     cache_dir = os.path.join(out, "feature_cache")
@@ -386,7 +356,7 @@ def run_ablation(out: str, examples_dir: str, transform_graph_dir: str, model_co
             seconds["tfidf_svm"] = time.monotonic() - started
             log(f"[baseline] tfidf_svm: eval top-1 {results['baseline'][baselines.TFIDF_SVM]['eval']['top1_accuracy']:.4f}")
         started = time.monotonic()
-        raw, models = run_tune(tune_trainer, config)
+        raw, models = run_tune(tune_trainer, config, evaluate)
         seconds[f"{tune} models"] = time.monotonic() - started
         results[tune] = raw
         if tune == FROZEN:
