@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from common import baselines, features
 from common.metrics import UnimodalAgreement
-from trainer import features_cache, fusion
+from trainer import features_cache
 from trainer.model import FROZEN, TOP, ModelConfig
 from trainer.recipe import ADAMW, Recipe
 from trainer.train import CROSSFIT, IN_SAMPLE, STAGES_DIR, Run, TrainConfig, Trained
@@ -41,14 +41,14 @@ TUNES = (FROZEN, TOP)
 EvaluateModels = typing.Callable[[Run, dict], dict]
 # The models of the paper's Tables 2 and 3 (key_based is the ablation between keyless and HANet).
 PAPER_MODELS = (
-    fusion.IMAGE_ONLY,
-    fusion.TEXT_ONLY,
-    fusion.DECISION_LEVEL,
-    fusion.POLICY,
-    fusion.CONCAT,
-    fusion.KEYLESS,
-    fusion.KEY_BASED,
-    fusion.HANET,
+    features.IMAGE_ONLY,
+    features.TEXT_ONLY,
+    features.DECISION_LEVEL,
+    features.POLICY,
+    features.CONCAT,
+    features.KEYLESS,
+    features.KEY_BASED,
+    features.HANET,
 )
 
 
@@ -77,9 +77,9 @@ class AblationConfig:
     baseline: bool = True
 
     def __post_init__(self):
-        unknown = [m for m in self.models if m not in fusion.FUSIONS]
+        unknown = [m for m in self.models if m not in features.FUSIONS]
         if unknown:
-            raise ValueError(f"unknown models {unknown}; expected some of {fusion.FUSIONS}")
+            raise ValueError(f"unknown models {unknown}; expected some of {features.FUSIONS}")
         if not (self.seeds and self.learning_rates and self.top_unimodal_learning_rates
                 and self.top_fusion_learning_rates):
             raise ValueError("at least one seed and one learning rate per phase are needed")
@@ -91,16 +91,16 @@ class AblationConfig:
     def training_order(self) -> list[str]:
         """Unimodal models first: the other models start from them or fuse them."""
         needed = set(self.models)
-        if needed - set(fusion.UNIMODAL_FUSIONS):
-            needed |= set(fusion.UNIMODAL_FUSIONS)
-        return [m for m in fusion.FUSIONS if m in needed]  # FUSIONS lists the unimodal ones first
+        if needed - set(features.UNIMODAL_FUSIONS):
+            needed |= set(features.UNIMODAL_FUSIONS)
+        return [m for m in features.FUSIONS if m in needed]  # FUSIONS lists the unimodal ones first
 
     def learning_rates_of(self, tune: str, model: str) -> tuple[float, ...]:
         """The candidates of `model` in `tune`; decision networks are small heads on probabilities in
         either tune."""
-        if tune != TOP or model in fusion.DECISION_FUSIONS:
+        if tune != TOP or model in features.DECISION_FUSIONS:
             return self.learning_rates
-        if model in fusion.UNIMODAL_FUSIONS:
+        if model in features.UNIMODAL_FUSIONS:
             return self.top_unimodal_learning_rates
         return self.top_fusion_learning_rates
 
@@ -155,20 +155,20 @@ class TuneTrainer:
         frozen = self.frozen.models.get(seed) if self.frozen else None
         run = self.run(head_rates.get(model, self.config.learning_rates[-1]))
         recipe = self.config.recipe(self.tune, learning_rate)
-        if model in fusion.DECISION_FUSIONS:
+        if model in features.DECISION_FUSIONS:
             folds = None
             if decision_training == CROSSFIT:
                 folds = {i: {} for i in range(self.config.crossfit_folds)}
-                for m in fusion.UNIMODAL_FUSIONS:
+                for m in features.UNIMODAL_FUSIONS:
                     for i, fold in self.crossfit(m, seed, unimodal_rates[m], head_rates, trained[m]).items():
                         folds[i].update(fold)
-            tag = "-" + "-".join(f"{m}{unimodal_rates[m]:g}" for m in fusion.UNIMODAL_FUSIONS)
+            tag = "-" + "-".join(f"{m}{unimodal_rates[m]:g}" for m in features.UNIMODAL_FUSIONS)
             return run.train_decision_model(
                 model, self.config.recipe(FROZEN, learning_rate),
                 self.stage_dir(model, seed, learning_rate, f"-{decision_training}"), seed=seed,
-                unimodal={m: trained[m] for m in fusion.UNIMODAL_FUSIONS}, folds=folds, tag=tag)
-        head_start = frozen.get(model) if frozen and model in fusion.UNIMODAL_FUSIONS else None
-        unimodal = {m: trained[m] for m in fusion.UNIMODAL_FUSIONS} if model not in fusion.UNIMODAL_FUSIONS else None
+                unimodal={m: trained[m] for m in features.UNIMODAL_FUSIONS}, folds=folds, tag=tag)
+        head_start = frozen.get(model) if frozen and model in features.UNIMODAL_FUSIONS else None
+        unimodal = {m: trained[m] for m in features.UNIMODAL_FUSIONS} if model not in features.UNIMODAL_FUSIONS else None
         return run.train_feature_model(model, recipe, self.stage_dir(model, seed, learning_rate), seed=seed,
                                        unimodal=unimodal, head_start=head_start)
 
@@ -205,9 +205,9 @@ def run_tune(tune_trainer: TuneTrainer, config: AblationConfig, evaluate: Evalua
         for model in config.training_order():
             rates = config.learning_rates_of(tune, model)
             kinds = [CROSSFIT]
-            if model in fusion.DECISION_FUSIONS and tune == FROZEN and seed == config.seeds[0]:
+            if model in features.DECISION_FUSIONS and tune == FROZEN and seed == config.seeds[0]:
                 kinds = [CROSSFIT, IN_SAMPLE]  # in-sample is kept only if it wins on validation
-            elif model in fusion.DECISION_FUSIONS:
+            elif model in features.DECISION_FUSIONS:
                 kinds = [decision_choice.get(model, CROSSFIT)]
             if model in chosen:
                 candidates = [(chosen[model], kinds[0])]
@@ -215,7 +215,7 @@ def run_tune(tune_trainer: TuneTrainer, config: AblationConfig, evaluate: Evalua
                 candidates = [(rate, kind) for rate in rates for kind in kinds]
             fitted = {}
             for rate, kind in candidates:
-                unimodal_rates = {m: chosen[m] for m in fusion.UNIMODAL_FUSIONS if m in chosen}
+                unimodal_rates = {m: chosen[m] for m in features.UNIMODAL_FUSIONS if m in chosen}
                 fitted[(rate, kind)] = tune_trainer.fit(model, seed, rate, trained, head_rates or chosen, kind,
                                                         unimodal_rates)
             (rate, kind), best = max(fitted.items(), key=lambda kv: (_validation_of(kv[1]), kv[0][1] == CROSSFIT,
@@ -224,10 +224,10 @@ def run_tune(tune_trainer: TuneTrainer, config: AblationConfig, evaluate: Evalua
                 selection[model] = [{"learning_rate": r, "decision_training": k, "validation_top1_accuracy":
                                      _validation_of(f)} for (r, k), f in fitted.items()]
                 chosen[model] = rate
-                if model in fusion.DECISION_FUSIONS:
+                if model in features.DECISION_FUSIONS:
                     decision_choice[model] = kind
                 log(f"[{tune} select] {model}: validation top-1 " + ", ".join(
-                    f"{r:g}/{k} → {_validation_of(f):.4f}" if model in fusion.DECISION_FUSIONS else
+                    f"{r:g}/{k} → {_validation_of(f):.4f}" if model in features.DECISION_FUSIONS else
                     f"{r:g} → {_validation_of(f):.4f}" for (r, k), f in fitted.items()) + f"; chose {rate:g}")
             trained[model] = best
             log(f"[{tune} seed {seed}] {model}: validation top-1 {_validation_of(best):.4f}, "
@@ -289,7 +289,7 @@ def summarize(raw: dict) -> dict:
         models[name] = entry
     summary = {"models": models, "seeds": [run["seed"] for run in runs]}
     if all("table1" in run["eval"] for run in runs):
-        table = [run["eval"]["table1"][fusion.TEXT_ONLY] for run in runs]
+        table = [run["eval"]["table1"][features.TEXT_ONLY] for run in runs]
         summary["table1"] = {
             cell: _mean_std([t[cell]["percent"] for t in table]) for cell, _, _ in UnimodalAgreement.CELLS
         }
@@ -326,7 +326,7 @@ def _headroom(evals: list[dict], name: str) -> dict | None:
         if not headroom:
             continue  # a seed whose text model is never wrong where the image model is right says nothing here
         recovered.append(cell["fused_right_percent"])
-        gain = figures[name]["top1_accuracy"] - figures[fusion.TEXT_ONLY]["top1_accuracy"]
+        gain = figures[name]["top1_accuracy"] - figures[features.TEXT_ONLY]["top1_accuracy"]
         net.append(100.0 * gain / headroom)
     if not recovered:
         return None
