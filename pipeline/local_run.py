@@ -63,8 +63,9 @@ def final_block(result: dict) -> str:
     if "served_top1_accuracy" in m:
         rows.append((f"served version {m['served_version']:g}", m["served_top1_accuracy"], None, None))
     width = max(len(row[0]) for row in rows)
-    lines = [f"{'':{width}}    top-1    top-5  macro-F1   ({m.get('examples', 0):g} eval products)"]
-    lines += [f"{name:{width}}  " + "  ".join(f"{_figure(v):>7}" for v in values) for name, *values in rows]
+    lines = [f"{'':{width}}  " + "  ".join(f"{h:>8}" for h in ("top-1", "top-5", "macro-F1"))
+             + f"   ({m.get('examples', 0):g} eval products)"]
+    lines += [f"{name:{width}}  " + "  ".join(f"{_figure(v):>8}" for v in values) for name, *values in rows]
     lines.append(f"gate: {'blessed' if result['blessed'] else 'not blessed'}: {result['reason']}")
     lines.append(_calibration_line(m))
     lines.append(f"pushed model: {result['pushed_model']}" if result["pushed_model"] else "nothing pushed")
@@ -75,7 +76,7 @@ def final_block(result: dict) -> str:
 
 def _calibration_line(m: dict) -> str:
     if "ece" not in m:
-        return "calibration: none (no validation split)"
+        return "calibration: not measured"
     line = f"calibration: ECE {m['ece']:.4f}"
     if m.get("review_threshold") is not None and m.get("review_share") is not None:
         line += (f"; above the review threshold {m['review_threshold']:.3f}: {100 * (1 - m['review_share']):.1f}% "

@@ -65,7 +65,7 @@ def test_run_local_pushes_a_versioned_model_that_learned_the_catalog_labels(tmp_
                    for r in tf.data.TFRecordDataset(raw_eval, compression_type="GZIP")]
     majority_rate = max(collections.Counter(eval_labels).values()) / len(eval_labels)
     # The run ends with a short block: the figures beside the baseline's, the verdict, calibration, the paths.
-    block = out[out.index("top-1    top-5  macro-F1"):].splitlines()
+    block = out[out.index("top-1     top-5  macro-F1"):].splitlines()
     figures = json.loads((tmp_path / "run" / "metrics.json").read_text())["scalars"]
     assert int(figures["examples"]) == len(eval_labels)
     candidate = next(line for line in block if line.startswith("candidate (hanet)"))
