@@ -31,7 +31,8 @@ from common.metrics import UnimodalAgreement
 from trainer import features_cache
 from trainer.model import FROZEN, TOP, ModelConfig
 from trainer.recipe import ADAMW, Recipe
-from trainer.train import CROSSFIT, IN_SAMPLE, STAGES_DIR, Run, TrainConfig, Trained
+from trainer.stages import CROSSFIT, IN_SAMPLE, STAGES_DIR, TrainConfig, Trained
+from trainer.train import Run
 
 TUNES = (FROZEN, TOP)
 # (run, {model: Trained} of one form) → {model: {top1_accuracy, top5_accuracy, macro_f1, examples, ece,

@@ -45,23 +45,13 @@ import tf_keras as keras
 from common import features
 from common.splits import read_split_sizes
 from trainer import calibration, export
-from trainer.decision_models import DecisionModels, probability_dataset  # noqa: F401 (part of Run's interface)
+from trainer.decision_models import DecisionModels
 from trainer.loop import writable
 from trainer.model import FULL, ModelConfig, build_model, transfer
 from trainer.run_data import num_workers
-from trainer.stages import (  # noqa: F401 (the names a run's users import from here)
-    CROSSFIT,
-    DECISION_TRAININGS,
-    EVAL_BATCH_SIZE,
-    FEATURE_CACHE_DIR,
-    IN_SAMPLE,
-    PROBABILITIES_DIR,
-    PROBABILITIES_FORM,
-    STAGES_DIR,
-    STREAMS_DIR,
-    TrainConfig,
-    Trained,
-    stages_of,
+# What a run's users (the benchmark, scripts, tests) import from here besides Run and train.
+from trainer.stages import (  # noqa: F401
+    CROSSFIT, FEATURE_CACHE_DIR, PROBABILITIES_DIR, STAGES_DIR, TrainConfig, Trained, stages_of,
 )
 
 # Temperature scaling needs the logits of held-out products in memory (n × classes): one scalar is
