@@ -222,11 +222,13 @@ def routing_auc(s_first: np.ndarray, first_right: np.ndarray, second_right: np.n
     return float(np.mean(a[:, None] > b[None, :]) + 0.5 * np.mean(a[:, None] == b[None, :]))
 
 
-def experiments(d: Data, fit_rows, score_rows, cs: dict) -> dict:
+def experiments(d: Data, fit_rows, score_rows, cs: dict, two_experts: bool = False) -> dict:
     """Every row's top-1 on score_rows (experts fit on fit_rows with the given C), plus attention figures."""
     y, k = d.y, d.classes
     lex, lex_oof = fit_expert(lexical_model, cs["lex"], d.titles, y, fit_rows, score_rows, k)
     img, img_oof = fit_expert(dense_model, cs["img"], d.image, y, fit_rows, score_rows, k)
+    if two_experts:
+        return _two_expert_rows(lex, lex_oof, img, img_oof, y[fit_rows], y[score_rows], k)
     bert, bert_oof = fit_expert(dense_model, cs["bert"], d.text, y, fit_rows, score_rows, k)
     # The lexical expert inside the text stream: BERT's features with the out-of-fold lexical log-probs.
     both = np.concatenate([d.text, np.zeros((len(y), k))], 1)
@@ -263,20 +265,38 @@ def experiments(d: Data, fit_rows, score_rows, cs: dict) -> dict:
     return rows, extra
 
 
+def _two_expert_rows(lex, lex_oof, img, img_oof, fy, truth, k):
+    """The lexical × image rows only (the bert rows cost three more experts)."""
+    def acc(scores):
+        return float(np.mean(scores.argmax(1) == truth))
+
+    rows = {"lexical (tfidf word+char LR)": acc(lex), "image (Lite0 LR)": acc(img), "poe lexical×image": acc(lex + img)}
+    w = global_weights([lex_oof, img_oof], fy)
+    rows[f"weighted poe lexical×image (fixed w_t={w:.1f})"] = acc(w * lex + (1 - w) * img)
+    fused, s = attention_product([lex_oof, img_oof], fy, [lex, img], k)
+    rows["attention poe lexical×image (per product)"] = acc(fused)
+    lex_right, img_right = lex.argmax(1) == truth, img.argmax(1) == truth
+    return rows, {"attention lexical×image: s_text std": float(s[:, 0].std()),
+                  "attention lexical×image: routing AUC": routing_auc(s[:, 0], lex_right, img_right)}
+
+
 def table(args) -> None:
     d = Data(args.cache)
     train = d.rows(features.TRAIN_SPLIT)
     val = d.rows(features.VALIDATION_SPLIT)
     print(f"{args.cache}: {d.classes} classes; train {len(train)}, validation {len(val)}, "
           f"eval {len(d.rows(features.EVAL_SPLIT))}", flush=True)
-    cs = {"lex": choose_c(lexical_model, TEXT_CS, d.titles, d.y, train, val, d.classes, "lexical"),
-          "img": choose_c(dense_model, DENSE_CS, d.image, d.y, train, val, d.classes, "image"),
-          "bert": choose_c(dense_model, DENSE_CS, d.text, d.y, train, val, d.classes, "bert")}
+    grids = {"lex": args.c_lexical or TEXT_CS, "img": args.c_image or DENSE_CS, "bert": args.c_bert or DENSE_CS}
+    cs = {"lex": choose_c(lexical_model, grids["lex"], d.titles, d.y, train, val, d.classes, "lexical"),
+          "img": choose_c(dense_model, grids["img"], d.image, d.y, train, val, d.classes, "image")}
+    if not args.two_experts:
+        cs["bert"] = choose_c(dense_model, grids["bert"], d.text, d.y, train, val, d.classes, "bert")
     print(f"chosen on validation: {cs}", flush=True)
-    rows, extra = experiments(d, train, val, cs)
+    rows, extra = experiments(d, train, val, cs, args.two_experts)
     final = {}
     if args.eval:
-        final, final_extra = experiments(d, np.concatenate([train, val]), d.rows(features.EVAL_SPLIT), cs)
+        final, final_extra = experiments(d, np.concatenate([train, val]), d.rows(features.EVAL_SPLIT), cs,
+                                         args.two_experts)
     # Eval is shown for the final choices only: each expert, the fixed product (tfidf_image_poe) and the
     # fusion best on validation.
     best = max((n for n in rows if n.startswith(("poe", "weighted", "attention", "stacked"))), key=rows.get)
@@ -306,6 +326,9 @@ def main(argv=None) -> None:
     t = sub.add_parser("table", help="the probe's table on cached features")
     t.add_argument("--cache", required=True)
     t.add_argument("--eval", action="store_true", help="also score the final choices on eval")
+    t.add_argument("--two-experts", action="store_true", help="the lexical × image rows only")
+    for name in ("lexical", "image", "bert"):
+        t.add_argument(f"--c-{name}", type=float, nargs="+", help=f"the {name} expert's C candidates")
     args = parser.parse_args(argv)
     if args.command == "cache":
         cache(args)
