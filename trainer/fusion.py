@@ -17,19 +17,21 @@ import dataclasses
 import tf_keras as keras
 import tensorflow as tf
 
-TEXT_ONLY = "text_only"
-IMAGE_ONLY = "image_only"
-CONCAT = "concat"
-KEYLESS = "keyless"
-KEY_BASED = "key_based"
-HANET = "hanet"
-DECISION_LEVEL = "decision_level"
-POLICY = "policy"
-UNIMODAL_FUSIONS = (TEXT_ONLY, IMAGE_ONLY)
-FEATURE_FUSIONS = (TEXT_ONLY, IMAGE_ONLY, CONCAT, KEYLESS, KEY_BASED, HANET)
-DECISION_FUSIONS = (DECISION_LEVEL, POLICY)
-ATTENTION_FUSIONS = (KEYLESS, KEY_BASED, HANET)
-FUSIONS = FEATURE_FUSIONS + DECISION_FUSIONS
+from common.features import (  # noqa: F401 (the stage names, re-exported for the heads' users)
+    ATTENTION_FUSIONS,
+    CONCAT,
+    DECISION_FUSIONS,
+    DECISION_LEVEL,
+    FEATURE_FUSIONS,
+    FUSIONS,
+    HANET,
+    IMAGE_ONLY,
+    KEY_BASED,
+    KEYLESS,
+    POLICY,
+    TEXT_ONLY,
+    UNIMODAL_FUSIONS,
+)
 
 HYBRID_NORMALIZATIONS = ("softmax", "sigmoid", "none")
 COMBINATIONS = ("concat", "sum")
