@@ -445,3 +445,9 @@ def test_a_truncated_image_says_it_cannot_be_decoded(tmp_path):
     result = row_checks.to_product(_row(tmp_path), COLUMNS, 10_000)
     assert result.reason == row_checks.UNREADABLE_IMAGE
     assert result.message.startswith(f"image {tmp_path / 'img.jpg'} cannot be decoded: ")
+
+
+def test_an_absent_image_file_is_named_in_its_message(tmp_path):
+    result = row_checks.to_product(_row(tmp_path, image="absent.jpg"), COLUMNS, 10_000)
+    assert result.reason == row_checks.MISSING_IMAGE
+    assert result.message == f"image {tmp_path / 'absent.jpg'} does not exist"
