@@ -325,3 +325,13 @@ def test_a_narrow_range_at_the_top_keeps_whole_bins_inside_0_1():
     histogram = counts.histogram(bins=20)
     assert histogram["edges"][-1] == 1.0 and len(histogram["edges"]) == 21
     assert sum(histogram["right"]) == 2
+
+
+def test_the_default_figures_give_coverage_at_the_catalog_teams_precisions():
+    logits, labels, c = _spread_logits(seed=10)
+    counts = metrics.CalibrationCounts()
+    counts.add(logits, labels)
+    figures = counts.figures()
+    for target, name in ((0.95, "95"), (0.98, "98"), (0.99, "99")):
+        assert figures[f"coverage_at_{name}"] == pytest.approx(_reference_coverage(c, labels == 0, target)[0])
+    assert len(figures) == 5 + 2 * 3

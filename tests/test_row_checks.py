@@ -426,7 +426,8 @@ def test_transparent_areas_of_palette_and_alpha_images_become_white(tmp_path):
     palette.info["transparency"] = 0
     _save(tmp_path, palette, name="p.png", format="PNG", transparency=0)
     _save(tmp_path, PIL.Image.new("LA", (4, 4), (50, 0)), name="la.png", format="PNG")
-    for name in ("p.png", "la.png"):
+    _save(tmp_path, PIL.Image.new("RGBA", (4, 4), (255, 0, 0, 0)), name="rgba.png", format="PNG")
+    for name in ("p.png", "la.png", "rgba.png"):
         product = row_checks.to_product(_row(tmp_path, image=name), COLUMNS, 10_000)
         assert PIL.Image.open(io.BytesIO(product.image_bytes)).convert("RGB").getpixel((0, 0)) == (255, 255, 255), name
 
@@ -451,3 +452,24 @@ def test_an_absent_image_file_is_named_in_its_message(tmp_path):
     result = row_checks.to_product(_row(tmp_path, image="absent.jpg"), COLUMNS, 10_000)
     assert result.reason == row_checks.MISSING_IMAGE
     assert result.message == f"image {tmp_path / 'absent.jpg'} does not exist"
+
+
+def test_an_image_of_exactly_the_allowed_pixels_passes_one_more_does_not(tmp_path):
+    _save(tmp_path, PIL.Image.new("RGB", (100, 100)))
+    assert isinstance(row_checks.to_product(_row(tmp_path), COLUMNS, 10_000), row_checks.RawProduct)
+    assert row_checks.to_product(_row(tmp_path), COLUMNS, 9_999).reason == row_checks.IMAGE_TOO_LARGE
+
+
+def test_a_file_uri_is_checked_as_a_local_path(tmp_path):
+    _save(tmp_path, PIL.Image.new("RGB", (8, 8)))
+    assert isinstance(row_checks.to_product(_row(tmp_path, image=f"file://{tmp_path}/img.jpg"), COLUMNS, 10_000),
+                      row_checks.RawProduct)
+    (tmp_path / "folder").mkdir()
+    result = row_checks.to_product(_row(tmp_path, image=f"file://{tmp_path}/folder"), COLUMNS, 10_000)
+    assert result.reason == row_checks.MISSING_IMAGE and result.message.endswith("is not a regular file (a directory)")
+
+
+def test_a_product_becomes_the_raw_example_of_the_transform_graph():
+    product = row_checks.RawProduct("c.csv", 3, "42é", "Blue Shirt", "Shirts", b"\xff\xd8")
+    assert product.as_raw_example() == {"id": "42é".encode(), "title": b"Blue Shirt", "label": b"Shirts",
+                                        "image_bytes": b"\xff\xd8"}
