@@ -110,6 +110,11 @@ def preprocessed_once(tmp_path_factory, name: str, write_catalog, bert_vocab_fil
     return PreprocessResult(**built_once(tmp_path_factory, name, build))
 
 
+def catalog_of(preprocessed) -> pathlib.Path:
+    """The catalog file a preprocessed_once result was made from."""
+    return pathlib.Path(preprocessed.examples_dir).parent / "catalog.csv"
+
+
 @pytest.fixture(scope="session")
 def small_preprocessed(tmp_path_factory, bert_vocab_file):
     """48 real products (and 3 bad rows) through the real preprocess stage, once per test run."""
@@ -191,3 +196,14 @@ def text_models(distinct_preprocessed, tiny_bert_handle, tmp_path_factory) -> di
         }
 
     return built_once(tmp_path_factory, "text_models", build)
+
+
+# What makes a test slow: a preprocess run or a trained model under it. `-m "not slow"` leaves these
+# tests out (and those marked slow by hand: whole-system runs that build their own).
+HEAVY_FIXTURES = frozenset({"small_preprocessed", "distinct_preprocessed", "text_models"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

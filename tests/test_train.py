@@ -7,47 +7,80 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
+import tf_keras
 
 from tests.conftest import FASHION_DIR, SMALL_MODEL_SEQ_LENGTH
 from common import features
 from common.labels import label_names
 from trainer import fusion, recipe
-from trainer.model import ModelConfig
-from trainer.train import STAGES_DIR, TrainConfig, stages_of, train
+from trainer.model import ModelConfig, fusion_layer
+from trainer.train import STAGES_DIR, Run, TrainConfig, stages_of, train, train_stages
 
 IMAGE_SIZE = 32  # EfficientNet's smallest input: keeps a CPU epoch to seconds
 
 
 @pytest.fixture(scope="module")
 def exported(distinct_preprocessed, tiny_bert_handle, tmp_path_factory):
-    """hanet end to end on products of three classes whose titles name them."""
+    """hanet end to end on products of three classes whose titles name them: (logs, export dir, work
+    dir, the Run that trained it)."""
     root = tmp_path_factory.mktemp("train")
     text = recipe.Recipe(learning_rate=1e-3, epochs=8, batch_size=8)
     adamw = recipe.Recipe(learning_rate=1e-3, epochs=3, batch_size=8)
-    logs = train(
-        examples_dir=distinct_preprocessed.examples_dir,
-        transform_graph_dir=distinct_preprocessed.transform_graph_dir,
-        export_dir=str(root / "model"),
-        work_dir=str(root / "work"),
-        model_config=ModelConfig(
-            fusion="hanet",
-            bert_handle=str(tiny_bert_handle),
-            image_weights=None,
-            image_size=IMAGE_SIZE,
-            max_seq_length=SMALL_MODEL_SEQ_LENGTH,
-            head=fusion.HeadConfig(width=32),
-        ),
-        train_config=TrainConfig(
-            text_recipe=text,
-            image_recipe=recipe.Recipe(recipe.SGD, learning_rate=0.01, epochs=1, batch_size=8, weight_decay=1e-4),
-            fusion_recipe=adamw,
-        ),
+    model_config = ModelConfig(
+        fusion="hanet",
+        bert_handle=str(tiny_bert_handle),
+        image_weights=None,
+        image_size=IMAGE_SIZE,
+        max_seq_length=SMALL_MODEL_SEQ_LENGTH,
+        head=fusion.HeadConfig(width=32),
     )
-    return logs, str(root / "model"), root / "work"
+    train_config = TrainConfig(
+        text_recipe=text,
+        image_recipe=recipe.Recipe(recipe.SGD, learning_rate=0.01, epochs=1, batch_size=8, weight_decay=1e-4),
+        fusion_recipe=adamw,
+    )
+    stage_args = dict(examples_dir=distinct_preprocessed.examples_dir,
+                      transform_graph_dir=distinct_preprocessed.transform_graph_dir, work_dir=str(root / "work"),
+                      model_config=model_config, train_config=train_config)
+    logs = train(export_dir=str(root / "model"), **stage_args)
+    return logs, str(root / "model"), root / "work", Run(**stage_args)
+
+
+def _eval_records(preprocessed):
+    """The eval split's model inputs, and its labels."""
+    spec = tft.TFTransformOutput(preprocessed.transform_graph_dir).transformed_feature_spec()
+    spec = {key: spec[key] for key in (*features.BERT_INPUT_KEYS, features.IMAGE_KEY, features.LABEL_ID_KEY)}
+    files = tf.io.gfile.glob(os.path.join(preprocessed.examples_dir, features.EVAL_SPLIT, "*"))
+    parsed = tf.io.parse_example(next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1000))), spec)
+    return parsed, parsed.pop(features.LABEL_ID_KEY).numpy()
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def hanet_logits(weights: dict, f_t, f_i, hybrid: bool = True):
+    """Eq. 1-7 of ../shared/HANET.md in NumPy, with the head's defaults for the open choices (one
+    scorer for both streams, key-based scores scaled by 1/sqrt(d_k), D's output normalised by a
+    softmax over the streams, the weighted values concatenated). `weights`: "layer/kernel" → array.
+    `hybrid=False`: the keyless scores weigh the values instead (eq. 3, keyless attention alone)."""
+    def dense(x, layer):
+        return x @ weights[f"{layer}/kernel"] + weights[f"{layer}/bias"]
+
+    v_t, v_i = dense(f_t, "text_value"), dense(f_i, "image_value")  # eq. 1
+    keyless = _softmax(np.concatenate([dense(v_t, "text_scorer"), dense(v_i, "text_scorer")], -1))  # eq. 2
+    k_t, q_t, k_i, q_i = (dense(f, layer) for f, layer in (
+        (f_t, "text_key"), (f_t, "text_query"), (f_i, "image_key"), (f_i, "image_query")))
+    key_based = _softmax(np.stack([(k_t * q_i).sum(-1), (k_i * q_t).sum(-1)], -1) / np.sqrt(k_t.shape[-1]))  # eq. 4
+    pairs = np.stack([keyless, key_based], -1)  # [batch, stream, (s_l, s_b)]
+    s = _softmax(dense(np.maximum(dense(pairs, "d_hidden"), 0.0), "d_out")[..., 0]) if hybrid else keyless  # eq. 6
+    fused = np.concatenate([s[:, :1] * v_t, s[:, 1:] * v_i], -1)  # eq. 7
+    return dense(fused, "classifier")
 
 
 def test_the_unimodal_models_train_first_then_the_fusion_each_leaving_checkpoints_and_logs(exported):
-    logs, _, work = exported
+    logs, _, work, _ = exported
     assert list(logs) == stages_of("hanet") == [fusion.TEXT_ONLY, fusion.IMAGE_ONLY, fusion.HANET]
     for stage, epochs in ((fusion.TEXT_ONLY, 8), (fusion.IMAGE_ONLY, 1), (fusion.HANET, 3)):
         stage_dir = work / STAGES_DIR / stage
@@ -60,18 +93,33 @@ def test_the_unimodal_models_train_first_then_the_fusion_each_leaving_checkpoint
 
 
 def test_the_fusion_learns_the_classes_far_above_the_majority_rate(exported, distinct_preprocessed):
-    _, model_dir, _ = exported
-    spec = tft.TFTransformOutput(distinct_preprocessed.transform_graph_dir).transformed_feature_spec()
-    spec = {key: spec[key] for key in (*features.BERT_INPUT_KEYS, features.IMAGE_KEY, features.LABEL_ID_KEY)}
-    files = tf.io.gfile.glob(os.path.join(distinct_preprocessed.examples_dir, features.EVAL_SPLIT, "*"))
-    parsed = tf.io.parse_example(next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1000))), spec)
-    labels = parsed.pop(features.LABEL_ID_KEY).numpy()
+    _, model_dir, _, _ = exported
+    parsed, labels = _eval_records(distinct_preprocessed)
     predicted = tf.saved_model.load(model_dir).signatures[features.TRANSFORMED_SIGNATURE](**parsed)[
         features.OUTPUT_PROBABILITIES_KEY].numpy().argmax(-1)
     majority = np.bincount(labels).max() / len(labels)
     # 15 eval products and a validation split of a few: one seed's top-1 moves by 1/15 between CPUs
     # (CI measured 0.73 where this machine gets 0.87); a constant predictor stays at `majority`.
     assert (predicted == labels).mean() >= min(1.0, majority + 0.2), (predicted, labels)
+
+
+def test_the_exported_model_is_hanet_computed_from_its_trained_weights(exported, distinct_preprocessed):
+    """The served logits are eq. 1-7 (NumPy, from the trained head's own weights) on the trained
+    encoders' features: the exported model is the paper's HANet, not only a model that learned."""
+    _, model_dir, _, run = exported
+    parsed, _ = _eval_records(distinct_preprocessed)
+    model = train_stages(run, fusion.HANET, run.train_config.seed)[fusion.HANET].model  # loaded, not trained again
+    head = fusion_layer(model)
+    f_t, f_i = head.inbound_nodes[0].call_args[:2]  # the features the head was built on
+    streams = tf_keras.Model(model.inputs, [f_t, f_i])
+    f_t, f_i = (f.numpy().astype(np.float64) for f in streams({k: parsed[k] for k in streams.input_names}))
+    weights = {"/".join(w.name.split("/")[-2:]).split(":")[0]: w.numpy().astype(np.float64) for w in head.weights}
+    expected = hanet_logits(weights, f_t, f_i)
+    served = tf.saved_model.load(model_dir).signatures[features.TRANSFORMED_SIGNATURE](**parsed)[
+        features.OUTPUT_LOGITS_KEY].numpy()
+    np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-4)
+    # ... and tells it from a head that weighs the values by the keyless scores alone.
+    assert np.abs(hanet_logits(weights, f_t, f_i, hybrid=False) - served).max() > 1e-2
 
 
 def test_the_image_recipe_divides_the_learning_rate_by_10_every_decay_epochs():
@@ -93,24 +141,36 @@ def test_the_text_and_fusion_recipe_is_adamw_with_10_percent_linear_warmup_then_
 
 
 def test_serving_signature_takes_raw_title_and_image_bytes(exported, distinct_preprocessed):
-    _, model_dir, _ = exported
+    """The raw signature answers each product's top-k classes by name, with the probabilities the
+    transformed signature gives the same product, best first."""
+    _, model_dir, _, _ = exported
     model = tf.saved_model.load(model_dir)
-    labels = set(label_names(tft.TFTransformOutput(distinct_preprocessed.transform_graph_dir)))
-    image = (FASHION_DIR / "images" / "15970.jpg").read_bytes()
-    out = model.signatures[features.SERVING_SIGNATURE](
-        **{features.TITLE_KEY: tf.constant(["Turtle Check Men Navy Blue Shirt"] * 2),
-           features.IMAGE_BYTES_KEY: tf.constant([image] * 2)}
-    )
+    tft_output = tft.TFTransformOutput(distinct_preprocessed.transform_graph_dir)
+    names = label_names(tft_output)
+    titles = ["Turtle Check Men Navy Blue Shirt", "CASIO G-Shock Men Black Digital Watch"]
+    images = [(FASHION_DIR / "images" / name).read_bytes() for name in ("15970.jpg", "17429.jpg")]
+    raw = {features.TITLE_KEY: tf.constant(titles), features.IMAGE_BYTES_KEY: tf.constant(images)}
+    out = model.signatures[features.SERVING_SIGNATURE](**raw)
     classes = out[features.OUTPUT_CLASSES_KEY].numpy()
     scores = out[features.OUTPUT_SCORES_KEY].numpy()
-    assert classes.shape == scores.shape == (2, min(features.DEFAULT_TOP_K, len(labels)))
-    assert {c.decode() for c in classes.ravel()} <= labels
-    assert np.all(np.diff(scores, axis=-1) <= 0) and np.all(scores.sum(-1) <= 1 + 1e-6)
+    k = min(features.DEFAULT_TOP_K, len(names))
+    assert classes.shape == scores.shape == (2, k)
+    transformed = tft_output.transform_raw_features(raw)
+    probabilities = model.signatures[features.TRANSFORMED_SIGNATURE](
+        **{key: transformed[key] for key in (*features.BERT_INPUT_KEYS, features.IMAGE_KEY)}
+    )[features.OUTPUT_PROBABILITIES_KEY].numpy()
+    for row in range(2):
+        best = np.argsort(-probabilities[row], kind="stable")[:k]
+        np.testing.assert_allclose(scores[row], probabilities[row][best], rtol=1e-5)
+        # Ties aside (equal scores may come in either order), each score's class is its name.
+        assert {c.decode() for c in classes[row]} == {names[i] for i in best}
+        for c, score in zip(classes[row], scores[row]):
+            assert probabilities[row][names.index(c.decode())] == pytest.approx(score, rel=1e-5)
 
 
 def test_tf_example_and_transformed_signatures_agree_with_the_raw_one(exported, distinct_preprocessed):
     """No training/serving skew: the raw path and the stored transformed records give one answer."""
-    _, model_dir, _ = exported
+    _, model_dir, _, _ = exported
     model = tf.saved_model.load(model_dir)
     title, image = b"Turtle Check Men Navy Blue Shirt", (FASHION_DIR / "images" / "15970.jpg").read_bytes()
     raw = model.signatures[features.SERVING_SIGNATURE](title=tf.constant([title]), image_bytes=tf.constant([image]))
