@@ -135,6 +135,20 @@ def small_preprocessed(tmp_path_factory, bert_vocab_file):
                              max_seq_length=24, image_size=32)
 
 
+def eval_records(preprocessed) -> tuple:
+    """A preprocessed run's eval split: the model's transformed inputs, and the label ids."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from common import features
+
+    spec = tft.TFTransformOutput(preprocessed.transform_graph_dir).transformed_feature_spec()
+    spec = {key: spec[key] for key in (*features.BERT_INPUT_KEYS, features.IMAGE_KEY, features.LABEL_ID_KEY)}
+    files = tf.io.gfile.glob(os.path.join(preprocessed.examples_dir, features.EVAL_SPLIT, "*"))
+    parsed = tf.io.parse_example(next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1000))), spec)
+    return parsed, parsed.pop(features.LABEL_ID_KEY).numpy()
+
+
 # Article types whose titles name them: on their eval products a trained text model is right and an
 # untrained one is not, so tests that compare models (the gate, serving several versions) can tell.
 DISTINCT_CLASSES = ("Watches", "Sunglasses", "Handbags")

@@ -11,6 +11,7 @@ import tensorflow_transform as tft
 
 from common import features
 from common.labels import label_names
+from tests.conftest import eval_records
 from trainer import data, export, features_cache, fusion, recipe
 from trainer.loop import StageError
 from trainer.model import FROZEN, TOP, ModelConfig, fusion_layer
@@ -61,16 +62,8 @@ def _ids(run, split, form):
     return [i.decode() for _, _, ids in run.dataset(form, split, 64, shuffle=False, with_ids=True) for i in ids.numpy()]
 
 
-def _eval_records(small_preprocessed):
-    spec = tft.TFTransformOutput(small_preprocessed.transform_graph_dir).transformed_feature_spec()
-    spec = {key: spec[key] for key in (*features.BERT_INPUT_KEYS, features.IMAGE_KEY, features.LABEL_ID_KEY)}
-    files = tf.io.gfile.glob(os.path.join(small_preprocessed.examples_dir, features.EVAL_SPLIT, "*"))
-    parsed = tf.io.parse_example(next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1000))), spec)
-    return parsed, parsed.pop(features.LABEL_ID_KEY).numpy()
-
-
 def _served_probabilities(model_dir, small_preprocessed):
-    parsed, labels = _eval_records(small_preprocessed)
+    parsed, labels = eval_records(small_preprocessed)
     predict = tf.saved_model.load(model_dir).signatures[features.TRANSFORMED_SIGNATURE]
     # Before the exported model's temperature (fitted on validation), as the trained head computes them.
     return tf.nn.softmax(predict(**parsed)[features.OUTPUT_LOGITS_KEY]).numpy(), labels

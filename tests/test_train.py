@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
 
-from tests.conftest import FASHION_DIR, SMALL_MODEL_SEQ_LENGTH
+from tests.conftest import FASHION_DIR, SMALL_MODEL_SEQ_LENGTH, eval_records
 from common import features
 from common.labels import label_names
 from trainer import fusion, recipe
@@ -44,15 +44,6 @@ def exported(distinct_preprocessed, tiny_bert_handle, tmp_path_factory):
                       model_config=model_config, train_config=train_config)
     logs = train(export_dir=str(root / "model"), **stage_args)
     return logs, str(root / "model"), root / "work", Run(**stage_args)
-
-
-def _eval_records(preprocessed):
-    """The eval split's model inputs, and its labels."""
-    spec = tft.TFTransformOutput(preprocessed.transform_graph_dir).transformed_feature_spec()
-    spec = {key: spec[key] for key in (*features.BERT_INPUT_KEYS, features.IMAGE_KEY, features.LABEL_ID_KEY)}
-    files = tf.io.gfile.glob(os.path.join(preprocessed.examples_dir, features.EVAL_SPLIT, "*"))
-    parsed = tf.io.parse_example(next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1000))), spec)
-    return parsed, parsed.pop(features.LABEL_ID_KEY).numpy()
 
 
 def _softmax(x):
@@ -94,7 +85,7 @@ def test_the_unimodal_models_train_first_then_the_fusion_each_leaving_checkpoint
 
 def test_the_fusion_learns_the_classes_far_above_the_majority_rate(exported, distinct_preprocessed):
     _, model_dir, _, _ = exported
-    parsed, labels = _eval_records(distinct_preprocessed)
+    parsed, labels = eval_records(distinct_preprocessed)
     predicted = tf.saved_model.load(model_dir).signatures[features.TRANSFORMED_SIGNATURE](**parsed)[
         features.OUTPUT_PROBABILITIES_KEY].numpy().argmax(-1)
     majority = np.bincount(labels).max() / len(labels)
@@ -107,7 +98,7 @@ def test_the_exported_model_is_hanet_computed_from_its_trained_weights(exported,
     """The served logits are eq. 1-7 (NumPy, from the trained head's own weights) on the trained
     encoders' features: the exported model is the paper's HANet, not only a model that learned."""
     _, model_dir, _, run = exported
-    parsed, _ = _eval_records(distinct_preprocessed)
+    parsed, _ = eval_records(distinct_preprocessed)
     model = train_stages(run, fusion.HANET, run.train_config.seed)[fusion.HANET].model  # loaded, not trained again
     head = fusion_layer(model)
     f_t, f_i = head.inbound_nodes[0].call_args[:2]  # the features the head was built on
