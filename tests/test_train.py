@@ -102,8 +102,8 @@ def test_the_exported_model_is_hanet_computed_from_its_trained_weights(exported,
     model = train_stages(run, fusion.HANET, run.train_config.seed)[fusion.HANET].model  # loaded, not trained again
     head = fusion_layer(model)
     f_t, f_i = head.inbound_nodes[0].call_args[:2]  # the features the head was built on
-    streams = tf_keras.Model(model.inputs, [f_t, f_i])
-    f_t, f_i = (f.numpy().astype(np.float64) for f in streams({k: parsed[k] for k in streams.input_names}))
+    streams = tf_keras.Model(model.input, [f_t, f_i])
+    f_t, f_i = (f.numpy().astype(np.float64) for f in streams({k: parsed[k] for k in model.input}))
     weights = {"/".join(w.name.split("/")[-2:]).split(":")[0]: w.numpy().astype(np.float64) for w in head.weights}
     expected = hanet_logits(weights, f_t, f_i)
     served = tf.saved_model.load(model_dir).signatures[features.TRANSFORMED_SIGNATURE](**parsed)[
