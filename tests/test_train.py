@@ -10,6 +10,7 @@ import tensorflow_transform as tft
 import tf_keras
 
 from tests.conftest import FASHION_DIR, SMALL_MODEL_SEQ_LENGTH, eval_records
+from tests.test_fusion import _dense, _keyless_scores, _reference_feature_logits
 from common import features
 from common.labels import label_names
 from trainer import fusion, recipe
@@ -46,30 +47,6 @@ def exported(distinct_preprocessed, tiny_bert_handle, tmp_path_factory):
     return logs, str(root / "model"), root / "work", Run(**stage_args)
 
 
-def _softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def hanet_logits(weights: dict, f_t, f_i, hybrid: bool = True):
-    """Eq. 1-7 of ../shared/HANET.md in NumPy, with the head's defaults for the open choices (one
-    scorer for both streams, key-based scores scaled by 1/sqrt(d_k), D's output normalised by a
-    softmax over the streams, the weighted values concatenated). `weights`: "layer/kernel" → array.
-    `hybrid=False`: the keyless scores weigh the values instead (eq. 3, keyless attention alone)."""
-    def dense(x, layer):
-        return x @ weights[f"{layer}/kernel"] + weights[f"{layer}/bias"]
-
-    v_t, v_i = dense(f_t, "text_value"), dense(f_i, "image_value")  # eq. 1
-    keyless = _softmax(np.concatenate([dense(v_t, "text_scorer"), dense(v_i, "text_scorer")], -1))  # eq. 2
-    k_t, q_t, k_i, q_i = (dense(f, layer) for f, layer in (
-        (f_t, "text_key"), (f_t, "text_query"), (f_i, "image_key"), (f_i, "image_query")))
-    key_based = _softmax(np.stack([(k_t * q_i).sum(-1), (k_i * q_t).sum(-1)], -1) / np.sqrt(k_t.shape[-1]))  # eq. 4
-    pairs = np.stack([keyless, key_based], -1)  # [batch, stream, (s_l, s_b)]
-    s = _softmax(dense(np.maximum(dense(pairs, "d_hidden"), 0.0), "d_out")[..., 0]) if hybrid else keyless  # eq. 6
-    fused = np.concatenate([s[:, :1] * v_t, s[:, 1:] * v_i], -1)  # eq. 7
-    return dense(fused, "classifier")
-
-
 def test_the_unimodal_models_train_first_then_the_fusion_each_leaving_checkpoints_and_logs(exported):
     logs, _, work, _ = exported
     assert list(logs) == stages_of("hanet") == [fusion.TEXT_ONLY, fusion.IMAGE_ONLY, fusion.HANET]
@@ -104,13 +81,15 @@ def test_the_exported_model_is_hanet_computed_from_its_trained_weights(exported,
     f_t, f_i = head.inbound_nodes[0].call_args[:2]  # the features the head was built on
     streams = tf_keras.Model(model.input, [f_t, f_i])
     f_t, f_i = (f.numpy().astype(np.float64) for f in streams({k: parsed[k] for k in model.input}))
-    weights = {"/".join(w.name.split("/")[-2:]).split(":")[0]: w.numpy().astype(np.float64) for w in head.weights}
-    expected = hanet_logits(weights, f_t, f_i)
+    expected, _ = _reference_feature_logits(head, run.model_config.head, f_t, f_i)
     served = tf.saved_model.load(model_dir).signatures[features.TRANSFORMED_SIGNATURE](**parsed)[
         features.OUTPUT_LOGITS_KEY].numpy()
     np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-4)
-    # ... and tells it from a head that weighs the values by the keyless scores alone.
-    assert np.abs(hanet_logits(weights, f_t, f_i, hybrid=False) - served).max() > 1e-2
+    # ... and tells it from a head that weighs the values by the keyless scores alone (eq. 3).
+    v_t, v_i = _dense(head.values.text_value, f_t), _dense(head.values.image_value, f_i)
+    s_l = _keyless_scores(head.keyless, v_t, v_i)
+    keyless_only = _dense(head.classifier, np.concatenate([s_l[:, :1] * v_t, s_l[:, 1:] * v_i], -1))
+    assert np.abs(keyless_only - served).max() > 1e-2
 
 
 def test_the_image_recipe_divides_the_learning_rate_by_10_every_decay_epochs():
