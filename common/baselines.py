@@ -202,7 +202,8 @@ class TfidfSvm:
                     buffer, buffer_labels = [], []
             if buffer:
                 learn(buffer, buffer_labels)
-            accuracy = right / max(1, held)
+            # Too few titles to hold any out: every epoch counts as better, and the last is kept.
+            accuracy = right / held if held else epoch
             if accuracy > best:
                 best, best_epoch, best_state = accuracy, epoch, (self.weights * self.scale, self.bias.copy())
             elif epoch - best_epoch >= PATIENCE:

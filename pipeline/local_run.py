@@ -44,6 +44,10 @@ def main(args: argparse.Namespace) -> None:
         result = run_local(params, args.work_dir, cfg.task_settings(), screen)
     print("evaluation: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(result["metrics"].items())))
     print(f"gate: {'blessed' if result['blessed'] else 'not blessed'}: {result['reason']}")
+    from components.evaluate import below_baseline  # here: it imports TensorFlow
+
+    if below := below_baseline(result["metrics"]):
+        print(f"warning: {below}")
     print(f"pushed model: {result['pushed_model']}" if result["pushed_model"] else "nothing pushed")
     print(f"evaluation report: {result['report']}")
 
