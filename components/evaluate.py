@@ -428,16 +428,6 @@ def evaluate_model(
     return figures.evaluation(served)
 
 
-def below_baseline(metrics: dict) -> str | None:
-    """One line when the candidate's top-1 (evaluate's scalars) is below the tfidf_svm baseline's, else None:
-    what a run that only reports the comparison (baseline_tolerance 1.0, run-local's) says of it."""
-    mine, theirs = metrics.get("top1_accuracy"), metrics.get("baseline_top1_accuracy")
-    if mine is None or theirs is None or mine >= theirs:
-        return None
-    return (f"the candidate's top-1 {mine:.4f} is below the {baselines.TFIDF_SVM} baseline's {theirs:.4f} on the same "
-            "eval products; --baseline-tolerance 0 (the compiled pipeline's default) would not bless it")
-
-
 def gate(
     metrics: dict,
     accuracy_threshold: float,

@@ -232,7 +232,7 @@ def test_the_baseline_scores_only_classes_it_saw_and_survives_hostile_titles():
 
 
 def test_below_baseline_is_one_line_only_when_the_candidate_is_below():
-    from components.evaluate import below_baseline
+    from common.baselines import below_baseline
 
     line = below_baseline({"top1_accuracy": 0.39, "baseline_top1_accuracy": 0.8})
     assert "0.3900 is below the tfidf_svm baseline's 0.8000" in line and "\n" not in line
