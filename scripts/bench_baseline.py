@@ -57,6 +57,12 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def cpu_seconds() -> float:
+    """This process's CPU time: on a machine shared with other jobs, what wall time cannot show."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("catalog")
@@ -76,14 +82,14 @@ def main() -> None:
     for name, run in runs.items():
         if args.only and name != args.only:
             continue
-        started = time.monotonic()
+        started, cpu = time.monotonic(), cpu_seconds()
         scores = run()
-        seconds = time.monotonic() - started
+        seconds, cpu = time.monotonic() - started, cpu_seconds() - cpu
         counts = ClassCounts(num_classes)
         counts.add(eval_labels, top_k_ids(scores))
         m = counts.metrics()
         print(f"{name}: top-1 {m['top1_accuracy']:.4f} top-5 {m['top5_accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} "
-              f"fit+score {seconds:.1f} s, peak RSS {peak_rss_gib():.2f} GiB (before {before:.2f})", flush=True)
+              f"fit+score {seconds:.1f} s ({cpu:.1f} s CPU), peak RSS {peak_rss_gib():.2f} GiB (before {before:.2f})", flush=True)
 
 
 if __name__ == "__main__":
