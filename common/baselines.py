@@ -156,7 +156,7 @@ class TfidfSvm:
         decision[rows, labels] = -np.inf
         rival = decision.argmax(axis=-1)
         violated = decision[rows, rival] + 1.0 > true
-        self.scale *= (1.0 - rate * ALPHA) ** len(labels)
+        self.scale *= float((1.0 - rate * ALPHA) ** len(labels))
         if violated.any():
             x = x[violated]
             per_row = np.diff(x.indptr)
@@ -205,7 +205,7 @@ class TfidfSvm:
             # Too few titles to hold any out: every epoch counts as better, and the last is kept.
             accuracy = right / held if held else epoch
             if accuracy > best:
-                best, best_epoch, best_state = accuracy, epoch, (self.weights * self.scale, self.bias.copy())
+                best, best_epoch, best_state = accuracy, epoch, (self.weights * np.float32(self.scale), self.bias.copy())
             elif epoch - best_epoch >= PATIENCE:
                 break
         self.weights, self.bias = best_state
