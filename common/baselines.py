@@ -2,8 +2,8 @@
 
 Hashed TF-IDF of word 1–2-grams and character 2–5-grams (within word boundaries, sublinear tf, each
 family L2-normalised: scikit-learn's HashingVectorizer, so there is no vocabulary to hold) → a linear
-classifier over all classes, trained by SGD in mini-batches on the hinge loss of every class against
-the true one (Crammer–Singer's multiclass SVM). Its text is what the model's text stream reads: the
+classifier over all classes, trained by SGD in small steps on the hinge loss of the best-scoring wrong
+class against the true one (Crammer–Singer's multiclass SVM), L2-regularised. Its text is what the model's text stream reads: the
 transformed records' raw title, which already carries any extra text columns the preprocess stage
 joined to it. Top-5 comes from the decision values' ranking.
 
@@ -39,10 +39,12 @@ MAX_EPOCHS = 15
 # not improving for PATIENCE epochs ends training, and the best epoch's weights are kept.
 HOLDOUT_EVERY = 10
 PATIENCE = 3
-BATCH_SIZE = 256
+BATCH_SIZE = 256  # titles a batch, when they are given as lists
+# The L2 regularisation, chosen on the two shared catalogs (docs/scale.md): larger than scikit-learn's
+# default 1e-4, as LinearSVC's C=1 on a few thousand titles is.
 ALPHA = 3e-4
-STEP_SIZE = 8
-SHUFFLE_BUFFER = 8192
+STEP_SIZE = 8  # titles an SGD step
+SHUFFLE_BUFFER = 8192  # titles shuffled together: a catalog's order groups similar products
 _WORD_NGRAMS, _CHAR_NGRAMS = (1, 2), (2, 5)
 
 Batches = Callable[[], Iterable[tuple[list[str], np.ndarray]]]
