@@ -181,11 +181,12 @@ class TfidfSvm:
         best, best_epoch, best_state = -1.0, 0, None
 
         def learn(titles: list[str], labels: list[np.ndarray]) -> None:
-            labels = np.concatenate(labels)
+            # Hashed once for the buffer: a call of the vectorizers costs more than a step's arithmetic.
+            x, labels = self.vectorizer.transform(titles), np.concatenate(labels)
             order = random.permutation(len(titles))
             for start in range(0, len(order), STEP_SIZE):
                 chosen = order[start:start + STEP_SIZE]
-                self._step(self.vectorizer.transform([titles[i] for i in chosen]), labels[chosen])
+                self._step(x[chosen], labels[chosen])
 
         for epoch in range(1, MAX_EPOCHS + 1):
             right = held = 0
