@@ -19,13 +19,13 @@ MODELS = {"text_only", "image_only", "decision_level", "hanet"}
 @pytest.fixture(scope="module")
 def benchmark_run(tmp_path_factory, tiny_bert_handle):
     root = tmp_path_factory.mktemp("benchmark")
-    catalog = write_small_catalog(root / "catalog.csv", 90)
+    catalog = write_small_catalog(root / "catalog.csv", 60)
     args = [
         "benchmark", "--catalog", str(catalog), "--label-column", "articleType", "--out", str(root / "out"),
         "--seeds", "1", "--models", ",".join(sorted(MODELS)), "--tune", "frozen,top",
         "--bert-handle", str(tiny_bert_handle), "--text-pooling", "pooled", "--image-weights", "",
         "--image-variant", "b0", "--image-size", "32", "--max-seq-length", "16", "--head-width", "32",
-        "--learning-rates", "1e-2,3e-2", "--max-epochs", "4", "--patience", "2", "--top-epochs", "2",
+        "--learning-rates", "1e-2,3e-2", "--max-epochs", "3", "--patience", "2", "--top-epochs", "1",
         # One fine-tuning rate and one EfficientNet block (the default's two are test_features_cache's):
         # the benchmark's own logic is what this module tests, at the least training that shows it.
         "--top-learning-rates", "1e-4", "--image-top-blocks", "1",
@@ -41,6 +41,7 @@ def _cached_ids(out, split):
     return [i.decode() for _, _, ids in dataset for i in ids.numpy()]
 
 
+@pytest.mark.slow
 def test_validation_is_carved_out_of_train_and_eval_is_untouched(benchmark_run):
     root, _ = benchmark_run
     out = root / "out"
@@ -58,6 +59,7 @@ def test_validation_is_carved_out_of_train_and_eval_is_untouched(benchmark_run):
     assert _cached_ids(out, features.EVAL_SPLIT) == preprocessed(features.EVAL_SPLIT)
 
 
+@pytest.mark.slow
 def test_every_model_seed_and_tune_is_reported_consistently(benchmark_run):
     _, results = benchmark_run
     summary, raw = results["summary"], results["raw"]
@@ -67,21 +69,22 @@ def test_every_model_seed_and_tune_is_reported_consistently(benchmark_run):
     for tune in (FROZEN, TOP):
         assert set(summary["tunes"][tune]["models"]) == MODELS
         for run in raw[tune]["runs"]:
-            table = run["eval"]["table1"]["text_only"]
-            cells = [table[c]["percent"] for c, _, _ in ablation.UnimodalAgreement.CELLS]
-            assert sum(cells) == pytest.approx(100.0)
-            # Table 1 and the per-model figures are two computations of the same predictions.
-            assert table["text_only_top1_accuracy"] == pytest.approx(run["eval"]["text_only"]["top1_accuracy"])
             for name in MODELS:
-                figures = run["eval"][name]
+                figures, table = run["eval"][name], run["eval"]["table1"][name]
                 assert figures["examples"] == summary["tunes"][tune]["examples"]
-                assert 0.0 <= figures["top1_accuracy"] <= figures["top5_accuracy"] <= 1.0
-                assert 0.0 <= figures["ece"] <= 1.0 and 0.0 <= figures["coverage_at_98"] <= 1.0
-                assert figures["temperature"] > 0
+                # Table 1 and the per-model figures are two counts of the same predictions: the products
+                # of its cells, and the model's right ones among them, give each model's top-1.
+                cells = [table[c] for c, _, _ in ablation.UnimodalAgreement.CELLS]
+                assert sum(c["products"] for c in cells) == figures["examples"]
+                right = sum(c["products"] * c["fused_right_percent"] / 100 for c in cells if c["products"])
+                assert right / figures["examples"] == pytest.approx(figures["top1_accuracy"])
+                for unimodal in ("text_only", "image_only"):
+                    assert table[f"{unimodal}_top1_accuracy"] == pytest.approx(run["eval"][unimodal]["top1_accuracy"])
     markdown = (benchmark_run[0] / "out" / "results.md").read_text()
     assert "## Table 1, tune top" in markdown and "| hanet | top |" in markdown and "| tfidf_svm | text |" in markdown
 
 
+@pytest.mark.slow
 def test_the_chosen_learning_rate_and_decision_training_are_the_best_on_validation(benchmark_run):
     _, results = benchmark_run
     for tune in (FROZEN, TOP):
@@ -96,6 +99,7 @@ def test_the_chosen_learning_rate_and_decision_training_are_the_best_on_validati
     assert kinds == {"crossfit", "in_sample"}
 
 
+@pytest.mark.slow
 def test_top_fine_tunes_from_the_frozen_heads_and_the_tuned_blocks_train(benchmark_run):
     root, results = benchmark_run
     work = root / "out" / "runs"
@@ -115,10 +119,9 @@ def test_top_fine_tunes_from_the_frozen_heads_and_the_tuned_blocks_train(benchma
                 assert (tuned / "top" / "done.json").exists() and not (tuned / "head").exists()
 
 
+@pytest.mark.slow
 def test_the_baseline_is_tfidf_svm_on_the_same_titles_and_split(benchmark_run):
-    from sklearn.metrics import accuracy_score
-
-    from common.baselines import make_tfidf_svm
+    from common.baselines import TfidfSvm
 
     root, results = benchmark_run
     out = root / "out"
@@ -126,13 +129,18 @@ def test_the_baseline_is_tfidf_svm_on_the_same_titles_and_split(benchmark_run):
         rows = {row["id"]: row for row in csv.DictReader(f)}
     train = [rows[i] for i in _cached_ids(out, features.TRAIN_SPLIT)]
     evaluated = [rows[i] for i in _cached_ids(out, features.EVAL_SPLIT)]
-    classifier = make_tfidf_svm().fit([r["title"] for r in train], [r["articleType"] for r in train])
-    expected = accuracy_score([r["articleType"] for r in evaluated], classifier.predict([r["title"] for r in evaluated]))
+    names = sorted({r["articleType"] for r in train + evaluated})
+    classifier = TfidfSvm([r["title"] for r in train], np.array([names.index(r["articleType"]) for r in train]),
+                          len(names))
+    predicted = classifier.scores([r["title"] for r in evaluated]).argmax(axis=-1)
+    # Label ids are numbered otherwise there; SGD breaks a tie between classes by id, so a product may differ.
+    expected = np.mean(predicted == np.array([names.index(r["articleType"]) for r in evaluated]))
     baseline = results["raw"]["baseline"]["tfidf_svm"]
-    assert baseline["eval"]["top1_accuracy"] == pytest.approx(expected)
+    assert baseline["eval"]["top1_accuracy"] == pytest.approx(expected, abs=2 / len(evaluated))
     assert baseline["eval"]["top1_accuracy"] <= baseline["eval"]["top5_accuracy"]
     assert 0.0 < baseline["eval"]["macro_f1"] <= 1.0
-    assert results["summary"]["models"]["tfidf_svm"]["top1_accuracy"]["mean"] == pytest.approx(expected)
+    assert results["summary"]["models"]["tfidf_svm"]["top1_accuracy"]["mean"] == pytest.approx(
+        baseline["eval"]["top1_accuracy"])
 
 
 def test_tfidf_image_poe_is_the_product_of_its_experts_on_the_cached_image_features(benchmark_run):
