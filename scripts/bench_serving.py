@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_serving.py --model WORK/serving/hanet/1 [--batching off,on] [--requests 400] [--seconds 60]
     .venv/bin/python scripts/bench_serving.py --model WORK/serving/hanet/1 --mode large-in-flight [--large 1000]
+    .venv/bin/python scripts/bench_serving.py --model WORK/serving/hanet/1 --attack [--seconds 20] [--attackers 4]
 
 `throughput` (the default): throughput and p50/p99 latency over REST and gRPC, at 1 and 16 concurrent
 clients, one product or a batch per request, with server-side batching off and on (on: the
@@ -13,6 +14,12 @@ size, the 16-client throughput with batching divided by that without. Each scena
 `large-in-flight`: p50/p99 of one client's single-product REST requests, first on an idle server
 (--seconds), then while one request of --large products is computed; the ratio of the two p99s,
 how long the large request took, and the server's resident memory before, at its peak and after.
+
+`--attack` (`--mode attack`): p50/p99 of one good client's single-product gRPC requests on an idle
+server, then while --attackers threads send each attack of the hostile-traffic suite without pause
+(decompression bombs, a [1000] tensor of a few KB, 200 concurrent singles, a gzip bomb, a body
+declared as 300 MiB, slow connections); per attack the good client's p99 over its idle p99, what the
+attackers got back, and the server's resident memory after it.
 
 The server listens on 127.0.0.1 only and is stopped at the end. Products are real catalog rows
 (title and the original JPEG, as a client sends them). Clients and server share this machine's
@@ -211,10 +218,136 @@ def large_in_flight(args, products, serving_base: str, flags: list[str]) -> None
     print(f"server memory: {resident_before:.0f} MB before, {peak:.0f} MB peak, {resident_after:.0f} MB after")
 
 
+def _attacks(host: str, rest_port: int, grpc_port: int, product: tuple[str, bytes]) -> dict:
+    """name → one attacking client: a callable that sends its attack once and returns what it got."""
+    import base64
+    import gzip
+    import json
+
+    import grpc
+    import requests
+
+    from serving.client import GrpcClient
+    from tests import hostile_images
+
+    url = f"http://{host}:{rest_port}/v1/models/{MODEL_NAME}:predict"
+    title, image = product
+
+    def instance(data: bytes) -> dict:
+        return {"title": title, "image_bytes": {"b64": base64.b64encode(data).decode()}}
+
+    def rest(body: bytes, headers: dict | None = None):
+        def send():
+            try:
+                return requests.post(url, data=body, headers=headers or {}, timeout=60).status_code
+            except requests.RequestException as e:
+                return type(e).__name__
+        return send
+
+    def grpc_call(request, concurrent: int = 1):
+        def send():
+            stub = GrpcClient(f"{host}:{grpc_port}", MODEL_NAME)._predictions
+            futures = [stub.Predict.future(request, timeout=60) for _ in range(concurrent)]
+            codes = []
+            for future in futures:
+                try:
+                    future.result()
+                    codes.append("OK")
+                except grpc.RpcError as e:
+                    codes.append(e.code().name)
+            return ",".join(sorted(set(codes)))
+        return send
+
+    def repeated(count: int):
+        request = GrpcClient("unused").predict_request([product])
+        for tensor in request.inputs.values():
+            tensor.tensor_shape.dim[0].size = count
+        return request
+
+    def raw(data: bytes, then_wait: float = 0.0):
+        def send():
+            with socket.create_connection((host, rest_port), timeout=30) as s:
+                s.sendall(data)
+                time.sleep(then_wait)
+                try:
+                    return (s.recv(64).split(b"\r\n")[0].decode(errors="replace") or "closed")[:24]
+                except OSError as e:
+                    return type(e).__name__
+        return send
+
+    webp = hostile_images.webp_lossy()
+    bomb = gzip.compress(b'{"instances": ["' + b"a" * (200 * 2**20) + b'"]}', compresslevel=9)
+    head = (f"POST /v1/models/{MODEL_NAME}:predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            "Content-Length: {}\r\n\r\n")
+    return {
+        "webp 16383^2 (38 B)": rest(json.dumps({"instances": [instance(webp)]}).encode()),
+        "six webp bombs": rest(json.dumps({"instances": [instance(webp)] * 6}).encode()),
+        "png 20000^2 header": rest(json.dumps({"instances": [instance(hostile_images.png())]}).encode()),
+        "[1000] tensor, gRPC": grpc_call(repeated(1000)),
+        "50 concurrent singles": grpc_call(repeated(1), concurrent=50),
+        "gzip bomb 200 MiB": rest(bomb, {"Content-Encoding": "gzip"}),
+        "declared 300 MiB": raw(head.format(300 * 2**20).encode()),
+        "slow body": raw(head.format(1000).encode() + b'{"instances": [', then_wait=15),
+    }
+
+
+def attack(args, products, serving_base: str) -> None:
+    from serving.client import GrpcClient
+
+    rest_port, grpc_port = _free_port(), _free_port()
+    server = start_server(serving_base, rest_port, grpc_port)
+    rows = []
+    try:
+        good = GrpcClient(f"{HOST}:{grpc_port}", MODEL_NAME, timeout=120)
+        product = products[0]
+        good.predict([product])
+
+        def measure() -> np.ndarray:
+            deadline = time.monotonic() + args.seconds
+            return np.array(latencies_until(good, product, lambda: time.monotonic() > deadline, minimum=5)) * 1000
+
+        idle = measure()
+        rows.append(("idle", idle, {}, memory_mb(server.pid)[0]))
+        for name, send in _attacks(HOST, rest_port, grpc_port, product).items():
+            stop = threading.Event()
+            outcomes: dict[str, int] = {}
+            lock = threading.Lock()
+
+            def attacker():
+                while not stop.is_set():
+                    outcome = str(send())
+                    with lock:
+                        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+            threads = [threading.Thread(target=attacker, daemon=True) for _ in range(args.attackers)]
+            for thread in threads:
+                thread.start()
+            try:
+                figures = measure()
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join(120)
+            rows.append((name, figures, outcomes, memory_mb(server.pid)[0]))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    idle_p99 = np.percentile(rows[0][1], 99)
+    print(f"good client: single-product gRPC requests, {args.seconds:g} s per phase; {args.attackers} attackers; "
+          f"{os.cpu_count()} CPUs shared by clients and server")
+    print(f"{'phase':<24}{'count':>7}{'p50 ms':>9}{'p99 ms':>9}{'p99/idle':>9}{'RSS MB':>8}  attackers got")
+    for name, figures, outcomes, resident in rows:
+        got = ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items()))
+        print(f"{name:<24}{len(figures):>7}{np.percentile(figures, 50):>9.1f}{np.percentile(figures, 99):>9.1f}"
+              f"{np.percentile(figures, 99) / idle_p99:>9.2f}{resident:>8.0f}  {got}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="an exported serving SavedModel (e.g. SERVING_BASE/hanet/1)")
-    parser.add_argument("--mode", choices=["throughput", "large-in-flight"], default="throughput")
+    parser.add_argument("--mode", choices=["throughput", "large-in-flight", "attack"], default="throughput")
+    parser.add_argument("--attack", action="store_const", dest="mode", const="attack", help="the same as --mode attack")
+    parser.add_argument("--attackers", type=int, default=4, help="attacking clients (attack mode)")
     parser.add_argument("--catalog", default=str(DEFAULT_CATALOG), help="products to send (title and image columns)")
     parser.add_argument("--products", type=int, default=64, help="distinct products cycled through")
     parser.add_argument("--clients", default="1,16", help="concurrent clients, comma-separated")
@@ -242,6 +375,9 @@ def main() -> None:
         if args.mode == "large-in-flight":
             for setting in settings:
                 large_in_flight(args, products, serving_base, flags[setting])
+            return
+        if args.mode == "attack":
+            attack(args, products, serving_base)
             return
         print(f"model {args.model}; {len(products)} catalog products; at most {args.requests} requests "
               f"or {args.seconds:g} s per scenario; {os.cpu_count()} CPUs shared by clients and server")

@@ -43,9 +43,11 @@ def wait_until(predicate, what: str, timeout: float = 120) -> None:
 class Server:
     """serve_async on a thread of its own, REST and gRPC on free ports, model calls counted by its scheduler."""
 
-    def __init__(self, manager: ServableManager, limits: ServerLimits = ServerLimits(), **options):
+    def __init__(self, manager: ServableManager, limits: ServerLimits = ServerLimits(), poll_seconds: float = 3600,
+                 **options):
         self.manager = manager
         self.limits = limits
+        self.poll_seconds = poll_seconds
         self.scheduler = BatchScheduler(BatchingOptions(**options))
         self.rest_port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.rest_port}/v1/models/{features.MODEL_NAME}"
@@ -58,7 +60,7 @@ class Server:
                 self.loop, self.stop = asyncio.get_running_loop(), asyncio.Event()
                 self._started.set()
                 await server.serve_async(self.manager, rest_port=self.rest_port, grpc_port=self.grpc_port,
-                                         poll_seconds=3600, scheduler=self.scheduler, limits=self.limits,
+                                         poll_seconds=self.poll_seconds, scheduler=self.scheduler, limits=self.limits,
                                          stop=self.stop)
 
             asyncio.run(main())
