@@ -13,7 +13,9 @@ queue admits by instances, not batches: a request of a [1000] tensor costs 1000 
 took to send. Requests of one model call or less (small) and larger ones (split) wait in separate
 pools of `max_enqueued_instances` each, a task admitted when its pool is empty or it fits: large
 requests never lock small ones out, and single-product requests queue by the hundred without
-batching (TF Serving's count of 10 batches of one refused the 11th). The pieces of a split task run one at a time, each as a model call of its own with
+batching (TF Serving's count of 10 batches of one refused the 11th). And the next task is not the
+oldest but the oldest of the client (a connection) whose last turn is the longest ago: a client
+with 200 requests queued takes one turn among the others', not 200 before them. The pieces of a split task run one at a time, each as a model call of its own with
 the cores to itself (concurrent calls share them unevenly: a small request beside a large piece ran
 3-4 times slower), and the task goes to the back of the queue after each piece (round robin), so a
 small request waits for one piece at most. And a task whose client has gone away (a gRPC
@@ -31,7 +33,6 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
-import itertools
 import logging
 import os
 
@@ -226,6 +227,7 @@ class _Task:
     handed_out: int = 0  # instances given to the model so far: their outputs in `pieces` or being computed
     pieces: list = dataclasses.field(default_factory=list)
     alone: bool = False  # never merged with other tasks (set after a merged batch failed)
+    client: object = None  # who sent it (a connection): turns go round the clients
 
     @property
     def remaining(self) -> int:
@@ -251,6 +253,8 @@ class BatchScheduler:
         self._tasks: set[_Task] = set()  # accepted and not yet answered (or cancelled)
         self._running: set[asyncio.Task] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._turns: dict[object, int] = {}  # client → when it was last served (a count of turns)
+        self._turn = 0
         # What the model has been asked to compute: batches and instances (tests and the benchmark read them).
         self.batches_started = 0
         self.batches_run = 0
@@ -284,15 +288,16 @@ class BatchScheduler:
                 f"(max_enqueued_instances {capacity}); retry later"
             )
 
-    async def run(self, key: tuple, run, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def run(self, key: tuple, run, inputs: dict[str, np.ndarray], client: object = None) -> dict[str, np.ndarray]:
         """Computes `run(inputs)` (dict of arrays → dict of arrays, batched along the first dimension)
         for one request, in batches shared with other requests of the same `key` when batching is on.
-        A cancelled caller's instances not yet handed to the model are never computed."""
+        A cancelled caller's instances not yet handed to the model are never computed; `client`
+        (hashable: who sent it) takes turns with the other clients."""
         size = batch_size(inputs)
         self.check_size(size)
         self._admit(size)
         loop = asyncio.get_running_loop()
-        task = _Task(key, run, inputs, size, loop.create_future(), loop.time())
+        task = _Task(key, run, inputs, size, loop.create_future(), loop.time(), client=client)
         self._tasks.add(task)
         task.future.add_done_callback(lambda _: self._tasks.discard(task))
         self._queue.append(task)
@@ -308,20 +313,41 @@ class BatchScheduler:
             self._running.add(job)
             job.add_done_callback(self._running.discard)
 
+    def _head(self) -> _Task | None:
+        """The next task to serve: the oldest of the client whose last turn is the longest ago (a
+        client not served yet first), ties to the oldest task."""
+        if any(task.future.done() for task in self._queue):  # cancelled by their callers
+            self._queue = collections.deque(task for task in self._queue if not task.future.done())
+        head, head_turn, seen = None, 0, set()
+        for task in self._queue:
+            if task.client in seen:
+                continue
+            seen.add(task.client)
+            turn = self._turns.get(task.client, -1)
+            if head is None or turn < head_turn:
+                head, head_turn = task, turn
+        return head
+
+    def _served(self, client: object) -> None:
+        self._turns[client] = self._turn
+        self._turn += 1
+        if len(self._turns) > 1000 + 2 * len(self._queue):  # forget clients with nothing queued
+            queued = {task.client for task in self._queue}
+            self._turns = {c: t for c, t in self._turns.items() if c in queued}
+
     def _take_batch(self) -> list[_Slice] | None:
         options = self.options
-        while self._queue and self._queue[0].future.done():  # cancelled by its caller
-            self._queue.popleft()
-        if not self._queue:
+        head = self._head()
+        if head is None:
             return None
-        head = self._queue[0]
         limit = options.max_execution_batch_size
         if head.handed_out or head.remaining > limit:
             # A split task: its next piece runs alone, once the batches running now are done, and
             # nothing starts beside it; then the task rejoins the queue at the back.
             if self._idle_threads < self.options.num_batch_threads:
                 return None
-            self._queue.popleft()
+            self._queue.remove(head)
+            self._served(head.client)
             self._piece_running = True
             stop = head.handed_out + min(limit, head.remaining)
             piece = _Slice(head, head.handed_out, stop)
@@ -330,8 +356,8 @@ class BatchScheduler:
         tasks = [head]
         if options.enable_batching and not head.alone:
             rows, full = head.size, False
-            for task in itertools.islice(self._queue, 1, None):
-                if task.future.done() or task.key != head.key or task.handed_out or task.alone or task.size > limit:
+            for task in self._queue:
+                if task is head or task.future.done() or task.key != head.key or task.handed_out or task.alone or task.size > limit:
                     continue
                 if rows + task.size > limit:
                     full = True
@@ -350,6 +376,7 @@ class BatchScheduler:
         for task in tasks:
             self._queue.remove(task)
             task.handed_out = task.size
+        self._served(head.client)
         return [_Slice(task, 0, task.size) for task in tasks]
 
     def _on_timer(self) -> None:

@@ -11,7 +11,9 @@ does (serving/json_tensor.py), and errors carry TF Serving's codes and messages.
 under MODEL_BASE_PATH are picked up every `poll_seconds` (serving/servables.py). A client written
 against this server works unchanged against TF Serving on the cluster (k8s/), and the reverse.
 
-Requests are parsed and answered on worker threads; the model runs on the batch threads of a
+Before anything is parsed, a client's cost is bounded (serving/limits.py): REST bodies by size as
+sent and as inflated, headers and bodies by time, connections by count (Connections). Requests are
+parsed and answered on worker threads; the model runs on the batch threads of a
 BatchScheduler (serving/batching.py: TF Serving's batching, large requests split, cancelled ones
 dropped). Every failure of a request is a ServingError with TF Serving's code and a message about
 the input; anything else is logged and answered 500 / INTERNAL with a generic message, on both
@@ -247,7 +249,8 @@ class RestApi:
                 self.executor, self._request, name, version, body
             )
             outputs = await self.scheduler.run(
-                _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs
+                _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs,
+                client=request.transport,
             )
             return await loop.run_in_executor(self.executor, json_tensor.response_json, outputs, request_format)
         if method == "GET" and (match := MODEL_STATUS_ROUTE.fullmatch(path)):
@@ -420,7 +423,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.scheduler = scheduler
 
     async def Predict(self, request: predict_pb2.PredictRequest, context):  # noqa: N802 (gRPC method name)
-        return await _unary(context, self._predict(request))
+        return await _unary(context, self._predict(request, context.peer()))
 
     async def GetModelMetadata(self, request, context):  # noqa: N802
         loop = asyncio.get_running_loop()
@@ -440,11 +443,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             raise NotFound(f"Unrecognized servable version label: {model_spec.version_label}")
         return self.manager.servable(model_spec.name, model_spec.version.value if model_spec.HasField("version") else None)
 
-    async def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    async def _predict(self, request: predict_pb2.PredictRequest, peer: str) -> predict_pb2.PredictResponse:
         loop = asyncio.get_running_loop()
         servable, signature, inputs, wanted = await loop.run_in_executor(self.executor, self._request, request)
         outputs = await self.scheduler.run(
-            _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs
+            _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs, client=peer
         )
         return await loop.run_in_executor(self.executor, self._response, servable, signature, outputs, wanted)
 

@@ -242,3 +242,27 @@ def test_the_scheduler_checks_batch_dimensions():
         asyncio.run(attempt({"a": np.zeros(2), "b": np.zeros(3)}))
     with pytest.raises(InvalidArgument, match="is a scalar"):
         asyncio.run(attempt({"a": np.zeros(())}))
+
+
+def test_a_client_with_many_requests_queued_takes_turns_with_the_others():
+    order, gate = [], threading.Event()
+
+    def run(inputs):
+        gate.wait(60)  # the first call holds the batch thread until every request is queued
+        order.append(inputs["who"][0])
+        return inputs
+
+    async def main():
+        scheduler = BatchScheduler(BatchingOptions(num_batch_threads=1, max_execution_batch_size=1))
+        sent = [("a", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 0), ("c", 0), ("a", 4), ("b", 1)]
+        calls = [asyncio.create_task(scheduler.run(("key",), run, {"who": np.array([f"{c}{i}"])}, client=c))
+                 for c, i in sent]
+        while scheduler.waiting_instances(split=False) < len(sent) - 1:
+            await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(*calls)
+        scheduler.close()
+
+    asyncio.run(main())
+    # a0 was running when the others arrived; then each client in turn, the longest unserved first.
+    assert order == ["a0", "b0", "c0", "a1", "b1", "a2", "a3", "a4"]

@@ -30,7 +30,7 @@ from serving.client import GrpcClient
 from serving.limits import ServerLimits
 from serving.servables import ServableManager, State
 from tests import hostile_images
-from tests.conftest import FASHION_DIR
+from tests.conftest import FASHION_DIR, SMALL_MODEL_IMAGE_SIZE
 from tests.serving_helpers import Server, loaded_manager, wait_until
 from trainer.export import _tf_example
 from common import features
@@ -118,12 +118,22 @@ def test_transformed_ids_beyond_int32_are_refused_not_wrapped(served, key, value
     length = signature[features.INPUT_WORD_IDS_KEY].shape[1]
     instance = {k: [1] + [0] * (length - 1) for k in features.BERT_INPUT_KEYS}
     instance[features.INPUT_TYPE_IDS_KEY] = [0] * length
-    instance[features.IMAGE_KEY] = {"b64": base64.b64encode(IMAGE).decode()}
+    instance[features.IMAGE_KEY] = {"b64": base64.b64encode(hostile_images.small("JPEG", SMALL_MODEL_IMAGE_SIZE)).decode()}
     body = {"signature_name": features.TRANSFORMED_SIGNATURE, "instances": [instance]}
     assert requests.post(served.url + ":predict", json=body, timeout=120).status_code == 200
     instance[key] = [101, value] + [0] * (length - 2)
     response = requests.post(served.url + ":predict", json=body, timeout=120)
     assert response.status_code == 400 and f"{key} of instance 0 holds an id outside" in response.json()["error"]
+
+
+def test_a_jpeg_bomb_as_a_transformed_image_is_refused_undecoded(served):
+    signature = served.manager.servable(features.MODEL_NAME).input_specs(features.TRANSFORMED_SIGNATURE)
+    length = signature[features.INPUT_WORD_IDS_KEY].shape[1]
+    instance = {k: [0] * length for k in features.BERT_INPUT_KEYS}
+    instance[features.IMAGE_KEY] = {"b64": base64.b64encode(hostile_images.jpeg()).decode()}
+    body = {"signature_name": features.TRANSFORMED_SIGNATURE, "instances": [instance]}
+    response = requests.post(served.url + ":predict", json=body, timeout=120)
+    assert response.status_code == 400 and "declares 60000x60000 pixels" in response.json()["error"]
 
 
 @pytest.mark.parametrize("version", ["\u0661", "\uff11", "1\u0661"])

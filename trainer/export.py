@@ -119,7 +119,9 @@ def export_serving_model(
 
     @tf.function(input_signature=[_transformed_input_spec(max_seq_length)])
     def serve_transformed(transformed):
-        return predict(refuse_ids_outside(transformed, vocabulary))
+        # The stored images are JPEGs of image_size²: a header declaring more is refused undecoded.
+        images = refuse_large_images(transformed[features.IMAGE_KEY], image_size * image_size)
+        return predict(refuse_ids_outside({**transformed, features.IMAGE_KEY: images}, vocabulary))
 
     signatures = {
         features.SERVING_SIGNATURE: serve_raw,
@@ -196,6 +198,7 @@ def warmup_examples(
 _HEADER_BYTES = 32
 
 
+@tf.function(autograph=False)  # plain Python at trace time; callable eagerly too
 def _declared_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
     """[n] encoded images → [n, 2] int64 (width, height) as their headers declare them, for JPEG,
     PNG, GIF, WebP (VP8, VP8L, VP8X) and BMP; (0, 0) for anything else, which the decoder refuses."""
@@ -244,6 +247,7 @@ def _declared_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
     return tf.where(is_jpeg[:, None], jpeg_sizes, tf.stack([width, height], axis=1))
 
 
+@tf.function(autograph=False)  # plain Python at trace time; callable eagerly too
 def refuse_large_images(image_bytes: tf.Tensor, max_pixels: int) -> tf.Tensor:
     """`image_bytes`, to be decoded only once every image's header declares at most `max_pixels`
     pixels; otherwise INVALID_ARGUMENT naming the first instance over (core ops only, so TF Serving
