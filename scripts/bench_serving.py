@@ -31,6 +31,7 @@ import argparse
 import concurrent.futures
 import csv
 import itertools
+import json
 import os
 import pathlib
 import socket
@@ -222,7 +223,6 @@ def _attacks(host: str, rest_port: int, grpc_port: int, product: tuple[str, byte
     """name → one attacking client: a callable that sends its attack once and returns what it got."""
     import base64
     import gzip
-    import json
 
     import grpc
     import requests
@@ -280,15 +280,33 @@ def _attacks(host: str, rest_port: int, grpc_port: int, product: tuple[str, byte
     head = (f"POST /v1/models/{MODEL_NAME}:predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
             "Content-Length: {}\r\n\r\n")
     return {
-        "webp 16383^2 (38 B)": rest(json.dumps({"instances": [instance(webp)]}).encode()),
-        "six webp bombs": rest(json.dumps({"instances": [instance(webp)] * 6}).encode()),
-        "png 20000^2 header": rest(json.dumps({"instances": [instance(hostile_images.png())]}).encode()),
-        "[1000] tensor, gRPC": grpc_call(repeated(1000)),
-        "50 concurrent singles": grpc_call(repeated(1), concurrent=50),
-        "gzip bomb 200 MiB": rest(bomb, {"Content-Encoding": "gzip"}),
-        "declared 300 MiB": raw(head.format(300 * 2**20).encode()),
-        "slow body": raw(head.format(1000).encode() + b'{"instances": [', then_wait=15),
+        "webp-16383sq-38B": rest(json.dumps({"instances": [instance(webp)]}).encode()),
+        "six-webp-bombs": rest(json.dumps({"instances": [instance(webp)] * 6}).encode()),
+        "png-20000sq-header": rest(json.dumps({"instances": [instance(hostile_images.png())]}).encode()),
+        "tensor-1000-grpc": grpc_call(repeated(1000)),
+        "50-concurrent-singles": grpc_call(repeated(1), concurrent=50),
+        "gzip-bomb-200MiB": rest(bomb, {"Content-Encoding": "gzip"}),
+        "declared-300MiB": raw(head.format(300 * 2**20).encode()),
+        "slow-body": raw(head.format(1000).encode() + b'{"instances": [', then_wait=15),
     }
+
+
+ATTACKS = ("webp-16383sq-38B", "six-webp-bombs", "png-20000sq-header", "tensor-1000-grpc", "50-concurrent-singles",
+           "gzip-bomb-200MiB", "declared-300MiB", "slow-body")
+
+
+def run_attacker(args, products) -> None:
+    """One attacking client (a process of its own, so its cost is not the good client's): sends its
+    attack without pause for --seconds after printing "ready", then prints what it got, as JSON."""
+
+    send = _attacks(HOST, args.rest_port, args.grpc_port, products[0])[args.attacker]
+    outcomes: dict[str, int] = {}
+    print("ready", flush=True)
+    deadline = time.monotonic() + args.seconds
+    while time.monotonic() < deadline:
+        outcome = str(send())
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    print(json.dumps(outcomes), flush=True)
 
 
 def attack(args, products, serving_base: str) -> None:
@@ -308,26 +326,23 @@ def attack(args, products, serving_base: str) -> None:
 
         idle = measure()
         rows.append(("idle", idle, {}, memory_mb(server.pid)[0]))
-        for name, send in _attacks(HOST, rest_port, grpc_port, product).items():
-            stop = threading.Event()
-            outcomes: dict[str, int] = {}
-            lock = threading.Lock()
-
-            def attacker():
-                while not stop.is_set():
-                    outcome = str(send())
-                    with lock:
-                        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-
-            threads = [threading.Thread(target=attacker, daemon=True) for _ in range(args.attackers)]
-            for thread in threads:
-                thread.start()
+        for name in ATTACKS:
+            command = [sys.executable, __file__, "--model", args.model, "--catalog", args.catalog, "--products", "1",
+                       "--attacker", name, "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
+                       "--seconds", str(args.seconds)]
+            attackers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(args.attackers)]
             try:
+                for attacker in attackers:
+                    assert attacker.stdout.readline().strip() == "ready", f"attacker {name} did not start"
                 figures = measure()
+                outcomes: dict[str, int] = {}
+                for attacker in attackers:
+                    for outcome, count in json.loads(attacker.communicate(timeout=180)[0].splitlines()[-1]).items():
+                        outcomes[outcome] = outcomes.get(outcome, 0) + count
             finally:
-                stop.set()
-                for thread in threads:
-                    thread.join(120)
+                for attacker in attackers:
+                    if attacker.poll() is None:
+                        attacker.kill()
             rows.append((name, figures, outcomes, memory_mb(server.pid)[0]))
     finally:
         server.terminate()
@@ -347,7 +362,10 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="an exported serving SavedModel (e.g. SERVING_BASE/hanet/1)")
     parser.add_argument("--mode", choices=["throughput", "large-in-flight", "attack"], default="throughput")
     parser.add_argument("--attack", action="store_const", dest="mode", const="attack", help="the same as --mode attack")
-    parser.add_argument("--attackers", type=int, default=4, help="attacking clients (attack mode)")
+    parser.add_argument("--attackers", type=int, default=4, help="attacking clients (attack mode), each a process")
+    parser.add_argument("--attacker", choices=ATTACKS, help=argparse.SUPPRESS)  # one attacking process
+    parser.add_argument("--rest-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--grpc-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--catalog", default=str(DEFAULT_CATALOG), help="products to send (title and image columns)")
     parser.add_argument("--products", type=int, default=64, help="distinct products cycled through")
     parser.add_argument("--clients", default="1,16", help="concurrent clients, comma-separated")
@@ -360,6 +378,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="at most this many requests per scenario")
     parser.add_argument("--seconds", type=float, default=60, help="at most this long per scenario (the idle phase of large-in-flight)")
     args = parser.parse_args()
+    if args.attacker:  # before the imports an attacker does not need (TensorFlow's, through push)
+        run_attacker(args, load_products(pathlib.Path(args.catalog), 1))
+        return
 
     from components.push import push
     from serving.client import GrpcClient, RestClient
