@@ -37,7 +37,7 @@ from common import features
 
 IMAGE = (FASHION_DIR / "images" / "17429.jpg").read_bytes()
 TITLE = "CASIO G-Shock Men Black Digital Watch"
-MEMORY_BOUND_MB = 100  # what any request, refused or answered, may leave behind (issue's bound)
+MEMORY_BOUND_MB = 100  # what any request, refused or answered, may leave behind in the server
 SMALL_LIMITS = ServerLimits(max_body_bytes=2**20, header_timeout=0.5, body_timeout=1.0, max_connections=8)
 
 
