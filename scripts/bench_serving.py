@@ -48,7 +48,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from common.features import MODEL_NAME  # noqa: E402
+from common.features import IMAGE_BYTES_KEY, MODEL_NAME, TITLE_KEY  # noqa: E402
 
 DEFAULT_CATALOG = REPO_ROOT.parent / "shared" / "data" / "fashion-products" / "products.csv"
 HOST = "127.0.0.1"
@@ -259,9 +259,16 @@ def _attacks(host: str, rest_port: int, grpc_port: int, product: tuple[str, byte
         return send
 
     def repeated(count: int):
-        request = GrpcClient("unused").predict_request([product])
-        for tensor in request.inputs.values():
-            tensor.tensor_shape.dim[0].size = count
+        """[count] copies of the product in a few KB: TensorProto repeats its last value."""
+        from tensorflow.core.framework import types_pb2
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = MODEL_NAME
+        for key, value in ((TITLE_KEY, title.encode()), (IMAGE_BYTES_KEY, image)):
+            request.inputs[key].dtype = types_pb2.DT_STRING
+            request.inputs[key].tensor_shape.dim.add(size=count)
+            request.inputs[key].string_val.append(value)
         return request
 
     def raw(data: bytes, then_wait: float = 0.0):
@@ -314,7 +321,6 @@ def attack(args, products, serving_base: str) -> None:
 
     rest_port, grpc_port = _free_port(), _free_port()
     server = start_server(serving_base, rest_port, grpc_port)
-    rows = []
     try:
         good = GrpcClient(f"{HOST}:{grpc_port}", MODEL_NAME, timeout=120)
         product = products[0]
@@ -325,7 +331,17 @@ def attack(args, products, serving_base: str) -> None:
             return np.array(latencies_until(good, product, lambda: time.monotonic() > deadline, minimum=5)) * 1000
 
         idle = measure()
-        rows.append(("idle", idle, {}, memory_mb(server.pid)[0]))
+        idle_p99 = np.percentile(idle, 99)
+        print(f"good client: single-product gRPC requests, {args.seconds:g} s per phase; {args.attackers} attacking "
+              f"processes; {os.cpu_count()} CPUs shared by clients and server")
+        print(f"{'phase':<24}{'count':>7}{'p50 ms':>9}{'p99 ms':>9}{'p99/idle':>9}{'RSS MB':>8}  attackers got")
+
+        def report(name, figures, outcomes, resident):
+            got = ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items()))
+            print(f"{name:<24}{len(figures):>7}{np.percentile(figures, 50):>9.1f}{np.percentile(figures, 99):>9.1f}"
+                  f"{np.percentile(figures, 99) / idle_p99:>9.2f}{resident:>8.0f}  {got}", flush=True)
+
+        report("idle", idle, {}, memory_mb(server.pid)[0])
         for name in ATTACKS:
             command = [sys.executable, __file__, "--model", args.model, "--catalog", args.catalog, "--products", "1",
                        "--attacker", name, "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
@@ -343,18 +359,10 @@ def attack(args, products, serving_base: str) -> None:
                 for attacker in attackers:
                     if attacker.poll() is None:
                         attacker.kill()
-            rows.append((name, figures, outcomes, memory_mb(server.pid)[0]))
+            report(name, figures, outcomes, memory_mb(server.pid)[0])
     finally:
         server.terminate()
         server.wait(timeout=30)
-    idle_p99 = np.percentile(rows[0][1], 99)
-    print(f"good client: single-product gRPC requests, {args.seconds:g} s per phase; {args.attackers} attackers; "
-          f"{os.cpu_count()} CPUs shared by clients and server")
-    print(f"{'phase':<24}{'count':>7}{'p50 ms':>9}{'p99 ms':>9}{'p99/idle':>9}{'RSS MB':>8}  attackers got")
-    for name, figures, outcomes, resident in rows:
-        got = ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items()))
-        print(f"{name:<24}{len(figures):>7}{np.percentile(figures, 50):>9.1f}{np.percentile(figures, 99):>9.1f}"
-              f"{np.percentile(figures, 99) / idle_p99:>9.2f}{resident:>8.0f}  {got}", flush=True)
 
 
 def main() -> None:
