@@ -10,6 +10,7 @@ import sys
 
 from pipeline import cli
 from common import features
+from serving.limits import MIB, ServerLimits
 
 
 def register(commands) -> None:
@@ -38,6 +39,18 @@ def register(commands) -> None:
         "k8s/base/config/batching_parameters.txt): request and batch limits, batch threads, queue, timeout; "
         "with --enable-batching, as TF Serving requires",
     )
+    limits = parser.add_argument_group("limits", "what one client may cost the server (docs/serving.md)")
+    limits.add_argument("--max-enqueued-instances", type=int, metavar="N",
+                        help="instances waiting in each of the queue's pools (requests of one model call or less, "
+                        "larger ones); default: max_enqueued_batches full batches, at least max_batch_size")
+    limits.add_argument("--max-body-mib", type=float, default=ServerLimits.max_body_bytes / MIB,
+                        help="the largest REST body or gRPC message, as sent and once inflated")
+    limits.add_argument("--header-timeout", type=float, default=ServerLimits.header_timeout,
+                        help="seconds a REST client has to send a request's headers")
+    limits.add_argument("--body-timeout", type=float, default=ServerLimits.body_timeout,
+                        help="seconds a REST client has to send a request's body")
+    limits.add_argument("--max-connections", type=int, default=ServerLimits.max_connections,
+                        help="open REST connections; more are closed at once")
     parser.set_defaults(func=main)
 
 
@@ -51,8 +64,10 @@ def main(args: argparse.Namespace) -> None:
         raise cli.UserError("--batching-parameters needs --enable-batching (TF Serving refuses a batching "
                             "parameters file without batching enabled, too)")
     try:
-        batching = load_batching_options(args.batching_parameters, args.enable_batching)
-    except BatchingParametersError as e:
+        batching = load_batching_options(args.batching_parameters, args.enable_batching, args.max_enqueued_instances)
+        limits = ServerLimits(max_body_bytes=int(args.max_body_mib * MIB), header_timeout=args.header_timeout,
+                              body_timeout=args.body_timeout, max_connections=args.max_connections)
+    except (BatchingParametersError, ValueError) as e:
         raise cli.UserError(str(e)) from None
     # TensorFlow (tens of seconds to import) only once the arguments are known to be good.
     from serving import server
@@ -72,6 +87,7 @@ def main(args: argparse.Namespace) -> None:
             grpc_port=None if args.no_grpc else args.grpc_port,
             poll_seconds=args.poll_seconds,
             batching=batching,
+            limits=limits,
         )
     except OSError as e:
         if e.errno == errno.EADDRINUSE or "bind" in str(e):

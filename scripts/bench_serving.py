@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_serving.py --model WORK/serving/hanet/1 [--batching off,on] [--requests 400] [--seconds 60]
     .venv/bin/python scripts/bench_serving.py --model WORK/serving/hanet/1 --mode large-in-flight [--large 1000]
+    .venv/bin/python scripts/bench_serving.py --model WORK/serving/hanet/1 --attack [--seconds 20] [--attackers 4]
 
 `throughput` (the default): throughput and p50/p99 latency over REST and gRPC, at 1 and 16 concurrent
 clients, one product or a batch per request, with server-side batching off and on (on: the
@@ -14,6 +15,12 @@ size, the 16-client throughput with batching divided by that without. Each scena
 (--seconds), then while one request of --large products is computed; the ratio of the two p99s,
 how long the large request took, and the server's resident memory before, at its peak and after.
 
+`--attack` (`--mode attack`): p50/p99 of one good client's single-product gRPC requests on an idle
+server, then while --attackers threads send each attack of the hostile-traffic suite without pause
+(decompression bombs, a [1000] tensor of a few KB, 200 concurrent singles, a gzip bomb, a body
+declared as 300 MiB, slow connections); per attack the good client's p99 over its idle p99, what the
+attackers got back, and the server's resident memory after it.
+
 The server listens on 127.0.0.1 only and is stopped at the end. Products are real catalog rows
 (title and the original JPEG, as a client sends them). Clients and server share this machine's
 cores, so the endpoint's figures include the clients' own cost (JSON and base64 for REST).
@@ -24,6 +31,7 @@ import argparse
 import concurrent.futures
 import csv
 import itertools
+import json
 import os
 import pathlib
 import socket
@@ -40,7 +48,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from common.features import MODEL_NAME  # noqa: E402
+from common.features import IMAGE_BYTES_KEY, MODEL_NAME, TITLE_KEY  # noqa: E402
 
 DEFAULT_CATALOG = REPO_ROOT.parent / "shared" / "data" / "fashion-products" / "products.csv"
 HOST = "127.0.0.1"
@@ -211,10 +219,161 @@ def large_in_flight(args, products, serving_base: str, flags: list[str]) -> None
     print(f"server memory: {resident_before:.0f} MB before, {peak:.0f} MB peak, {resident_after:.0f} MB after")
 
 
+def _attacks(host: str, rest_port: int, grpc_port: int, product: tuple[str, bytes]) -> dict:
+    """name → one attacking client: a callable that sends its attack once and returns what it got."""
+    import base64
+    import gzip
+
+    import grpc
+    import requests
+
+    from serving.client import GrpcClient
+    from tests import hostile_images
+
+    url = f"http://{host}:{rest_port}/v1/models/{MODEL_NAME}:predict"
+    title, image = product
+
+    def instance(data: bytes) -> dict:
+        return {"title": title, "image_bytes": {"b64": base64.b64encode(data).decode()}}
+
+    def rest(body: bytes, headers: dict | None = None):
+        def send():
+            try:
+                return requests.post(url, data=body, headers=headers or {}, timeout=60).status_code
+            except requests.RequestException as e:
+                return type(e).__name__
+        return send
+
+    def grpc_call(request, concurrent: int = 1):
+        def send():
+            stub = GrpcClient(f"{host}:{grpc_port}", MODEL_NAME)._predictions
+            futures = [stub.Predict.future(request, timeout=60) for _ in range(concurrent)]
+            codes = []
+            for future in futures:
+                try:
+                    future.result()
+                    codes.append("OK")
+                except grpc.RpcError as e:
+                    codes.append(e.code().name)
+            return ",".join(sorted(set(codes)))
+        return send
+
+    def repeated(count: int):
+        """[count] copies of the product in a few KB: TensorProto repeats its last value."""
+        from tensorflow.core.framework import types_pb2
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = MODEL_NAME
+        for key, value in ((TITLE_KEY, title.encode()), (IMAGE_BYTES_KEY, image)):
+            request.inputs[key].dtype = types_pb2.DT_STRING
+            request.inputs[key].tensor_shape.dim.add(size=count)
+            request.inputs[key].string_val.append(value)
+        return request
+
+    def raw(data: bytes, then_wait: float = 0.0):
+        def send():
+            with socket.create_connection((host, rest_port), timeout=30) as s:
+                s.sendall(data)
+                time.sleep(then_wait)
+                try:
+                    return (s.recv(64).split(b"\r\n")[0].decode(errors="replace") or "closed")[:24]
+                except OSError as e:
+                    return type(e).__name__
+        return send
+
+    webp = hostile_images.webp_lossy()
+    bomb = gzip.compress(b'{"instances": ["' + b"a" * (200 * 2**20) + b'"]}', compresslevel=9)
+    head = (f"POST /v1/models/{MODEL_NAME}:predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            "Content-Length: {}\r\n\r\n")
+    return {
+        "webp-16383sq-38B": rest(json.dumps({"instances": [instance(webp)]}).encode()),
+        "six-webp-bombs": rest(json.dumps({"instances": [instance(webp)] * 6}).encode()),
+        "png-20000sq-header": rest(json.dumps({"instances": [instance(hostile_images.png())]}).encode()),
+        "tensor-1000-grpc": grpc_call(repeated(1000)),
+        "50-concurrent-singles": grpc_call(repeated(1), concurrent=50),
+        "gzip-bomb-200MiB": rest(bomb, {"Content-Encoding": "gzip"}),
+        "declared-300MiB": raw(head.format(300 * 2**20).encode()),
+        "slow-body": raw(head.format(1000).encode() + b'{"instances": [', then_wait=15),
+    }
+
+
+ATTACKS = ("webp-16383sq-38B", "six-webp-bombs", "png-20000sq-header", "tensor-1000-grpc", "50-concurrent-singles",
+           "gzip-bomb-200MiB", "declared-300MiB", "slow-body")
+
+
+def run_attacker(args, products) -> None:
+    """One attacking client (a process of its own, so its cost is not the good client's): sends its
+    attack without pause for --seconds after printing "ready", then prints what it got, as JSON."""
+
+    send = _attacks(HOST, args.rest_port, args.grpc_port, products[0])[args.attacker]
+    outcomes: dict[str, int] = {}
+    print("ready", flush=True)
+    deadline = time.monotonic() + args.seconds
+    while time.monotonic() < deadline:
+        outcome = str(send())
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    print(json.dumps(outcomes), flush=True)
+
+
+def attack(args, products, serving_base: str) -> None:
+    from serving.client import GrpcClient
+
+    rest_port, grpc_port = _free_port(), _free_port()
+    server = start_server(serving_base, rest_port, grpc_port)
+    try:
+        good = GrpcClient(f"{HOST}:{grpc_port}", MODEL_NAME, timeout=120)
+        product = products[0]
+        good.predict([product])
+
+        def measure() -> np.ndarray:
+            deadline = time.monotonic() + args.seconds
+            return np.array(latencies_until(good, product, lambda: time.monotonic() > deadline, minimum=5)) * 1000
+
+        idle = measure()
+        idle_p99 = np.percentile(idle, 99)
+        print(f"good client: single-product gRPC requests, {args.seconds:g} s per phase; {args.attackers} attacking "
+              f"processes; {os.cpu_count()} CPUs shared by clients and server")
+        print(f"{'phase':<24}{'count':>7}{'p50 ms':>9}{'p99 ms':>9}{'p99/idle':>9}{'RSS MB':>8}  attackers got")
+
+        def report(name, figures, outcomes, resident):
+            got = ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items()))
+            print(f"{name:<24}{len(figures):>7}{np.percentile(figures, 50):>9.1f}{np.percentile(figures, 99):>9.1f}"
+                  f"{np.percentile(figures, 99) / idle_p99:>9.2f}{resident:>8.0f}  {got}", flush=True)
+
+        report("idle", idle, {}, memory_mb(server.pid)[0])
+        for name in ATTACKS:
+            command = [sys.executable, __file__, "--model", args.model, "--catalog", args.catalog, "--products", "1",
+                       "--attacker", name, "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
+                       "--seconds", str(args.seconds)]
+            attackers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(args.attackers)]
+            try:
+                for attacker in attackers:
+                    assert attacker.stdout.readline().strip() == "ready", f"attacker {name} did not start"
+                figures = measure()
+                outcomes: dict[str, int] = {}
+                for attacker in attackers:
+                    for outcome, count in json.loads(attacker.communicate(timeout=180)[0].splitlines()[-1]).items():
+                        outcomes[outcome] = outcomes.get(outcome, 0) + count
+            finally:
+                for attacker in attackers:
+                    if attacker.poll() is None:
+                        attacker.kill()
+            report(name, figures, outcomes, memory_mb(server.pid)[0])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="an exported serving SavedModel (e.g. SERVING_BASE/hanet/1)")
-    parser.add_argument("--mode", choices=["throughput", "large-in-flight"], default="throughput")
+    parser.add_argument("--mode", choices=["throughput", "large-in-flight", "attack"], default="throughput")
+    parser.add_argument("--attack", action="store_const", dest="mode", const="attack", help="the same as --mode attack")
+    parser.add_argument("--attackers", type=int, default=4, help="attacking clients (attack mode), each a process")
+    parser.add_argument("--attacker", choices=ATTACKS, help=argparse.SUPPRESS)  # one attacking process
+    parser.add_argument("--rest-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--grpc-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--catalog", default=str(DEFAULT_CATALOG), help="products to send (title and image columns)")
     parser.add_argument("--products", type=int, default=64, help="distinct products cycled through")
     parser.add_argument("--clients", default="1,16", help="concurrent clients, comma-separated")
@@ -227,6 +386,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="at most this many requests per scenario")
     parser.add_argument("--seconds", type=float, default=60, help="at most this long per scenario (the idle phase of large-in-flight)")
     args = parser.parse_args()
+    if args.attacker:  # before the imports an attacker does not need (TensorFlow's, through push)
+        run_attacker(args, load_products(pathlib.Path(args.catalog), 1))
+        return
 
     from components.push import push
     from serving.client import GrpcClient, RestClient
@@ -242,6 +404,9 @@ def main() -> None:
         if args.mode == "large-in-flight":
             for setting in settings:
                 large_in_flight(args, products, serving_base, flags[setting])
+            return
+        if args.mode == "attack":
+            attack(args, products, serving_base)
             return
         print(f"model {args.model}; {len(products)} catalog products; at most {args.requests} requests "
               f"or {args.seconds:g} s per scenario; {os.cpu_count()} CPUs shared by clients and server")

@@ -2,14 +2,20 @@
 
 Every predict request is a task for one BatchScheduler. As in TF Serving, a task of more than
 `max_batch_size` instances is refused (INVALID_ARGUMENT: "Task size N is larger than maximum input
-batch size M"), a task is refused (UNAVAILABLE) while `max_enqueued_batches` batches already wait,
-and `num_batch_threads` threads run the model. With `enable_large_batch_splitting` a task is split
+batch size M"), a full queue refuses a task (UNAVAILABLE), and `num_batch_threads` threads run the
+model. With `enable_large_batch_splitting` a task is split
 into pieces of at most `max_execution_batch_size` instances. With batching enabled, waiting tasks of
 the same signature are merged into one model call of up to `max_execution_batch_size` instances, the
 batch closing when full or when its oldest task has waited `batch_timeout_micros`.
 
-Two things differ from TF Serving, both so that one large request cannot hold up everyone else
-(issue 11). The pieces of a split task run one at a time, each as a model call of its own with
+Three things differ from TF Serving, so that a few large requests cannot hold up everyone else. The
+queue admits by instances, not batches: a request of a [1000] tensor costs 1000 however few bytes it
+took to send. Requests of one model call or less (small) and larger ones (split) wait in separate
+pools of `max_enqueued_instances` each, a task admitted when its pool is empty or it fits: large
+requests never lock small ones out, and single-product requests queue by the hundred without
+batching (TF Serving's count of 10 batches of one refused the 11th). And the next task is not the
+oldest but the oldest of the client (a connection) whose last turn is the longest ago: a client
+with 200 requests queued takes one turn among the others', not 200 before them. The pieces of a split task run one at a time, each as a model call of its own with
 the cores to itself (concurrent calls share them unevenly: a small request beside a large piece ran
 3-4 times slower), and the task goes to the back of the queue after each piece (round robin), so a
 small request waits for one piece at most. And a task whose client has gone away (a gRPC
@@ -27,9 +33,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
-import itertools
 import logging
-import math
 import os
 
 import numpy as np
@@ -107,17 +111,27 @@ class BatchingOptions:
     enable_large_batch_splitting: bool = True
     max_execution_batch_size: int = DEFAULT_EXECUTION_BATCH_SIZE  # the most instances one model call takes
     enable_batching: bool = False  # merge concurrent requests into one model call
+    # Instances each pool of waiting tasks (small, split) may hold; None: max_enqueued_batches full
+    # batches, and at least one request of max_batch_size.
+    max_enqueued_instances: int | None = None
+
+    @property
+    def instance_capacity(self) -> int:
+        if self.max_enqueued_instances is not None:
+            return self.max_enqueued_instances
+        return max(self.max_batch_size, self.max_enqueued_batches * self.max_execution_batch_size)
 
     def describe(self) -> str:
         merging = "batching on" if self.enable_batching else "batching off (each model call serves one request)"
         return (
             f"{merging}: at most {self.max_batch_size} instances a request, {self.max_execution_batch_size} a model "
-            f"call, {self.num_batch_threads} batch threads, {self.max_enqueued_batches} enqueued batches, "
-            f"batch timeout {self.batch_timeout_micros} us"
+            f"call, {self.num_batch_threads} batch threads, {self.instance_capacity} enqueued instances of small "
+            f"requests and as many of split ones, batch timeout {self.batch_timeout_micros} us"
         )
 
     @classmethod
-    def from_parameters(cls, parameters, enable_batching: bool, source: str = "batching parameters") -> BatchingOptions:
+    def from_parameters(cls, parameters, enable_batching: bool, source: str = "batching parameters",
+                        max_enqueued_instances: int | None = None) -> BatchingOptions:
         """TF Serving's reading of the file: a field left out takes TF Serving's default, and
         without enable_large_batch_splitting a model call takes up to max_batch_size instances."""
 
@@ -134,6 +148,7 @@ class BatchingOptions:
             enable_large_batch_splitting=splitting,
             max_execution_batch_size=value("max_execution_batch_size", max_batch_size) if splitting else max_batch_size,
             enable_batching=enable_batching,
+            max_enqueued_instances=max_enqueued_instances,
         )
         for field, minimum in (("max_batch_size", 1), ("batch_timeout_micros", 0), ("max_enqueued_batches", 1),
                                ("num_batch_threads", 1), ("max_execution_batch_size", 1)):
@@ -165,18 +180,23 @@ def parse_batching_parameters(text: str, source: str = "batching parameters"):
         raise BatchingParametersError(f"{source}:{e}") from None
 
 
-def load_batching_options(path: str | None, enable_batching: bool) -> BatchingOptions:
+def load_batching_options(path: str | None, enable_batching: bool,
+                          max_enqueued_instances: int | None = None) -> BatchingOptions:
     """The scheduler's options: from a BatchingParameters file, or the defaults (see the module)."""
+    if max_enqueued_instances is not None and max_enqueued_instances < 1:
+        raise BatchingParametersError(f"max_enqueued_instances must be at least 1, got {max_enqueued_instances}")
     if path is None:
         if enable_batching:
-            return BatchingOptions(enable_batching=True, max_execution_batch_size=DEFAULT_MERGED_BATCH_SIZE)
-        return BatchingOptions()
+            return BatchingOptions(enable_batching=True, max_execution_batch_size=DEFAULT_MERGED_BATCH_SIZE,
+                                   max_enqueued_instances=max_enqueued_instances)
+        return BatchingOptions(max_enqueued_instances=max_enqueued_instances)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise BatchingParametersError(f"cannot read batching parameters {path}: {getattr(e, 'strerror', None) or e}") from None
-    return BatchingOptions.from_parameters(parse_batching_parameters(text, path), enable_batching, path)
+    return BatchingOptions.from_parameters(parse_batching_parameters(text, path), enable_batching, path,
+                                           max_enqueued_instances)
 
 
 def batch_size(inputs: dict[str, np.ndarray]) -> int:
@@ -204,13 +224,14 @@ class _Task:
     size: int
     future: asyncio.Future
     enqueued_at: float
-    done: int = 0  # instances whose outputs are in `pieces` (or being computed)
+    handed_out: int = 0  # instances given to the model so far: their outputs in `pieces` or being computed
     pieces: list = dataclasses.field(default_factory=list)
     alone: bool = False  # never merged with other tasks (set after a merged batch failed)
+    client: object = None  # who sent it (a connection): turns go round the clients
 
     @property
     def remaining(self) -> int:
-        return self.size - self.done
+        return self.size - self.handed_out
 
 
 @dataclasses.dataclass
@@ -232,9 +253,16 @@ class BatchScheduler:
         self._tasks: set[_Task] = set()  # accepted and not yet answered (or cancelled)
         self._running: set[asyncio.Task] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._turns: dict[object, int] = {}  # client → when it was last served (a count of turns)
+        self._turn = 0
         # What the model has been asked to compute: batches and instances (tests and the benchmark read them).
+        self.batches_started = 0
         self.batches_run = 0
         self.instances_run = 0
+
+    def idle(self) -> bool:
+        """No task waits and no model call runs."""
+        return not self._tasks and not self._running
 
     def check_size(self, size: int) -> None:
         if size > self.options.max_batch_size:
@@ -244,66 +272,92 @@ class BatchScheduler:
                 "(max_batch_size of its batching parameters)"
             )
 
-    def _backlog_batches(self) -> int:
-        """The batches accepted tasks still need: their waiting instances in full batches, and one
-        for each split task (its pieces go one at a time, between other tasks)."""
+    def waiting_instances(self, split: bool) -> int:
+        """Instances of accepted tasks not yet handed to the model, of split tasks or of small ones."""
         limit = self.options.max_execution_batch_size
-        waiting = [task for task in self._tasks if task.remaining > 0]
-        rows = sum(task.remaining for task in waiting if task.size <= limit)
-        return math.ceil(rows / limit) + sum(1 for task in waiting if task.size > limit)
+        return sum(task.remaining for task in self._tasks if (task.size > limit) == split)
 
-    async def run(self, key: tuple, run, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Computes `run(inputs)` (dict of arrays → dict of arrays, batched along the first dimension)
-        for one request, in batches shared with other requests of the same `key` when batching is on.
-        A cancelled caller's instances not yet handed to the model are never computed."""
-        size = batch_size(inputs)
-        self.check_size(size)
-        backlog = self._backlog_batches()
-        if backlog >= self.options.max_enqueued_batches:
+    def _admit(self, size: int) -> None:
+        split = size > self.options.max_execution_batch_size
+        waiting, capacity = self.waiting_instances(split), self.options.instance_capacity
+        if waiting and waiting + size > capacity:
+            kind = "larger than one model call" if split else "of one model call or less"
             raise Unavailable(
                 "The batch scheduling queue to which this task was submitted is full: "
-                f"{backlog} batches wait (max_enqueued_batches {self.options.max_enqueued_batches}); retry later"
+                f"{waiting} instances of requests {kind} wait, and this one has {size} "
+                f"(max_enqueued_instances {capacity}); retry later"
             )
+
+    async def run(self, key: tuple, run, inputs: dict[str, np.ndarray], client: object = None) -> dict[str, np.ndarray]:
+        """Computes `run(inputs)` (dict of arrays → dict of arrays, batched along the first dimension)
+        for one request, in batches shared with other requests of the same `key` when batching is on.
+        A cancelled caller's instances not yet handed to the model are never computed; `client`
+        (hashable: who sent it) takes turns with the other clients."""
+        size = batch_size(inputs)
+        self.check_size(size)
+        self._admit(size)
         loop = asyncio.get_running_loop()
-        task = _Task(key, run, inputs, size, loop.create_future(), loop.time())
+        task = _Task(key, run, inputs, size, loop.create_future(), loop.time(), client=client)
         self._tasks.add(task)
         task.future.add_done_callback(lambda _: self._tasks.discard(task))
         self._queue.append(task)
         self._dispatch()
-        # Awaiting the future directly: cancelling the caller cancels it, and _next_batch skips it.
+        # Awaiting the future directly: cancelling the caller cancels it, and _take_batch skips it.
         return await task.future
 
     def _dispatch(self) -> None:
-        while self._idle_threads and not self._piece_running and (batch := self._next_batch()):
+        while self._idle_threads and not self._piece_running and (batch := self._take_batch()):
             self._idle_threads -= 1
+            self.batches_started += 1
             job = asyncio.get_running_loop().create_task(self._execute(batch))
             self._running.add(job)
             job.add_done_callback(self._running.discard)
 
-    def _next_batch(self) -> list[_Slice] | None:
+    def _head(self) -> _Task | None:
+        """The next task to serve: the oldest of the client whose last turn is the longest ago (a
+        client not served yet first), ties to the oldest task."""
+        if any(task.future.done() for task in self._queue):  # cancelled by their callers
+            self._queue = collections.deque(task for task in self._queue if not task.future.done())
+        head, head_turn, seen = None, 0, set()
+        for task in self._queue:
+            if task.client in seen:
+                continue
+            seen.add(task.client)
+            turn = self._turns.get(task.client, -1)
+            if head is None or turn < head_turn:
+                head, head_turn = task, turn
+        return head
+
+    def _served(self, client: object) -> None:
+        self._turns[client] = self._turn
+        self._turn += 1
+        if len(self._turns) > 1000 + 2 * len(self._queue):  # forget clients with nothing queued
+            queued = {task.client for task in self._queue}
+            self._turns = {c: t for c, t in self._turns.items() if c in queued}
+
+    def _take_batch(self) -> list[_Slice] | None:
         options = self.options
-        while self._queue and self._queue[0].future.done():  # cancelled by its caller
-            self._queue.popleft()
-        if not self._queue:
+        head = self._head()
+        if head is None:
             return None
-        head = self._queue[0]
         limit = options.max_execution_batch_size
-        if head.done or head.remaining > limit:
+        if head.handed_out or head.remaining > limit:
             # A split task: its next piece runs alone, once the batches running now are done, and
             # nothing starts beside it; then the task rejoins the queue at the back.
             if self._idle_threads < self.options.num_batch_threads:
                 return None
-            self._queue.popleft()
+            self._queue.remove(head)
+            self._served(head.client)
             self._piece_running = True
-            stop = head.done + min(limit, head.remaining)
-            piece = _Slice(head, head.done, stop)
-            head.done = stop
+            stop = head.handed_out + min(limit, head.remaining)
+            piece = _Slice(head, head.handed_out, stop)
+            head.handed_out = stop
             return [piece]
         tasks = [head]
         if options.enable_batching and not head.alone:
             rows, full = head.size, False
-            for task in itertools.islice(self._queue, 1, None):
-                if task.future.done() or task.key != head.key or task.done or task.alone or task.size > limit:
+            for task in self._queue:
+                if task is head or task.future.done() or task.key != head.key or task.handed_out or task.alone or task.size > limit:
                     continue
                 if rows + task.size > limit:
                     full = True
@@ -321,7 +375,8 @@ class BatchScheduler:
                 return None
         for task in tasks:
             self._queue.remove(task)
-            task.done = task.size
+            task.handed_out = task.size
+        self._served(head.client)
         return [_Slice(task, 0, task.size) for task in tasks]
 
     def _on_timer(self) -> None:
@@ -354,7 +409,7 @@ class BatchScheduler:
                 # One request's bad input (say, a photo that is not an image) must not fail the others
                 # merged with it: each runs again on its own, and only the culprit gets the error.
                 for piece in reversed(batch):
-                    piece.task.done, piece.task.alone = 0, True
+                    piece.task.handed_out, piece.task.alone = 0, True
                     self._queue.appendleft(piece.task)
             elif not first.future.done():
                 first.future.set_exception(e)
@@ -364,7 +419,7 @@ class BatchScheduler:
                 task, count = piece.task, piece.stop - piece.start
                 if not task.future.done():
                     task.pieces.append({name: array[offset : offset + count] for name, array in outputs.items()})
-                    if task.done < task.size:
+                    if task.handed_out < task.size:
                         self._queue.append(task)
                     elif len(task.pieces) == 1:
                         task.future.set_result(task.pieces[0])

@@ -60,6 +60,13 @@ class PayloadTooLarge(ServingError):
     http_status = 413
 
 
+class RequestTimeout(ServingError):
+    """A REST body not received within the server's time: HTTP's own status for it."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 408
+
+
 # What a client reads of an error that is the server's, not its input's: the details (and the
 # exception's class, which says nothing to a client) go to the server's log.
 INTERNAL_ERROR_MESSAGE = "Internal error while serving the request; the server's log has the details"

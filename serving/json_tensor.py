@@ -187,6 +187,11 @@ def _stack_objects(items: list[np.ndarray]) -> np.ndarray:
 def _instance_item(value, name: str, dtype: tf.DType, index: int, previous: list[np.ndarray]) -> np.ndarray:
     try:
         array = to_array(value, dtype)
+        if array.ndim >= MAX_RANK:  # the instances stack along one more dimension
+            raise InvalidArgument(
+                f"JSON Value: lists nested {array.ndim} levels deep in one instance: instances stack to "
+                f"more than the {MAX_RANK} dimensions a tensor can have"
+            )
     except InvalidArgument as e:
         raise InvalidArgument(f"Failed to process element: {index} key: {name} of 'instances' list. Error: {e}") from None
     if previous and previous[0].shape != array.shape:

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import posixpath
+import re
 import threading
 
 import numpy as np
@@ -30,6 +31,10 @@ WARMUP_FILE = posixpath.join("assets.extra", "tf_serving_warmup_requests")
 # TF Serving replays at most this many warm-up records.
 MAX_WARMUP_RECORDS = 1000
 SIGNATURE_DEF_FIELD = "signature_def"
+# A version directory's name, as TF Serving reads it: ASCII digits of a number that fits int64
+# ("007" is version 7); anything else under the model base is not a version.
+VERSION_NAME = re.compile(r"[0-9]+")
+MAX_VERSION = 2**63 - 1
 
 State = get_model_status_pb2.ModelVersionStatus.State
 
@@ -49,6 +54,16 @@ def signature_defs(model_dir: str) -> dict:
         if SERVE_TAG in meta_graph.meta_info_def.tags:
             return dict(meta_graph.signature_def)
     raise ValueError(f"{model_dir} has no MetaGraphDef tagged {SERVE_TAG!r}")
+
+
+def _check_examples(inputs: dict[str, np.ndarray]) -> None:
+    """Every record of a tf.Example signature's input is a serialized tf.Example."""
+    for name, array in inputs.items():
+        for index, record in enumerate(array.reshape(-1)):
+            try:
+                tf.train.Example.FromString(record)
+            except Exception:  # DecodeError, or bytes that are no protocol buffer at all
+                raise InvalidArgument(f"input {name!r}: record {index} is not a serialized tf.Example") from None
 
 
 class Servable:
@@ -111,6 +126,8 @@ class Servable:
             expected = object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype
             if array.dtype != expected and not (spec.dtype == tf.string and array.dtype.kind == "S"):
                 raise InvalidArgument(f"input {name!r} is {array.dtype}, but the signature takes {spec.dtype.name}")
+        if (signature_name or features.SERVING_SIGNATURE) == features.TF_EXAMPLE_SIGNATURE:
+            _check_examples(inputs)
 
     def run(self, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Calls a signature on checked inputs (check_inputs); every output, by name."""
@@ -120,6 +137,11 @@ class Servable:
             outputs = self._signature(signature_name)(**tensors)
         except tf.errors.OpError as e:
             raise from_tf_error(e) from None
+        except UnicodeDecodeError:  # TensorFlow's message quoted the input's bytes, which are not UTF-8
+            raise InvalidArgument(
+                f"signature {signature_name or features.SERVING_SIGNATURE} refused its input, with an error that "
+                "quotes bytes of it that are not UTF-8 text"
+            ) from None
         return {name: tensor.numpy() for name, tensor in outputs.items()}
 
     def predict(self, signature_name: str, inputs: dict[str, np.ndarray], output_filter=()) -> dict[str, np.ndarray]:
@@ -172,6 +194,25 @@ class _Version:
     state: int
     error: str = ""
     servable: Servable | None = None
+    fingerprint: tuple = ()  # of the directory that failed to load: a change means a retry
+
+
+def version_of(name: str) -> int | None:
+    """The version a directory name stands for, or None if it is no version."""
+    if not VERSION_NAME.fullmatch(name):
+        return None
+    version = int(name)
+    return version if version <= MAX_VERSION else None
+
+
+def _fingerprint(path: str) -> tuple:
+    """What changes when a version directory's contents do: every file's path, size and mtime."""
+    entries = []
+    for directory, _, files in tf.io.gfile.walk(path):
+        for name in files:
+            stat = tf.io.gfile.stat(_join(directory, name))
+            entries.append((directory, name, stat.length, stat.mtime_nsec))
+    return tuple(sorted(entries))
 
 
 class ServableManager:
@@ -184,20 +225,48 @@ class ServableManager:
         self.name = name
         self.num_versions = num_versions
         self._versions: dict[int, _Version] = {}
+        self._directories: dict[int, str] = {}  # version → its directory's name ("007" for 7)
+        self._skipped: set[str] = set()  # names already logged as no version
         self._lock = threading.Lock()
         self._polling = threading.Lock()
 
     def versions_on_disk(self) -> list[int]:
-        """Complete version directories: an integer name and a saved_model.pb (on object stores the
-        push stage writes saved_model.pb last, so its presence says the copy is whole)."""
+        """Complete version directories: a version's name (version_of) and a saved_model.pb (on object
+        stores the push stage writes saved_model.pb last, so its presence says the copy is whole).
+        Other entries are skipped, each named in the log once; two names of one version ("7" and
+        "007"): the first in name order."""
         if not tf.io.gfile.isdir(self.model_base_path):
             return []
-        versions = []
-        for entry in tf.io.gfile.listdir(self.model_base_path):
+        directories = {}
+        for entry in sorted(tf.io.gfile.listdir(self.model_base_path)):
             name = entry.rstrip("/")
-            if name.isdigit() and tf.io.gfile.exists(_join(self.model_base_path, name, "saved_model.pb")):
-                versions.append(int(name))
-        return sorted(versions)
+            version = version_of(name)
+            if version is None or version in directories:
+                if name not in self._skipped:
+                    self._skipped.add(name)
+                    reason = "another name of a version already found" if version is not None else (
+                        "not a version: a version's name is ASCII digits of a number up to 2^63-1")
+                    log.warning("skipping %r under %s: %s", name[:80], self.model_base_path, reason)
+                continue
+            try:
+                complete = tf.io.gfile.exists(_join(self.model_base_path, name, "saved_model.pb"))
+            except (tf.errors.OpError, OSError) as e:  # unreadable: not a version this time
+                log.warning("cannot read %s under %s: %s", name, self.model_base_path, e)
+                complete = False
+            if complete:
+                directories[version] = name
+        self._directories = directories
+        return sorted(directories)
+
+    def _changed(self, version: int, entry: _Version) -> bool:
+        """Whether a version that failed to load has changed on disk since (then it is tried again)."""
+        try:
+            return _fingerprint(self._path(version)) != entry.fingerprint
+        except (tf.errors.OpError, OSError):
+            return False
+
+    def _path(self, version: int) -> str:
+        return _join(self.model_base_path, self._directories.get(version, str(version)))
 
     def poll(self) -> None:
         """Loads new aspired versions, then unloads versions no longer aspired."""
@@ -206,10 +275,11 @@ class ServableManager:
             for version in reversed(aspired):
                 with self._lock:
                     entry = self._versions.get(version)
-                    # A version unloaded earlier is loaded again when it is aspired again (the newer one
-                    # was removed: a rollback); one that failed to load is not retried every poll.
-                    if entry is not None and (entry.state != State.END or entry.error):
-                        continue
+                # A version unloaded earlier is loaded again when it is aspired again (the newer one
+                # was removed: a rollback); one that failed to load when its directory has changed.
+                if entry is not None and (entry.state != State.END or (entry.error and not self._changed(version, entry))):
+                    continue
+                with self._lock:
                     self._versions[version] = _Version(State.LOADING)
                 self._load(version)
             on_disk = set(self.versions_on_disk())
@@ -225,14 +295,18 @@ class ServableManager:
                         log.info("unloaded %s version %d", self.name, version)
 
     def _load(self, version: int) -> None:
-        path = _join(self.model_base_path, str(version))
+        path = self._path(version)
+        try:
+            fingerprint = _fingerprint(path)
+        except (tf.errors.OpError, OSError):
+            fingerprint = ()
         try:
             servable = Servable(self.name, version, path)
             warmed = servable.warm_up()
         except Exception as e:  # whatever is wrong with a version on disk, the server goes on serving
             message = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
             with self._lock:
-                self._versions[version] = _Version(State.END, error=message)
+                self._versions[version] = _Version(State.END, error=message, fingerprint=fingerprint)
             log.error("failed to load %s version %d from %s: %s", self.name, version, path, message)
             return
         with self._lock:

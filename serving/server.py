@@ -11,7 +11,9 @@ does (serving/json_tensor.py), and errors carry TF Serving's codes and messages.
 under MODEL_BASE_PATH are picked up every `poll_seconds` (serving/servables.py). A client written
 against this server works unchanged against TF Serving on the cluster (k8s/), and the reverse.
 
-Requests are parsed and answered on worker threads; the model runs on the batch threads of a
+Before anything is parsed, a client's cost is bounded (serving/limits.py): REST bodies by size as
+sent and as inflated, headers and bodies by time, connections by count (Connections). Requests are
+parsed and answered on worker threads; the model runs on the batch threads of a
 BatchScheduler (serving/batching.py: TF Serving's batching, large requests split, cancelled ones
 dropped). Every failure of a request is a ServingError with TF Serving's code and a message about
 the input; anything else is logged and answered 500 / INTERNAL with a generic message, on both
@@ -50,21 +52,25 @@ from serving.errors import (
     InvalidArgument,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     ServingError,
     Unimplemented,
 )
-from serving.servables import SIGNATURE_DEF_FIELD, Servable, ServableManager
+from serving.limits import ServerLimits
+from serving.servables import MAX_VERSION, SIGNATURE_DEF_FIELD, Servable, ServableManager
 from common import features
 
-# TF Serving's route patterns (tensorflow_serving/model_servers/http_rest_api_util.cc).
+# TF Serving's route patterns (tensorflow_serving/model_servers/http_rest_api_util.cc); RE2's \\d is
+# ASCII only, Python's is not, hence [0-9].
 PREDICTION_ROUTE = re.compile(
-    r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)"
+    r"(?i)/v1/models/([^/:]+)(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)"
 )
-MODEL_STATUS_ROUTE = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
-# TF Serving takes requests of any size; aiohttp and grpcio default to 1 and 4 MiB, a batch of photos.
-MAX_REQUEST_BYTES = 256 * 1024 * 1024
+MODEL_STATUS_ROUTE = re.compile(
+    r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?(?:/(metadata))?"
+)
 DEFAULT_POLL_SECONDS = 1.0
-MAX_VERSION = 2**63 - 1  # versions are int64
+# Inflating runs on the event loop in steps of this many bytes, other connections served between them.
+_INFLATE_STEP = 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -94,45 +100,108 @@ def _batch_key(servable: Servable, signature: str, inputs) -> tuple:
 _DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-def _decompress(body: bytes, encoding: str) -> bytes:
-    decompressor = zlib.decompressobj(_DECOMPRESSORS[encoding])
-    try:
-        data = decompressor.decompress(body, MAX_REQUEST_BYTES + 1)
-    except zlib.error as e:
-        raise InvalidArgument(f"the request body is not valid {encoding} data (Content-Encoding: {encoding}): {e}") from None
-    if len(data) > MAX_REQUEST_BYTES:
-        raise PayloadTooLarge(f"the request body decompresses to more than {MAX_REQUEST_BYTES} bytes, the server's limit")
-    if not decompressor.eof:
-        raise InvalidArgument(f"the request body is truncated {encoding} data (Content-Encoding: {encoding})")
-    return data
+class _Inflater:
+    """A gzip/deflate body inflated as it arrives, refused as soon as it inflates past `limit` bytes."""
+
+    def __init__(self, encoding: str, limit: int):
+        self.encoding, self.limit, self.size = encoding, limit, 0
+        self._decompressor = zlib.decompressobj(_DECOMPRESSORS[encoding])
+        self._parts: list[bytes] = []
+
+    async def feed(self, data: bytes) -> None:
+        while data:
+            try:
+                out = self._decompressor.decompress(data, _INFLATE_STEP)
+            except zlib.error as e:
+                raise InvalidArgument(
+                    f"the request body is not valid {self.encoding} data (Content-Encoding: {self.encoding}): {e}"
+                ) from None
+            self._add(out)
+            data = self._decompressor.unconsumed_tail
+            await asyncio.sleep(0)
+
+    def _add(self, out: bytes) -> None:
+        self.size += len(out)
+        if self.size > self.limit:
+            raise PayloadTooLarge(f"the request body inflates to more than {self.limit} bytes, the server's limit")
+        self._parts.append(out)
+
+    def result(self) -> bytes:
+        self._add(self._decompressor.flush())
+        if not self._decompressor.eof:
+            raise InvalidArgument(f"the request body is truncated {self.encoding} data (Content-Encoding: {self.encoding})")
+        return b"".join(self._parts)
+
+
+def _declared_length(request: web.BaseRequest, limit: int) -> None:
+    """Refuses a body whose Content-Length is over `limit`, before a byte of it is read."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"the request body is {request.content_length} bytes (Content-Length), more than {limit}, the server's limit"
+        )
 
 
 class RestApi:
     """TF Serving's REST API over a ServableManager: requests parsed and answered on `executor`
-    threads, the model run by `scheduler`."""
+    threads, the model run by `scheduler`, each client's cost bounded by `limits`."""
 
-    def __init__(self, manager: ServableManager, executor: concurrent.futures.Executor, scheduler: BatchScheduler):
+    def __init__(self, manager: ServableManager, executor: concurrent.futures.Executor, scheduler: BatchScheduler,
+                 limits: ServerLimits = ServerLimits(), connections: Connections | None = None):
         self.manager = manager
         self.executor = executor
         self.scheduler = scheduler
+        self.limits = limits
+        self.connections = connections
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
-        app.router.add_route("*", "/v1/{path:.*}", self.handle)
+        app = web.Application(client_max_size=self.limits.max_body_bytes)
+        app.router.add_route("*", "/v1/{path:.*}", self.handle, expect_handler=self._expect)
         return app
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def _expect(self, request: web.Request) -> web.Response | None:
+        """`Expect: 100-continue`: the body is asked for only if its declared length is within the limit."""
+        if request.headers.get("Expect", "").strip().lower() != "100-continue":
+            return self._error_response(ServingError("Expectation Failed: only 100-continue is understood"), 417)
+        try:
+            _declared_length(request, self.limits.max_body_bytes)
+        except PayloadTooLarge as e:
+            return self._error_response(e, e.http_status)
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+        return None
+
+    @staticmethod
+    def _error_response(error: ServingError, status: int) -> web.Response:
+        response = web.Response(text=json_tensor.dumps({"error": error.message}), status=status,
+                                content_type="application/json")
+        response.force_close()  # the body was not read: the connection cannot carry another request
+        return response
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.connections is not None:
+            self.connections.request_started(request.transport)
         try:
             document = await self.respond(request)
             status = 200
+        except (PayloadTooLarge, RequestTimeout) as e:
+            response = self._error_response(e, e.http_status)
+            document = status = None
         except ServingError as e:
             document, status = {"error": e.message}, e.http_status
         except Exception:  # a bug here: TF Serving's error shape, a message that gives nothing away, the traceback in the log
             log.exception("%s %s failed", request.method, request.path)
             document, status = {"error": INTERNAL_ERROR_MESSAGE}, 500
-        return web.Response(text=json_tensor.dumps(document), status=status, content_type="application/json")
+        if document is not None:
+            response = web.Response(text=json_tensor.dumps(document), status=status, content_type="application/json")
+        await response.prepare(request)
+        await response.write_eof()
+        if self.connections is not None:
+            self.connections.request_done(request.transport)
+        return response
 
     async def _body(self, request: web.Request) -> bytes:
+        """The body, read (and inflated) up to the limit within the body timeout."""
         # The server decompresses bodies itself (auto_decompress is off): aiohttp would answer a bad
         # gzip body or an unknown Content-Encoding with its own text/plain error.
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
@@ -140,15 +209,32 @@ class RestApi:
             raise InvalidArgument(
                 f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed, gzip or deflate"
             )
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLarge(f"the request body is larger than {MAX_REQUEST_BYTES} bytes, the server's limit") from None
-        except RequestPayloadError as e:
-            raise InvalidArgument(f"the request body could not be read: {str(e).splitlines()[-1].strip()}") from None
-        if encoding in _DECOMPRESSORS:
-            body = await asyncio.get_running_loop().run_in_executor(self.executor, _decompress, body, encoding)
-        return body
+        limit = self.limits.max_body_bytes
+        _declared_length(request, limit)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.body_timeout
+        inflater = _Inflater(encoding, limit) if encoding in _DECOMPRESSORS else None
+        parts, size = [], 0
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await request.content.readany()
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"the request body was not received within {self.limits.body_timeout:g} s, the server's limit"
+                ) from None
+            except RequestPayloadError as e:
+                raise InvalidArgument(f"the request body could not be read: {str(e).splitlines()[-1].strip()}") from None
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the request body is larger than {limit} bytes, the server's limit")
+            if inflater is not None:
+                await inflater.feed(chunk)
+            else:
+                parts.append(chunk)
+        return inflater.result() if inflater is not None else b"".join(parts)
 
     async def respond(self, request: web.Request) -> dict:
         method, path = request.method, request.path
@@ -163,7 +249,8 @@ class RestApi:
                 self.executor, self._request, name, version, body
             )
             outputs = await self.scheduler.run(
-                _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs
+                _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs,
+                client=request.transport,
             )
             return await loop.run_in_executor(self.executor, json_tensor.response_json, outputs, request_format)
         if method == "GET" and (match := MODEL_STATUS_ROUTE.fullmatch(path)):
@@ -187,6 +274,94 @@ class RestApi:
         request_format, inputs = json_tensor.request_tensors(document, {k: spec.dtype for k, spec in specs.items()})
         servable.check_inputs(signature, inputs)
         return servable, signature, request_format, inputs
+
+
+class _GuardedConnection(asyncio.Protocol):
+    """One REST connection, handed to aiohttp's protocol unless the server is at its connection cap,
+    and closed if its headers do not arrive in time."""
+
+    def __init__(self, connections: Connections, inner: asyncio.Protocol):
+        self.connections, self.inner = connections, inner
+        self.transport = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        if not self.connections.admit(self):
+            self.inner = None
+            transport.abort()
+            return
+        self.arm()
+        self.inner.connection_made(transport)
+
+    def arm(self) -> None:
+        self.disarm()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.connections.limits.header_timeout, self.transport.abort)
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self):
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def connection_lost(self, exc) -> None:
+        self.disarm()
+        if self.inner is not None:
+            self.connections.release(self)
+            self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+
+class Connections:
+    """The open REST connections: at most `limits.max_connections`; each must send a request's
+    headers within `limits.header_timeout` of opening or of its previous answer."""
+
+    def __init__(self, limits: ServerLimits):
+        self.limits = limits
+        self._open: dict[object, _GuardedConnection] = {}
+        self.refused = 0
+
+    def protocol_factory(self, inner_factory):
+        return lambda: _GuardedConnection(self, inner_factory())
+
+    def admit(self, connection: _GuardedConnection) -> bool:
+        if len(self._open) >= self.limits.max_connections:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warning("%d connections open, the server's limit: closing new ones (%d so far)",
+                            len(self._open), self.refused)
+            return False
+        self._open[connection.transport] = connection
+        return True
+
+    def release(self, connection: _GuardedConnection) -> None:
+        self._open.pop(connection.transport, None)
+
+    def request_started(self, transport) -> None:
+        if (connection := self._open.get(transport)) is not None:
+            connection.disarm()
+
+    def request_done(self, transport) -> None:
+        if (connection := self._open.get(transport)) is not None and not transport.is_closing():
+            connection.arm()
+
+    @property
+    def count(self) -> int:
+        return len(self._open)
 
 
 class _Undecodable:
@@ -234,6 +409,13 @@ async def _unary(context: grpc.aio.ServicerContext, call):
         await context.abort(e.code, e.message)
 
 
+async def _unimplemented(context: grpc.aio.ServicerContext, method: str) -> None:
+    # TF Serving answers these from a model config and classify/regress signatures, which this
+    # server (one model from one directory, predict signatures only) does not have.
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                        f"this local server answers Predict, GetModelMetadata and GetModelStatus, not {method}")
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ServableManager, executor: concurrent.futures.Executor, scheduler: BatchScheduler):
         self.manager = manager
@@ -241,22 +423,31 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.scheduler = scheduler
 
     async def Predict(self, request: predict_pb2.PredictRequest, context):  # noqa: N802 (gRPC method name)
-        return await _unary(context, self._predict(request))
+        return await _unary(context, self._predict(request, context.peer()))
 
     async def GetModelMetadata(self, request, context):  # noqa: N802
         loop = asyncio.get_running_loop()
         return await _unary(context, loop.run_in_executor(self.executor, self._metadata, request))
+
+    async def Classify(self, request, context):  # noqa: N802
+        await _unimplemented(context, "Classify")
+
+    async def Regress(self, request, context):  # noqa: N802
+        await _unimplemented(context, "Regress")
+
+    async def MultiInference(self, request, context):  # noqa: N802
+        await _unimplemented(context, "MultiInference")
 
     def _servable(self, model_spec):
         if model_spec.version_label:
             raise NotFound(f"Unrecognized servable version label: {model_spec.version_label}")
         return self.manager.servable(model_spec.name, model_spec.version.value if model_spec.HasField("version") else None)
 
-    async def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    async def _predict(self, request: predict_pb2.PredictRequest, peer: str) -> predict_pb2.PredictResponse:
         loop = asyncio.get_running_loop()
         servable, signature, inputs, wanted = await loop.run_in_executor(self.executor, self._request, request)
         outputs = await self.scheduler.run(
-            _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs
+            _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs, client=peer
         )
         return await loop.run_in_executor(self.executor, self._response, servable, signature, outputs, wanted)
 
@@ -296,6 +487,9 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, manager: ServableManager):
         self.manager = manager
 
+    async def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        await _unimplemented(context, "HandleReloadConfigRequest")
+
     async def GetModelStatus(self, request, context):  # noqa: N802
         spec = request.model_spec
         version = spec.version.value if spec.HasField("version") else None
@@ -306,14 +500,17 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return await _unary(context, status())
 
 
+async def _poll_once(manager: ServableManager, executor) -> None:
+    try:
+        await asyncio.get_running_loop().run_in_executor(executor, manager.poll)
+    except Exception:  # a transient listing error (e.g. a network file system) must not stop polling, or start-up
+        log.exception("polling %s failed", manager.model_base_path)
+
+
 async def _poll_forever(manager: ServableManager, poll_seconds: float, executor) -> None:
-    loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(poll_seconds)
-        try:
-            await loop.run_in_executor(executor, manager.poll)
-        except Exception:  # a transient listing error (e.g. a network file system) must not stop polling
-            log.exception("polling %s failed", manager.model_base_path)
+        await _poll_once(manager, executor)
 
 
 async def serve_async(
@@ -326,6 +523,7 @@ async def serve_async(
     workers: int | None = None,
     batching: BatchingOptions | None = None,
     scheduler: BatchScheduler | None = None,
+    limits: ServerLimits = ServerLimits(),
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serves until `stop` is set (or SIGINT/SIGTERM when run by `serve`); the model runs on
@@ -336,18 +534,21 @@ async def serve_async(
     loader = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    await loop.run_in_executor(loader, manager.poll)
+    await _poll_once(manager, loader)
+    connections = Connections(limits)
     # handler_cancellation: a client that disconnects cancels its handler, and so its queued work.
+    # lingering_time 0: a body refused unread is not read to its end before the connection closes.
     runner = web.AppRunner(
-        RestApi(manager, executor, scheduler).app(), access_log=None, handler_cancellation=True, auto_decompress=False
+        RestApi(manager, executor, scheduler, limits, connections).app(), access_log=None,
+        handler_cancellation=True, auto_decompress=False, lingering_time=0,
     )
     await runner.setup()
-    grpc_server = None
+    grpc_server = rest_server = None
     try:
-        await web.TCPSite(runner, host, rest_port).start()
+        rest_server = await loop.create_server(connections.protocol_factory(runner.server), host, rest_port)
         if grpc_port is not None:
-            options = [("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-                       ("grpc.max_send_message_length", MAX_REQUEST_BYTES)]
+            options = [("grpc.max_receive_message_length", limits.max_body_bytes),
+                       ("grpc.max_send_message_length", limits.max_body_bytes)]
             grpc_server = grpc.aio.server(options=options, interceptors=[GuardInterceptor()])
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
                 PredictionService(manager, executor, scheduler), grpc_server
@@ -357,13 +558,16 @@ async def serve_async(
                 raise OSError(f"cannot bind gRPC to {host}:{grpc_port}")
             await grpc_server.start()
         poller = asyncio.create_task(_poll_forever(manager, poll_seconds, loader))
-        log.info("serving %s from %s: REST on %s:%d, gRPC on %s; %s", manager.name, manager.model_base_path, host,
-                 rest_port, f"{host}:{grpc_port}" if grpc_port is not None else "(off)", scheduler.options.describe())
+        log.info("serving %s from %s: REST on %s:%d, gRPC on %s; %s; %s", manager.name, manager.model_base_path, host,
+                 rest_port, f"{host}:{grpc_port}" if grpc_port is not None else "(off)", scheduler.options.describe(),
+                 limits.describe())
         await stop.wait()
         poller.cancel()
     finally:
         if grpc_server is not None:
             await grpc_server.stop(grace=1)
+        if rest_server is not None:
+            rest_server.close()
         await runner.cleanup()
         scheduler.close()
         executor.shutdown(wait=False, cancel_futures=True)

@@ -16,6 +16,7 @@ from scipy.special import softmax
 from common import calibration as calibrations
 from common import features
 from common.labels import label_names
+from tests import hostile_images
 from tests.conftest import FASHION_DIR
 from tests.no_tensorflow_text import PRELUDE
 from common.calibration import Calibration, ReviewThreshold
@@ -145,3 +146,50 @@ def test_without_calibration_a_model_that_weighs_no_streams_serves_softmax_score
     assert calibrations.read(export_dir) == Calibration()
     with open(os.path.join(export_dir, calibrations.CALIBRATION_FILE)) as f:
         assert json.load(f)["temperature"] == 1.0
+
+
+@pytest.mark.parametrize("name, bomb, width, height", hostile_images.BOMBS, ids=[b[0] for b in hostile_images.BOMBS])
+def test_an_image_declaring_more_pixels_than_the_limit_is_refused_by_its_header_naming_the_instance(
+    hanet, name, bomb, width, height
+):
+    export_dir = hanet[0]
+    loaded = tf.saved_model.load(export_dir)
+    titles = [t for t, _ in PRODUCTS[:2]] + ["a bomb"]
+    images = [(FASHION_DIR / "images" / p).read_bytes() for _, p in PRODUCTS[:2]] + [bomb]
+    expected = f"image_bytes of instance 2 declares {width}x{height} pixels, more than the 20000000"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+        loaded.signatures[features.SERVING_SIGNATURE](title=tf.constant(titles), image_bytes=tf.constant(images))
+    examples = [export._tf_example(t, i) for t, i in zip(titles, images)]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+        loaded.signatures[features.TF_EXAMPLE_SIGNATURE](examples=tf.constant(examples))
+
+
+def test_images_under_the_limit_in_every_format_are_decoded(hanet, tmp_path):
+    images = [hostile_images.small(fmt) for fmt in ("JPEG", "PNG", "GIF", "BMP", "WEBP")]
+    # A whole image of more pixels than the limit but a few kilobytes: refused for a lower limit only.
+    bomb = hostile_images.png(1000, 1000, rows=1000)
+    images.append(bomb)
+    declared = export._declared_pixels(tf.constant(images)).numpy()
+    assert declared.tolist() == [[16, 16]] * 5 + [[1000, 1000]]
+    checked = export.refuse_large_images(tf.constant(images), 1_000_000)
+    assert checked.numpy().tolist() == images
+    with pytest.raises(tf.errors.InvalidArgumentError, match="instance 5 declares 1000x1000 pixels, more than the 999999"):
+        export.refuse_large_images(tf.constant(images), 999_999)
+    out = tf.saved_model.load(hanet[0]).signatures[features.SERVING_SIGNATURE](
+        title=tf.constant(["x"] * len(images)), image_bytes=tf.constant(images))
+    assert out[features.OUTPUT_CLASSES_KEY].shape[0] == len(images)
+
+
+@pytest.mark.parametrize("key, value", [(features.INPUT_WORD_IDS_KEY, 2**32 + 101), (features.INPUT_WORD_IDS_KEY, 2**40 + 101),
+                                        (features.INPUT_WORD_IDS_KEY, -1), (features.INPUT_MASK_KEY, 2**32 + 1),
+                                        (features.INPUT_TYPE_IDS_KEY, 2)])
+def test_transformed_ids_outside_their_range_are_refused_not_wrapped(hanet, small_preprocessed, key, value):
+    tft_output = tft.TFTransformOutput(small_preprocessed.transform_graph_dir)
+    transformed = tft_output.transform_features_layer()(_raw(PRODUCTS[:2]))
+    signature = tf.saved_model.load(hanet[0]).signatures[features.TRANSFORMED_SIGNATURE]
+    inputs = {k: transformed[k] for k in signature.structured_input_signature[1]}
+    signature(**inputs)  # in range: answered
+    ids = inputs[key].numpy()
+    ids[1, 0] = value
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"{key} of instance 1 holds an id outside"):
+        signature(**{**inputs, key: tf.constant(ids)})

@@ -15,12 +15,14 @@ import pytest
 import requests
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
 
 from components.push import push
 from pipeline.__main__ import main
 from serving.client import ClientError, GrpcClient, RestClient
+from serving.servables import Servable, ServableManager, State
 from tests.conftest import FASHION_DIR, REPO_ROOT
+from tests.serving_helpers import Server, wait_until
 from common import features
 
 WATCH = ("CASIO G-Shock Men Black Digital Watch G-7710-1DR G223", (FASHION_DIR / "images" / "17429.jpg"))
@@ -264,47 +266,58 @@ def test_predict_command_prints_the_top_classes(endpoint, transport, capsys):
         assert len(extras[features.OUTPUT_LOGITS_KEY].split(", ")) == 2  # one per class printed
 
 
-def test_a_newly_pushed_version_is_served_once_loaded(endpoint, text_models):
-    push(text_models["untrained"], endpoint["base"])
-    rest = RestClient(endpoint["url"], "hanet")
+@pytest.fixture
+def versions(text_models, tmp_path):
+    """A server of its own over a fresh model base holding version 1 (the trained model), polling often."""
+    base = str(tmp_path / "serving")
+    push(text_models["trained"], base)
+    with Server(ServableManager(os.path.join(base, features.MODEL_NAME)), poll_seconds=0.1) as running:
+        yield base, running, RestClient(running.url.rsplit("/v1/", 1)[0], features.MODEL_NAME)
 
-    def version_2_serves():
-        states = {s["version"]: s["state"] for s in rest.status()["model_version_status"]}
-        return states.get("2") == "AVAILABLE" and states.get("1") == "END"
 
-    _wait_for(version_2_serves, "version 2 to replace version 1", endpoint["server"])
+def _states(rest: RestClient) -> dict:
+    return {s["version"]: s["state"] for s in rest.status()["model_version_status"]}
+
+
+def _push_broken(base: str, tmp_path) -> None:
+    broken = tmp_path / "broken"
+    (broken / "variables").mkdir(parents=True)
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    push(str(broken), base)
+
+
+def test_a_newly_pushed_version_is_served_once_loaded(versions, text_models):
+    base, _, rest = versions
+    push(text_models["untrained"], base)
+    wait_until(lambda: _states(rest) == {"2": "AVAILABLE", "1": "END"}, "version 2 to replace version 1")
     untrained = tf.saved_model.load(text_models["untrained"]).signatures[features.SERVING_SIGNATURE]
     title, image = WATCH
     expected = untrained(title=tf.constant([title]), image_bytes=tf.constant([image.read_bytes()]))
     (prediction,) = rest.predict([(title, image.read_bytes())])
     assert prediction.classes[0][0] == expected["classes"].numpy()[0, 0].decode() != "Watches"
     with pytest.raises(ClientError, match="404: Servable not found for request: Specific\\(hanet, 1\\)"):
-        RestClient(endpoint["url"], "hanet", version=1).predict([(title, image.read_bytes())])
+        RestClient(rest.endpoint, "hanet", version=1).predict([(title, image.read_bytes())])
 
 
-def test_a_version_that_fails_to_load_leaves_the_previous_one_serving(endpoint, tmp_path):
-    broken = tmp_path / "broken"
-    (broken / "variables").mkdir(parents=True)
-    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
-    push(str(broken), endpoint["base"])
-    rest = RestClient(endpoint["url"], "hanet")
-
-    def version_3_failed():
-        return any(s["version"] == "3" and s["state"] == "END" for s in rest.status()["model_version_status"])
-
-    _wait_for(version_3_failed, "version 3 to fail loading", endpoint["server"])
+def test_a_version_that_fails_to_load_leaves_the_previous_one_serving(versions, tmp_path):
+    base, _, rest = versions
+    _push_broken(base, tmp_path)
+    wait_until(lambda: _states(rest).get("2") == "END", "version 2 to fail loading")
     status = {s["version"]: s for s in rest.status()["model_version_status"]}
-    assert status["3"]["status"]["error_code"] != "OK" and status["3"]["status"]["error_message"]
-    assert status["2"]["state"] == "AVAILABLE"
+    assert status["2"]["status"]["error_code"] != "OK" and status["2"]["status"]["error_message"]
+    assert status["1"]["state"] == "AVAILABLE"
     title, image = WATCH
-    assert rest.predict([(title, image.read_bytes())])  # still answered, by version 2
+    assert rest.predict([(title, image.read_bytes())])[0].classes[0][0] == "Watches"  # still version 1
 
 
-def test_removing_the_serving_version_rolls_back_to_the_newest_remaining_one(endpoint, text_models):
-    # Versions 1 (trained), 2 (untrained, serving) and 3 (broken) are on disk: remove 3, then 2.
-    rest = RestClient(endpoint["url"], "hanet")
+def test_removing_the_serving_version_rolls_back_to_the_newest_remaining_one(versions, text_models, tmp_path):
+    base, _, rest = versions
+    push(text_models["untrained"], base)
+    wait_until(lambda: _states(rest).get("2") == "AVAILABLE", "version 2 to load")
+    _push_broken(base, tmp_path)
+    wait_until(lambda: _states(rest).get("3") == "END", "version 3 to fail loading")
     title, image = WATCH
-    model_dir = os.path.join(endpoint["base"], "hanet")
+    model_dir = os.path.join(base, "hanet")
     shutil.rmtree(os.path.join(model_dir, "3"))
     assert rest.predict([(title, image.read_bytes())])[0].classes[0][0] != "Watches"  # still version 2
     shutil.rmtree(os.path.join(model_dir, "2"))
@@ -315,13 +328,75 @@ def test_removing_the_serving_version_rolls_back_to_the_newest_remaining_one(end
             answers.append(rest.predict([(title, image.read_bytes())])[0].classes[0][0])
         except ClientError as e:
             answers.append(str(e))
-        states = {s["version"]: s["state"] for s in rest.status()["model_version_status"]}
+        states = _states(rest)
         return states.get("1") == "AVAILABLE" and states.get("2") == "END"
 
-    _wait_for(version_1_serves, "version 1 to serve again", endpoint["server"], timeout=60)
+    wait_until(version_1_serves, "version 1 to serve again")
     assert rest.predict([(title, image.read_bytes())])[0].classes[0][0] == "Watches"  # the trained version 1
     # Version 2 answered from memory until version 1 was loaded: no request failed meanwhile.
     assert not [a for a in answers if "Servable not found" in a or "answered" in a], answers
+
+
+def test_warm_up_requests_are_replayed_before_a_version_is_available(text_models, tmp_path, monkeypatch):
+    base = str(tmp_path / "serving")
+    push(text_models["trained"], base)
+    manager = ServableManager(os.path.join(base, features.MODEL_NAME))
+    replayed = []
+    predict = Servable.predict
+
+    def recording(self, signature, inputs, output_filter=()):
+        replayed.append((signature, len(next(iter(inputs.values()))), _states_of(manager)))
+        return predict(self, signature, inputs, output_filter)
+
+    monkeypatch.setattr(Servable, "predict", recording)
+    manager.poll()
+    # The trainer writes one request per product, one of all of them, and one of tf.Examples.
+    assert len(replayed) >= 3 and {s for s, _, _ in replayed} == {features.SERVING_SIGNATURE, features.TF_EXAMPLE_SIGNATURE}
+    assert all(states == {1: State.LOADING} for _, _, states in replayed), "a version was AVAILABLE before its warm-up"
+    assert _states_of(manager) == {1: State.AVAILABLE}
+
+
+def _states_of(manager: ServableManager) -> dict:
+    return {s.version: s.state for s in manager.status(features.MODEL_NAME).model_version_status}
+
+
+def test_num_versions_above_one_serves_each_version(text_models, tmp_path):
+    base = str(tmp_path / "serving")
+    push(text_models["trained"], base)
+    push(text_models["untrained"], base)
+    title, image = WATCH
+    expected = {}
+    for version, model in ((1, "trained"), (2, "untrained")):
+        signature = tf.saved_model.load(text_models[model]).signatures[features.SERVING_SIGNATURE]
+        out = signature(title=tf.constant([title]), image_bytes=tf.constant([image.read_bytes()]))
+        expected[version] = out["classes"].numpy()[0, 0].decode()
+    assert expected[1] != expected[2]
+    with Server(ServableManager(os.path.join(base, features.MODEL_NAME), num_versions=2)) as both:
+        url = both.url.rsplit("/v1/", 1)[0]
+        assert _states(RestClient(url, "hanet")) == {"1": "AVAILABLE", "2": "AVAILABLE"}
+        for version in (1, 2):
+            (answer,) = RestClient(url, "hanet", version=version).predict([(title, image.read_bytes())])
+            assert answer.classes[0][0] == expected[version]
+            (answer,) = GrpcClient(both.grpc, "hanet", version=version).predict([(title, image.read_bytes())])
+            assert answer.classes[0][0] == expected[version]
+        assert RestClient(url, "hanet").predict([(title, image.read_bytes())])[0].classes[0][0] == expected[2]
+
+
+def test_grpc_get_model_metadata_lists_the_signatures(endpoint):
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = features.MODEL_NAME
+    with grpc.insecure_channel(endpoint["grpc"]) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(request, timeout=60)
+        request.metadata_field[:] = ["other"]
+        with pytest.raises(grpc.RpcError) as raised:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(request, timeout=60)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert response.model_spec.name == features.MODEL_NAME and response.model_spec.version.value == 1
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signatures)
+    assert {features.SERVING_SIGNATURE, features.TF_EXAMPLE_SIGNATURE, features.TRANSFORMED_SIGNATURE} <= set(signatures.signature_def)
+    serving = signatures.signature_def[features.SERVING_SIGNATURE]
+    assert {k: v.dtype for k, v in serving.inputs.items()} == {"title": types_pb2.DT_STRING, "image_bytes": types_pb2.DT_STRING}
 
 
 def test_serve_fails_in_one_line_when_its_port_is_taken(tmp_path):

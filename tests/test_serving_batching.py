@@ -5,10 +5,7 @@ batch failing alone, unexpected errors answered without details; and the Batchin
 import asyncio
 import base64
 import concurrent.futures
-import os
-import socket
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -16,8 +13,6 @@ import pytest
 import requests
 import tensorflow as tf
 
-from components.push import push
-from serving import server
 from serving.batching import (
     BatchingOptions,
     BatchingParametersError,
@@ -27,69 +22,18 @@ from serving.batching import (
 )
 from serving.client import GrpcClient
 from serving.errors import INTERNAL_ERROR_MESSAGE
-from serving.servables import ServableManager
 from tests.conftest import FASHION_DIR, REPO_ROOT
+from tests.serving_helpers import Server, loaded_manager, wait_until
 from common import features
 
 TITLES = ["CASIO G-Shock Men Black Digital Watch", "Kiara Women Graphiti White Handbag", "Fastrack Men Sunglasses"]
 IMAGE = (FASHION_DIR / "images" / "17429.jpg").read_bytes()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def manager(text_models, tmp_path_factory):
     """Version 1 (the trained text model), loaded once for every server of this module."""
-    base = str(tmp_path_factory.mktemp("serving"))
-    push(text_models["trained"], base)
-    manager = ServableManager(os.path.join(base, features.MODEL_NAME))
-    manager.poll()
-    return manager
-
-
-class Server:
-    """serve_async on a thread of its own, REST and gRPC on free ports, model calls counted by its scheduler."""
-
-    def __init__(self, manager: ServableManager, **options):
-        self.manager = manager
-        self.scheduler = BatchScheduler(BatchingOptions(**options))
-        self.rest_port, self.grpc_port = _free_port(), _free_port()
-        self.url = f"http://127.0.0.1:{self.rest_port}/v1/models/{features.MODEL_NAME}"
-        self.grpc = f"127.0.0.1:{self.grpc_port}"
-        self._started = threading.Event()
-
-    def __enter__(self):
-        def run():
-            async def main():
-                self.loop, self.stop = asyncio.get_running_loop(), asyncio.Event()
-                self._started.set()
-                await server.serve_async(self.manager, rest_port=self.rest_port, grpc_port=self.grpc_port,
-                                         poll_seconds=3600, scheduler=self.scheduler, stop=self.stop)
-
-            asyncio.run(main())
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        self._started.wait(30)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url, timeout=5).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        pytest.fail("the in-process server did not start")
-
-    def __exit__(self, *exc):
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(30)
-
-    def post(self, instances: list[dict], **kwargs) -> requests.Response:
-        return requests.post(self.url + ":predict", json={"instances": instances}, timeout=kwargs.pop("timeout", 120), **kwargs)
+    return loaded_manager(text_models["trained"], str(tmp_path_factory.mktemp("serving")))
 
 
 def _instances(count: int, image: bytes = IMAGE) -> list[dict]:
@@ -148,14 +92,10 @@ def test_a_large_request_is_split_and_one_over_the_cap_is_refused(manager, expec
         assert small.scheduler.batches_run == 3  # refused before the model saw them
 
 
-def _wait_until_still(scheduler: BatchScheduler, seconds: float = 1.5) -> int:
-    """The instances computed once the count has stopped moving for `seconds`."""
-    count, since = scheduler.instances_run, time.monotonic()
-    while time.monotonic() - since < seconds:
-        time.sleep(0.1)
-        if scheduler.instances_run != count:
-            count, since = scheduler.instances_run, time.monotonic()
-    return count
+def _settled(scheduler: BatchScheduler) -> int:
+    """The instances computed once no task waits and no model call runs."""
+    wait_until(scheduler.idle, "the scheduler to settle")
+    return scheduler.instances_run
 
 
 @pytest.mark.parametrize("transport", ["grpc", "rest"])
@@ -169,11 +109,9 @@ def test_the_work_of_a_request_whose_client_gave_up_is_dropped(manager, transpor
         else:
             with pytest.raises(requests.Timeout):
                 slow.post(_instances(1000), timeout=(5, 0.5))  # the client closes its connection
-        computed = _wait_until_still(slow.scheduler)
+        computed = _settled(slow.scheduler)
         assert computed < 1000, "the server computed the whole request of a client that had gone"
-        start = time.monotonic()
         assert slow.post(_instances(1)).status_code == 200
-        assert time.monotonic() - start < 5
         assert slow.scheduler.instances_run == computed + 1
 
 
@@ -181,8 +119,7 @@ def test_a_small_request_is_answered_while_a_large_one_is_computed(manager):
     with Server(manager, max_execution_batch_size=4, num_batch_threads=1) as fair:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             large = pool.submit(fair.post, _instances(400))
-            while fair.scheduler.instances_run == 0:
-                time.sleep(0.01)
+            wait_until(lambda: fair.scheduler.instances_run > 0, "the large request to start")
             small = fair.post(_instances(1))
             assert small.status_code == 200
             assert not large.done(), "the small request waited for the whole large one"
@@ -218,19 +155,25 @@ def test_a_bad_request_merged_with_good_ones_fails_alone(manager, monkeypatch, e
 
 def test_a_full_queue_refuses_with_unavailable(manager, monkeypatch):
     servable = manager.servable(features.MODEL_NAME)
-    run = servable.run
+    run, release = servable.run, threading.Event()
 
-    def slow(signature, inputs):  # every model call takes half a second: the requests below all queue
-        time.sleep(0.5)
+    def held(signature, inputs):  # every model call waits for the test: the requests below queue
+        release.wait(120)
         return run(signature, inputs)
 
-    monkeypatch.setattr(servable, "run", slow)
-    with Server(manager, max_execution_batch_size=1, max_enqueued_batches=2, num_batch_threads=1) as busy:
-        answers = _concurrently([lambda: busy.post(_instances(1))] * 5)
-    # One running, two waiting (the queue's two batches), two refused.
-    assert sorted(a.status_code for a in answers) == [200, 200, 200, 503, 503]
-    refused = next(a for a in answers if a.status_code == 503).json()["error"]
-    assert "queue" in refused and "max_enqueued_batches 2" in refused
+    monkeypatch.setattr(servable, "run", held)
+    with Server(manager, max_execution_batch_size=1, max_enqueued_instances=2, num_batch_threads=1) as busy:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            first = pool.submit(busy.post, _instances(1))
+            wait_until(lambda: busy.scheduler.batches_started == 1, "the first request to reach the model")
+            waiting = [pool.submit(busy.post, _instances(1)) for _ in range(2)]
+            wait_until(lambda: busy.scheduler.waiting_instances(split=False) == 2, "two requests to queue")
+            refused = [busy.post(_instances(1)) for _ in range(2)]  # one running, two waiting: the queue is full
+            release.set()
+            answered = [first.result(), *(w.result() for w in waiting)]
+    assert [a.status_code for a in answered] == [200, 200, 200]
+    assert [a.status_code for a in refused] == [503, 503]
+    assert "queue" in refused[0].json()["error"] and "max_enqueued_instances 2" in refused[0].json()["error"]
 
 
 def test_an_unexpected_error_is_internal_without_details(manager, monkeypatch):
@@ -299,3 +242,27 @@ def test_the_scheduler_checks_batch_dimensions():
         asyncio.run(attempt({"a": np.zeros(2), "b": np.zeros(3)}))
     with pytest.raises(InvalidArgument, match="is a scalar"):
         asyncio.run(attempt({"a": np.zeros(())}))
+
+
+def test_a_client_with_many_requests_queued_takes_turns_with_the_others():
+    order, gate = [], threading.Event()
+
+    def run(inputs):
+        gate.wait(60)  # the first call holds the batch thread until every request is queued
+        order.append(inputs["who"][0])
+        return inputs
+
+    async def main():
+        scheduler = BatchScheduler(BatchingOptions(num_batch_threads=1, max_execution_batch_size=1))
+        sent = [("a", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 0), ("c", 0), ("a", 4), ("b", 1)]
+        calls = [asyncio.create_task(scheduler.run(("key",), run, {"who": np.array([f"{c}{i}"])}, client=c))
+                 for c, i in sent]
+        while scheduler.waiting_instances(split=False) < len(sent) - 1:
+            await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(*calls)
+        scheduler.close()
+
+    asyncio.run(main())
+    # a0 was running when the others arrived; then each client in turn, the longest unserved first.
+    assert order == ["a0", "b0", "c0", "a1", "b1", "a2", "a3", "a4"]

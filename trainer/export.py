@@ -49,10 +49,13 @@ def export_serving_model(
     top_k: int = features.DEFAULT_TOP_K,
     warmup_examples: list[tuple[str, bytes]] = (),
     calibration: calibrations.Calibration | None = None,
+    max_image_pixels: int = features.DEFAULT_MAX_IMAGE_PIXELS,
 ) -> str:
     """Writes the SavedModel of `model` (inputs → logits) with the signatures SERVING_SIGNATURE,
     TF_EXAMPLE_SIGNATURE, TRANSFORMED_SIGNATURE, its calibration (None: temperature 1, nothing needs
-    review) and, given (title, image bytes) products, its warm-up requests."""
+    review) and, given (title, image bytes) products, its warm-up requests. The raw signatures refuse
+    an image whose header declares more than `max_image_pixels` (the preprocess limit) before
+    decoding it; the transformed one refuses token ids outside the text encoder's vocabulary."""
     calibration = calibration or calibrations.Calibration()
     names = label_names(tft_output)
     k = min(top_k, len(names))
@@ -61,6 +64,8 @@ def export_serving_model(
     explained = explained_model(model)  # the same layers: logits and, for attention heads, (s_t, s_i)
     temperature = tf.constant(calibration.temperature, tf.float32)
     review_threshold = tf.constant(calibration.review_threshold, tf.float32)
+
+    vocabulary = _vocabulary_size(model)
 
     def predict(transformed: dict) -> dict:
         """Every class: calibrated probabilities, uncalibrated logits, and the stream weights."""
@@ -98,7 +103,11 @@ def export_serving_model(
         ]
     )
     def serve_raw(title, image_bytes):
-        return top_classes(model.tft_layer({features.TITLE_KEY: title, features.IMAGE_BYTES_KEY: image_bytes}))
+        return top_classes(transform({features.TITLE_KEY: title, features.IMAGE_BYTES_KEY: image_bytes}))
+
+    def transform(raw: dict) -> dict:
+        images = refuse_large_images(raw[features.IMAGE_BYTES_KEY], max_image_pixels)
+        return model.tft_layer({**raw, features.IMAGE_BYTES_KEY: images})
 
     raw_spec = {
         key: tf.io.FixedLenFeature([], tf.string) for key in (features.TITLE_KEY, features.IMAGE_BYTES_KEY)
@@ -106,11 +115,13 @@ def export_serving_model(
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_tf_example(serialized):
-        return top_classes(model.tft_layer(tf.io.parse_example(serialized, raw_spec)))
+        return top_classes(transform(tf.io.parse_example(serialized, raw_spec)))
 
     @tf.function(input_signature=[_transformed_input_spec(max_seq_length)])
     def serve_transformed(transformed):
-        return predict(transformed)
+        # The stored images are JPEGs of image_size²: a header declaring more is refused undecoded.
+        images = refuse_large_images(transformed[features.IMAGE_KEY], image_size * image_size)
+        return predict(refuse_ids_outside({**transformed, features.IMAGE_KEY: images}, vocabulary))
 
     signatures = {
         features.SERVING_SIGNATURE: serve_raw,
@@ -180,3 +191,101 @@ def warmup_examples(
         if len(products) == count:
             break
     return products
+
+
+# Image signatures as tf.io.decode_image recognises them (its first bytes), and where each format's
+# header states the size: decoding is refused from these few bytes, before any pixel is allocated.
+_HEADER_BYTES = 32
+
+
+@tf.function(autograph=False)  # plain Python at trace time; callable eagerly too
+def _declared_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
+    """[n] encoded images → [n, 2] int64 (width, height) as their headers declare them, for JPEG,
+    PNG, GIF, WebP (VP8, VP8L, VP8X) and BMP; (0, 0) for anything else, which the decoder refuses."""
+    padded = tf.strings.join([image_bytes, tf.constant(b"\0" * _HEADER_BYTES)])
+    raw = tf.io.decode_raw(tf.strings.substr(padded, 0, _HEADER_BYTES), tf.uint8)
+    head = tf.reshape(tf.cast(raw, tf.int64), [-1, _HEADER_BYTES])  # [0, 32] for an empty batch too
+
+    def little(offset: int, count: int) -> tf.Tensor:
+        return sum(tf.bitwise.left_shift(head[:, offset + i], 8 * i) for i in range(count))
+
+    def big(offset: int, count: int) -> tf.Tensor:
+        return sum(tf.bitwise.left_shift(head[:, offset + i], 8 * (count - 1 - i)) for i in range(count))
+
+    def starts(prefix: bytes, offset: int = 0) -> tf.Tensor:
+        return tf.equal(tf.strings.substr(padded, offset, len(prefix)), prefix)
+
+    def signed32(value: tf.Tensor) -> tf.Tensor:
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    webp = starts(b"RIFF") & starts(b"WEBP", 8)
+    vp8l = little(21, 4)
+    known = [
+        (starts(b"\x89PNG\r\n\x1a\n"), big(16, 4), big(20, 4)),
+        (starts(b"GIF8"), little(6, 2), little(8, 2)),
+        (starts(b"BM"), signed32(little(18, 4)), signed32(little(22, 4))),
+        (webp & starts(b"VP8 ", 12), tf.bitwise.bitwise_and(little(26, 2), 0x3FFF),
+         tf.bitwise.bitwise_and(little(28, 2), 0x3FFF)),
+        (webp & starts(b"VP8L", 12), tf.bitwise.bitwise_and(vp8l, 0x3FFF) + 1,
+         tf.bitwise.bitwise_and(tf.bitwise.right_shift(vp8l, 14), 0x3FFF) + 1),
+        (webp & starts(b"VP8X", 12), little(24, 3) + 1, little(27, 3) + 1),
+    ]
+    width = tf.zeros_like(head[:, 0])
+    height = tf.zeros_like(head[:, 0])
+    for is_format, w, h in known:
+        width, height = tf.where(is_format, w, width), tf.where(is_format, h, height)
+    # A JPEG's frame header follows its other segments (EXIF, ICC profiles) at no fixed place:
+    # extract_jpeg_shape reads the markers up to it, without decoding.
+    is_jpeg = starts(b"\xff\xd8\xff")
+
+    def jpeg_size(args):
+        data, jpeg = args
+        return tf.cond(jpeg, lambda: tf.cast(tf.io.extract_jpeg_shape(data)[1::-1], tf.int64),
+                       lambda: tf.zeros([2], tf.int64))
+
+    jpeg_sizes = tf.map_fn(jpeg_size, (image_bytes, is_jpeg), fn_output_signature=tf.TensorSpec([2], tf.int64))
+    return tf.where(is_jpeg[:, None], jpeg_sizes, tf.stack([width, height], axis=1))
+
+
+@tf.function(autograph=False)  # plain Python at trace time; callable eagerly too
+def refuse_large_images(image_bytes: tf.Tensor, max_pixels: int) -> tf.Tensor:
+    """`image_bytes`, to be decoded only once every image's header declares at most `max_pixels`
+    pixels; otherwise INVALID_ARGUMENT naming the first instance over (core ops only, so TF Serving
+    itself refuses the same images)."""
+    size = _declared_pixels(image_bytes)
+    over = tf.concat([size[:, 0] * size[:, 1] > max_pixels, [True]], axis=0)
+    first = tf.argmax(tf.cast(over, tf.int32), output_type=tf.int32)  # the batch size when none is over
+    size = tf.concat([size, [[0, 0]]], axis=0)[first]
+    message = tf.strings.format(
+        f"{features.IMAGE_BYTES_KEY} of instance {{}} declares {{}}x{{}} pixels, more than the {max_pixels} "
+        "this model decodes: refused before decoding",
+        (first, size[0], size[1]),
+    )
+    check = tf.debugging.Assert(tf.equal(first, tf.shape(image_bytes, out_type=tf.int32)[0]), [message])
+    with tf.control_dependencies([check]):
+        return tf.identity(image_bytes)
+
+
+# The ranges of the text encoder's inputs besides the word ids: a padding mask, and BERT's two segments.
+_ID_RANGES = {features.INPUT_MASK_KEY: 2, features.INPUT_TYPE_IDS_KEY: 2}
+
+
+def _vocabulary_size(model: keras.Model) -> int:
+    """The rows of the text encoder's word embedding (the largest int32 when the model reads no text):
+    int64 ids the model casts to int32 are checked against it, so none wraps into the vocabulary."""
+    rows = [w.shape[0] for w in model.weights if "word_embeddings" in w.name and len(w.shape) == 2]
+    return int(rows[0]) if rows else 2**31 - 1
+
+
+def refuse_ids_outside(transformed: dict, vocabulary: int) -> dict:
+    """`transformed`, its int64 text inputs to be read only if each lies in [0, its range):
+    INVALID_ARGUMENT naming the input and the first instance out of range otherwise."""
+    checks = []
+    for key in features.BERT_INPUT_KEYS:
+        ids, limit = transformed[key], _ID_RANGES.get(key, vocabulary)
+        bad = tf.reduce_any((ids < 0) | (ids >= limit), axis=-1)
+        first = tf.argmax(tf.cast(tf.concat([bad, [True]], 0), tf.int32), output_type=tf.int32)
+        message = tf.strings.format(f"{key} of instance {{}} holds an id outside [0, {limit})", (first,))
+        checks.append(tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message]))
+    with tf.control_dependencies(checks):
+        return {key: tf.identity(value) for key, value in transformed.items()}

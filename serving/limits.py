@@ -1,0 +1,31 @@
+"""What one client may cost the server before its request is even parsed: body size (read and
+inflated), read timeouts, open connections. The model's own limits (pixels an image may declare,
+instances a request may carry) are in the exported graph and in BatchingOptions."""
+from __future__ import annotations
+
+import dataclasses
+
+MIB = 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerLimits:
+    # The most bytes a REST body may have, as sent and once inflated (gzip/deflate), and a gRPC
+    # message. A request of 1,000 photos of 40 KB is some 55 MB as base64 JSON; parsing JSON costs
+    # about 25 times its size in memory, so the limit bounds a request's peak too.
+    max_body_bytes: int = 64 * MIB
+    # Seconds a client has to send a request's headers (counted from the connection, or from the
+    # previous answer on a kept-alive one), and then its whole body.
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    # Open REST connections; one more is closed at once (each costs a file descriptor and a buffer).
+    max_connections: int = 256
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            if not getattr(self, field.name) > 0:
+                raise ValueError(f"{field.name} must be positive, got {getattr(self, field.name)}")
+
+    def describe(self) -> str:
+        return (f"bodies up to {self.max_body_bytes // MIB} MiB, headers within {self.header_timeout:g} s, "
+                f"bodies within {self.body_timeout:g} s, {self.max_connections} connections")

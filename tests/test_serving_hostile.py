@@ -1,0 +1,441 @@
+"""Hostile traffic against the real server (serve_async in this process, 127.0.0.1 only): each kind
+of request an attacker sends cheaply, with the status it must get and a bound on the memory it may
+leave behind; the queue's admission by instances; slow and surplus connections; version
+directories that must not break the server. Loops are bounded, waits end on conditions."""
+import base64
+import gzip
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+import zlib
+
+import grpc
+import pytest
+import requests
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    model_management_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+
+from serving.client import GrpcClient
+from serving.limits import ServerLimits
+from serving.servables import ServableManager, State
+from tests import hostile_images
+from tests.conftest import FASHION_DIR, SMALL_MODEL_IMAGE_SIZE
+from tests.serving_helpers import Server, loaded_manager, wait_until
+from trainer.export import _tf_example
+from common import features
+
+IMAGE = (FASHION_DIR / "images" / "17429.jpg").read_bytes()
+TITLE = "CASIO G-Shock Men Black Digital Watch"
+MEMORY_BOUND_MB = 100  # what any request, refused or answered, may leave behind in the server
+SMALL_LIMITS = ServerLimits(max_body_bytes=2**20, header_timeout=0.5, body_timeout=1.0, max_connections=8)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.fixture(scope="module")
+def manager(text_models, tmp_path_factory):
+    return loaded_manager(text_models["trained"], str(tmp_path_factory.mktemp("serving")))
+
+
+@pytest.fixture(scope="module")
+def served(manager):
+    with Server(manager) as running:
+        running.post([_instance()])  # the first call's lazy initialisation is not a request's cost
+        yield running
+
+
+@pytest.fixture(scope="module")
+def strict(manager):
+    """A server with small limits, so the body and connection attacks cost the test little."""
+    with Server(manager, limits=SMALL_LIMITS) as running:
+        yield running
+
+
+def _instance(title: str = TITLE, image: bytes = IMAGE) -> dict:
+    return {features.TITLE_KEY: title, features.IMAGE_BYTES_KEY: {"b64": base64.b64encode(image).decode()}}
+
+
+def _nested(depth: int, leaf) -> object:
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+# (row, body) → status and a part of the message. The memory bound holds for each.
+REST_ROWS = [
+    ("webp-bomb", {"instances": [_instance(image=hostile_images.webp_lossy())]}, 400,
+     "image_bytes of instance 0 declares 16383x16383 pixels"),
+    ("six-webp-bombs", {"instances": [_instance()] + [_instance(image=hostile_images.webp_lossy())] * 6}, 400,
+     "image_bytes of instance 1 declares 16383x16383 pixels"),
+    ("png-20000-squared", {"instances": [_instance(image=hostile_images.png())]}, 400,
+     "declares 20000x20000 pixels"),
+    *[(f"{name}-bomb", {"instances": [_instance(image=bomb)]}, 400, f"declares {w}x{h} pixels")
+      for name, bomb, w, h in hostile_images.BOMBS],
+    ("title-nested-64", {"instances": [{features.TITLE_KEY: _nested(64, "x"), features.IMAGE_BYTES_KEY: "x"}]}, 400,
+     "instances stack to more than the 64 dimensions"),
+    ("image-nested-64", {"instances": [{features.TITLE_KEY: "x", features.IMAGE_BYTES_KEY: _nested(64, {"b64": ""})}]},
+     400, "instances stack to more than the 64 dimensions"),
+    ("tf-example-0xff", {"signature_name": features.TF_EXAMPLE_SIGNATURE,
+                         "instances": [{"b64": base64.b64encode(b"\xff\xff\xff").decode()}]}, 400,
+     "record 0 is not a serialized tf.Example"),
+]
+
+
+@pytest.mark.parametrize("row, body, status, message", REST_ROWS, ids=[r[0] for r in REST_ROWS])
+def test_a_hostile_rest_request_is_refused_and_leaves_no_memory_behind(served, row, body, status, message):
+    before = _rss_mb()
+    response = requests.post(served.url + ":predict", json=body, timeout=120)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert _rss_mb() - before < MEMORY_BOUND_MB
+    assert served.post([_instance()]).status_code == 200  # and the server still answers
+
+
+def test_a_tf_example_with_byte_0xff_in_its_title_is_answered_or_refused_never_internal(served):
+    record = _tf_example("Watch", IMAGE).replace(b"Watch", b"Watc\xff")  # a title that is not UTF-8
+    response = requests.post(served.url + ":predict", timeout=120, json={
+        "signature_name": features.TF_EXAMPLE_SIGNATURE, "instances": [{"b64": base64.b64encode(record).decode()}]})
+    assert response.status_code in (200, 400), response.text
+
+
+@pytest.mark.parametrize("key, value", [(features.INPUT_WORD_IDS_KEY, 2**32 + 101), (features.INPUT_WORD_IDS_KEY, 2**40 + 101)])
+def test_transformed_ids_beyond_int32_are_refused_not_wrapped(served, key, value):
+    signature = served.manager.servable(features.MODEL_NAME).input_specs(features.TRANSFORMED_SIGNATURE)
+    length = signature[features.INPUT_WORD_IDS_KEY].shape[1]
+    instance = {k: [1] + [0] * (length - 1) for k in features.BERT_INPUT_KEYS}
+    instance[features.INPUT_TYPE_IDS_KEY] = [0] * length
+    instance[features.IMAGE_KEY] = {"b64": base64.b64encode(hostile_images.small("JPEG", SMALL_MODEL_IMAGE_SIZE)).decode()}
+    body = {"signature_name": features.TRANSFORMED_SIGNATURE, "instances": [instance]}
+    assert requests.post(served.url + ":predict", json=body, timeout=120).status_code == 200
+    instance[key] = [101, value] + [0] * (length - 2)
+    response = requests.post(served.url + ":predict", json=body, timeout=120)
+    assert response.status_code == 400 and f"{key} of instance 0 holds an id outside" in response.json()["error"]
+
+
+def test_a_jpeg_bomb_as_a_transformed_image_is_refused_undecoded(served):
+    signature = served.manager.servable(features.MODEL_NAME).input_specs(features.TRANSFORMED_SIGNATURE)
+    length = signature[features.INPUT_WORD_IDS_KEY].shape[1]
+    instance = {k: [0] * length for k in features.BERT_INPUT_KEYS}
+    instance[features.IMAGE_KEY] = {"b64": base64.b64encode(hostile_images.jpeg()).decode()}
+    body = {"signature_name": features.TRANSFORMED_SIGNATURE, "instances": [instance]}
+    response = requests.post(served.url + ":predict", json=body, timeout=120)
+    assert response.status_code == 400 and "declares 60000x60000 pixels" in response.json()["error"]
+
+
+@pytest.mark.parametrize("version", ["\u0661", "\uff11", "1\u0661"])
+def test_versions_in_non_ascii_digits_are_no_versions(served, version):
+    for method, path in (("POST", f"/versions/{version}:predict"), ("GET", f"/versions/{version}"),
+                         ("GET", f"/versions/{version}/metadata")):
+        response = requests.request(method, served.url + path, json={"instances": [_instance()]}, timeout=60)
+        assert response.status_code in (400, 404), (path, response.text)
+        assert "Malformed request" in response.json()["error"]
+
+
+@pytest.mark.parametrize("method, request_type", [
+    ("/tensorflow.serving.PredictionService/Classify", classification_pb2.ClassificationRequest),
+    ("/tensorflow.serving.PredictionService/Regress", regression_pb2.RegressionRequest),
+    ("/tensorflow.serving.PredictionService/MultiInference", inference_pb2.MultiInferenceRequest),
+    ("/tensorflow.serving.ModelService/HandleReloadConfigRequest", model_management_pb2.ReloadConfigRequest),
+])
+def test_grpc_methods_this_server_lacks_are_unimplemented(served, method, request_type):
+    with grpc.insecure_channel(served.grpc) as channel:
+        call = channel.unary_unary(method, request_serializer=request_type.SerializeToString,
+                                   response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as raised:
+            call(request_type(), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_grpc_bombs_are_invalid_argument(served):
+    stub = GrpcClient(served.grpc)._predictions
+    request = GrpcClient("unused").predict_request([(TITLE, IMAGE), (TITLE, hostile_images.webp_lossy())])
+    before = _rss_mb()
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Predict(request, timeout=60)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "image_bytes of instance 1 declares 16383x16383" in raised.value.details()
+    assert _rss_mb() - before < MEMORY_BOUND_MB
+
+
+# The queue, by instances.
+
+
+def _repeated_request(count: int) -> predict_pb2.PredictRequest:
+    """A [count] request of one repeated product, a few kilobytes (TensorProto's last value repeats)."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = features.MODEL_NAME
+    for key, value in ((features.TITLE_KEY, TITLE.encode()), (features.IMAGE_BYTES_KEY, IMAGE)):
+        tensor = request.inputs[key]
+        tensor.dtype = types_pb2.DT_STRING
+        tensor.tensor_shape.dim.add(size=count)
+        tensor.string_val.append(value)
+    return request
+
+
+@pytest.fixture
+def held(manager, monkeypatch):
+    """Every model call waits until the test sets the event (then runs the real model)."""
+    servable = manager.servable(features.MODEL_NAME)
+    run, release = servable.run, threading.Event()
+
+    def wait_then_run(signature, inputs):
+        release.wait(120)
+        return run(signature, inputs)
+
+    monkeypatch.setattr(servable, "run", wait_then_run)
+    yield release
+    release.set()
+
+
+def test_large_requests_cannot_lock_single_products_out(manager, held):
+    with Server(manager, num_batch_threads=1) as busy:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(busy.grpc))
+        large = [stub.Predict.future(_repeated_request(1000), timeout=120) for _ in range(10)]
+        wait_until(lambda: sum(f.done() for f in large) == 9, "nine large requests to be answered")
+        refused = [f for f in large if f.done()]
+        assert all(f.exception().code() == grpc.StatusCode.UNAVAILABLE for f in refused)
+        assert "max_enqueued_instances 1000" in refused[0].exception().details()
+        singles = [stub.Predict.future(_repeated_request(1), timeout=120) for _ in range(20)]
+        wait_until(lambda: busy.scheduler.waiting_instances(split=False) == 20, "the singles to queue")
+        held.set()
+        assert all(f.result().outputs[features.OUTPUT_CLASSES_KEY].tensor_shape.dim[0].size == 1 for f in singles)
+        for future in large:
+            future.cancel()
+
+
+def test_without_batching_200_concurrent_singles_are_queued_and_answered(manager):
+    with Server(manager) as plain:
+        assert not plain.scheduler.options.enable_batching
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(plain.grpc))
+        futures = [stub.Predict.future(_repeated_request(1), timeout=600) for _ in range(200)]
+        codes = []
+        for future in futures:
+            try:
+                future.result()
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as e:
+                codes.append(e.code())
+    assert codes == [grpc.StatusCode.OK] * 200
+
+
+def test_the_queue_bound_is_configurable(manager, held):
+    with Server(manager, num_batch_threads=1, max_enqueued_instances=3) as small:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(small.grpc))
+        futures = [stub.Predict.future(_repeated_request(1), timeout=120) for _ in range(6)]
+        wait_until(lambda: sum(f.done() for f in futures) == 2, "the requests over the bound to be refused")
+        assert sum(f.done() and f.exception().code() == grpc.StatusCode.UNAVAILABLE for f in futures) == 2
+        held.set()
+        assert sum(f.exception() is None for f in futures) == 4  # one running, three queued
+
+
+# Bodies: bounded before parsing.
+
+
+def _raw_http(port: int, head: bytes, body: bytes = b"", wait_for_answer: float = 30) -> bytes:
+    """Sends `head` (and `body`) on a new connection; what the server answers until it closes or pauses."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_for_answer) as s:
+        s.sendall(head + body)
+        data = b""
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+                if b"\r\n\r\n" in data and b"Content-Length" in data:
+                    length = int(data.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                    if len(data.split(b"\r\n\r\n", 1)[1]) >= length:
+                        break
+        except (socket.timeout, ConnectionResetError):
+            pass
+        return data
+
+
+def _post_head(port: int, length: int, extra: str = "") -> bytes:
+    return (f"POST /v1/models/hanet:predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n{extra}\r\n").encode()
+
+
+def test_a_body_declared_over_the_limit_is_refused_unread(strict):
+    answer = _raw_http(strict.rest_port, _post_head(strict.rest_port, 300 * 2**20))
+    assert answer.startswith(b"HTTP/1.1 413") and b"Content-Length" in answer
+
+
+def test_expect_100_continue_over_the_limit_gets_413_and_no_continue(strict):
+    answer = _raw_http(strict.rest_port, _post_head(strict.rest_port, 2**30, "Expect: 100-continue\r\n"))
+    assert answer.startswith(b"HTTP/1.1 413") and b"100 Continue" not in answer
+    other = _raw_http(strict.rest_port, _post_head(strict.rest_port, 10, "Expect: something-else\r\n"))
+    assert other.startswith(b"HTTP/1.1 417")
+    body = json.dumps({"instances": [_instance()]}).encode()
+    accepted = _raw_http(strict.rest_port, _post_head(strict.rest_port, len(body), "Expect: 100-continue\r\n"), body)
+    assert accepted.startswith(b"HTTP/1.1 100 Continue") and b"HTTP/1.1 200" in accepted
+
+
+def test_a_chunked_body_over_the_limit_is_refused_at_the_limit(strict):
+    chunk = b"x" * 65536
+    response = requests.post(strict.url + ":predict", data=iter([chunk] * 64), timeout=60)  # 4 MiB, chunked
+    assert response.status_code == 413 and "larger than 1048576 bytes" in response.json()["error"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compression_bomb_is_refused_while_inflating(strict, encoding):
+    inflated = b'{"instances": [' + b'"' + b"a" * (200 * 2**20) + b'"]}'
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    bomb = compressor.compress(inflated) + compressor.flush()
+    del inflated
+    assert len(bomb) < 2**20  # within the body limit as sent
+    before = _rss_mb()
+    response = requests.post(strict.url + ":predict", data=bomb, headers={"Content-Encoding": encoding}, timeout=60)
+    assert response.status_code == 413 and "inflates to more than 1048576 bytes" in response.json()["error"]
+    assert _rss_mb() - before < MEMORY_BOUND_MB
+    small = gzip.compress(json.dumps({"instances": [_instance()]}).encode())
+    assert requests.post(strict.url + ":predict", data=small, headers={"Content-Encoding": "gzip"},
+                         timeout=60).status_code == 200
+
+
+# Connections: slow clients and too many of them.
+
+
+def _closed_by_server(s: socket.socket, timeout: float = 30) -> bool:
+    """Whether the server closes the connection (reading nothing more from it) before `timeout`."""
+    s.settimeout(timeout)
+    try:
+        while s.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /v1/models/hanet:predict HTTP/1.1\r\nHost: x\r\n"],
+                         ids=["idle", "slow-headers"])
+def test_a_client_that_does_not_send_its_headers_in_time_is_disconnected(strict, sent):
+    with socket.create_connection(("127.0.0.1", strict.rest_port)) as s:
+        s.sendall(sent)
+        assert _closed_by_server(s)
+
+
+def test_a_client_that_does_not_send_its_body_in_time_gets_408(strict):
+    with socket.create_connection(("127.0.0.1", strict.rest_port)) as s:
+        s.sendall(_post_head(strict.rest_port, 1000) + b'{"instances": [')
+        s.settimeout(30)
+        assert s.recv(65536).startswith(b"HTTP/1.1 408")
+
+
+def test_connections_over_the_cap_are_closed_at_once_and_the_cap_frees_as_they_go(strict):
+    opened = [socket.create_connection(("127.0.0.1", strict.rest_port)) for _ in range(SMALL_LIMITS.max_connections)]
+    try:
+        with socket.create_connection(("127.0.0.1", strict.rest_port)) as surplus:
+            assert _closed_by_server(surplus, timeout=SMALL_LIMITS.header_timeout / 2)
+    finally:
+        for s in opened:
+            s.close()
+    wait_until(lambda: requests.get(strict.url, timeout=5).status_code == 200, "a connection to be admitted again")
+
+
+# Versions on disk.
+
+
+def _copy_version(model_dir: str, base: str, name: str, variables: bool = True) -> str:
+    target = os.path.join(base, name)
+    shutil.copytree(model_dir, target, ignore=None if variables else shutil.ignore_patterns("variables"))
+    return target
+
+
+def _status(manager: ServableManager) -> dict:
+    return {s.version: (s.state, s.status.error_message) for s in manager.status(features.MODEL_NAME).model_version_status}
+
+
+def test_only_ascii_digit_names_that_fit_int64_are_versions_and_007_is_read_from_007(text_models, tmp_path, caplog):
+    base = str(tmp_path)
+    model = text_models["trained"]
+    for name in ("100000000000000000000", "\u00b2", "\u0661", "abc", "-3"):
+        os.makedirs(os.path.join(base, name))
+        shutil.copy(os.path.join(model, "saved_model.pb"), os.path.join(base, name))
+    (tmp_path / "5").write_text("a file, not a directory")
+    _copy_version(model, base, "007")
+    manager = ServableManager(base)
+    manager.poll()
+    manager.poll()  # a second poll logs nothing new
+    assert manager.versions_on_disk() == [7]
+    assert _status(manager) == {7: (State.AVAILABLE, "")}
+    assert manager.servable(features.MODEL_NAME, 7).path == os.path.join(base, "007")
+    skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert len(skipped) == 5 and any("100000000000000000000" in m for m in skipped)
+
+
+def test_a_failed_load_is_retried_once_its_directory_changes(text_models, tmp_path):
+    base = str(tmp_path)
+    model = text_models["trained"]
+    _copy_version(model, base, "1")
+    partial = _copy_version(model, base, "2", variables=False)  # saved_model.pb copied before variables/
+    manager = ServableManager(base)
+    manager.poll()
+    assert _status(manager)[2][0] == State.END and _status(manager)[2][1]
+    manager.poll()  # unchanged: not retried
+    assert _status(manager)[2][0] == State.END
+    shutil.copytree(os.path.join(model, "variables"), os.path.join(partial, "variables"))
+    manager.poll()
+    assert _status(manager)[2] == (State.AVAILABLE, "")
+    assert manager.servable(features.MODEL_NAME).version == 2
+
+
+def test_a_broken_model_base_stops_neither_startup_nor_polling(text_models, tmp_path, monkeypatch):
+    base = str(tmp_path)
+    _copy_version(text_models["trained"], base, "1")
+    manager = ServableManager(base)
+    listings = []
+
+    def failing_listdir(path):
+        listings.append(path)
+        raise tf.errors.PermissionDeniedError(None, None, "listing refused")
+
+    monkeypatch.setattr(tf.io.gfile, "listdir", failing_listdir)
+    assert _serves_404_while(manager), "the server did not start, or did not answer, on a base it cannot list"
+    assert len(listings) > 1, "polling stopped after the first failure"
+    monkeypatch.undo()
+    manager.poll()
+    assert _status(manager)[1][0] == State.AVAILABLE
+
+
+def _serves_404_while(manager: ServableManager) -> bool:
+    """serve_async started on `manager`, polling often: whether it answers a status request (404, no
+    version) once a few polls have run."""
+    import asyncio
+
+    from serving import server
+    from tests.serving_helpers import free_port
+
+    port, answers = free_port(), []
+
+    async def main():
+        stop = asyncio.Event()
+        task = asyncio.create_task(server.serve_async(manager, rest_port=port, grpc_port=None, poll_seconds=0.05, stop=stop))
+
+        def get():
+            for _ in range(600):
+                try:
+                    return requests.get(f"http://127.0.0.1:{port}/v1/models/hanet", timeout=5).status_code
+                except requests.ConnectionError:
+                    time.sleep(0.05)
+
+        answers.append(await asyncio.get_running_loop().run_in_executor(None, get))
+        await asyncio.sleep(0.3)  # a few polls (each fails)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    return answers == [404]
