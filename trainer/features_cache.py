@@ -15,7 +15,9 @@ differs in any of them is built again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import time
 
@@ -24,12 +26,15 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from common import features
+from common.splits import read_split_sizes
 from trainer import data
 from trainer.model import ModelConfig, encoder_model
 
 METADATA_FILE = "cache.json"
 RECORD_SUFFIX = ".tfrecord.gz"
 RECORDS_PER_SHARD = 16384
+# How a cache's products are ordered (`order_key`); a cache of another order is built again.
+ORDER = "id-hash"
 SPLITS = (features.TRAIN_SPLIT, features.VALIDATION_SPLIT, features.EVAL_SPLIT)
 # The form of a cache's records a dataset reads: f_t and f_i (frozen heads), or the top blocks' inputs.
 FROZEN_FORM, TOP_FORM = "frozen", "top"
@@ -99,33 +104,75 @@ def write_frozen_records(batches, split_dir: str) -> int:
     return _write_split(((encoded, labels, ids, None) for encoded, labels, ids in batches), split_dir, "")[0]
 
 
-def _write_split(batches, split_dir: str, split: str) -> tuple[int, dict]:
+def order_key(product_id: bytes) -> bytes:
+    """Where a product goes in the cache: by a hash of its id (ties, never expected, by the id). The
+    preprocess stage writes products in no fixed order; a cache in this order makes the training
+    batches, hence the trained model, the same whatever order the examples came in."""
+    return hashlib.blake2b(product_id, digest_size=8).digest() + product_id
+
+
+def _shard_of(product_id: bytes, shards: int) -> int:
+    return int.from_bytes(order_key(product_id)[:8], "big") % shards
+
+
+def _sort_shard(path: str) -> None:
+    """Rewrites a shard with its records in `order_key` order (one shard is held in memory)."""
+    records = []
+    for record in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
+        product_id = tf.train.Example.FromString(record).features.feature[features.ID_KEY].bytes_list.value[0]
+        records.append((order_key(product_id), record))
+    records.sort()
+    with tf.io.TFRecordWriter(path, "GZIP") as writer:
+        for _, record in records:
+            writer.write(record)
+
+
+def _write_split(batches, split_dir: str, split: str, shards: int | None = None) -> tuple[int, dict]:
     """Writes (encoded, labels, ids, input masks) batches into split_dir's shards; returns (records,
-    the shapes of one product's outputs). Says how fast it goes every 30 s when `split` is named."""
+    the shapes of one product's outputs). Says how fast it goes every 30 s when `split` is named.
+    With `shards`, the records go to that many shards by a hash of their id and each shard is then
+    sorted (`order_key`): the split's order no longer depends on the order of `batches`; without,
+    shards of RECORDS_PER_SHARD records in the order they came."""
     tf.io.gfile.makedirs(split_dir)
     count, shard, writer, shapes = 0, 0, None, {}
+    shard_path = lambda i: os.path.join(split_dir, f"part-{i:05d}{RECORD_SUFFIX}")  # noqa: E731
+    writers = [tf.io.TFRecordWriter(shard_path(i), "GZIP") for i in range(shards or 0)]
     started = last_report = time.monotonic()
     try:
         for encoded, labels, ids, masks in batches:
             encoded = {k: np.asarray(v) for k, v in encoded.items()}
             shapes = {k: list(v.shape[1:]) for k, v in encoded.items()}
-            for example in _examples(encoded, np.asarray(labels), np.asarray(ids), masks):
+            ids = np.asarray(ids)
+            for product_id, example in zip(ids, _examples(encoded, np.asarray(labels), ids, masks)):
+                if writers:
+                    writers[_shard_of(product_id, shards)].write(example)
+                    count += 1
+                    continue
                 if writer is None or count % RECORDS_PER_SHARD == 0 and count:
                     if writer is not None:
                         writer.close()
                         shard += 1
-                    writer = tf.io.TFRecordWriter(os.path.join(split_dir, f"part-{shard:05d}{RECORD_SUFFIX}"), "GZIP")
+                    writer = tf.io.TFRecordWriter(shard_path(shard), "GZIP")
                 writer.write(example)
                 count += 1
             if split and time.monotonic() - last_report > 30:
                 last_report = time.monotonic()
                 print(f"[cache] {split}: {count} products, {count / (last_report - started):.1f} products/s", flush=True)
     finally:
-        if writer is not None:
-            writer.close()
+        for open_writer in writers + ([writer] if writer is not None else []):
+            open_writer.close()
+    for i in range(len(writers)):
+        _sort_shard(shard_path(i))
     if split:
         print(f"[cache] {split}: {count} products in {time.monotonic() - started:.0f} s", flush=True)
     return count, shapes
+
+
+def _shards_for(examples_dir: str, split: str) -> int:
+    """Shards of about RECORDS_PER_SHARD products for a split, from the preprocess stage's count of
+    its source split (validation is carved from train), so it does not depend on the examples' order."""
+    source = features.TRAIN_SPLIT if split == features.VALIDATION_SPLIT else split
+    return max(1, math.ceil(read_split_sizes(examples_dir)[source] / RECORDS_PER_SHARD))
 
 
 def cache_features(
@@ -152,6 +199,7 @@ def cache_features(
         "encoders": model_config.encoder_fields(top),
         "data": data_fingerprint or data.fingerprint(examples_dir, transform_graph_dir),
         "validation_fraction": validation_fraction,
+        "order": ORDER,
     }
     metadata = _reusable(cache_dir, wanted, top, splits)
     if metadata is not None:
@@ -167,7 +215,8 @@ def cache_features(
                                     validation_fraction=validation_fraction, with_ids=True)
         batches = ((encode(inputs), labels, ids, inputs[features.INPUT_MASK_KEY].numpy())
                    for inputs, labels, ids in dataset)
-        sizes[split], split_shapes = _write_split(batches, os.path.join(cache_dir, split), split)
+        sizes[split], split_shapes = _write_split(batches, os.path.join(cache_dir, split), split,
+                                                  shards=_shards_for(examples_dir, split))
         shapes = split_shapes or shapes
     if not shapes:
         raise ValueError(f"{examples_dir} has no products to cache")

@@ -16,6 +16,7 @@ import time
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.guard import KeepBetter
 from trainer.recipe import Recipe
 
 DONE_FILE = "done.json"
@@ -107,6 +108,7 @@ def fit_stage(
     backup_every_steps: int | None = None,
     log_every_steps: int = 100,
     log=print,
+    keep_better: bool = False,
 ) -> dict:
     """Compiles and fits `model` on `dataset` (repeated batches) with `recipe`, or loads it if a
     previous run finished it. With `validation` and `patience` > 0, stops once validation top-1 has
@@ -114,8 +116,11 @@ def fit_stage(
     in the logs). `epochs` (default the recipe's) stops training after that many epochs of the
     recipe's schedule: the learning rate follows the same curve as in a run of all of them.
 
+    `keep_better` (a fine-tuning phase, with `validation`): if the phase ends below the validation
+    top-1 it started from, the starting weights are kept (trainer/guard.py).
+
     Returns the last epoch's logs plus "epochs" (trained), "seconds" and, with validation,
-    "best_val_accuracy" and, with early stopping, "best_epoch".
+    "best_val_accuracy" and, with early stopping, "best_epoch"; with `keep_better`, the guard's figures.
     """
     check_settings(stage_dir, settings)
     epochs = min(epochs or recipe.epochs, recipe.epochs)
@@ -151,6 +156,9 @@ def fit_stage(
         keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs")),
         ProgressLog(stage, steps_per_epoch * epochs, log_every_steps, log),
     ]
+    guard = KeepBetter(stage_dir, stage, validation, chief=is_chief(), log=log) if keep_better and validation is not None else None
+    if guard is not None:
+        guard.start(model)
     early_stopping = None
     if validation is not None and patience:
         early_stopping = keras.callbacks.EarlyStopping(
@@ -172,6 +180,8 @@ def fit_stage(
     if early_stopping is not None:
         # The callback's count, not the history's: after a resume the history starts mid-run.
         logs["best_epoch"] = early_stopping.best_epoch + 1
+    if guard is not None:
+        logs.update(guard.settle(model))
     model.save_weights(writable(os.path.join(stage_dir, FINAL_WEIGHTS)))
     if is_chief():
         with tf.io.gfile.GFile(done, "w") as f:

@@ -44,7 +44,7 @@ import tf_keras as keras
 from common import features
 from common.labels import num_classes
 from common.splits import read_split_sizes
-from trainer import calibration, data, export, features_cache, fusion, recipe
+from trainer import calibration, data, export, features_cache, fusion, guard, recipe
 from trainer.loop import fit_stage, writable
 from trainer.model import (
     FROZEN,
@@ -261,7 +261,7 @@ class Run:
     def fit(self, model: keras.Model, name: str, form: str, stage_recipe: Recipe, stage_dir: str, *, seed: int,
             dataset: tf.data.Dataset | None = None, validation: tf.data.Dataset | None = None,
             steps_per_epoch: int | None = None, keep=None, keep_share: float = 1.0, extra: dict | None = None,
-            label: str | None = None, epochs: int | None = None) -> dict:
+            label: str | None = None, epochs: int | None = None, keep_better: bool = False) -> dict:
         """Trains `model` (of `form`) through the one loop, on the train split (or `dataset`), with
         early stopping on validation; or, given `epochs`, that many epochs of the recipe without
         validation (a cross-fitted fold repeating its whole-split model's, `_kept_epochs`)."""
@@ -281,7 +281,7 @@ class Run:
             settings=self._settings(name, form, stage_recipe, seed, extra or {}), validation=validation,
             patience=self.train_config.patience if epochs is None else 0, epochs=epochs, strategy=self.strategy,
             backup_every_steps=self.train_config.backup_every_steps, log_every_steps=self.train_config.log_every_steps,
-            log=self.log,
+            log=self.log, keep_better=keep_better,
         )
 
     def train_feature_model(self, name: str, stage_recipe: Recipe, stage_dir: str, *, seed: int,
@@ -335,9 +335,12 @@ class Run:
             transfer_text(streams[fusion.TEXT_ONLY].model, model)
             transfer_image(streams[fusion.IMAGE_ONLY].model, model)
         copy_weights(fusion_layer(head.model), fusion_layer(model))
+        if whole is not None and whole.logs.get(guard.KEPT_START):
+            # The whole-split model's fine-tuning made it worse: its folds keep their first phase too.
+            return Trained(name, TOP, model, {guard.KEPT_START: True, "head_phase": head.logs})
         logs = self.fit(model, name, TOP, stage_recipe, os.path.join(stage_dir, "top"), seed=seed, keep=keep,
                         keep_share=keep_share, extra={"head": head.logs.get("best_val_accuracy", head.logs.get("loss"))},
-                        label=f"{name} top", epochs=epochs)
+                        label=f"{name} top", epochs=epochs, keep_better=True)
         return Trained(name, TOP, model, {**logs, "head_phase": head.logs})
 
     def stream_features(self, streams: dict, cache_dir: str) -> str:
