@@ -35,6 +35,7 @@ RECORD_SUFFIX = ".tfrecord.gz"
 RECORDS_PER_SHARD = 16384
 # How a cache's products are ordered (`order_key`); a cache of another order is built again.
 ORDER = "id-hash"
+ORDERED_EXAMPLES_DIR = "ordered-examples"  # the examples in that order, while the cache is built
 SPLITS = (features.TRAIN_SPLIT, features.VALIDATION_SPLIT, features.EVAL_SPLIT)
 # The form of a cache's records a dataset reads: f_t and f_i (frozen heads), or the top blocks' inputs.
 FROZEN_FORM, TOP_FORM = "frozen", "top"
@@ -115,64 +116,70 @@ def _shard_of(product_id: bytes, shards: int) -> int:
     return int.from_bytes(order_key(product_id)[:8], "big") % shards
 
 
-def _sort_shard(path: str) -> None:
-    """Rewrites a shard with its records in `order_key` order (one shard is held in memory)."""
-    records = []
-    for record in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
-        product_id = tf.train.Example.FromString(record).features.feature[features.ID_KEY].bytes_list.value[0]
-        records.append((order_key(product_id), record))
-    records.sort()
-    with tf.io.TFRecordWriter(path, "GZIP") as writer:
-        for _, record in records:
-            writer.write(record)
+def _record_id(record: bytes) -> bytes:
+    return tf.train.Example.FromString(record).features.feature[features.ID_KEY].bytes_list.value[0]
 
 
-def _write_split(batches, split_dir: str, split: str, shards: int | None = None) -> tuple[int, dict]:
+def _ordered_copy(source_dir: str, out_dir: str, shards: int) -> None:
+    """The GZIP TFRecords of `source_dir` rewritten into `shards` files of out_dir, each product in
+    the file of a hash of its id and each file sorted by `order_key` (one file held in memory)."""
+    tf.io.gfile.makedirs(out_dir)
+    paths = [os.path.join(out_dir, f"part-{i:05d}{RECORD_SUFFIX}") for i in range(shards)]
+    writers = [tf.io.TFRecordWriter(path, "GZIP") for path in paths]
+    try:
+        files = sorted(tf.io.gfile.glob(os.path.join(source_dir, "*")))
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+            writers[_shard_of(_record_id(record), shards)].write(record)
+    finally:
+        for writer in writers:
+            writer.close()
+    for path in paths:
+        records = sorted((order_key(_record_id(r)), r)
+                         for r in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator())
+        with tf.io.TFRecordWriter(path, "GZIP") as writer:
+            for _, record in records:
+                writer.write(record)
+
+
+def ordered_examples(examples_dir: str, out_dir: str) -> str:
+    """A copy of the examples (train and eval splits) in `order_key` order, in shards of about
+    RECORDS_PER_SHARD products: what the encoders read, so that the cache holds the same products
+    in the same order, encoded in the same batches (bit for bit the same features), whatever order
+    the preprocess stage wrote them in. Returns out_dir, an examples directory."""
+    sizes = read_split_sizes(examples_dir)
+    for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
+        _ordered_copy(os.path.join(examples_dir, split), os.path.join(out_dir, split),
+                      max(1, math.ceil(sizes[split] / RECORDS_PER_SHARD)))
+    return out_dir
+
+
+def _write_split(batches, split_dir: str, split: str) -> tuple[int, dict]:
     """Writes (encoded, labels, ids, input masks) batches into split_dir's shards; returns (records,
-    the shapes of one product's outputs). Says how fast it goes every 30 s when `split` is named.
-    With `shards`, the records go to that many shards by a hash of their id and each shard is then
-    sorted (`order_key`): the split's order no longer depends on the order of `batches`; without,
-    shards of RECORDS_PER_SHARD records in the order they came."""
+    the shapes of one product's outputs). Says how fast it goes every 30 s when `split` is named."""
     tf.io.gfile.makedirs(split_dir)
     count, shard, writer, shapes = 0, 0, None, {}
-    shard_path = lambda i: os.path.join(split_dir, f"part-{i:05d}{RECORD_SUFFIX}")  # noqa: E731
-    writers = [tf.io.TFRecordWriter(shard_path(i), "GZIP") for i in range(shards or 0)]
     started = last_report = time.monotonic()
     try:
         for encoded, labels, ids, masks in batches:
             encoded = {k: np.asarray(v) for k, v in encoded.items()}
             shapes = {k: list(v.shape[1:]) for k, v in encoded.items()}
-            ids = np.asarray(ids)
-            for product_id, example in zip(ids, _examples(encoded, np.asarray(labels), ids, masks)):
-                if writers:
-                    writers[_shard_of(product_id, shards)].write(example)
-                    count += 1
-                    continue
+            for example in _examples(encoded, np.asarray(labels), np.asarray(ids), masks):
                 if writer is None or count % RECORDS_PER_SHARD == 0 and count:
                     if writer is not None:
                         writer.close()
                         shard += 1
-                    writer = tf.io.TFRecordWriter(shard_path(shard), "GZIP")
+                    writer = tf.io.TFRecordWriter(os.path.join(split_dir, f"part-{shard:05d}{RECORD_SUFFIX}"), "GZIP")
                 writer.write(example)
                 count += 1
             if split and time.monotonic() - last_report > 30:
                 last_report = time.monotonic()
                 print(f"[cache] {split}: {count} products, {count / (last_report - started):.1f} products/s", flush=True)
     finally:
-        for open_writer in writers + ([writer] if writer is not None else []):
-            open_writer.close()
-    for i in range(len(writers)):
-        _sort_shard(shard_path(i))
+        if writer is not None:
+            writer.close()
     if split:
         print(f"[cache] {split}: {count} products in {time.monotonic() - started:.0f} s", flush=True)
     return count, shapes
-
-
-def _shards_for(examples_dir: str, split: str) -> int:
-    """Shards of about RECORDS_PER_SHARD products for a split, from the preprocess stage's count of
-    its source split (validation is carved from train), so it does not depend on the examples' order."""
-    source = features.TRAIN_SPLIT if split == features.VALIDATION_SPLIT else split
-    return max(1, math.ceil(read_split_sizes(examples_dir)[source] / RECORDS_PER_SHARD))
 
 
 def cache_features(
@@ -210,14 +217,15 @@ def cache_features(
     encoders = encoder_model(model_config, top=top)
     encode = tf.function(lambda inputs: encoders(inputs, training=False))
     sizes, shapes = {}, {}
+    ordered = ordered_examples(examples_dir, os.path.join(cache_dir, ORDERED_EXAMPLES_DIR))
     for split in splits:
-        dataset = data.make_dataset(examples_dir, split, spec, batch_size, model_config.image_size, shuffle=False,
+        dataset = data.make_dataset(ordered, split, spec, batch_size, model_config.image_size, shuffle=False,
                                     validation_fraction=validation_fraction, with_ids=True)
         batches = ((encode(inputs), labels, ids, inputs[features.INPUT_MASK_KEY].numpy())
                    for inputs, labels, ids in dataset)
-        sizes[split], split_shapes = _write_split(batches, os.path.join(cache_dir, split), split,
-                                                  shards=_shards_for(examples_dir, split))
+        sizes[split], split_shapes = _write_split(batches, os.path.join(cache_dir, split), split)
         shapes = split_shapes or shapes
+    tf.io.gfile.rmtree(ordered)
     if not shapes:
         raise ValueError(f"{examples_dir} has no products to cache")
     metadata = {
