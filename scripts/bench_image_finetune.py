@@ -82,7 +82,7 @@ def main() -> None:
                   transform_graph_dir=os.path.join(data_dir, "transform_graph"), work_dir=args.out,
                   model_config=model_config, train_config=config, cache_dir=os.path.join(args.out, "cache"))
         trained = run.train_feature_model(fusion.IMAGE_ONLY, sgd,
-                                          os.path.join(args.out, STAGES_DIR, f"image_only-clip{clip:g}"),
+                                          os.path.join(args.out, STAGES_DIR, f"image_only-clip{clip:g}-seed{args.seed}"),
                                           seed=args.seed)
         logs = trained.logs
         row = {"clip_norm": clip, "head_val_top1": logs["head_phase"].get("best_val_accuracy"),
