@@ -77,8 +77,15 @@ def test_every_model_seed_and_tune_is_reported_consistently(benchmark_run):
                 assert 0.0 <= figures["top1_accuracy"] <= figures["top5_accuracy"] <= 1.0
                 assert 0.0 <= figures["ece"] <= 1.0 and 0.0 <= figures["coverage_at_98"] <= 1.0
                 assert figures["temperature"] > 0
+            # Only heads that weigh the streams report how they route, over every eval product.
+            assert {name for name in MODELS if "routing" in run["eval"][name]} == {"hanet"}
+            routing = run["eval"]["hanet"]["routing"]
+            assert routing["products"] == summary["tunes"][tune]["examples"]
+            assert routing["text_decides_products"] == table["text_right_image_wrong"]["products"]
+            assert routing["image_decides_products"] == table["text_wrong_image_right"]["products"]
     markdown = (benchmark_run[0] / "out" / "results.md").read_text()
     assert "## Table 1, tune top" in markdown and "| hanet | top |" in markdown and "| tfidf_svm | text |" in markdown
+    assert "## Which stream decided" in markdown
 
 
 def test_the_chosen_learning_rate_and_decision_training_are_the_best_on_validation(benchmark_run):

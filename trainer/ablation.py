@@ -26,9 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from common import baselines, features
-from common.metrics import CalibrationCounts, ClassCounts, UnimodalAgreement, top_k_ids
+from common.metrics import CalibrationCounts, ClassCounts, RoutingCounts, UnimodalAgreement, top_k_ids
 from trainer import calibration, features_cache, fusion
-from trainer.model import FROZEN, TOP, ModelConfig
+from trainer.model import FROZEN, TOP, ModelConfig, explained_model
 from trainer.recipe import ADAMW, Recipe
 from trainer.train import CROSSFIT, EVAL_BATCH_SIZE, IN_SAMPLE, STAGES_DIR, Run, TrainConfig, Trained
 
@@ -189,12 +189,18 @@ def evaluate_models(run: Run, models: dict[str, Trained]) -> dict:
     calibrated = {name: CalibrationCounts() for name in models}
     agreements = {name: UnimodalAgreement() for name in models}
     has_table1 = all(m in models for m in fusion.UNIMODAL_FUSIONS)
-    predict = {name: tf.function(lambda inputs, m=t.model: m(inputs, training=False)) for name, t in models.items()}
+    explained = {name: explained_model(t.model) for name, t in models.items()}
+    predict = {name: tf.function(lambda inputs, m=m: m(inputs, training=False)) for name, m in explained.items()}
     names = {name: list(t.model.input) for name, t in models.items()}
+    routing = {name: RoutingCounts() for name, m in explained.items() if "stream_weights" in m.output}
     for inputs, labels in run.dataset(forms.pop(), features.EVAL_SPLIT, EVAL_BATCH_SIZE, shuffle=False):
         labels = labels.numpy()
-        logits = {name: predict[name]({k: inputs[k] for k in names[name]}).numpy() for name in models}
+        outputs = {name: predict[name]({k: inputs[k] for k in names[name]}) for name in models}
+        logits = {name: outputs[name]["logits"].numpy() for name in models}
         top = {name: top_k_ids(logits[name]) for name in models}
+        for name, counts_of_name in routing.items():
+            counts_of_name.add(outputs[name]["stream_weights"].numpy()[:, 0], *(
+                (top[fusion.TEXT_ONLY][:, 0] == labels, top[fusion.IMAGE_ONLY][:, 0] == labels) if has_table1 else ()))
         for name in models:
             counts[name].add(labels, top[name])
             calibrated[name].add(np.asarray(logits[name], np.float64) / temperatures[name], labels)
@@ -206,6 +212,8 @@ def evaluate_models(run: Run, models: dict[str, Trained]) -> dict:
         coverage, threshold = calibrated[name].coverage_at(calibration.DEFAULT_TARGET_PRECISION)
         results[name] = {**counts[name].metrics(), "ece": calibrated[name].ece(), "coverage_at_98": coverage,
                          "threshold_at_98": threshold, "temperature": temperatures[name]}
+        if name in routing:
+            results[name]["routing"] = routing[name].figures()
     if has_table1:
         results["table1"] = {name: agreements[name].table() for name in models}
     return results
@@ -310,6 +318,10 @@ def summarize(raw: dict) -> dict:
             entry["decision_training"] = raw["decision_training"][name]
         if all("table1" in run["eval"] for run in runs):
             entry["headroom"] = _headroom([run["eval"] for run in runs], name)
+        for metric in ("text_weight_std", "routing_auc"):
+            values = [run["eval"][name].get("routing", {}).get(metric) for run in runs]
+            if values and None not in values:
+                entry[metric] = _mean_std(values)
         models[name] = entry
     summary = {"models": models, "seeds": [run["seed"] for run in runs]}
     if all("table1" in run["eval"] for run in runs):
