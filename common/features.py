@@ -18,7 +18,8 @@ DEFAULT_ID_COLUMN = "id"
 DEFAULT_TITLE_COLUMN = "title"
 DEFAULT_IMAGE_COLUMN = "image"
 DEFAULT_TEXT_SEPARATOR = " | "
-# Larger images (by their header) are quarantined before decoding: a decompression bomb is tiny on disk.
+# Larger images (by their header) are quarantined before decoding: a decompression bomb is tiny on disk, and a
+# 20-megapixel photo already decodes to 60 MB of RGB.
 DEFAULT_MAX_IMAGE_PIXELS = 20_000_000
 # The share of products in the eval split, by a hash of the id.
 DEFAULT_EVAL_FRACTION = 0.2
@@ -79,6 +80,22 @@ PAPER_BERT_HANDLE = "https://tfhub.dev/tensorflow/bert_en_uncased_L-12_H-768_A-1
 MODEL_NAME = "hanet"
 GRPC_PORT = 8500
 REST_PORT = 8501
+
+# The models of the paper, which are also the training stages' names: the unimodal models train first;
+# the feature-level fusions fuse f_t and f_i, the decision-level ones the unimodal models' probabilities.
+TEXT_ONLY = "text_only"
+IMAGE_ONLY = "image_only"
+CONCAT = "concat"
+KEYLESS = "keyless"
+KEY_BASED = "key_based"
+HANET = "hanet"
+DECISION_LEVEL = "decision_level"
+POLICY = "policy"
+UNIMODAL_FUSIONS = (TEXT_ONLY, IMAGE_ONLY)
+FEATURE_FUSIONS = (TEXT_ONLY, IMAGE_ONLY, CONCAT, KEYLESS, KEY_BASED, HANET)
+DECISION_FUSIONS = (DECISION_LEVEL, POLICY)
+ATTENTION_FUSIONS = (KEYLESS, KEY_BASED, HANET)
+FUSIONS = FEATURE_FUSIONS + DECISION_FUSIONS
 
 # Split names, as directories under the examples artifact.
 TRAIN_SPLIT = "train"

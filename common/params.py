@@ -38,20 +38,30 @@ def param(default, help: str, *, local=_SAME, required: bool = False):
     return dataclasses.field(default=default, metadata=metadata)
 
 
-# Shared by both pipelines: the catalog, and how its rows are read.
-_CATALOG = "the catalog: a CSV, JSON Lines or TFRecord (tf.Example) file, a glob of them, or a URI (gs://...)"
-_ID_COLUMN = "the catalog column of each product's id"
-_TITLE_COLUMN = "the catalog column of each product's title"
-_IMAGE_COLUMN = "the catalog column of each product's photo: a path or URI, or the encoded image in a tf.Example"
-_EXTRA_TEXT_COLUMNS = "comma-separated columns appended to the title after text_separator (e.g. description,brand)"
-_TEXT_SEPARATOR = "put between the title and each extra text column"
+@dataclasses.dataclass
+class CatalogParams:
+    """The parameters both pipelines share: the catalog, and how its rows are read."""
+
+    catalog: str = param(
+        "", "the catalog: a CSV, JSON Lines or TFRecord (tf.Example) file, a glob of them, or a URI (gs://...)",
+        required=True,
+    )
+    id_column: str = param(features.DEFAULT_ID_COLUMN, "the catalog column of each product's id")
+    title_column: str = param(features.DEFAULT_TITLE_COLUMN, "the catalog column of each product's title")
+    image_column: str = param(
+        features.DEFAULT_IMAGE_COLUMN,
+        "the catalog column of each product's photo: a path or URI, or the encoded image in a tf.Example",
+    )
+    extra_text_columns: str = param(
+        "", "comma-separated columns appended to the title after text_separator (e.g. description,brand)"
+    )
+    text_separator: str = param(features.DEFAULT_TEXT_SEPARATOR, "put between the title and each extra text column")
 
 
 @dataclasses.dataclass
-class PipelineParams:
+class PipelineParams(CatalogParams):
     """The parameters of the training pipeline (hanet-product-classifier)."""
 
-    catalog: str = param("", _CATALOG, required=True)
     label_column: str = param("", "the catalog column holding each product's class", required=True)
     serving_base: str = param(
         "", "where blessed models are pushed, as SERVING_BASE/MODEL_NAME/<version>/ (run-local: WORK_DIR/serving)",
@@ -104,11 +114,6 @@ class PipelineParams:
     image_size: int = param(224, "the square image input, in pixels", local=96)
     max_seq_length: int = param(64, "title tokens, [CLS] and [SEP] included", local=32)
     eval_fraction: float = param(features.DEFAULT_EVAL_FRACTION, "share of the products in the eval split")
-    id_column: str = param(features.DEFAULT_ID_COLUMN, _ID_COLUMN)
-    title_column: str = param(features.DEFAULT_TITLE_COLUMN, _TITLE_COLUMN)
-    image_column: str = param(features.DEFAULT_IMAGE_COLUMN, _IMAGE_COLUMN)
-    extra_text_columns: str = param("", _EXTRA_TEXT_COLUMNS)
-    text_separator: str = param(features.DEFAULT_TEXT_SEPARATOR, _TEXT_SEPARATOR)
     label_min_count: int = param(1, "labels seen fewer times in train share the out-of-vocabulary class")
     accuracy_threshold: float = param(
         0.5, "the gate: a model below this top-1 accuracy on the eval split is not pushed", local=0.0
@@ -134,23 +139,17 @@ class PipelineParams:
 
 
 @dataclasses.dataclass
-class BatchPredictParams:
+class BatchPredictParams(CatalogParams):
     """The parameters of the batch prediction pipeline (hanet-batch-predict)."""
 
     model_dir: str = param(
         "", "a pushed version SERVING_BASE/hanet/<n>, a model base SERVING_BASE/hanet (its newest complete "
         "version when the run starts: what TF Serving serves) or a model artifact's URI", required=True,
     )
-    catalog: str = param("", _CATALOG, required=True)
     label_column: str = param("", "a column of true classes, for top-1, top-5 and macro-F1 (empty: predictions only)")
     top_k: int = param(features.DEFAULT_TOP_K, "classes written per product")
     output_format: str = param(features.JSONL, f"of the prediction files: {' or '.join(features.PREDICTION_FORMATS)}")
     batch_size: int = param(features.DEFAULT_BATCH_SIZE, "products per call of the model")
-    id_column: str = param(features.DEFAULT_ID_COLUMN, _ID_COLUMN)
-    title_column: str = param(features.DEFAULT_TITLE_COLUMN, _TITLE_COLUMN)
-    image_column: str = param(features.DEFAULT_IMAGE_COLUMN, _IMAGE_COLUMN)
-    extra_text_columns: str = param("", _EXTRA_TEXT_COLUMNS)
-    text_separator: str = param(features.DEFAULT_TEXT_SEPARATOR, _TEXT_SEPARATOR)
     max_image_pixels: int = param(
         features.DEFAULT_MAX_IMAGE_PIXELS, "larger images (by their header) are quarantined before decoding"
     )

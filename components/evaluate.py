@@ -162,7 +162,7 @@ class Evaluation:
     table1: dict | None
     served: dict | None  # ServedComparison.figures(), when a model is served
     samples: dict  # {"right": [...], "wrong": [...]}
-    # ModelCalibration.figures() of the candidate, and {"text_only", "image_only": the same} with Table 1.
+    # ModelCalibration.figures() of the candidate, and {TEXT_ONLY, IMAGE_ONLY: the same} with Table 1.
     calibration: dict = dataclasses.field(default_factory=dict)
     unimodal_calibration: dict | None = None
     curves: dict = dataclasses.field(default_factory=dict)  # ModelCalibration.curves() of the candidate
@@ -257,10 +257,10 @@ class EvalFigures:
                 stage_logits = predict(batch)[features.OUTPUT_LOGITS_KEY]
                 stage_calibration.add(stage_logits, labels)
                 top1[stage] = top_k_ids(stage_logits, 1)[:, 0]
-            self.agreement.add(labels, top1["text_only"], top1["image_only"], top_ids[:, 0])
+            self.agreement.add(labels, top1[features.TEXT_ONLY], top1[features.IMAGE_ONLY], top_ids[:, 0])
         if self.routing:
             self.routing.add(outputs[features.OUTPUT_TEXT_WEIGHT_KEY], *(
-                (top1["text_only"] == labels, top1["image_only"] == labels) if self.agreement else ()))
+                (top1[features.TEXT_ONLY] == labels, top1[features.IMAGE_ONLY] == labels) if self.agreement else ()))
         if self.baseline:
             baseline_ids = top_k_ids(self.baseline.scores(baselines.decode_titles(batch[features.TITLE_KEY].numpy())))
             self.baseline_counts.add(labels, baseline_ids)
@@ -410,7 +410,7 @@ def evaluate_model(
     unimodal = {}
     if text_model_dir:
         unimodal = {stage: (_transformed_predictor(load(d), d), ModelCalibration(calibrations.read(d)))
-                    for stage, d in (("text_only", text_model_dir), ("image_only", image_model_dir))}
+                    for stage, d in ((features.TEXT_ONLY, text_model_dir), (features.IMAGE_ONLY, image_model_dir))}
 
     baseline, baseline_error = None, None
     if baseline_max_train_products:

@@ -161,9 +161,100 @@ def _preprocess(args: argparse.Namespace, model_config, out: str) -> dict:
         return json.load(f)
 
 
-def run_benchmark(args: argparse.Namespace, ablation_config, model_config) -> tuple[dict, str]:
+def evaluate_models(run, models: dict) -> dict:
+    """One streamed pass over the eval split for all `models` (trainer Trained, one form), each through
+    the evaluate stage's EvalFigures: {model: {top1_accuracy, top5_accuracy, macro_f1, examples, ece,
+    coverage_at_98, threshold_at_98, temperature}} and, with both unimodal models, "table1" per model.
+    Scores are calibrated as the exported model's are: a temperature fitted on the validation split."""
     import tensorflow as tf
 
+    from common import calibration, features
+    from components.evaluate import EvalFigures, ModelCalibration
+    from trainer.model import explained_model
+    from trainer.stages import EVAL_BATCH_SIZE
+
+    forms = {t.form for t in models.values()}
+    if len(forms) != 1:
+        raise ValueError(f"models of one pass must share a form, got {forms}")
+    # No validation split: no calibration, as the exporter does.
+    fitted = {name: run.calibrate(t) or calibration.Calibration() for name, t in models.items()}
+    logits = {}  # the batch's logits of every model: Table 1 reads the unimodal models' beside each model's
+    unimodal = all(m in models for m in features.UNIMODAL_FUSIONS)
+
+    def stage_logits(stage: str):
+        return lambda batch: {features.OUTPUT_LOGITS_KEY: logits[stage]}
+
+    names = [str(i) for i in range(run.classes)]  # per-class tables are not reported
+    figures = {name: EvalFigures(names, ModelCalibration(fitted[name]), {
+        stage: (stage_logits(stage), ModelCalibration(fitted[stage])) for stage in features.UNIMODAL_FUSIONS
+    } if unimodal else {}, samples_per_kind=0) for name in models}
+    # With the stream weights of the heads that weigh the streams: their spread and routing AUC.
+    predict = {name: tf.function(lambda inputs, m=explained_model(t.model): m(inputs, training=False))
+               for name, t in models.items()}
+    inputs_of = {name: list(t.model.input) for name, t in models.items()}
+    for inputs, labels in run.dataset(forms.pop(), features.EVAL_SPLIT, EVAL_BATCH_SIZE, shuffle=False):
+        outputs = {name: predict[name]({k: inputs[k] for k in inputs_of[name]}) for name in models}
+        logits.update({name: outputs[name]["logits"].numpy() for name in models})
+        for name in models:
+            out = {features.OUTPUT_LOGITS_KEY: logits[name]}
+            if "stream_weights" in outputs[name]:
+                weights = outputs[name]["stream_weights"].numpy()
+                out[features.OUTPUT_TEXT_WEIGHT_KEY], out[features.OUTPUT_IMAGE_WEIGHT_KEY] = weights[:, 0], weights[:, 1]
+            figures[name].add({features.LABEL_ID_KEY: labels}, out)
+    results = {}
+    for name, f in figures.items():
+        calibrated = f.calibration.figures()
+        results[name] = {**f.counts.metrics(), **{k: calibrated[k] for k in (
+            "ece", "coverage_at_98", "threshold_at_98", "temperature")}}
+        if f.routing:
+            results[name]["routing"] = f.routing.figures()
+    if unimodal:
+        results["table1"] = {name: f.agreement.table() for name, f in figures.items()}
+    return results
+
+
+def _facts(args: argparse.Namespace, ablation_config, model_config, metadata: dict, preprocess_metrics: dict,
+           seconds: dict) -> dict:
+    """The report's list of what was run, on what, and how long it took."""
+    import tensorflow as tf
+
+    sizes = metadata["split_sizes"]
+    tunes = ", ".join(ablation_config.tunes)
+    return {
+        "command": "`python -m pipeline benchmark " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["benchmark"]
+                                                              else sys.argv[1:]) + "`",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+                   f"{'GPU' if tf.config.list_physical_devices('GPU') else 'no GPU'}, "
+                   f"Python {platform.python_version()}, TensorFlow {tf.__version__}",
+        "catalog rows": f"{preprocess_metrics['rows_in']} in, quarantined "
+                        f"{sum(preprocess_metrics['quarantined'].values())}, "
+                        f"{preprocess_metrics['label_vocabulary_size']} labels in the train vocabulary "
+                        f"(+1 out-of-vocabulary class)",
+        "splits": f"train {sizes['train']}, validation {sizes['validation']} "
+                  f"(choices only), eval {sizes['eval']} (reported once per seed and tune)",
+        "encoders": f"text `{model_config.bert_handle}` ({model_config.text_pooling} pooling, "
+                    f"{metadata['text_dim']}-d, {model_config.max_seq_length} tokens); image "
+                    f"EfficientNet-{model_config.image_variant} `{model_config.image_weights}` "
+                    f"({metadata['image_dim']}-d, {model_config.image_size}px); tunes {tunes}",
+        "top": f"the last {model_config.text_top_blocks} BERT block(s) and the last "
+               f"{model_config.image_top_blocks} EfficientNet block(s) (+ its 1x1 head convolution) fine-tune "
+               f"on cached inputs ({metadata.get('image_map_shape')} feature map), after the head's "
+               f"frozen phase; AdamW, ≤{ablation_config.top_epochs} epochs, patience "
+               f"{ablation_config.top_patience}, learning rate "
+               f"{_candidates(ablation_config.top_unimodal_learning_rates)} for the unimodal models and "
+               f"{_candidates(ablation_config.top_fusion_learning_rates)} for the feature fusions",
+        "heads": f"AdamW (weight decay {ablation_config.weight_decay}, 10% warm-up), batch "
+                 f"{ablation_config.batch_size}, ≤{ablation_config.max_epochs} epochs with early stopping "
+                 f"(patience {ablation_config.patience}) on validation top-1; learning rate per model from "
+                 f"{list(ablation_config.learning_rates)} on validation with seed {ablation_config.seeds[0]}; "
+                 f"{model_config.head}; decision-level heads cross-fitted over {ablation_config.crossfit_folds} "
+                 f"folds, each for the epochs its whole-split model kept (or in-sample where that won on validation)",
+        "time": ", ".join(f"{phase} {value:.0f} s" for phase, value in seconds.items())
+                + f"; {sum(seconds.values()) / 60:.1f} min in all",
+    }
+
+
+def run_benchmark(args: argparse.Namespace, ablation_config, model_config) -> tuple[dict, str]:
     from components.preprocess import job as preprocess_job
     from trainer import ablation_report
 
@@ -178,48 +269,11 @@ def run_benchmark(args: argparse.Namespace, ablation_config, model_config) -> tu
     examples_dir = os.path.join(out, PREPROCESS_DIR, preprocess_job.EXAMPLES_DIR)
     transform_graph_dir = os.path.join(out, PREPROCESS_DIR, preprocess_job.TRANSFORM_GRAPH_DIR)
     raw = ablation.run_ablation(out, examples_dir, transform_graph_dir, model_config, ablation_config,
-                                log=lambda line: print(line, flush=True))
+                                evaluate_models, log=lambda line: print(line, flush=True))
     seconds.update(raw.pop("seconds"))
     summary = ablation.summarize_all(raw, ablation_config.tunes)
-    metadata = raw["cache"]
-    sizes = metadata["split_sizes"]
-    tunes = ", ".join(ablation_config.tunes)
-    context = {
-        "catalog": args.catalog,
-        "label_column": args.label_column,
-        "facts": {
-            "command": "`python -m pipeline benchmark " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["benchmark"]
-                                                                  else sys.argv[1:]) + "`",
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                       f"{'GPU' if tf.config.list_physical_devices('GPU') else 'no GPU'}, "
-                       f"Python {platform.python_version()}, TensorFlow {tf.__version__}",
-            "catalog rows": f"{preprocess_metrics['rows_in']} in, quarantined "
-                            f"{sum(preprocess_metrics['quarantined'].values())}, "
-                            f"{preprocess_metrics['label_vocabulary_size']} labels in the train vocabulary "
-                            f"(+1 out-of-vocabulary class)",
-            "splits": f"train {sizes['train']}, validation {sizes['validation']} "
-                      f"(choices only), eval {sizes['eval']} (reported once per seed and tune)",
-            "encoders": f"text `{model_config.bert_handle}` ({model_config.text_pooling} pooling, "
-                        f"{metadata['text_dim']}-d, {model_config.max_seq_length} tokens); image "
-                        f"EfficientNet-{model_config.image_variant} `{model_config.image_weights}` "
-                        f"({metadata['image_dim']}-d, {model_config.image_size}px); tunes {tunes}",
-            "top": f"the last {model_config.text_top_blocks} BERT block(s) and the last "
-                   f"{model_config.image_top_blocks} EfficientNet block(s) (+ its 1x1 head convolution) fine-tune "
-                   f"on cached inputs ({metadata.get('image_map_shape')} feature map), after the head's "
-                   f"frozen phase; AdamW, ≤{ablation_config.top_epochs} epochs, patience "
-                   f"{ablation_config.top_patience}, learning rate "
-                   f"{_candidates(ablation_config.top_unimodal_learning_rates)} for the unimodal models and "
-                   f"{_candidates(ablation_config.top_fusion_learning_rates)} for the feature fusions",
-            "heads": f"AdamW (weight decay {ablation_config.weight_decay}, 10% warm-up), batch "
-                     f"{ablation_config.batch_size}, ≤{ablation_config.max_epochs} epochs with early stopping "
-                     f"(patience {ablation_config.patience}) on validation top-1; learning rate per model from "
-                     f"{list(ablation_config.learning_rates)} on validation with seed {ablation_config.seeds[0]}; "
-                     f"{model_config.head}; decision-level heads cross-fitted over {ablation_config.crossfit_folds} "
-                     f"folds, each for the epochs its whole-split model kept (or in-sample where that won on validation)",
-            "time": ", ".join(f"{phase} {value:.0f} s" for phase, value in seconds.items())
-                    + f"; {sum(seconds.values()) / 60:.1f} min in all",
-        },
-    }
+    context = {"catalog": args.catalog, "label_column": args.label_column,
+               "facts": _facts(args, ablation_config, model_config, raw["cache"], preprocess_metrics, seconds)}
     markdown = ablation_report.render(summary, context)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, RESULTS_MARKDOWN), "w") as f:

@@ -134,10 +134,10 @@ def train(
     "trained"); epochs/batch_size/learning_rate are the AdamW stages' (text and fusion)."""
     import dataclasses
 
+    from common import features
     from trainer import recipe
+    from trainer import train as training
     from trainer.model import ModelConfig
-    from trainer.train import TrainConfig
-    from trainer.train import train as run
 
     adamw = dataclasses.replace(recipe.PAPER_FUSION, learning_rate=learning_rate, epochs=epochs, batch_size=batch_size)
     sgd = dataclasses.replace(
@@ -148,7 +148,7 @@ def train(
         decay_epochs=image_lr_decay_epochs,
     )
     head = dataclasses.replace(recipe.HEAD, learning_rate=head_learning_rate, epochs=head_epochs, batch_size=batch_size)
-    logs = run(
+    logs = training.train(
         examples_dir=examples.path,
         transform_graph_dir=transform_graph.path,
         export_dir=model.path,
@@ -164,7 +164,7 @@ def train(
             text_top_blocks=text_top_blocks,
             image_top_blocks=image_top_blocks,
         ),
-        train_config=TrainConfig(
+        train_config=training.TrainConfig(
             text_recipe=adamw,
             image_recipe=sgd,
             fusion_recipe=adamw,
@@ -176,9 +176,9 @@ def train(
             mixed_precision=mixed_precision,
             backup_every_steps=backup_every_steps or None,
         ),
-        unimodal_export_dirs={"text_only": text_model.path, "image_only": image_model.path},
+        unimodal_export_dirs={features.TEXT_ONLY: text_model.path, features.IMAGE_ONLY: image_model.path},
     )
-    for artifact, stage in ((model, fusion), (text_model, "text_only"), (image_model, "image_only")):
+    for artifact, stage in ((model, fusion), (text_model, features.TEXT_ONLY), (image_model, features.IMAGE_ONLY)):
         artifact.metadata["fusion"] = stage
         artifact.metadata["trained"] = stage in logs
         for name, value in logs.get(stage, {}).items():
@@ -239,7 +239,9 @@ def evaluate(
         blessing.metadata["served_version"] = served[0]
     with open(blessing.path, "w") as f:
         json.dump({"blessed": verdict.blessed, "reason": verdict.reason, **evaluation.summary()}, f, indent=2)
-    progress("evaluate", ", ".join(f"{k} {v:.4g}" for k, v in evaluation.scalars().items()))
+    figures = evaluation.metrics  # every figure is in `metrics` and the blessing's JSON
+    progress("evaluate", f"top-1 {figures['top1_accuracy']:.4f}, top-5 {figures['top5_accuracy']:.4f}, "
+             f"macro-F1 {figures['macro_f1']:.4f} on {figures['examples']} eval products")
     progress("evaluate", f"gate: {'blessed' if verdict.blessed else 'not blessed'}: {verdict.reason}")
     return verdict.blessed
 

@@ -1,13 +1,14 @@
 """`run-local`: the Kubeflow pipeline itself, run on this machine through kfp.local (no cluster).
 
 The terminal shows each task starting and finishing (with its duration), the stages' progress lines
-and the final figures; the rest (kfp.local's listing of every artifact, the executors' logging,
+and a short block a person reads (`final_block`); the rest (kfp.local's listing of every artifact, the executors' logging,
 TensorFlow, Beam and tf.Transform chatter) goes to WORK_DIR/logs/run-local.log (common/console.py).
 --verbose shows all of it. A failed task is one line naming its exception and the log.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -19,6 +20,8 @@ from common.params import local_params
 from pipeline import cli, config
 
 REPORT_FILE = "evaluation_report.html"
+# Every figure of the evaluate stage and the gate's verdict, where the final block says.
+METRICS_FILE = "metrics.json"
 LOG_FILE = os.path.join("logs", "run-local.log")
 
 
@@ -42,10 +45,44 @@ def main(args: argparse.Namespace) -> None:
     cli.check_local_inputs(params.catalog, params.bert_handle, params.image_weights)
     with console.quiet(os.path.join(args.work_dir, LOG_FILE), args.verbose) as screen:
         result = run_local(params, args.work_dir, cfg.task_settings(), screen)
-    print("evaluation: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(result["metrics"].items())))
-    print(f"gate: {'blessed' if result['blessed'] else 'not blessed'}: {result['reason']}")
-    print(f"pushed model: {result['pushed_model']}" if result["pushed_model"] else "nothing pushed")
-    print(f"evaluation report: {result['report']}")
+    print(final_block(result))
+
+
+def _figure(value) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def final_block(result: dict) -> str:
+    """The candidate's figures beside the baselines', the gate's verdict, its calibration, and where
+    the pushed model, the report and every figure (METRICS_FILE) are."""
+    m = result["metrics"]
+    rows = [(f"candidate ({result['fusion']})", m.get("top1_accuracy"), m.get("top5_accuracy"), m.get("macro_f1"))]
+    if "baseline_top1_accuracy" in m:
+        rows.append(("tfidf_svm baseline", m["baseline_top1_accuracy"], m.get("baseline_top5_accuracy"),
+                     m.get("baseline_macro_f1")))
+    if "served_top1_accuracy" in m:
+        rows.append((f"served version {m['served_version']:g}", m["served_top1_accuracy"], None, None))
+    width = max(len(row[0]) for row in rows)
+    lines = [f"{'':{width}}  " + "  ".join(f"{h:>8}" for h in ("top-1", "top-5", "macro-F1"))
+             + f"   ({m.get('examples', 0):g} eval products)"]
+    lines += [f"{name:{width}}  " + "  ".join(f"{_figure(v):>8}" for v in values) for name, *values in rows]
+    lines.append(f"gate: {'blessed' if result['blessed'] else 'not blessed'}: {result['reason']}")
+    lines.append(_calibration_line(m))
+    lines.append(f"pushed model: {result['pushed_model']}" if result["pushed_model"] else "nothing pushed")
+    lines.append(f"evaluation report: {result['report']}")
+    lines.append(f"all figures: {result['metrics_file']}")
+    return "\n".join(lines)
+
+
+def _calibration_line(m: dict) -> str:
+    if "ece" not in m:
+        return "calibration: not measured"
+    line = f"calibration: ECE {m['ece']:.4f}"
+    if m.get("review_threshold") is not None and m.get("review_share") is not None:
+        line += (f"; above the review threshold {m['review_threshold']:.3f}: {100 * (1 - m['review_share']):.1f}% "
+                 f"of products" + (f", precision {m['auto_precision']:.4f}" if m.get("auto_precision") is not None
+                                   else ""))
+    return line
 
 
 def run_local(
@@ -92,12 +129,19 @@ def run_local(
     # The evaluate stage's HTML report, where a browser opens it (the artifact's file has no extension).
     report = os.path.join(work_dir, REPORT_FILE)
     shutil.copyfile(run.outputs["report"].path, report)
+    metrics_file = os.path.join(work_dir, METRICS_FILE)
+    with open(run.outputs["blessing"].path) as f:
+        figures = json.load(f)  # the verdict and every figure of the evaluate stage
+    with open(metrics_file, "w") as f:
+        json.dump({"scalars": run.outputs["metrics"].metadata, **figures}, f, indent=2)
     return {
+        "fusion": params.fusion,
         "metrics": run.outputs["metrics"].metadata,
         "blessed": blessing["blessed"],
         "reason": blessing["reason"],
         "pushed_model": os.path.join(params.serving_base, params.model_name, str(pushed[-1])) if pushed else None,
         "report": report,
+        "metrics_file": metrics_file,
     }
 
 

@@ -54,7 +54,8 @@ def main() -> None:
 
     from components.preprocess.catalog import CatalogColumns
     from components.preprocess.job import preprocess_to_dir
-    from trainer import fusion, guard, recipe
+    from common import features
+    from trainer import guard, recipe
     from trainer.model import ModelConfig
     from trainer.train import STAGES_DIR, Run, TrainConfig
 
@@ -66,7 +67,7 @@ def main() -> None:
         preprocess_to_dir(catalog=catalog, columns=CatalogColumns(label=args.label_column), output_dir=data_dir,
                           bert_handle=p.bert_handle, max_seq_length=p.max_seq_length, image_size=p.image_size)
         open(os.path.join(data_dir, "done"), "w").close()
-    model_config = ModelConfig(fusion=fusion.IMAGE_ONLY, bert_handle=p.bert_handle, image_weights=p.image_weights,
+    model_config = ModelConfig(fusion=features.IMAGE_ONLY, bert_handle=p.bert_handle, image_weights=p.image_weights,
                                image_variant=p.image_variant, image_size=p.image_size,
                                max_seq_length=p.max_seq_length, text_pooling=p.text_pooling,
                                text_top_blocks=p.text_top_blocks, image_top_blocks=p.image_top_blocks)
@@ -81,7 +82,7 @@ def main() -> None:
         run = Run(examples_dir=os.path.join(data_dir, "examples"),
                   transform_graph_dir=os.path.join(data_dir, "transform_graph"), work_dir=args.out,
                   model_config=model_config, train_config=config, cache_dir=os.path.join(args.out, "cache"))
-        trained = run.train_feature_model(fusion.IMAGE_ONLY, sgd,
+        trained = run.train_feature_model(features.IMAGE_ONLY, sgd,
                                           os.path.join(args.out, STAGES_DIR, f"image_only-clip{clip:g}-seed{args.seed}"),
                                           seed=args.seed)
         logs = trained.logs

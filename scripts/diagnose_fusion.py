@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from common import features  # noqa: E402
 from common.metrics import roc_auc  # noqa: E402
-from trainer import features_cache, fusion, recipe  # noqa: E402
+from trainer import features_cache, recipe  # noqa: E402
 from trainer.model import FROZEN, ModelConfig, fusion_layer  # noqa: E402
 from trainer.train import Run, TrainConfig  # noqa: E402
 
@@ -102,9 +102,9 @@ def main() -> None:
     for seed in range(args.seeds):
         right = {name: right_on_validation(cache_dir, unimodal_run.train_feature_model(
             name, head_recipe, os.path.join(unimodal_run.work_dir, f"{name}-seed{seed}"), seed=seed).model)
-            for name in (fusion.TEXT_ONLY, fusion.IMAGE_ONLY)}
-        decides.append((right[fusion.TEXT_ONLY] & ~right[fusion.IMAGE_ONLY],
-                        ~right[fusion.TEXT_ONLY] & right[fusion.IMAGE_ONLY]))
+            for name in (features.TEXT_ONLY, features.IMAGE_ONLY)}
+        decides.append((right[features.TEXT_ONLY] & ~right[features.IMAGE_ONLY],
+                        ~right[features.TEXT_ONLY] & right[features.IMAGE_ONLY]))
     print("| model | variant | validation top-1 (mean ± std) | mean text weight s_t | std of s_t | routing AUC |")
     print("|---|---|---|---|---|---|")
     for model_name in args.models.split(","):

@@ -7,7 +7,7 @@ import tf_keras as keras
 
 from tests.conftest import SMALL_MODEL_IMAGE_SIZE, SMALL_MODEL_SEQ_LENGTH
 from trainer import guard
-from trainer.loop import fit_stage
+from trainer.loop import LoopOptions, StageSpec, fit_stage
 from trainer.recipe import SGD, Recipe
 
 CLASSES, FEATURES, BATCH = 4, 8, 16
@@ -29,6 +29,12 @@ def _trained_model():
     return model
 
 
+def _spec(tmp_path, learning_rate: float) -> StageSpec:
+    return StageSpec(stage="probe top", stage_dir=str(tmp_path / "stage"), steps_per_epoch=256 // BATCH,
+                     recipe=Recipe(SGD, learning_rate=learning_rate, epochs=2, batch_size=BATCH, weight_decay=0.0),
+                     settings={"probe": learning_rate}, keep_better=True)
+
+
 def _fine_tune(tmp_path, learning_rate: float, lines: list):
     x, y = _data(0, 256)
     # Labels of the train set scrambled: fine-tuning at a large rate fits noise and loses the task.
@@ -37,10 +43,8 @@ def _fine_tune(tmp_path, learning_rate: float, lines: list):
     vx, vy = _data(2, 128)
     validation = tf.data.Dataset.from_tensor_slices((vx, vy)).batch(64)
     model = _trained_model()
-    logs = fit_stage(model, dataset, stage="probe top", stage_dir=str(tmp_path / "stage"),
-                     recipe=Recipe(SGD, learning_rate=learning_rate, epochs=2, batch_size=BATCH, weight_decay=0.0),
-                     steps_per_epoch=256 // BATCH, settings={"probe": learning_rate}, validation=validation,
-                     keep_better=True, log=lines.append)
+    logs = fit_stage(model, dataset, _spec(tmp_path, learning_rate), validation=validation,
+                     options=LoopOptions(log=lines.append))
     accuracy = float(np.mean(np.argmax(model(vx).numpy(), axis=1) == vy))
     return model, logs, accuracy
 
@@ -58,9 +62,7 @@ def test_a_collapsing_phase_keeps_its_starting_weights_and_says_so(tmp_path):
     # A rerun finds the stage finished and loads what was kept, not the collapsed weights.
     again = _trained_model()
     again.set_weights([w * 0 for w in again.get_weights()])
-    fit_stage(again, None, stage="probe top", stage_dir=str(tmp_path / "stage"), recipe=Recipe(
-        SGD, learning_rate=50.0, epochs=2, batch_size=BATCH, weight_decay=0.0), steps_per_epoch=16,
-        settings={"probe": 50.0}, keep_better=True, log=lines.append)
+    fit_stage(again, None, _spec(tmp_path, 50.0), options=LoopOptions(log=lines.append))
     np.testing.assert_array_equal(again.get_weights()[0], _trained_model().get_weights()[0])
 
 
@@ -78,7 +80,7 @@ def test_a_collapsing_fine_tune_on_a_small_catalog_keeps_the_head_phase(distinct
                                                                         tmp_path):
     """tune top on real products: the text model's head phase learns the titles, then fine-tuning
     BERT's last block at an absurd rate wrecks it; the kept model scores what the head phase did."""
-    from trainer import fusion
+    from common import features
     from trainer.fusion import HeadConfig
     from trainer.model import TOP, ModelConfig
     from trainer.train import Run, TrainConfig
@@ -87,12 +89,12 @@ def test_a_collapsing_fine_tune_on_a_small_catalog_keeps_the_head_phase(distinct
     head = Recipe(learning_rate=1e-2, epochs=40, batch_size=8)
     run = Run(examples_dir=distinct_preprocessed.examples_dir,
               transform_graph_dir=distinct_preprocessed.transform_graph_dir, work_dir=str(tmp_path),
-              model_config=ModelConfig(fusion=fusion.TEXT_ONLY, bert_handle=str(tiny_bert_handle), image_weights=None,
+              model_config=ModelConfig(fusion=features.TEXT_ONLY, bert_handle=str(tiny_bert_handle), image_weights=None,
                                        image_size=SMALL_MODEL_IMAGE_SIZE, max_seq_length=SMALL_MODEL_SEQ_LENGTH,
                                        text_pooling="mean", head=HeadConfig(width=32)),
               train_config=TrainConfig(text_recipe=absurd, tune=TOP, head_recipe=head, validation_fraction=0.3),
               log=lambda line: None)
-    trained = run.train_feature_model(fusion.TEXT_ONLY, absurd, str(tmp_path / "text_only"), seed=0)
+    trained = run.train_feature_model(features.TEXT_ONLY, absurd, str(tmp_path / "text_only"), seed=0)
     logs = trained.logs
     assert logs[guard.START_ACCURACY] >= 0.6  # the head phase learnt the titles (3 classes: chance 0.33)
     assert logs[guard.END_ACCURACY] < logs[guard.START_ACCURACY]

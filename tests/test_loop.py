@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.loop import FINAL_WEIGHTS, fit_stage
+from trainer.loop import FINAL_WEIGHTS, LoopOptions, StageSpec, fit_stage
 from trainer.recipe import Recipe
 
 CLASSES, FEATURES, BATCH = 4, 8, 16
@@ -25,12 +25,13 @@ def _model():
     return keras.Sequential([keras.layers.Input((FEATURES,)), keras.layers.Dense(CLASSES)])
 
 
-def _fit(tmp_path, recipe, **kwargs):
+def _fit(tmp_path, recipe, validation=None, **spec):
     x, y = _data(0, 256, noisy=False)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(256, seed=0).batch(BATCH).repeat()
     model = _model()
-    logs = fit_stage(model, dataset, stage="probe", stage_dir=str(tmp_path / "stage"), recipe=recipe,
-                     steps_per_epoch=256 // BATCH, settings={"probe": 1}, log=lambda line: None, **kwargs)
+    logs = fit_stage(model, dataset, StageSpec(stage="probe", stage_dir=str(tmp_path / "stage"), recipe=recipe,
+                                               steps_per_epoch=256 // BATCH, settings={"probe": 1}, **spec),
+                     validation=validation, options=LoopOptions(log=lambda line: None))
     return model, logs
 
 

@@ -10,7 +10,7 @@ import tf_keras as keras
 
 from common import features
 from tests.conftest import SMALL_MODEL_IMAGE_SIZE
-from trainer import fusion, features_cache
+from trainer import features_cache
 from trainer.fusion import HeadConfig
 from trainer.model import FROZEN, ModelConfig
 from trainer.recipe import Recipe
@@ -45,13 +45,13 @@ def _reordered_copy(examples_dir: str, out: str, files: int, seed: int) -> str:
 def _train(preprocessed, examples_dir: str, work_dir: str, bert_handle) -> tuple[Run, keras.Model, dict]:
     keras.utils.set_random_seed(0)  # the random image encoder's weights (no pretrained ones here)
     run = Run(examples_dir=examples_dir, transform_graph_dir=preprocessed.transform_graph_dir, work_dir=work_dir,
-              model_config=ModelConfig(fusion=fusion.CONCAT, bert_handle=str(bert_handle), image_weights=None,
+              model_config=ModelConfig(fusion=features.CONCAT, bert_handle=str(bert_handle), image_weights=None,
                                        image_size=SMALL_MODEL_IMAGE_SIZE, max_seq_length=24,
                                        head=HeadConfig(width=16)),
               train_config=TrainConfig(tune=FROZEN, head_recipe=Recipe(learning_rate=1e-2, epochs=3, batch_size=8),
                                        validation_fraction=0.25),
               log=lambda line: None)
-    trained = run.train_feature_model(fusion.CONCAT, run.train_config.head_recipe,
+    trained = run.train_feature_model(features.CONCAT, run.train_config.head_recipe,
                                       os.path.join(work_dir, "concat"), seed=0)
     return run, trained.model, trained.logs
 

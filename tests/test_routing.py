@@ -13,7 +13,8 @@ from common.metrics import RoutingCounts, roc_auc
 from components.evaluate import Verdict
 from components.evaluation_report import render_html
 from tests.test_evaluation_report import _evaluation, _Page
-from trainer.fusion import HANET, KEY_BASED, KEYLESS, FeatureHead, HeadConfig
+from common.features import HANET, KEY_BASED, KEYLESS
+from trainer.fusion import HeadConfig, fusion_head
 
 CLASSES, DIM = 4, 16
 
@@ -87,7 +88,7 @@ def _streams(n: int, seed: int):
 def test_the_attention_weights_follow_the_informative_stream(fusion):
     keras.utils.set_random_seed(0)
     f_t, f_i, labels, _ = _streams(2000, 1)
-    head = FeatureHead(fusion, CLASSES, HeadConfig(width=32, key_dim=16, hybrid_hidden_units=8))
+    head = fusion_head(fusion, CLASSES, HeadConfig(width=32, key_dim=16, hybrid_hidden_units=8))
     text, image = keras.Input((DIM,)), keras.Input((DIM,))
     model = keras.Model([text, image], head(text, image))
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),

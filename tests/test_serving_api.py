@@ -139,8 +139,8 @@ def test_malformed_requests_get_tf_servings_status_and_a_message_naming_the_prob
     assert message in response.json()["error"]
 
 
-# Issue 11: hostile requests are the client's fault, answered 400 / INVALID_ARGUMENT with a message
-# about the input; none may surface a Python exception's class (they did, as 500 / UNKNOWN).
+# Hostile requests are the client's fault, answered 400 / INVALID_ARGUMENT with a message
+# about the input; none may surface a Python exception's class, which tells the client nothing it can fix.
 PYTHON_ERRORS = ("KeyError", "MemoryError", "RecursionError", "UnicodeEncodeError", "DecodeError",
                  "ValueError", "Traceback", "internal error", "<class")
 DEEP_TITLE = b'{"instances": [{"title": %s"Shirt"%s, "image_bytes": "x"}]}'

@@ -13,6 +13,7 @@ import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+from common import features  # noqa: E402
 from common.flags import add_dataclass_flags, dataclass_from_args  # noqa: E402
 from trainer.fusion import HeadConfig  # noqa: E402
 from trainer.model import ModelConfig  # noqa: E402
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         work_dir=args["work_dir"],
         model_config=model_config,
         train_config=TrainConfig(**recipes, **rest),
-        unimodal_export_dirs={"text_only": args["text_export_dir"], "image_only": args["image_export_dir"]},
+        unimodal_export_dirs={features.TEXT_ONLY: args["text_export_dir"], features.IMAGE_ONLY: args["image_export_dir"]},
     )
     return 0
 

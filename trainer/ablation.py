@@ -21,28 +21,35 @@ import dataclasses
 import json
 import os
 import time
+import typing
 
 import numpy as np
 import tensorflow as tf
 
 from common import baselines, features
-from common.metrics import CalibrationCounts, ClassCounts, RoutingCounts, UnimodalAgreement, top_k_ids
-from trainer import calibration, features_cache, fusion
-from trainer.model import FROZEN, TOP, ModelConfig, explained_model
+from common.metrics import UnimodalAgreement
+from trainer import features_cache
+from trainer.model import FROZEN, TOP, ModelConfig
 from trainer.recipe import ADAMW, Recipe
-from trainer.train import CROSSFIT, EVAL_BATCH_SIZE, IN_SAMPLE, STAGES_DIR, Run, TrainConfig, Trained
+from trainer.stages import CROSSFIT, IN_SAMPLE, STAGES_DIR, TrainConfig, Trained
+from trainer.train import Run
 
 TUNES = (FROZEN, TOP)
+# (run, {model: Trained} of one form) → {model: {top1_accuracy, top5_accuracy, macro_f1, examples, ece,
+# coverage_at_98, threshold_at_98, temperature}, and "table1": {model: table} with both unimodal models}:
+# one pass over the eval split, by the evaluate stage's figures (pipeline/benchmark.py), scores
+# calibrated as the exported model's are.
+EvaluateModels = typing.Callable[[Run, dict], dict]
 # The models of the paper's Tables 2 and 3 (key_based is the ablation between keyless and HANet).
 PAPER_MODELS = (
-    fusion.IMAGE_ONLY,
-    fusion.TEXT_ONLY,
-    fusion.DECISION_LEVEL,
-    fusion.POLICY,
-    fusion.CONCAT,
-    fusion.KEYLESS,
-    fusion.KEY_BASED,
-    fusion.HANET,
+    features.IMAGE_ONLY,
+    features.TEXT_ONLY,
+    features.DECISION_LEVEL,
+    features.POLICY,
+    features.CONCAT,
+    features.KEYLESS,
+    features.KEY_BASED,
+    features.HANET,
 )
 
 
@@ -71,9 +78,9 @@ class AblationConfig:
     baseline: bool = True
 
     def __post_init__(self):
-        unknown = [m for m in self.models if m not in fusion.FUSIONS]
+        unknown = [m for m in self.models if m not in features.FUSIONS]
         if unknown:
-            raise ValueError(f"unknown models {unknown}; expected some of {fusion.FUSIONS}")
+            raise ValueError(f"unknown models {unknown}; expected some of {features.FUSIONS}")
         if not (self.seeds and self.learning_rates and self.top_unimodal_learning_rates
                 and self.top_fusion_learning_rates):
             raise ValueError("at least one seed and one learning rate per phase are needed")
@@ -85,16 +92,16 @@ class AblationConfig:
     def training_order(self) -> list[str]:
         """Unimodal models first: the other models start from them or fuse them."""
         needed = set(self.models)
-        if needed - set(fusion.UNIMODAL_FUSIONS):
-            needed |= set(fusion.UNIMODAL_FUSIONS)
-        return [m for m in fusion.FUSIONS if m in needed]  # FUSIONS lists the unimodal ones first
+        if needed - set(features.UNIMODAL_FUSIONS):
+            needed |= set(features.UNIMODAL_FUSIONS)
+        return [m for m in features.FUSIONS if m in needed]  # FUSIONS lists the unimodal ones first
 
     def learning_rates_of(self, tune: str, model: str) -> tuple[float, ...]:
         """The candidates of `model` in `tune`; decision networks are small heads on probabilities in
         either tune."""
-        if tune != TOP or model in fusion.DECISION_FUSIONS:
+        if tune != TOP or model in features.DECISION_FUSIONS:
             return self.learning_rates
-        if model in fusion.UNIMODAL_FUSIONS:
+        if model in features.UNIMODAL_FUSIONS:
             return self.top_unimodal_learning_rates
         return self.top_fusion_learning_rates
 
@@ -109,21 +116,28 @@ class AblationConfig:
                            head_recipe=self.recipe(FROZEN, head_learning_rate), crossfit_folds=self.crossfit_folds)
 
 
-class Benchmark:
-    """Trains and evaluates every model of `config` for one tune, on one Run (its work directory
-    under OUT/runs/<tune>/), a model of each seed at a time."""
+@dataclasses.dataclass(frozen=True)
+class FrozenTune:
+    """What tune "top" starts from, of the frozen tune: its models ({seed: {model: Trained}}), its
+    learning rate per model, and its cross-fitted folds (TuneTrainer.folds)."""
 
-    def __init__(self, out: str, examples_dir: str, transform_graph_dir: str, cache_dir: str,
-                 model_config: ModelConfig, config: AblationConfig, tune: str, log=print,
-                 frozen_folds: dict | None = None):
-        self.config, self.tune, self.log = config, tune, log
+    models: dict
+    choices: dict
+    folds: dict
+
+
+class TuneTrainer:
+    """Trains every model of `config` for one tune, on one Run (its work directory under
+    OUT/runs/<tune>/), a model of each seed at a time. `run_args`: Run's arguments but its
+    train_config; `frozen`: the frozen tune's results, under "top"."""
+
+    def __init__(self, config: AblationConfig, tune: str, run_args: dict, frozen: FrozenTune | None = None):
+        self.config, self.tune, self.log, self.frozen = config, tune, run_args["log"], frozen
         self.runs = {}  # one Run per first-phase learning rate (the head recipe is part of a Run's config)
         # {(seed, model, learning rate): {fold: {model: Trained}}}: the cross-fitted unimodal models, shared
-        # by both decision-level heads; `frozen_folds`, the frozen tune's, are their first phases under "top".
-        self.folds, self.frozen_folds = {}, frozen_folds or {}
-        self._args = dict(examples_dir=examples_dir, transform_graph_dir=transform_graph_dir,
-                          work_dir=os.path.join(out, "runs", tune), model_config=model_config, log=log,
-                          cache_dir=cache_dir)
+        # by both decision-level heads; the frozen tune's are their first phases under "top".
+        self.folds, self.frozen_folds = {}, frozen.folds if frozen else {}
+        self._args = run_args
 
     def run(self, head_learning_rate: float = 1e-2) -> Run:
         if head_learning_rate not in self.runs:
@@ -134,27 +148,28 @@ class Benchmark:
     def stage_dir(self, model: str, seed: int, learning_rate: float, tag: str = "") -> str:
         return os.path.join(self.run().work_dir, STAGES_DIR, f"seed{seed}", f"{model}{tag}-lr{learning_rate:g}")
 
-    def fit(self, model: str, seed: int, learning_rate: float, trained: dict, frozen: dict | None,
-            head_rates: dict, decision_training: str = CROSSFIT, unimodal_rates: dict | None = None) -> Trained:
-        """One model of one seed: `trained` holds this seed's unimodal models of this tune, `frozen`
-        this seed's models of the frozen tune (the first phases of "top"), `head_rates` the frozen
-        tune's learning rate per model (the first phases' under "top")."""
+    def fit(self, model: str, seed: int, learning_rate: float, trained: dict, head_rates: dict,
+            decision_training: str = CROSSFIT, unimodal_rates: dict | None = None) -> Trained:
+        """One model of one seed: `trained` holds this seed's unimodal models of this tune, `head_rates`
+        the frozen tune's learning rate per model (the first phases' under "top"); under "top" the
+        frozen tune's models of this seed are the unimodal models' first phases."""
+        frozen = self.frozen.models.get(seed) if self.frozen else None
         run = self.run(head_rates.get(model, self.config.learning_rates[-1]))
         recipe = self.config.recipe(self.tune, learning_rate)
-        if model in fusion.DECISION_FUSIONS:
+        if model in features.DECISION_FUSIONS:
             folds = None
             if decision_training == CROSSFIT:
                 folds = {i: {} for i in range(self.config.crossfit_folds)}
-                for m in fusion.UNIMODAL_FUSIONS:
+                for m in features.UNIMODAL_FUSIONS:
                     for i, fold in self.crossfit(m, seed, unimodal_rates[m], head_rates, trained[m]).items():
                         folds[i].update(fold)
-            tag = "-" + "-".join(f"{m}{unimodal_rates[m]:g}" for m in fusion.UNIMODAL_FUSIONS)
+            tag = "-" + "-".join(f"{m}{unimodal_rates[m]:g}" for m in features.UNIMODAL_FUSIONS)
             return run.train_decision_model(
                 model, self.config.recipe(FROZEN, learning_rate),
                 self.stage_dir(model, seed, learning_rate, f"-{decision_training}"), seed=seed,
-                unimodal={m: trained[m] for m in fusion.UNIMODAL_FUSIONS}, folds=folds, tag=tag)
-        head_start = frozen.get(model) if frozen and model in fusion.UNIMODAL_FUSIONS else None
-        unimodal = {m: trained[m] for m in fusion.UNIMODAL_FUSIONS} if model not in fusion.UNIMODAL_FUSIONS else None
+                unimodal={m: trained[m] for m in features.UNIMODAL_FUSIONS}, folds=folds, tag=tag)
+        head_start = frozen.get(model) if frozen and model in features.UNIMODAL_FUSIONS else None
+        unimodal = {m: trained[m] for m in features.UNIMODAL_FUSIONS} if model not in features.UNIMODAL_FUSIONS else None
         return run.train_feature_model(model, recipe, self.stage_dir(model, seed, learning_rate), seed=seed,
                                        unimodal=unimodal, head_start=head_start)
 
@@ -175,71 +190,25 @@ def _validation_of(trained: Trained) -> float:
     return float(trained.validation_accuracy or 0.0)
 
 
-def evaluate_models(run: Run, models: dict[str, Trained]) -> dict:
-    """One streamed pass over the eval split for all `models` (one form): {model: {top1_accuracy,
-    top5_accuracy, macro_f1, examples, ece, coverage_at_98, temperature}} and, with both unimodal
-    models, "table1" per model. Scores are calibrated as the exported model's are: a temperature
-    fitted on the validation split (trainer/calibration.py)."""
-    forms = {t.form for t in models.values()}
-    if len(forms) != 1:
-        raise ValueError(f"models of one pass must share a form, got {forms}")
-    fitted = {name: run.calibrate(t) for name, t in models.items()}
-    temperatures = {name: f.temperature if f else 1.0 for name, f in fitted.items()}  # None: no validation split
-    counts = {name: ClassCounts(run.classes) for name in models}
-    calibrated = {name: CalibrationCounts() for name in models}
-    agreements = {name: UnimodalAgreement() for name in models}
-    has_table1 = all(m in models for m in fusion.UNIMODAL_FUSIONS)
-    explained = {name: explained_model(t.model) for name, t in models.items()}
-    predict = {name: tf.function(lambda inputs, m=m: m(inputs, training=False)) for name, m in explained.items()}
-    names = {name: list(t.model.input) for name, t in models.items()}
-    routing = {name: RoutingCounts() for name, m in explained.items() if "stream_weights" in m.output}
-    for inputs, labels in run.dataset(forms.pop(), features.EVAL_SPLIT, EVAL_BATCH_SIZE, shuffle=False):
-        labels = labels.numpy()
-        outputs = {name: predict[name]({k: inputs[k] for k in names[name]}) for name in models}
-        logits = {name: outputs[name]["logits"].numpy() for name in models}
-        top = {name: top_k_ids(logits[name]) for name in models}
-        for name, counts_of_name in routing.items():
-            counts_of_name.add(outputs[name]["stream_weights"].numpy()[:, 0], *(
-                (top[fusion.TEXT_ONLY][:, 0] == labels, top[fusion.IMAGE_ONLY][:, 0] == labels) if has_table1 else ()))
-        for name in models:
-            counts[name].add(labels, top[name])
-            calibrated[name].add(np.asarray(logits[name], np.float64) / temperatures[name], labels)
-            if has_table1:
-                agreements[name].add(labels, top[fusion.TEXT_ONLY][:, 0], top[fusion.IMAGE_ONLY][:, 0],
-                                     top[name][:, 0])
-    results = {}
-    for name in models:
-        coverage, threshold = calibrated[name].coverage_at(calibration.DEFAULT_TARGET_PRECISION)
-        results[name] = {**counts[name].metrics(), "ece": calibrated[name].ece(), "coverage_at_98": coverage,
-                         "threshold_at_98": threshold, "temperature": temperatures[name]}
-        if name in routing:
-            results[name]["routing"] = routing[name].figures()
-    if has_table1:
-        results["table1"] = {name: agreements[name].table() for name in models}
-    return results
-
-
 def _training_figures(t: Trained) -> dict:
     return {"seconds": t.logs.get("seconds", 0.0) + t.logs.get("head_phase", {}).get("seconds", 0.0),
             "epochs": t.logs.get("epochs"), "validation_top1_accuracy": _validation_of(t)}
 
 
-def run_tune(bench: Benchmark, config: AblationConfig, frozen_models: dict | None = None,
-             frozen_choices: dict | None = None) -> tuple[dict, dict]:
+def run_tune(tune_trainer: TuneTrainer, config: AblationConfig, evaluate: EvaluateModels) -> tuple[dict, dict]:
     """Every model × seed of one tune. Returns (raw results, {seed: {model: Trained}})."""
-    log, tune = bench.log, bench.tune
+    log, tune = tune_trainer.log, tune_trainer.tune
     chosen, decision_choice, selection, all_models, runs = {}, {}, {}, {}, []
-    head_rates = dict(frozen_choices or {})
+    head_rates = dict(tune_trainer.frozen.choices if tune_trainer.frozen else {})
     for seed in config.seeds:
         trained: dict[str, Trained] = {}
         started = time.monotonic()
         for model in config.training_order():
             rates = config.learning_rates_of(tune, model)
-            frozen = (frozen_models or {}).get(seed)
             kinds = [CROSSFIT]
-            if model in fusion.DECISION_FUSIONS and tune == FROZEN and seed == config.seeds[0]:
+            if model in features.DECISION_FUSIONS and tune == FROZEN and seed == config.seeds[0]:
                 kinds = [CROSSFIT, IN_SAMPLE]  # in-sample is kept only if it wins on validation
-            elif model in fusion.DECISION_FUSIONS:
+            elif model in features.DECISION_FUSIONS:
                 kinds = [decision_choice.get(model, CROSSFIT)]
             if model in chosen:
                 candidates = [(chosen[model], kinds[0])]
@@ -247,26 +216,26 @@ def run_tune(bench: Benchmark, config: AblationConfig, frozen_models: dict | Non
                 candidates = [(rate, kind) for rate in rates for kind in kinds]
             fitted = {}
             for rate, kind in candidates:
-                unimodal_rates = {m: chosen[m] for m in fusion.UNIMODAL_FUSIONS if m in chosen}
-                fitted[(rate, kind)] = bench.fit(model, seed, rate, trained, frozen, head_rates or chosen, kind,
-                                                 unimodal_rates)
+                unimodal_rates = {m: chosen[m] for m in features.UNIMODAL_FUSIONS if m in chosen}
+                fitted[(rate, kind)] = tune_trainer.fit(model, seed, rate, trained, head_rates or chosen, kind,
+                                                        unimodal_rates)
             (rate, kind), best = max(fitted.items(), key=lambda kv: (_validation_of(kv[1]), kv[0][1] == CROSSFIT,
                                                                       -kv[0][0]))
             if model not in chosen:
                 selection[model] = [{"learning_rate": r, "decision_training": k, "validation_top1_accuracy":
                                      _validation_of(f)} for (r, k), f in fitted.items()]
                 chosen[model] = rate
-                if model in fusion.DECISION_FUSIONS:
+                if model in features.DECISION_FUSIONS:
                     decision_choice[model] = kind
                 log(f"[{tune} select] {model}: validation top-1 " + ", ".join(
-                    f"{r:g}/{k} → {_validation_of(f):.4f}" if model in fusion.DECISION_FUSIONS else
+                    f"{r:g}/{k} → {_validation_of(f):.4f}" if model in features.DECISION_FUSIONS else
                     f"{r:g} → {_validation_of(f):.4f}" for (r, k), f in fitted.items()) + f"; chose {rate:g}")
             trained[model] = best
             log(f"[{tune} seed {seed}] {model}: validation top-1 {_validation_of(best):.4f}, "
                 f"{_training_figures(best)['seconds']:.0f} s")
         training_seconds = time.monotonic() - started
         started = time.monotonic()
-        figures = evaluate_models(bench.run(), {m: trained[m] for m in config.training_order()})
+        figures = evaluate(tune_trainer.run(), {m: trained[m] for m in config.training_order()})
         log(f"[{tune} seed {seed}] eval: " + ", ".join(
             f"{m} {figures[m]['top1_accuracy']:.4f}" for m in config.models))
         runs.append({"seed": seed, "eval": figures,
@@ -325,7 +294,7 @@ def summarize(raw: dict) -> dict:
         models[name] = entry
     summary = {"models": models, "seeds": [run["seed"] for run in runs]}
     if all("table1" in run["eval"] for run in runs):
-        table = [run["eval"]["table1"][fusion.TEXT_ONLY] for run in runs]
+        table = [run["eval"]["table1"][features.TEXT_ONLY] for run in runs]
         summary["table1"] = {
             cell: _mean_std([t[cell]["percent"] for t in table]) for cell, _, _ in UnimodalAgreement.CELLS
         }
@@ -362,7 +331,7 @@ def _headroom(evals: list[dict], name: str) -> dict | None:
         if not headroom:
             continue  # a seed whose text model is never wrong where the image model is right says nothing here
         recovered.append(cell["fused_right_percent"])
-        gain = figures[name]["top1_accuracy"] - figures[fusion.TEXT_ONLY]["top1_accuracy"]
+        gain = figures[name]["top1_accuracy"] - figures[features.TEXT_ONLY]["top1_accuracy"]
         net.append(100.0 * gain / headroom)
     if not recovered:
         return None
@@ -370,9 +339,9 @@ def _headroom(evals: list[dict], name: str) -> dict | None:
 
 
 def run_ablation(out: str, examples_dir: str, transform_graph_dir: str, model_config: ModelConfig,
-                 config: AblationConfig, log=print) -> dict:
-    """The feature cache once, the baseline, then every tune; returns {"cache", "baseline", tune: raw,
-    "seconds": per phase}."""
+                 config: AblationConfig, evaluate: EvaluateModels, log=print) -> dict:
+    """The feature cache once, the baseline, then every tune, each seed's models scored by `evaluate`;
+    returns {"cache", "baseline", tune: raw, "seconds": per phase}."""
     seconds = {}
     started = time.monotonic()
     cache_dir = os.path.join(out, "feature_cache")
@@ -381,21 +350,22 @@ def run_ablation(out: str, examples_dir: str, transform_graph_dir: str, model_co
         model_config=model_config, top=TOP in config.tunes, validation_fraction=config.validation_fraction)
     seconds["feature cache"] = time.monotonic() - started
     results = {"cache": metadata}
-    frozen_models, frozen_choices, frozen_folds = None, None, None
+    frozen = None
     for tune in config.tunes:
-        bench = Benchmark(out, examples_dir, transform_graph_dir, cache_dir, model_config, config, tune, log,
-                          frozen_folds)
+        run_args = dict(examples_dir=examples_dir, transform_graph_dir=transform_graph_dir,
+                        work_dir=os.path.join(out, "runs", tune), model_config=model_config, log=log, cache_dir=cache_dir)
+        tune_trainer = TuneTrainer(config, tune, run_args, frozen)
         if config.baseline and "baseline" not in results:
             started = time.monotonic()
-            results["baseline"] = {baselines.TFIDF_SVM: run_baseline(bench.run(), bench.run().classes)}
+            results["baseline"] = {baselines.TFIDF_SVM: run_baseline(tune_trainer.run(), tune_trainer.run().classes)}
             seconds["tfidf_svm"] = time.monotonic() - started
             log(f"[baseline] tfidf_svm: eval top-1 {results['baseline'][baselines.TFIDF_SVM]['eval']['top1_accuracy']:.4f}")
         started = time.monotonic()
-        raw, models = run_tune(bench, config, frozen_models, frozen_choices)
+        raw, models = run_tune(tune_trainer, config, evaluate)
         seconds[f"{tune} models"] = time.monotonic() - started
         results[tune] = raw
         if tune == FROZEN:
-            frozen_models, frozen_choices, frozen_folds = models, raw["learning_rates"], bench.folds
+            frozen = FrozenTune(models, raw["learning_rates"], tune_trainer.folds)
     results["seconds"] = seconds
     return results
 

@@ -1,17 +1,17 @@
 """The benchmark's Markdown: Table 1 (unimodal error analysis), Tables 2/3 (every model), headroom, times."""
 from __future__ import annotations
 
-from trainer import fusion
+from common import features
 
 # The paper's top-1 accuracy on its own catalog (1.5M products, 5.6K classes; ../shared/HANET.md).
 PAPER_TOP1 = {
-    fusion.IMAGE_ONLY: 66.73,
-    fusion.TEXT_ONLY: 83.53,
-    fusion.DECISION_LEVEL: 83.60,
-    fusion.POLICY: 83.74,
-    fusion.CONCAT: 83.80,
-    fusion.KEYLESS: 84.55,
-    fusion.HANET: 84.82,
+    features.IMAGE_ONLY: 66.73,
+    features.TEXT_ONLY: 83.53,
+    features.DECISION_LEVEL: 83.60,
+    features.POLICY: 83.74,
+    features.CONCAT: 83.80,
+    features.KEYLESS: 84.55,
+    features.HANET: 84.82,
 }
 PAPER_TABLE1 = {
     "text_right_image_wrong": 20.49,

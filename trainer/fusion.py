@@ -3,9 +3,12 @@
 Every head maps (f_t [batch, text_dim], f_i [batch, image_dim]) to class logits [batch, num_classes],
 so the same heads train on top of live encoders (end to end) or on cached features (frozen encoders).
 
-Feature-level heads (FeatureHead) fuse the features; decision-level heads (DecisionLevelFusion,
-PolicyFusion) fuse the class probabilities of the two trained unimodal heads, which they contain
-frozen. Logits are float32 also under a mixed-precision policy, so the softmax and the loss are too.
+One layer class per model of the paper, registered under its fusion name (`@register`, as
+tensorflow/models' official/nlp/modeling registers its layers) and Keras-serializable as
+"hanet>ClassName"; `fusion_head(name, ...)` builds one. Feature-level heads (`FeatureHead` and its
+subclasses) fuse the features; decision-level heads (`DecisionFusion`) fuse the class probabilities
+of the two trained unimodal heads, which they contain frozen. Logits are float32 also under a
+mixed-precision policy, so the softmax and the loss are too.
 """
 from __future__ import annotations
 
@@ -14,22 +17,54 @@ import dataclasses
 import tf_keras as keras
 import tensorflow as tf
 
-TEXT_ONLY = "text_only"
-IMAGE_ONLY = "image_only"
-CONCAT = "concat"
-KEYLESS = "keyless"
-KEY_BASED = "key_based"
-HANET = "hanet"
-DECISION_LEVEL = "decision_level"
-POLICY = "policy"
-UNIMODAL_FUSIONS = (TEXT_ONLY, IMAGE_ONLY)
-FEATURE_FUSIONS = (TEXT_ONLY, IMAGE_ONLY, CONCAT, KEYLESS, KEY_BASED, HANET)
-DECISION_FUSIONS = (DECISION_LEVEL, POLICY)
-ATTENTION_FUSIONS = (KEYLESS, KEY_BASED, HANET)
-FUSIONS = FEATURE_FUSIONS + DECISION_FUSIONS
+from common.features import (  # noqa: F401 (the stage names, re-exported for the heads' users)
+    ATTENTION_FUSIONS,
+    CONCAT,
+    DECISION_FUSIONS,
+    DECISION_LEVEL,
+    FEATURE_FUSIONS,
+    FUSIONS,
+    HANET,
+    IMAGE_ONLY,
+    KEY_BASED,
+    KEYLESS,
+    POLICY,
+    TEXT_ONLY,
+    UNIMODAL_FUSIONS,
+)
 
 HYBRID_NORMALIZATIONS = ("softmax", "sigmoid", "none")
 COMBINATIONS = ("concat", "sum")
+# The package of the heads' and layers' Keras-registered names ("hanet>HanetHead").
+PACKAGE = "hanet"
+
+# fusion name → its head class, filled by @register.
+FUSION_HEADS: dict[str, type] = {}
+
+
+def serializable(cls):
+    """Registers `cls` with Keras as PACKAGE>ClassName, so a saved model finds it by name."""
+    return keras.utils.register_keras_serializable(package=PACKAGE)(cls)
+
+
+def register(fusion: str):
+    """Class decorator: the head of `fusion`, built by `fusion_head(fusion, ...)`."""
+
+    def decorator(cls):
+        if fusion in FUSION_HEADS:
+            raise ValueError(f"fusion {fusion!r} is already registered to {FUSION_HEADS[fusion].__name__}")
+        cls.fusion = fusion
+        FUSION_HEADS[fusion] = serializable(cls)
+        return cls
+
+    return decorator
+
+
+def head_class(fusion: str) -> type:
+    try:
+        return FUSION_HEADS[fusion]
+    except KeyError:
+        raise ValueError(f"unknown fusion {fusion!r}; expected one of {FUSIONS}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +100,7 @@ class HeadConfig:
         return dataclasses.asdict(self)
 
 
+@serializable
 class StreamValues(keras.layers.Layer):
     """v_t = W_t f_t + b_t,  v_i = W_i f_i + b_i: both streams mapped to a common width d."""
 
@@ -81,6 +117,7 @@ class StreamValues(keras.layers.Layer):
         return {**super().get_config(), "width": self.width}
 
 
+@serializable
 class KeylessScores(keras.layers.Layer):
     """Eq. 1–3: rs = linear(v) per stream, [s_t,l, s_i,l] = softmax([rs_t, rs_i]).
 
@@ -102,6 +139,7 @@ class KeylessScores(keras.layers.Layer):
         return {**super().get_config(), "shared_scorer": self.shared_scorer}
 
 
+@serializable
 class KeyBasedScores(keras.layers.Layer):
     """Eq. 4–5: [s_t,b, s_i,b] = softmax([k_t · q_i, k_i · q_t] / sqrt(d_k)).
 
@@ -131,6 +169,7 @@ class KeyBasedScores(keras.layers.Layer):
         return {**super().get_config(), "key_dim": self.key_dim, "scaled": self.scaled}
 
 
+@serializable
 class HybridScores(keras.layers.Layer):
     """Eq. 6: s_t = D([s_t,l, s_t,b]), s_i = D([s_i,l, s_i,b]), D one hidden layer, shared by streams.
 
@@ -171,6 +210,10 @@ def weighted_sum(v_t, v_i, scores):
     return scores[:, 0:1] * v_t + scores[:, 1:2] * v_i  # [batch, d]
 
 
+# HeadConfig.combine → how the weighted values meet.
+COMBINE = {"concat": weighted_concat, "sum": weighted_sum}
+
+
 def _float32(logits):
     return tf.cast(logits, tf.float32)
 
@@ -194,112 +237,200 @@ def drop_one_stream(f_t, f_i, rate: float):
             f_i * tf.cast((u < rate / 2) | (u >= rate), f_i.dtype))
 
 
-class FeatureHead(keras.layers.Layer):
-    """(f_t, f_i) → logits, for every feature-level model of the paper.
+def as_head_config(config: HeadConfig | dict) -> HeadConfig:
+    return HeadConfig(**config) if isinstance(config, dict) else config
 
-    text_only / image_only: a classification layer on one stream (the unimodal baselines).
-    concat: concat(f_t, f_i) → classification layers (feature-level fusion, attention-free).
-    keyless / key_based / hanet: the weighted values of eq. 3 / 5 / 7, combined → classifier.
 
-    The open choices of HANET.md, with the defaults argued in the layers above: `shared_scorer`
-    (KeylessScores), `scaled` (KeyBasedScores), `hybrid_normalize` (HybridScores), and `combine`:
-    "concat" (default) keeps the streams in separate coordinates, so the classifier sees which
-    stream a value came from and the attention scales, not mixes, them; "sum" halves the width.
+class FusionHead(keras.layers.Layer):
+    """What every head shares: (f_t, f_i) → logits [batch, num_classes], configured by a HeadConfig.
+
+    `fusion` is the name the head is registered under; `weighs_streams` says whether the head has
+    per-product stream weights (`stream_weights(f_t, f_i)` → [batch, 2]) to explain a prediction.
     """
 
-    def __init__(self, fusion: str, num_classes: int, config: HeadConfig | dict = HeadConfig(), **kwargs):
-        super().__init__(**kwargs)
-        if fusion not in FEATURE_FUSIONS:
-            raise ValueError(f"unknown fusion {fusion!r}; expected one of {FUSIONS}")
-        config = HeadConfig(**config) if isinstance(config, dict) else config
-        self.fusion = fusion
-        self.num_classes = num_classes
-        self.config = config
-        self.combine = config.combine
-        self.dropout = keras.layers.Dropout(config.dropout)
-        self.classifier = keras.layers.Dense(num_classes, name="classifier")
-        # Layer normalization of f_t and f_i before they meet: the streams come from different
-        # encoders on different scales, and the larger one otherwise wins the attention at the start.
-        self.stream_norm = config.stream_norm and fusion not in UNIMODAL_FUSIONS
-        self.stream_dropout = 0.0 if fusion in UNIMODAL_FUSIONS else config.stream_dropout
-        if self.stream_norm:
-            self.text_norm = keras.layers.LayerNormalization(name="text_norm")
-            self.image_norm = keras.layers.LayerNormalization(name="image_norm")
-        if fusion == CONCAT:
-            self.hidden = keras.layers.Dense(config.width, activation="relu", name="concat_hidden")
-        if fusion in ATTENTION_FUSIONS:
-            self.values = StreamValues(config.width, name="values")
-        if fusion in (KEYLESS, HANET):
-            self.keyless = KeylessScores(config.shared_scorer, name="keyless")
-        if fusion in (KEY_BASED, HANET):
-            self.key_based = KeyBasedScores(config.key_dim, config.scaled, name="key_based")
-        if fusion == HANET:
-            self.hybrid = HybridScores(config.hybrid_hidden_units, config.hybrid_normalize, name="hybrid")
-
-    @property
-    def weighs_streams(self) -> bool:
-        return self.fusion in ATTENTION_FUSIONS
-
-    def stream_weights(self, f_t, f_i):
-        """(s_t, s_i) [batch, 2] of an attention head, as `call` applies them: which stream decided."""
-        f_t, f_i = _compute_dtype(self, f_t, f_i)
-        if self.stream_norm:
-            f_t, f_i = self.text_norm(f_t), self.image_norm(f_i)
-        return tf.cast(self.attention_scores(f_t, f_i)[2], tf.float32)
-
-    def attention_scores(self, f_t, f_i):
-        """The per-stream weights (s_t, s_i) [batch, 2] of the attention heads (after stream_norm)."""
-        v_t, v_i = self.values(f_t, f_i)
-        if self.fusion == KEYLESS:
-            return v_t, v_i, self.keyless(v_t, v_i)
-        if self.fusion == KEY_BASED:
-            return v_t, v_i, self.key_based(f_t, f_i)
-        return v_t, v_i, self.hybrid(self.keyless(v_t, v_i), self.key_based(f_t, f_i))
-
-    def call(self, f_t, f_i, training=None):
-        f_t, f_i = _compute_dtype(self, f_t, f_i)
-        if self.stream_norm:
-            f_t, f_i = self.text_norm(f_t), self.image_norm(f_i)
-        if training and self.stream_dropout:  # never at serving
-            f_t, f_i = drop_one_stream(f_t, f_i, self.stream_dropout)
-        if self.fusion == TEXT_ONLY:
-            fused = f_t
-        elif self.fusion == IMAGE_ONLY:
-            fused = f_i
-        elif self.fusion == CONCAT:
-            fused = self.hidden(self.dropout(tf.concat([f_t, f_i], axis=-1), training=training))
-        else:
-            v_t, v_i, scores = self.attention_scores(f_t, f_i)
-            fused = (weighted_concat if self.combine == "concat" else weighted_sum)(v_t, v_i, scores)
-        return _float32(self.classifier(self.dropout(fused, training=training)))
-
-    def get_config(self):
-        return {**super().get_config(), "fusion": self.fusion, "num_classes": self.num_classes,
-                "config": self.config.as_dict()}
-
-
-class DecisionFusion(keras.layers.Layer):
-    """What decision-level heads share: the trained text and image heads, frozen, as probabilities.
-
-    The unimodal heads are the `text_only` and `image_only` FeatureHeads of the pretraining stages;
-    their weights are copied in (`load_unimodal_heads`). `fuse` is the decision network alone, on
-    class probabilities: it trains on held-out (cross-fitted) unimodal predictions, so that it
-    learns how the unimodal models fail on products they have not seen (trainer/train.py).
-    """
-
+    fusion: str = ""
     weighs_streams = False
 
     def __init__(self, num_classes: int, config: HeadConfig | dict = HeadConfig(), **kwargs):
         super().__init__(**kwargs)
-        config = HeadConfig(**config) if isinstance(config, dict) else config
         self.num_classes = num_classes
-        self.config = config
-        self.text_head = FeatureHead(TEXT_ONLY, num_classes, config, name="text_head", trainable=False)
-        self.image_head = FeatureHead(IMAGE_ONLY, num_classes, config, name="image_head", trainable=False)
-        self.hidden = keras.layers.Dense(config.width, activation="relu", name="decision_hidden")
-        self.dropout = keras.layers.Dropout(config.dropout)
+        self.config = as_head_config(config)
+        self.dropout = keras.layers.Dropout(self.config.dropout)
 
-    def load_unimodal_heads(self, text_head: FeatureHead, image_head: FeatureHead) -> None:
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "config": self.config.as_dict()}
+
+
+@serializable
+class FeatureHead(FusionHead):
+    """A feature-level model: (f_t, f_i) → `fuse` → dropout → classification layer → logits.
+
+    Subclasses say how the streams are fused (`fuse`); this class prepares them. Two options of the
+    HeadConfig act here, on heads that see both streams (`both_streams`): `stream_norm`, a layer
+    normalization of f_t and f_i before they meet (the streams come from different encoders on
+    different scales, and the larger one otherwise wins the attention at the start), and
+    `stream_dropout` (`drop_one_stream`).
+    """
+
+    both_streams = True
+
+    def __init__(self, num_classes: int, config: HeadConfig | dict = HeadConfig(), **kwargs):
+        super().__init__(num_classes, config, **kwargs)
+        self.classifier = keras.layers.Dense(num_classes, name="classifier")
+        self.stream_norm = self.config.stream_norm and self.both_streams
+        self.stream_dropout = self.config.stream_dropout if self.both_streams else 0.0
+        if self.stream_norm:
+            self.text_norm = keras.layers.LayerNormalization(name="text_norm")
+            self.image_norm = keras.layers.LayerNormalization(name="image_norm")
+
+    def streams(self, f_t, f_i):
+        """f_t, f_i in the head's compute dtype, layer-normalized with `stream_norm`."""
+        f_t, f_i = _compute_dtype(self, f_t, f_i)
+        if self.stream_norm:
+            return self.text_norm(f_t), self.image_norm(f_i)
+        return f_t, f_i
+
+    def fuse(self, f_t, f_i, training=None):
+        """The prepared streams → the fused feature the classification layer reads [batch, width]."""
+        raise NotImplementedError
+
+    def call(self, f_t, f_i, training=None):
+        f_t, f_i = self.streams(f_t, f_i)
+        if training and self.stream_dropout:  # never at serving
+            f_t, f_i = drop_one_stream(f_t, f_i, self.stream_dropout)
+        fused = self.fuse(f_t, f_i, training=training)
+        return _float32(self.classifier(self.dropout(fused, training=training)))
+
+    @classmethod
+    def from_config(cls, config):
+        """Also reads the config of a model saved when one FeatureHead class switched on a
+        `fusion` key: it becomes that fusion's own class."""
+        config = dict(config)
+        fusion = config.pop("fusion", None)
+        return (cls if fusion is None else head_class(fusion))(**config)
+
+
+@register(TEXT_ONLY)
+class TextOnlyHead(FeatureHead):
+    """The text model (unimodal baseline): a classification layer on f_t."""
+
+    both_streams = False
+
+    def fuse(self, f_t, f_i, training=None):
+        return f_t
+
+
+@register(IMAGE_ONLY)
+class ImageOnlyHead(FeatureHead):
+    """The image model (unimodal baseline): a classification layer on f_i."""
+
+    both_streams = False
+
+    def fuse(self, f_t, f_i, training=None):
+        return f_i
+
+
+@register(CONCAT)
+class ConcatHead(FeatureHead):
+    """Feature-level fusion, attention-free: concat(f_t, f_i) → a hidden layer of `width` → classifier."""
+
+    def __init__(self, num_classes: int, config: HeadConfig | dict = HeadConfig(), **kwargs):
+        super().__init__(num_classes, config, **kwargs)
+        self.hidden = keras.layers.Dense(self.config.width, activation="relu", name="concat_hidden")
+
+    def fuse(self, f_t, f_i, training=None):
+        return self.hidden(self.dropout(tf.concat([f_t, f_i], axis=-1), training=training))  # [batch, width]
+
+
+class AttentionHead(FeatureHead):
+    """The attention models: values v_t, v_i (StreamValues), per-stream weights (s_t, s_i) from
+    `scores`, the weighted values of eq. 3 / 5 / 7 combined → classifier.
+
+    `combine` (open in the paper): "concat" (default) keeps the streams in separate coordinates, so
+    the classifier sees which stream a value came from and the attention scales, not mixes, them;
+    "sum" halves the width.
+    """
+
+    weighs_streams = True
+
+    def __init__(self, num_classes: int, config: HeadConfig | dict = HeadConfig(), **kwargs):
+        super().__init__(num_classes, config, **kwargs)
+        self.combine = self.config.combine
+        self.values = StreamValues(self.config.width, name="values")
+
+    def scores(self, v_t, v_i, f_t, f_i):
+        """(s_t, s_i) [batch, 2] from the values and the (prepared) features."""
+        raise NotImplementedError
+
+    def attention_scores(self, f_t, f_i):
+        """v_t, v_i [batch, d] and the per-stream weights (s_t, s_i) [batch, 2], from prepared features."""
+        v_t, v_i = self.values(f_t, f_i)
+        return v_t, v_i, self.scores(v_t, v_i, f_t, f_i)
+
+    def stream_weights(self, f_t, f_i):
+        """(s_t, s_i) [batch, 2] as `call` applies them: which stream decided."""
+        return tf.cast(self.attention_scores(*self.streams(f_t, f_i))[2], tf.float32)
+
+    def fuse(self, f_t, f_i, training=None):
+        v_t, v_i, scores = self.attention_scores(f_t, f_i)
+        return COMBINE[self.combine](v_t, v_i, scores)
+
+
+@register(KEYLESS)
+class KeylessHead(AttentionHead):
+    """Keyless attention only (eq. 1–3): each stream weighted by its own score."""
+
+    def __init__(self, num_classes: int, config: HeadConfig | dict = HeadConfig(), **kwargs):
+        super().__init__(num_classes, config, **kwargs)
+        self.keyless = KeylessScores(self.config.shared_scorer, name="keyless")
+
+    def scores(self, v_t, v_i, f_t, f_i):
+        return self.keyless(v_t, v_i)
+
+
+@register(KEY_BASED)
+class KeyBasedHead(AttentionHead):
+    """Key-based attention only (eq. 4–5): each stream weighted by how its key answers the other's query."""
+
+    def __init__(self, num_classes: int, config: HeadConfig | dict = HeadConfig(), **kwargs):
+        super().__init__(num_classes, config, **kwargs)
+        self.key_based = KeyBasedScores(self.config.key_dim, self.config.scaled, name="key_based")
+
+    def scores(self, v_t, v_i, f_t, f_i):
+        return self.key_based(f_t, f_i)
+
+
+@register(HANET)
+class HanetHead(AttentionHead):
+    """HANet (eq. 6–7): D combines each stream's keyless and key-based scores into its weight."""
+
+    def __init__(self, num_classes: int, config: HeadConfig | dict = HeadConfig(), **kwargs):
+        super().__init__(num_classes, config, **kwargs)
+        self.keyless = KeylessScores(self.config.shared_scorer, name="keyless")
+        self.key_based = KeyBasedScores(self.config.key_dim, self.config.scaled, name="key_based")
+        self.hybrid = HybridScores(self.config.hybrid_hidden_units, self.config.hybrid_normalize, name="hybrid")
+
+    def scores(self, v_t, v_i, f_t, f_i):
+        return self.hybrid(self.keyless(v_t, v_i), self.key_based(f_t, f_i))
+
+
+class DecisionFusion(FusionHead):
+    """What decision-level heads share: the trained text and image heads, frozen, as probabilities.
+
+    The unimodal heads are the TextOnlyHead and ImageOnlyHead of the pretraining stages; their
+    weights are copied in (`load_unimodal_heads`). `fuse` is the decision network alone, on class
+    probabilities: it trains on held-out (cross-fitted) unimodal predictions, so that it learns how
+    the unimodal models fail on products they have not seen (trainer/train.py). Its hidden layer is
+    one ReLU layer of `width`: the paper says only "a fully-connected network".
+    """
+
+    def __init__(self, num_classes: int, config: HeadConfig | dict = HeadConfig(), **kwargs):
+        super().__init__(num_classes, config, **kwargs)
+        self.text_head = TextOnlyHead(num_classes, self.config, name="text_head", trainable=False)
+        self.image_head = ImageOnlyHead(num_classes, self.config, name="image_head", trainable=False)
+        self.hidden = keras.layers.Dense(self.config.width, activation="relu", name="decision_hidden")
+
+    def load_unimodal_heads(self, text_head: TextOnlyHead, image_head: ImageOnlyHead) -> None:
         self.text_head.set_weights(text_head.get_weights())
         self.image_head.set_weights(image_head.get_weights())
 
@@ -325,15 +456,10 @@ class DecisionFusion(keras.layers.Layer):
     def call(self, f_t, f_i, training=None):
         return self.fuse(*self.unimodal_probabilities(f_t, f_i), training=training)
 
-    def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes, "config": self.config.as_dict()}
 
-
+@register(DECISION_LEVEL)
 class DecisionLevelFusion(DecisionFusion):
-    """Decision-level fusion (Table 3): an FC network on [p_t, p_i] → logits.
-
-    One hidden layer (ReLU) of `width`: the paper says only "a fully-connected network".
-    """
+    """Decision-level fusion (Table 3): an FC network on [p_t, p_i] → logits."""
 
     def __init__(self, num_classes: int, config: HeadConfig | dict = HeadConfig(), **kwargs):
         super().__init__(num_classes, config, **kwargs)
@@ -347,6 +473,7 @@ class DecisionLevelFusion(DecisionFusion):
         return _float32(self.classifier(self.dropout(hidden, training=training)))
 
 
+@register(POLICY)
 class PolicyFusion(DecisionFusion):
     """The policy network of [25] (Table 3): which model's prediction to use, per product.
 
@@ -389,6 +516,7 @@ class PolicyFusion(DecisionFusion):
         return tf.math.log(tf.maximum(probabilities, keras.backend.epsilon() ** 2))
 
 
+@serializable
 class DecisionNetwork(keras.layers.Layer):
     """A decision-level head's decision network alone, as a layer: ([p_t, p_i]) → logits, with Keras's
     `training` flag reaching `fuse` (the policy trains on the mixture, predicts by its choice)."""
@@ -403,11 +531,18 @@ class DecisionNetwork(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "head": keras.layers.serialize(self.head)}
 
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(keras.layers.deserialize(config.pop("head")), **config)
 
-def fusion_head(fusion: str, num_classes: int, config: HeadConfig = HeadConfig(), name: str = "fusion") -> keras.layers.Layer:
+
+def fusion_head(fusion: str, num_classes: int, config: HeadConfig = HeadConfig(), name: str = "fusion") -> FusionHead:
     """The head of `fusion`, one of FUSIONS: (f_t, f_i) → logits [batch, num_classes]."""
-    if fusion == DECISION_LEVEL:
-        return DecisionLevelFusion(num_classes, config, name=name)
-    if fusion == POLICY:
-        return PolicyFusion(num_classes, config, name=name)
-    return FeatureHead(fusion, num_classes, config, name=name)
+    return head_class(fusion)(num_classes, config, name=name)
+
+
+# Models saved before the classes were registered name them without the package.
+keras.utils.get_custom_objects().update(
+    {cls.__name__: cls for cls in (FeatureHead, DecisionLevelFusion, PolicyFusion, DecisionNetwork)}
+)

@@ -8,10 +8,12 @@ refused with one line naming what differs.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 import time
+import typing
 
 import tensorflow as tf
 import tf_keras as keras
@@ -92,82 +94,78 @@ def check_settings(stage_dir: str, settings: dict) -> None:
             json.dump(settings, f, indent=2, sort_keys=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """One stage's training: `stage` names its progress lines, `settings` what it depends on (checked
+    against its directory's), `epochs` (default the recipe's) cuts the recipe's schedule short, and
+    `patience` > 0 stops early on validation top-1."""
+
+    stage: str
+    stage_dir: str
+    recipe: Recipe
+    steps_per_epoch: int
+    settings: dict
+    patience: int = 0
+    epochs: int | None = None
+    keep_better: bool = False  # a fine-tuning phase: keep its start if it ends worse (trainer/guard.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+    """How every stage of a run trains, whatever the stage."""
+
+    strategy: tf.distribute.Strategy | None = None
+    backup_every_steps: int | None = None
+    log_every_steps: int = 100
+    log: typing.Callable[[str], None] = print
+
+
 def fit_stage(
     model: keras.Model,
     dataset: tf.data.Dataset,
+    spec: StageSpec,
     *,
-    stage: str,
-    stage_dir: str,
-    recipe: Recipe,
-    steps_per_epoch: int,
-    settings: dict,
     validation: tf.data.Dataset | None = None,
-    patience: int = 0,
-    epochs: int | None = None,
-    strategy: tf.distribute.Strategy | None = None,
-    backup_every_steps: int | None = None,
-    log_every_steps: int = 100,
-    log=print,
-    keep_better: bool = False,
+    options: LoopOptions = LoopOptions(),
 ) -> dict:
-    """Compiles and fits `model` on `dataset` (repeated batches) with `recipe`, or loads it if a
-    previous run finished it. With `validation` and `patience` > 0, stops once validation top-1 has
-    not improved for `patience` epochs and keeps the best epoch's weights (its number is "best_epoch"
-    in the logs). `epochs` (default the recipe's) stops training after that many epochs of the
-    recipe's schedule: the learning rate follows the same curve as in a run of all of them.
+    """Compiles and fits `model` on `dataset` (repeated batches) with `spec.recipe`, or loads it if a
+    previous run finished it. With `validation` and `spec.patience` > 0, stops once validation top-1
+    has not improved for `patience` epochs and keeps the best epoch's weights (its number is
+    "best_epoch" in the logs). `spec.epochs` stops training after that many epochs of the recipe's
+    schedule: the learning rate follows the same curve as in a run of all of them.
 
-    `keep_better` (a fine-tuning phase, with `validation`): if the phase ends below the validation
-    top-1 it started from, the starting weights are kept (trainer/guard.py).
+    `spec.keep_better` (a fine-tuning phase, with `validation`): if the phase ends below the
+    validation top-1 it started from, the starting weights are kept (trainer/guard.py).
 
     Returns the last epoch's logs plus "epochs" (trained), "seconds" and, with validation,
     "best_val_accuracy" and, with early stopping, "best_epoch"; with `keep_better`, the guard's figures.
     """
-    check_settings(stage_dir, settings)
-    epochs = min(epochs or recipe.epochs, recipe.epochs)
+    stage_dir, log = spec.stage_dir, options.log
+    check_settings(stage_dir, spec.settings)
+    epochs = min(spec.epochs or spec.recipe.epochs, spec.recipe.epochs)
     done = os.path.join(stage_dir, DONE_FILE)
     if tf.io.gfile.exists(done):
         model.load_weights(os.path.join(stage_dir, FINAL_WEIGHTS)).expect_partial()
         with tf.io.gfile.GFile(done) as f:
             logs = json.load(f)
-        log(f"[{stage}] already trained in {stage_dir}")
+        log(f"[{spec.stage}] already trained in {stage_dir}")
         return logs
     started = time.monotonic()
-    strategy = strategy or tf.distribute.get_strategy()
-    # Keras sums per-replica batch logs by default ("auto"), and the metrics are already global.
-    model.distribute_reduction_method = "first"
-    with strategy.scope():
-        model.compile(
-            optimizer=recipe.make_optimizer(steps_per_epoch),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[
-                keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"),
-            ],
-        )
-    callbacks = [
-        # Not deleted at the end: if the job dies before DONE_FILE is written, the rerun restores
-        # the finished state instead of training the stage again.
-        keras.callbacks.BackupAndRestore(
-            os.path.join(stage_dir, "backup"), save_freq=backup_every_steps or "epoch", delete_checkpoint=False
-        ),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(stage_dir, "checkpoints", "epoch-{epoch:03d}"), save_weights_only=True
-        ),
-        keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs")),
-        ProgressLog(stage, steps_per_epoch * epochs, log_every_steps, log),
-    ]
-    guard = KeepBetter(stage_dir, stage, validation, chief=is_chief(), log=log) if keep_better and validation is not None else None
+    _compile(model, spec, options.strategy or tf.distribute.get_strategy())
+    callbacks = _callbacks(spec, epochs, options)
+    guard = (KeepBetter(stage_dir, spec.stage, validation, chief=is_chief(), log=log)
+             if spec.keep_better and validation is not None else None)
     if guard is not None:
         guard.start(model)
     early_stopping = None
-    if validation is not None and patience:
+    if validation is not None and spec.patience:
         early_stopping = keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=patience, restore_best_weights=True)
+            monitor="val_accuracy", mode="max", patience=spec.patience, restore_best_weights=True)
         callbacks.append(early_stopping)
     history = model.fit(
         dataset,
         epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=spec.steps_per_epoch,
         validation_data=validation,
         callbacks=callbacks,
         verbose=0,  # ProgressLog writes the lines people read
@@ -187,3 +185,33 @@ def fit_stage(
         with tf.io.gfile.GFile(done, "w") as f:
             json.dump(logs, f)
     return logs
+
+
+def _compile(model: keras.Model, spec: StageSpec, strategy: tf.distribute.Strategy) -> None:
+    # Keras sums per-replica batch logs by default ("auto"), and the metrics are already global.
+    model.distribute_reduction_method = "first"
+    with strategy.scope():
+        model.compile(
+            optimizer=spec.recipe.make_optimizer(spec.steps_per_epoch),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[
+                keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"),
+            ],
+        )
+
+
+def _callbacks(spec: StageSpec, epochs: int, options: LoopOptions) -> list:
+    return [
+        # Not deleted at the end: if the job dies before DONE_FILE is written, the rerun restores
+        # the finished state instead of training the stage again.
+        keras.callbacks.BackupAndRestore(
+            os.path.join(spec.stage_dir, "backup"), save_freq=options.backup_every_steps or "epoch",
+            delete_checkpoint=False,
+        ),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(spec.stage_dir, "checkpoints", "epoch-{epoch:03d}"), save_weights_only=True
+        ),
+        keras.callbacks.TensorBoard(os.path.join(spec.stage_dir, "logs")),
+        ProgressLog(spec.stage, spec.steps_per_epoch * epochs, options.log_every_steps, options.log),
+    ]

@@ -24,17 +24,14 @@ import dataclasses
 import json
 import logging
 import os
-import pathlib
-import tempfile
-import uuid
 from typing import Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
+from common import beam as beam_job
 from common import features
 from common.metrics import TOP_K, ClassCounts
 from common.features import (
@@ -62,7 +59,6 @@ SHARD_PREFIX = "part"
 FROM_MODEL_VOCABULARY = "model_vocabulary"
 FROM_LABELS_SEEN = "labels_seen"
 _COUNTS_PREFIX = "counts"
-_PROJECT_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
 
 class BatchPredictError(ValueError):
@@ -99,30 +95,15 @@ def catalog_columns(
     )
 
 
-def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
-    """Pipeline options from command-line style arguments, passed through unchanged, plus defaults: the
-    DirectRunner and, on it, one process running a worker thread per core. Threads, not preprocess's
-    worker processes: TensorFlow releases the GIL while the model runs, so the threads overlap image
-    checks with inference, and the model is loaded once (a process per core would load it once per
-    process, and each copy's op threads would compete for the same cores)."""
-    args = list(beam_args)
-    if PipelineOptions(args).view_as(StandardOptions).runner is None:
-        # Beam's own default is now Prism, which downloads a binary at run time.
-        args.append("--runner=DirectRunner")
-    runner = PipelineOptions(args).view_as(StandardOptions).runner
-    if runner in ("DirectRunner", "direct") and not any(a.startswith("--direct_running_mode") for a in args):
-        args.append("--direct_running_mode=multi_threading")
-        if not any(a.startswith("--direct_num_workers") for a in args):
-            # The cores this process may use (a pod's CPU limit), not the node's.
-            import joblib
-
-            args.append(f"--direct_num_workers={joblib.cpu_count()}")
-    return PipelineOptions(args)
+def beam_options(beam_args: Sequence[str]):
+    """The job's pipeline options; on the DirectRunner one process running a worker thread per core.
+    Threads, not preprocess's worker processes: TensorFlow releases the GIL while the model runs, so
+    the threads overlap image checks with inference, and the model is loaded once (a process per core
+    would load it once per process, and each copy's op threads would compete for the same cores)."""
+    return beam_job.beam_options(beam_args, beam_job.MULTI_THREADING)
 
 
-def runs_on_this_machine(beam_args: Sequence[str]) -> bool:
-    """Whether the runner's workers share this machine's files: only then may outputs be local paths."""
-    return beam_options(beam_args).view_as(StandardOptions).runner in ("DirectRunner", "direct")
+runs_on_this_machine = beam_job.runs_on_this_machine
 
 
 def prediction_pattern(predictions_dir: str) -> str:
@@ -134,26 +115,8 @@ def check_outputs(predictions_dir: str, output_format: str, *other_dirs: str) ->
     and hold no earlier predictions."""
     if output_format not in PREDICTION_FORMATS:
         raise BatchPredictError(f"output format {output_format!r}: expected one of {', '.join(PREDICTION_FORMATS)}")
-    # Shards of an earlier run would be read as part of this one.
-    if FileSystems.match([prediction_pattern(predictions_dir)])[0].metadata_list:
-        raise BatchPredictError(f"{predictions_dir} already holds predictions: write to a new directory")
-    for directory in dict.fromkeys((predictions_dir, *other_dirs)):
-        _check_writable(directory)
-
-
-def _check_writable(directory: str) -> None:
-    # Written to rather than asked about: permissions, a read-only mount or a bucket's IAM only show on
-    # writing, and otherwise the job would fail at its very end, every prediction lost.
-    import tensorflow as tf
-
-    probe = FileSystems.join(directory, f".hanet-write-check-{uuid.uuid4().hex}")
-    try:
-        tf.io.gfile.makedirs(directory)
-        with tf.io.gfile.GFile(probe, "w") as f:
-            f.write("")
-        tf.io.gfile.remove(probe)
-    except (tf.errors.OpError, OSError) as e:
-        raise BatchPredictError(f"output directory {directory} cannot be written: {getattr(e, 'message', e)}") from None
+    beam_job.check_outputs(predictions_dir, {"predictions": prediction_pattern(predictions_dir)}, other_dirs,
+                           BatchPredictError)
 
 
 # ---- The pipeline's steps ----------------------------------------------------------------------
@@ -283,18 +246,7 @@ def predict_catalog(
     if model.classes_per_product is not None and top_k > model.classes_per_product:
         logging.warning("the model returns its top %d classes: --top-k %d gives those", model.classes_per_product, top_k)
     pipeline_options = beam_options(beam_args)
-    if pipeline_options.view_as(DirectOptions).direct_running_mode == "multi_processing":
-        # The worker processes unpickle this project's DoFns, so they must be able to import it.
-        paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-        if _PROJECT_ROOT not in paths:
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_PROJECT_ROOT, *paths]))
-    temp_location = pipeline_options.view_as(GoogleCloudOptions).temp_location
-    if temp_dir is None:
-        temp_dir = (
-            FileSystems.join(temp_location, f"hanet-batch-predict-{uuid.uuid4().hex}")
-            if temp_location
-            else tempfile.mkdtemp(prefix="hanet-batch-predict-")
-        )
+    temp_dir = beam_job.scratch_dir(pipeline_options, temp_dir, "batch-predict")
 
     handler = ServingModelHandler(model, batch_size=batch_size, large_model=large_model)
     with beam.Pipeline(options=pipeline_options) as pipeline:
@@ -329,8 +281,8 @@ def predict_catalog(
         )
 
     metrics = _metrics(temp_dir, model, top_k, output_format, label_column)
-    _write_json(metrics_file, metrics)
-    _delete(temp_dir)
+    beam_job.write_json(metrics_file, metrics)
+    beam_job.delete_dir(temp_dir)
     return BatchPredictResult(metrics, model, predictions_dir, quarantine_file, metrics_file)
 
 
@@ -443,12 +395,8 @@ def evaluate_counts(
 def format_counts(metrics: dict) -> str:
     """The counts of a run as a few lines for a terminal or a component log."""
     version = metrics["model_version"]
-    lines = [
-        f"model: {metrics['model']}" + (f" (version {version})" if version is not None else ""),
-        f"rows in: {metrics['rows_in']}",
-        f"predicted: {metrics['predicted']}",
-        "quarantined: " + (", ".join(f"{reason} {n}" for reason, n in metrics["quarantined"].items()) or "none"),
-    ]
+    model = f"model: {metrics['model']}" + (f" (version {version})" if version is not None else "")
+    lines = []
     if "needs_review" in metrics:
         lines.append(f"needs review: {metrics['needs_review']}")
     evaluation = metrics.get("evaluation")
@@ -458,22 +406,7 @@ def format_counts(metrics: dict) -> str:
             f"top-5 {evaluation['top5_accuracy']:.4f}, macro-F1 {evaluation['macro_f1']:.4f} "
             f"({evaluation['examples']} products; classes by {evaluation['label_ids_from'].replace('_', ' ')})"
         )
-    return "\n".join(lines)
-
-
-def _write_json(path: str, payload: dict) -> None:
-    import tensorflow as tf
-
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-    with tf.io.gfile.GFile(path, "w") as f:
-        json.dump(payload, f, indent=2, ensure_ascii=False)
-
-
-def _delete(path: str) -> None:
-    import tensorflow as tf
-
-    if tf.io.gfile.exists(path):
-        tf.io.gfile.rmtree(path)
+    return beam_job.format_counts(metrics, f"predicted: {metrics['predicted']}", first=[model], then=lines)
 
 
 def predict_catalog_to_dir(*, output_dir: str, **kwargs) -> BatchPredictResult:

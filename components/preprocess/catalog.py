@@ -20,6 +20,8 @@ import posixpath
 import zlib
 from typing import BinaryIO, Callable, Iterator, Mapping
 
+from common.features import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN, DEFAULT_TEXT_SEPARATOR, DEFAULT_TITLE_COLUMN
+
 CSV_SUFFIXES = (".csv", ".csv.gz")
 JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".ndjson")
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrecord.gz", ".tfrecords.gz")
@@ -34,13 +36,6 @@ MAX_CSV_FIELD_CHARS = 16 * 2**20
 MAX_LINE_CHARS = 64 * 2**20
 # What a truncated or corrupt gzip file raises part-way through: nothing after it can be read.
 _GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
-
-# The catalog columns' default names; the label column has none, a catalog always names it.
-DEFAULT_ID_COLUMN = "id"
-DEFAULT_TITLE_COLUMN = "title"
-DEFAULT_IMAGE_COLUMN = "image"
-# Joins the title and the extra text columns (see CatalogColumns.text_separator).
-DEFAULT_TEXT_SEPARATOR = " | "
 
 
 class CatalogError(ValueError):

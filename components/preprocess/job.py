@@ -32,19 +32,17 @@ import hashlib
 import json
 import logging
 import os
-import pathlib
-import tempfile
-import uuid
 from typing import TYPE_CHECKING, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from components.preprocess import row_checks
 from components.preprocess.catalog import CatalogColumns, CatalogRow, check_catalog
 from components.preprocess.catalog_rows import QUARANTINE_TAG, UniqueRows
+from common import beam as beam_job
 from common import features, splits
+from common.features import DEFAULT_EVAL_FRACTION
 
 if TYPE_CHECKING:
     from components.preprocess.transform import TransformOptions
@@ -55,10 +53,8 @@ TRANSFORM_GRAPH_DIR = "transform_graph"
 METRICS_FILE = "metrics.json"
 RECORD_SUFFIX = ".tfrecord.gz"
 SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
-DEFAULT_EVAL_FRACTION = 0.2
 _RAW_SUFFIX = ".tfrecord"  # temporary raw train examples: JPEG bytes do not compress, gzip would only cost CPU
 _COUNTS_PREFIX = "counts"
-_PROJECT_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
 
 class PreprocessError(ValueError):
@@ -108,54 +104,21 @@ class _ToProduct(beam.DoFn):
             yield result
 
 
-def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
-    """Pipeline options from command-line style arguments, passed through unchanged, plus defaults:
-    the DirectRunner, and on it one worker process per core."""
-    args = list(beam_args)
-    if PipelineOptions(args).view_as(StandardOptions).runner is None:
-        # Beam's own default is now Prism, which downloads a binary at run time.
-        args.append("--runner=DirectRunner")
-    runner = PipelineOptions(args).view_as(StandardOptions).runner
-    if runner in ("DirectRunner", "direct") and not any(a.startswith("--direct_running_mode") for a in args):
-        args.append("--direct_running_mode=multi_processing")
-        if not any(a.startswith("--direct_num_workers") for a in args):
-            # Not Beam's 0 (os.cpu_count()): in a Kubernetes pod that is the node's cores, not the
-            # pod's CPU limit, and 64 workers in a 4-CPU pod run out of memory. joblib reads the limit.
-            import joblib
-
-            args.append(f"--direct_num_workers={joblib.cpu_count()}")
-    return PipelineOptions(args)
+def beam_options(beam_args: Sequence[str]):
+    """The job's pipeline options; on the DirectRunner a worker process per core (the row checks and
+    the transform are CPU-bound Python)."""
+    return beam_job.beam_options(beam_args, beam_job.MULTI_PROCESSING)
 
 
-def runs_on_this_machine(beam_args: Sequence[str]) -> bool:
-    """Whether the runner's workers share this machine's files: only then may outputs be local paths
-    (remote workers need URIs such as gs:// or s3://)."""
-    return beam_options(beam_args).view_as(StandardOptions).runner in ("DirectRunner", "direct")
+runs_on_this_machine = beam_job.runs_on_this_machine
 
 
 def check_outputs(examples_dir: str, *other_dirs: str) -> None:
     """Raises PreprocessError unless the output directories can be written and hold no earlier records."""
-    earlier = {split: split_file_pattern(examples_dir, split) for split in SPLITS}
-    earlier[f"raw {features.EVAL_SPLIT}"] = os.path.join(splits.raw_examples_dir(examples_dir), f"part-*{RECORD_SUFFIX}")
-    for what, pattern in earlier.items():
-        # Shards of an earlier run would be read as part of this one.
-        if FileSystems.match([pattern])[0].metadata_list:
-            raise PreprocessError(f"{examples_dir} already holds {what} records: write to a new directory")
-    for directory in dict.fromkeys((examples_dir, *other_dirs)):
-        _check_writable(directory)
-
-
-def _check_writable(directory: str) -> None:
-    # Written to rather than asked about: permissions, a read-only mount or a bucket's IAM only show on
-    # writing, and otherwise the failure would come at the end of the first pipeline, its work lost.
-    probe = FileSystems.join(directory, f".hanet-write-check-{uuid.uuid4().hex}")
-    try:
-        if not FileSystems.exists(directory):
-            FileSystems.mkdirs(directory)
-        FileSystems.create(probe).close()
-        FileSystems.delete([probe])
-    except Exception as e:  # BeamIOError, OSError, or a cloud client's own error
-        raise PreprocessError(f"output directory {directory} cannot be written: {e}") from None
+    earlier = {f"{split} records": split_file_pattern(examples_dir, split) for split in SPLITS}
+    earlier[f"raw {features.EVAL_SPLIT} records"] = os.path.join(
+        splits.raw_examples_dir(examples_dir), f"part-*{RECORD_SUFFIX}")
+    beam_job.check_outputs(examples_dir, earlier, other_dirs, PreprocessError)
 
 
 def preprocess(
@@ -186,18 +149,7 @@ def preprocess(
         examples_dir, transform_graph_dir, os.path.dirname(quarantine_file) or ".", os.path.dirname(metrics_file) or "."
     )
     pipeline_options = beam_options(beam_args)
-    if pipeline_options.view_as(DirectOptions).direct_running_mode == "multi_processing":
-        # The worker processes unpickle this project's DoFns, so they must be able to import it.
-        paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-        if _PROJECT_ROOT not in paths:
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_PROJECT_ROOT, *paths]))
-    temp_location = pipeline_options.view_as(GoogleCloudOptions).temp_location
-    if temp_dir is None:
-        temp_dir = (
-            FileSystems.join(temp_location, f"hanet-preprocess-{uuid.uuid4().hex}")
-            if temp_location
-            else tempfile.mkdtemp(prefix="hanet-preprocess-")
-        )
+    temp_dir = beam_job.scratch_dir(pipeline_options, temp_dir, "preprocess")
     raw_dir = FileSystems.join(temp_dir, "raw")
 
     _validate(
@@ -206,10 +158,10 @@ def preprocess(
     _transform(options, raw_dir, examples_dir, transform_graph_dir, temp_dir, pipeline_options)
 
     metrics = _metrics(temp_dir, transform_graph_dir, options.label_min_count)
-    _write_json(metrics_file, metrics)
+    beam_job.write_json(metrics_file, metrics, sort_keys=True)
     # The trainer's steps per epoch come from here rather than from a pass over the records.
     splits.write_split_sizes(examples_dir, metrics["kept"])
-    _delete(temp_dir)
+    beam_job.delete_dir(temp_dir)
     return PreprocessResult(
         metrics,
         examples_dir,
@@ -371,32 +323,12 @@ def _metrics(temp_dir: str, transform_graph_dir: str, label_min_count: int) -> d
 
 def format_counts(metrics: dict) -> str:
     """The counts of a run as a few lines for a terminal or a component log."""
-    lines = [
-        f"rows in: {metrics['rows_in']}",
-        "kept: " + ", ".join(f"{split} {n}" for split, n in metrics["kept"].items()),
-        "quarantined: "
-        + (", ".join(f"{reason} {n}" for reason, n in metrics["quarantined"].items()) or "none"),
-        f"label vocabulary: {metrics['label_vocabulary_size']} labels (min count {metrics['label_min_count']})",
-    ]
+    then = [f"label vocabulary: {metrics['label_vocabulary_size']} labels (min count {metrics['label_min_count']})"]
     only_eval = metrics["labels_only_in_eval"]
     if only_eval:
-        lines.append(f"labels only in eval (mapped to OOV): {len(only_eval)} labels, {sum(only_eval.values())} rows")
-    return "\n".join(lines)
-
-
-def _write_json(path: str, payload: dict) -> None:
-    import tensorflow as tf
-
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-    with tf.io.gfile.GFile(path, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, ensure_ascii=False)
-
-
-def _delete(path: str) -> None:
-    import tensorflow as tf
-
-    if tf.io.gfile.exists(path):
-        tf.io.gfile.rmtree(path)
+        then.append(f"labels only in eval (mapped to OOV): {len(only_eval)} labels, {sum(only_eval.values())} rows")
+    kept = "kept: " + ", ".join(f"{split} {n}" for split, n in metrics["kept"].items())
+    return beam_job.format_counts(metrics, kept, then=then)
 
 
 def preprocess_to_dir(

@@ -20,6 +20,7 @@ import PIL.Image
 
 from components.preprocess.catalog import CatalogColumns, CatalogRow, resolve_image_uri
 from common import features
+from common.features import DEFAULT_MAX_IMAGE_PIXELS
 
 # Reason codes of quarantined rows: stable strings, counted in metrics.json.
 MALFORMED_ROW = "malformed_row"
@@ -36,8 +37,6 @@ DUPLICATE_ID = "duplicate_id"
 # is quarantined with the exception so that one such row costs that row, not the stage.
 INTERNAL_ERROR = "internal_error"
 
-# A 20-megapixel photo decodes to 60 MB of RGB; anything larger is almost surely a decompression bomb.
-DEFAULT_MAX_IMAGE_PIXELS = 20_000_000
 # No product photo file is this large; reading stops here instead of loading, say, a 2 GB TIFF.
 MAX_IMAGE_FILE_BYTES = 64 * 2**20
 # Formats and modes that tf.io.decode_image reads to the same RGB pixels PIL sees; others are
