@@ -122,13 +122,14 @@ class PipelineParams(CatalogParams):
         0.01, "the gate also refuses a model whose top-1 is more than this below the served model's"
     )
     baseline_max_train_products: int = param(
-        baselines.MAX_TRAIN_PRODUCTS, "the evaluate stage fits the tfidf_svm baseline (TF-IDF word and character "
+        baselines.MAX_TRAIN_PRODUCTS, "the evaluate stage fits the tfidf_svm baseline (hashed TF-IDF word and character "
         "n-grams + linear SVM) on the text of at most about this many train products and reports the candidate "
         "beside it on the same eval products (0: no baseline)",
     )
     baseline_tolerance: float = param(
-        1.0, "the gate also refuses a model whose top-1 is more than this below the tfidf_svm baseline's "
-        "(1.0: never refuses; 0: the model must at least match the baseline)",
+        0.0, "the gate also refuses a model whose top-1 is more than this below the tfidf_svm baseline's "
+        "(0: the model must at least match the baseline; 1.0: never refuses, the comparison is only reported)",
+        local=1.0,
     )
     keep_versions: int = param(5, "versions kept under SERVING_BASE/MODEL_NAME after a push (0: all)")
     beam_args: list = param([], "preprocess's Beam pipeline options, e.g. --runner=DataflowRunner")

@@ -347,7 +347,8 @@ def raw_eval_records(examples_dir: str, batch_size: int) -> tf.data.Dataset:
 def fit_baseline(examples_dir: str, num_classes: int, max_train_products: int = baselines.MAX_TRAIN_PRODUCTS,
                  batch_size: int = 1024) -> baselines.TfidfSvm:
     """tfidf_svm fitted on the train split's titles (what the trainer trains on, validation included),
-    streamed from the transformed records; at most about `max_train_products` of them, by a hash of the id."""
+    streamed from the transformed records once per epoch; at most about `max_train_products` of them, by a
+    hash of the id."""
     share = max_train_products / max(1, splits.read_split_sizes(examples_dir)[features.TRAIN_SPLIT])
     batches = split_records(examples_dir, features.TRAIN_SPLIT, baselines.record_spec(), batch_size)
     if share < 1:
@@ -356,7 +357,7 @@ def fit_baseline(examples_dir: str, num_classes: int, max_train_products: int = 
             return {key: tf.boolean_mask(value, keep) for key, value in batch.items()}
 
         batches = batches.map(sample)
-    return baselines.TfidfSvm(*baselines.titles_and_labels(batches), num_classes)
+    return baselines.TfidfSvm.streamed(baselines.record_batches(batches), num_classes)
 
 
 def compare_with_served(served_model: tuple[int, str], candidate, examples_dir: str, batch_size: int,
@@ -420,9 +421,8 @@ def evaluate_model(
         try:
             baseline = fit_baseline(examples_dir, len(names), baseline_max_train_products)
         except ValueError as e:
-            # The baseline is a yardstick, not the candidate: text it cannot fit (no word of two letters
-            # in any title leaves TF-IDF no vocabulary) is said in the figures and the verdict, and the
-            # candidate is still judged.
+            # The baseline is a yardstick, not the candidate: a train split it cannot fit (no title left
+            # after sampling) is said in the figures and the verdict, and the candidate is still judged.
             baseline_error = f"the {baselines.TFIDF_SVM} baseline could not be fitted: {e}"
     figures = EvalFigures(names, ModelCalibration(calibrations.read(model_dir)), unimodal, samples_per_kind, baseline,
                           baseline_error)
@@ -444,12 +444,12 @@ def gate(
     served: dict | None = None,
     accuracy_tolerance: float = 0.0,
     baseline: dict | None = None,
-    baseline_tolerance: float = 1.0,
+    baseline_tolerance: float = 0.0,
 ) -> Verdict:
     """Blesses when (a) top-1 accuracy >= accuracy_threshold, (c) the candidate's top-1 is at most
     `baseline_tolerance` below the tfidf_svm baseline's on the same eval products (`baseline` as
-    Evaluation.baseline; 1.0, the default, never refuses: the baseline is reported, not gated on; a
-    baseline that could not be fitted is said, not gated on) and (b) when a model is served, the
+    Evaluation.baseline; 0, the default, refuses a candidate below it; 1.0 never refuses: the baseline is
+    reported, not gated on; a baseline that could not be fitted is said, not gated on) and (b) when a model is served, the
     candidate's top-1 is at most `accuracy_tolerance` below the served model's on the same products
     through the same signature (`served` as ServedComparison.figures()). Judged in the order a, c, b."""
     accuracy = metrics["top1_accuracy"]
@@ -465,6 +465,8 @@ def gate(
             return Verdict(False, f"{absolute}, but {against}: worse by {theirs - accuracy:.4f}, more than the "
                                   f"baseline tolerance {baseline_tolerance:.4f}")
         absolute += f"; {against} (tolerance {baseline_tolerance:.4f})"
+        if accuracy < theirs:
+            absolute += f", so the candidate, {theirs - accuracy:.4f} below it, is blessed only by that tolerance"
     if not served:
         return Verdict(True, f"{absolute}; nothing is served yet, so there is no model to compare with")
     mine, theirs, version = served["candidate_top1_accuracy"], served["served_top1_accuracy"], served["served_version"]

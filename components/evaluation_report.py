@@ -63,7 +63,7 @@ img.chart { max-width: 100%; border: 1px solid #ddd; }
 <p>{{ e.baseline.error }}</p>
 {% elif e.baseline %}{% set b = e.baseline %}
 <h3>Against the baseline a user already has</h3>
-<p>{{ b.model }}: TF-IDF of word 1–2 and character 2–5-grams + a linear SVM, fitted on the text of {{ b.train_products }}
+<p>{{ b.model }}: hashed TF-IDF of word 1–2 and character 2–5-grams + a linear SVM, fitted on the text of {{ b.train_products }}
 train products in {{ '%.1f' % b.fit_seconds }} s, on the same {{ b.examples }} eval products.</p>
 <table>
 <tr><th>model</th><th>top-1 accuracy</th><th>top-5 accuracy</th><th>macro-F1</th><th>right where the other is wrong</th></tr>

@@ -15,7 +15,7 @@ import re
 import shutil
 import time
 
-from common import console
+from common import baselines, console
 from common.params import local_params
 from pipeline import cli, config
 
@@ -67,6 +67,8 @@ def final_block(result: dict) -> str:
              + f"   ({m.get('examples', 0):g} eval products)"]
     lines += [f"{name:{width}}  " + "  ".join(f"{_figure(v):>8}" for v in values) for name, *values in rows]
     lines.append(f"gate: {'blessed' if result['blessed'] else 'not blessed'}: {result['reason']}")
+    if below := baselines.below_baseline(m):
+        lines.append(f"warning: {below}")
     lines.append(_calibration_line(m))
     lines.append(f"pushed model: {result['pushed_model']}" if result["pushed_model"] else "nothing pushed")
     lines.append(f"evaluation report: {result['report']}")

@@ -122,9 +122,7 @@ def test_top_fine_tunes_from_the_frozen_heads_and_the_tuned_blocks_train(benchma
 
 
 def test_the_baseline_is_tfidf_svm_on_the_same_titles_and_split(benchmark_run):
-    from sklearn.metrics import accuracy_score
-
-    from common.baselines import make_tfidf_svm
+    from common.baselines import TfidfSvm
 
     root, results = benchmark_run
     out = root / "out"
@@ -132,13 +130,18 @@ def test_the_baseline_is_tfidf_svm_on_the_same_titles_and_split(benchmark_run):
         rows = {row["id"]: row for row in csv.DictReader(f)}
     train = [rows[i] for i in _cached_ids(out, features.TRAIN_SPLIT)]
     evaluated = [rows[i] for i in _cached_ids(out, features.EVAL_SPLIT)]
-    classifier = make_tfidf_svm().fit([r["title"] for r in train], [r["articleType"] for r in train])
-    expected = accuracy_score([r["articleType"] for r in evaluated], classifier.predict([r["title"] for r in evaluated]))
+    names = sorted({r["articleType"] for r in train + evaluated})
+    classifier = TfidfSvm([r["title"] for r in train], np.array([names.index(r["articleType"]) for r in train]),
+                          len(names))
+    predicted = classifier.scores([r["title"] for r in evaluated]).argmax(axis=-1)
+    # Label ids are numbered otherwise there; SGD breaks a tie between classes by id, so a product may differ.
+    expected = np.mean(predicted == np.array([names.index(r["articleType"]) for r in evaluated]))
     baseline = results["raw"]["baseline"]["tfidf_svm"]
-    assert baseline["eval"]["top1_accuracy"] == pytest.approx(expected)
+    assert baseline["eval"]["top1_accuracy"] == pytest.approx(expected, abs=2 / len(evaluated))
     assert baseline["eval"]["top1_accuracy"] <= baseline["eval"]["top5_accuracy"]
     assert 0.0 < baseline["eval"]["macro_f1"] <= 1.0
-    assert results["summary"]["models"]["tfidf_svm"]["top1_accuracy"]["mean"] == pytest.approx(expected)
+    assert results["summary"]["models"]["tfidf_svm"]["top1_accuracy"]["mean"] == pytest.approx(
+        baseline["eval"]["top1_accuracy"])
 
 
 def test_headroom_arithmetic_on_a_hand_made_run():

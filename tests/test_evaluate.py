@@ -223,16 +223,31 @@ def test_the_baseline_scores_only_classes_it_saw_and_survives_hostile_titles():
     assert scores.shape == (5, 5)
     assert np.all(np.isinf(scores[:, [1, 4]])) and np.all(np.isfinite(scores[:, [0, 2, 3]]))
     assert scores[-1].argmax() == 2 and scores[2].argmax() == 2
-    alone = TfidfSvm(["a shirt", "another shirt"], np.array([1, 1]), num_classes=3)  # LinearSVC needs two classes
+    alone = TfidfSvm(["a shirt", "another shirt"], np.array([1, 1]), num_classes=3)  # one class: nothing to learn
     assert alone.scores(["a wallet"]).argmax() == 1
     with pytest.raises(ValueError, match="no training titles"):
         TfidfSvm([], np.zeros([0], np.int64), num_classes=3)
+    with pytest.raises(ValueError, match=r"label ids must be in \[0, 5\)"):
+        TfidfSvm(titles, labels + 3, num_classes=5)
+
+
+def test_below_baseline_is_one_line_only_when_the_candidate_is_below():
+    from common.baselines import below_baseline
+
+    line = below_baseline({"top1_accuracy": 0.39, "baseline_top1_accuracy": 0.8})
+    assert "0.3900 is below the tfidf_svm baseline's 0.8000" in line and "\n" not in line
+    assert below_baseline({"top1_accuracy": 0.8, "baseline_top1_accuracy": 0.8}) is None
+    assert below_baseline({"top1_accuracy": 0.39}) is None  # no baseline fitted: nothing to say
 
 
 def test_gate_names_the_baseline_and_refuses_only_beyond_its_tolerance():
     baseline = {"model": "tfidf_svm", "top1_accuracy": 0.98}
-    reported = gate({"top1_accuracy": 0.97}, 0.5, baseline=baseline)  # default tolerance 1.0: reported only
+    refused = gate({"top1_accuracy": 0.97}, 0.5, baseline=baseline)  # default tolerance 0: below is refused
+    assert not refused.blessed and "worse by 0.0100" in refused.reason
+    assert gate({"top1_accuracy": 0.98}, 0.5, baseline=baseline).blessed  # matching it is enough
+    reported = gate({"top1_accuracy": 0.97}, 0.5, baseline=baseline, baseline_tolerance=1.0)  # run-local's: reported
     assert reported.blessed and "tfidf_svm baseline's top-1 on the same products is 0.9800" in reported.reason
+    assert "0.0100 below it, is blessed only by that tolerance" in reported.reason
     assert gate({"top1_accuracy": 0.97}, 0.5, baseline=baseline, baseline_tolerance=0.01).blessed
     refused = gate({"top1_accuracy": 0.97}, 0.5, baseline=baseline, baseline_tolerance=0.005)
     assert not refused.blessed and "worse by 0.0100" in refused.reason and "baseline tolerance 0.0050" in refused.reason

@@ -240,13 +240,14 @@ def _split_titles(examples_dir: str, split: str) -> tuple[list[str], np.ndarray,
 def test_the_baseline_is_tfidf_svm_on_the_train_titles_scored_beside_the_candidate_on_the_same_products(
     distinct_preprocessed, text_models
 ):
-    from common.baselines import make_tfidf_svm
+    from common.baselines import TfidfSvm
 
     records = (distinct_preprocessed.examples_dir, distinct_preprocessed.transform_graph_dir)
     evaluation = evaluate_model(text_models["untrained"], *records)
     train_titles, train_labels, _ = _split_titles(distinct_preprocessed.examples_dir, features.TRAIN_SPLIT)
     eval_titles, eval_labels, _ = _split_titles(distinct_preprocessed.examples_dir, features.EVAL_SPLIT)
-    direct = make_tfidf_svm().fit(train_titles, train_labels).predict(eval_titles)
+    classes = int(max(train_labels.max(), eval_labels.max())) + 1
+    direct = TfidfSvm(train_titles, train_labels, classes).scores(eval_titles).argmax(axis=-1)
     baseline = evaluation.baseline
     assert baseline["model"] == "tfidf_svm" and baseline["train_products"] == len(train_titles)
     assert baseline["examples"] == len(eval_titles) == evaluation.metrics["examples"]
@@ -259,11 +260,12 @@ def test_the_baseline_is_tfidf_svm_on_the_train_titles_scored_beside_the_candida
     assert (paired["both_right"] + paired["baseline_only_right"]) / examples == pytest.approx(baseline["top1_accuracy"])
     assert (paired["both_right"] + paired["candidate_only_right"]) / examples == pytest.approx(
         evaluation.metrics["top1_accuracy"])
-    # An untrained candidate far below the baseline: refused at tolerance 0, blessed (and told) at the default.
+    # An untrained candidate far below the baseline: refused at the default tolerance 0, blessed (and told) at
+    # run-local's 1.0.
     assert evaluation.metrics["top1_accuracy"] < baseline["top1_accuracy"] - 0.2
-    refused = gate(evaluation.metrics, 0.0, None, baseline=baseline, baseline_tolerance=0.0)
+    refused = gate(evaluation.metrics, 0.0, None, baseline=baseline)
     assert not refused.blessed and "tfidf_svm baseline's top-1" in refused.reason and "worse by" in refused.reason
-    assert gate(evaluation.metrics, 0.0, None, baseline=baseline).blessed
+    assert gate(evaluation.metrics, 0.0, None, baseline=baseline, baseline_tolerance=1.0).blessed
 
 
 def test_the_baseline_trains_on_a_hash_sample_when_the_train_split_is_larger_than_its_cap(
@@ -285,15 +287,15 @@ def test_a_baseline_that_cannot_be_fitted_is_said_and_the_candidate_still_judged
     from components import evaluate
     from components.evaluation_report import render_html
 
-    def unfittable(*args, **kwargs):  # what scikit-learn says of titles without a word of two letters
+    def unfittable(*args, **kwargs):  # a train split whose titles were all sampled away
         from common.baselines import TfidfSvm
 
-        return TfidfSvm(["a", "b", "c"], np.array([0, 1, 2]), 3)
+        return TfidfSvm([], np.zeros([0], np.int64), 3)
 
     monkeypatch.setattr(evaluate, "fit_baseline", unfittable)
     evaluation = evaluate_model(text_models["trained"], distinct_preprocessed.examples_dir,
                                 distinct_preprocessed.transform_graph_dir)
-    assert evaluation.metrics["examples"] > 0 and "empty vocabulary" in evaluation.baseline["error"]
+    assert evaluation.metrics["examples"] > 0 and "no training titles" in evaluation.baseline["error"]
     assert not any(k.startswith("baseline_") for k in evaluation.scalars())
     verdict = gate(evaluation.metrics, 0.0, None, baseline=evaluation.baseline, baseline_tolerance=0.0)
     assert verdict.blessed and "baseline could not be fitted" in verdict.reason

@@ -25,13 +25,13 @@ def _model():
     return keras.Sequential([keras.layers.Input((FEATURES,)), keras.layers.Dense(CLASSES)])
 
 
-def _fit(tmp_path, recipe, validation=None, **spec):
+def _fit(tmp_path, recipe, validation=None, prune=False, **spec):
     x, y = _data(0, 256, noisy=False)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(256, seed=0).batch(BATCH).repeat()
     model = _model()
     logs = fit_stage(model, dataset, StageSpec(stage="probe", stage_dir=str(tmp_path / "stage"), recipe=recipe,
                                                steps_per_epoch=256 // BATCH, settings={"probe": 1}, **spec),
-                     validation=validation, options=LoopOptions(log=lambda line: None))
+                     validation=validation, options=LoopOptions(log=lambda line: None, prune_checkpoints=prune))
     return model, logs
 
 

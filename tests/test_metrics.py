@@ -325,3 +325,24 @@ def test_a_narrow_range_at_the_top_keeps_whole_bins_inside_0_1():
     histogram = counts.histogram(bins=20)
     assert histogram["edges"][-1] == 1.0 and len(histogram["edges"]) == 21
     assert sum(histogram["right"]) == 2
+
+
+def test_the_default_figures_give_coverage_at_the_catalog_teams_precisions():
+    logits, labels, c = _spread_logits(seed=10)
+    counts = metrics.CalibrationCounts()
+    counts.add(logits, labels)
+    figures = counts.figures()
+    for target, name in ((0.95, "95"), (0.98, "98"), (0.99, "99")):
+        assert figures[f"coverage_at_{name}"] == pytest.approx(_reference_coverage(c, labels == 0, target)[0])
+    assert len(figures) == 5 + 2 * 3
+
+
+def test_reliability_bins_split_at_cell_edges_when_neighbouring_cells_are_full():
+    cells = np.arange(500, 520)  # 20 products in 20 adjacent doubt cells
+    c = -np.expm1(-(cells + 0.5) * metrics.DOUBT_CELL)
+    counts = metrics.CalibrationCounts()
+    counts.add(np.log(np.stack([c, 1 - c], -1)), np.where(np.arange(20) % 3 == 0, 0, 1))
+    right = np.arange(20) % 3 == 0
+    assert counts.reliability(4) == [
+        {"products": 5, "confidence": pytest.approx(c[i:i + 5].mean()), "accuracy": pytest.approx(right[i:i + 5].mean())}
+        for i in range(0, 20, 5)]

@@ -141,6 +141,14 @@ def test_the_parameters_are_exactly_pipeline_params_with_the_configs_defaults(sh
     assert parameters["label_column"]["defaultValue"] == "articleType"  # set by the shipped config
 
 
+def test_the_compiled_gate_refuses_a_model_below_the_baseline_and_run_local_only_reports_it(shipped):
+    from common.params import local_params
+
+    parameters = shipped[0]["root"]["inputDefinitions"]["parameters"]
+    assert parameters["baseline_tolerance"]["defaultValue"] == 0.0
+    assert local_params().baseline_tolerance == 1.0
+
+
 def test_flags_override_the_config_per_compile(tmp_path):
     spec, platform = compile_spec(
         tmp_path,

@@ -361,3 +361,115 @@ def test_a_file_named_gz_that_is_not_gzip_is_one_quarantined_row(tmp_path):
     path.write_text("id,title\n1,a\n")
     (row,) = _rows(path)
     assert "corrupt gzip" in row.parse_error and "Not a gzipped file" in row.parse_error
+
+
+def test_every_reason_code_is_the_one_docs_preprocessing_md_lists():
+    import pathlib
+    import re
+
+    table = (pathlib.Path(__file__).parents[1] / "docs" / "preprocessing.md").read_text()
+    documented = {code for line in table.splitlines() if line.startswith("| `")
+                  for code in re.findall(r"`([a-z_0-9]+)`", line.split("|")[1])}
+    codes = {row_checks.MALFORMED_ROW, row_checks.MISSING_ID, row_checks.MISSING_TITLE, row_checks.NOT_TEXT,
+             row_checks.INVALID_UTF8, row_checks.MISSING_LABEL, row_checks.MISSING_IMAGE, row_checks.UNREADABLE_IMAGE,
+             row_checks.IMAGE_TOO_LARGE, row_checks.DUPLICATE_ID, row_checks.INTERNAL_ERROR}
+    assert codes <= documented, codes - documented
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"id": ""}, "column 'id' is empty or missing"),
+        ({"id": None}, "column 'id' is empty or missing"),
+        ({"title": None}, f"column {COLUMNS.title!r} is empty or whitespace"),
+        ({"articleType": None}, "column 'articleType' is empty or missing"),
+        ({"image": None}, "column 'image' is empty or missing"),
+    ],
+)
+def test_an_absent_or_empty_column_is_quarantined_with_a_message_naming_it(tmp_path, fields, message):
+    _save(tmp_path, PIL.Image.new("RGB", (8, 8)))
+    row = _row(tmp_path)
+    for column, value in fields.items():
+        if value is None:
+            del row.fields[column]
+        else:
+            row.fields[column] = value
+    result = row_checks.to_product(row, COLUMNS, 10_000)
+    assert isinstance(result, row_checks.Quarantined) and result.message == message
+
+
+def test_images_tensorflow_decodes_as_they_are_pass_unchanged_others_are_reencoded(tmp_path):
+    for mode, fmt, name in (("RGB", "PNG", "a.png"), ("L", "PNG", "b.png"), ("RGB", "JPEG", "c.jpg"),
+                            ("L", "JPEG", "d.jpg")):
+        _save(tmp_path, PIL.Image.new(mode, (8, 8), 90), name=name, format=fmt)
+        product = row_checks.to_product(_row(tmp_path, image=name), COLUMNS, 10_000)
+        assert product.image_bytes == (tmp_path / name).read_bytes(), (mode, fmt)
+    _save(tmp_path, PIL.Image.new("RGB", (8, 8), (1, 2, 3)), name="e.bmp", format="BMP")
+    product = row_checks.to_product(_row(tmp_path, image="e.bmp"), COLUMNS, 10_000)
+    assert product.image_bytes[:8] == b"\x89PNG\r\n\x1a\n"  # lossless PNG, RGB
+    assert PIL.Image.open(io.BytesIO(product.image_bytes)).getpixel((0, 0)) == (1, 2, 3)
+
+
+def test_16_bit_grayscale_is_scaled_to_8_bits_by_its_range_not_clipped(tmp_path):
+    image = PIL.Image.new("I;16", (4, 1))
+    image.putdata([0, 256 * 64, 256 * 128, 65535])
+    _save(tmp_path, image, name="g.png", format="PNG")
+    product = row_checks.to_product(_row(tmp_path, image="g.png"), COLUMNS, 10_000)
+    decoded = PIL.Image.open(io.BytesIO(product.image_bytes))
+    assert decoded.mode == "RGB"
+    assert [decoded.getpixel((x, 0)) for x in range(4)] == [(0, 0, 0), (64, 64, 64), (128, 128, 128), (255, 255, 255)]
+
+
+def test_transparent_areas_of_palette_and_alpha_images_become_white(tmp_path):
+    palette = PIL.Image.new("P", (4, 4), 0)
+    palette.putpalette([10, 20, 30] * 256)
+    palette.info["transparency"] = 0
+    _save(tmp_path, palette, name="p.png", format="PNG", transparency=0)
+    _save(tmp_path, PIL.Image.new("LA", (4, 4), (50, 0)), name="la.png", format="PNG")
+    _save(tmp_path, PIL.Image.new("RGBA", (4, 4), (255, 0, 0, 0)), name="rgba.png", format="PNG")
+    for name in ("p.png", "la.png", "rgba.png"):
+        product = row_checks.to_product(_row(tmp_path, image=name), COLUMNS, 10_000)
+        assert PIL.Image.open(io.BytesIO(product.image_bytes)).convert("RGB").getpixel((0, 0)) == (255, 255, 255), name
+
+
+def test_a_path_that_is_not_a_regular_file_says_what_it_is(tmp_path):
+    (tmp_path / "img.jpg").mkdir()
+    result = row_checks.to_product(_row(tmp_path), COLUMNS, 10_000)
+    assert result.reason == row_checks.MISSING_IMAGE
+    assert result.message == f"image {tmp_path / 'img.jpg'} is not a regular file (a directory)"
+
+
+def test_a_truncated_image_says_it_cannot_be_decoded(tmp_path):
+    buffer = io.BytesIO()
+    PIL.Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, format="PNG")
+    (tmp_path / "img.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    result = row_checks.to_product(_row(tmp_path), COLUMNS, 10_000)
+    assert result.reason == row_checks.UNREADABLE_IMAGE
+    assert result.message.startswith(f"image {tmp_path / 'img.jpg'} cannot be decoded: ")
+
+
+def test_an_absent_image_file_is_named_in_its_message(tmp_path):
+    result = row_checks.to_product(_row(tmp_path, image="absent.jpg"), COLUMNS, 10_000)
+    assert result.reason == row_checks.MISSING_IMAGE
+    assert result.message == f"image {tmp_path / 'absent.jpg'} does not exist"
+
+
+def test_an_image_of_exactly_the_allowed_pixels_passes_one_more_does_not(tmp_path):
+    _save(tmp_path, PIL.Image.new("RGB", (100, 100)))
+    assert isinstance(row_checks.to_product(_row(tmp_path), COLUMNS, 10_000), row_checks.RawProduct)
+    assert row_checks.to_product(_row(tmp_path), COLUMNS, 9_999).reason == row_checks.IMAGE_TOO_LARGE
+
+
+def test_a_file_uri_is_checked_as_a_local_path(tmp_path):
+    _save(tmp_path, PIL.Image.new("RGB", (8, 8)))
+    assert isinstance(row_checks.to_product(_row(tmp_path, image=f"file://{tmp_path}/img.jpg"), COLUMNS, 10_000),
+                      row_checks.RawProduct)
+    (tmp_path / "folder").mkdir()
+    result = row_checks.to_product(_row(tmp_path, image=f"file://{tmp_path}/folder"), COLUMNS, 10_000)
+    assert result.reason == row_checks.MISSING_IMAGE and result.message.endswith("is not a regular file (a directory)")
+
+
+def test_a_product_becomes_the_raw_example_of_the_transform_graph():
+    product = row_checks.RawProduct("c.csv", 3, "42é", "Blue Shirt", "Shirts", b"\xff\xd8")
+    assert product.as_raw_example() == {"id": "42é".encode(), "title": b"Blue Shirt", "label": b"Shirts",
+                                        "image_bytes": b"\xff\xd8"}

@@ -138,3 +138,23 @@ def test_a_surrogate_pair_is_one_character():
     _, tensors = json_tensor.request_tensors(
         json_tensor.parse_request(b'{"instances": [{"title": "\\ud83d\\udc55 Shirt", "image_bytes": "x"}]}'), RAW)
     assert tensors["title"].tolist() == ["👕 Shirt".encode()]
+
+
+def test_boolean_inputs_take_json_booleans_only_and_errors_name_the_json_type():
+    _, tensors = json_tensor.request_tensors({"instances": [True, False]}, {"flag": tf.bool})
+    assert tensors["flag"].dtype == np.bool_ and tensors["flag"].tolist() == [True, False]
+    with pytest.raises(InvalidArgument) as raised:
+        json_tensor.request_tensors({"instances": [1]}, {"flag": tf.bool})
+    assert raised.value.message.endswith("Error: JSON Value: 1 Type: Number is not of expected type: bool")
+    for value, name in ((True, "True"), (False, "False"), (None, "Null")):
+        with pytest.raises(InvalidArgument) as raised:
+            json_tensor.request_tensors({"instances": [{"title": value, "image_bytes": "x"}]}, RAW)
+        assert f" Type: {name} is not of expected type: string" in raised.value.message
+
+
+@pytest.mark.parametrize("value, dtype", [(2**40 + 1, tf.float32), (1e300, tf.float32), (2**60 + 1, tf.float64)])
+def test_a_number_a_float_input_cannot_hold_is_refused_as_tf_serving_words_it(value, dtype):
+    with pytest.raises(InvalidArgument) as raised:
+        json_tensor.request_tensors({"instances": [value]}, {"x": dtype})
+    assert raised.value.message.endswith(
+        f"Error: Cannot convert JSON value: {value} to {dtype.name} without loss of precision.")

@@ -75,7 +75,7 @@ def render(summary: dict, context: dict) -> str:
     lines += ["",
               "*ECE* (15 equal-mass bins) and *coverage at 98 %* (the share of eval products whose calibrated top-1 "
               "score clears the threshold at which top-1 precision reaches 98 %) after a temperature fitted on validation, "
-              "as the exported model applies it. *tfidf_svm*: TF-IDF of word 1–2 and character 2–5-grams + LinearSVC (C=1) on the text the neural models read "
+              "as the exported model applies it. *tfidf_svm*: hashed TF-IDF of word 1–2 and character 2–5-grams + a linear multiclass SVM by SGD on the text the neural models read "
               "(the title, with any extra text columns joined) and splits (one deterministic fit, so no spread). *Headroom recovered*: of the eval products the text "
               "model gets wrong and the image model right (Table 1's headroom, per tune), the % the model gets right. "
               "*Net gain*: (model top-1 − text_only top-1) / headroom, which also charges what the model loses where "

@@ -24,7 +24,8 @@ class ModelFitting(RunData):
         self.strategy = strategy or tf.distribute.get_strategy()
         config = self.train_config
         self.loop_options = LoopOptions(strategy=self.strategy, backup_every_steps=config.backup_every_steps,
-                                        log_every_steps=config.log_every_steps, log=log)
+                                        log_every_steps=config.log_every_steps, log=log,
+                                        prune_checkpoints=config.prune_checkpoints)
 
     def new_model(self, name: str, form: str, *, seed: int) -> keras.Model:
         # The initial weights are part of what a seed fixes, not whatever state earlier work left.

@@ -18,6 +18,7 @@ import typing
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.checkpoints import KeepBestAndLast, checkpoint_path
 from trainer.guard import KeepBetter
 from trainer.recipe import Recipe
 
@@ -118,6 +119,7 @@ class LoopOptions:
     backup_every_steps: int | None = None
     log_every_steps: int = 100
     log: typing.Callable[[str], None] = print
+    prune_checkpoints: bool = True  # keep the best and the last epoch's checkpoints only
 
 
 def fit_stage(
@@ -209,9 +211,8 @@ def _callbacks(spec: StageSpec, epochs: int, options: LoopOptions) -> list:
             os.path.join(spec.stage_dir, "backup"), save_freq=options.backup_every_steps or "epoch",
             delete_checkpoint=False,
         ),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(spec.stage_dir, "checkpoints", "epoch-{epoch:03d}"), save_weights_only=True
-        ),
+        keras.callbacks.ModelCheckpoint(checkpoint_path(spec.stage_dir), save_weights_only=True),
+        *([KeepBestAndLast(os.path.dirname(checkpoint_path(spec.stage_dir)))] if options.prune_checkpoints else []),
         keras.callbacks.TensorBoard(os.path.join(spec.stage_dir, "logs")),
         ProgressLog(spec.stage, spec.steps_per_epoch * epochs, options.log_every_steps, options.log),
     ]

@@ -46,6 +46,8 @@ class TrainConfig:
     mixed_precision: bool = True
     backup_every_steps: int | None = None
     log_every_steps: int = 100
+    # Each stage keeps its best (by validation top-1) and its last epoch's checkpoints; False keeps every epoch's.
+    prune_checkpoints: bool = True
     seed: int = 42
 
     def __post_init__(self):
