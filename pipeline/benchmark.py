@@ -48,7 +48,7 @@ def register(commands) -> None:
     parser.add_argument("--top-patience", type=int, default=None)
     parser.add_argument("--crossfit-folds", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip tfidf_svm")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the baselines (tfidf_svm, tfidf_image_poe)")
     parser.add_argument("--validation-fraction", type=float, default=None, help="of the train split")
     parser.add_argument("--eval-fraction", type=float, default=local.eval_fraction)
     parser.add_argument("--bert-handle", default=local.bert_handle)

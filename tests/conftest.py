@@ -1,6 +1,9 @@
 """Shared fixtures: real data from ../shared, encoders built by the set-up command."""
+import dataclasses
+import json
 import os
 import pathlib
+import shutil
 
 # tf-keras (Keras 2) must be chosen before the first `import tensorflow`: hub.KerasLayer,
 # tf-models-official and TFT's transform layer are Keras 2 objects.
@@ -59,35 +62,96 @@ def write_small_catalog(path: pathlib.Path, n: int, extra_rows: list[dict] | Non
     return write_fashion_catalog(path, lambda rows: rows[:n], extra_rows)
 
 
-@pytest.fixture(scope="session")
-def small_preprocessed(tmp_path_factory, bert_vocab_file):
-    """48 real products (and 3 bad rows) through the real preprocess stage, once per test session."""
+def built_once(tmp_path_factory, name: str, build):
+    """`build(directory)`'s result (JSON-able), built once per pytest run for all xdist workers.
+
+    The first worker to ask builds it under a file lock, in a folder beside the workers' own
+    temporary folders; the others wait and read its result. A failed build leaves no result, so the
+    next worker to ask tries again (and fails the same way)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    # A worker's basetemp is a folder of the run's (popen-gw0); without xdist it is the run's own.
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "built-once"
+    root.mkdir(exist_ok=True)
+    directory, result_file = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not result_file.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            result_file.write_text(json.dumps(build(directory)))
+    return json.loads(result_file.read_text())
+
+
+def preprocessed_once(tmp_path_factory, name: str, write_catalog, bert_vocab_file, **stage_args):
+    """The real preprocess stage on the catalog `write_catalog(path)` writes, once per pytest run:
+    its PreprocessResult. `stage_args`: TransformOptions' fields, and preprocess's eval_fraction."""
     from components.preprocess.catalog import CatalogColumns
-    from components.preprocess.job import preprocess
+    from components.preprocess.job import PreprocessResult, preprocess
     from components.preprocess.transform import TransformOptions
 
-    root = tmp_path_factory.mktemp("preprocessed")
-    bad = [
-        {"id": "900001", "title": "Ghost Shirt", "image": str(root / "absent.jpg"), "articleType": "Shirts"},
-        {"id": "900002", "title": "   ", "image": str(FASHION_DIR / "images" / "15970.jpg"), "articleType": "Shirts"},
-    ]
-    catalog = write_small_catalog(root / "catalog.csv", 48, bad)
-    with open(catalog) as f:
-        first = f.readlines()[1]
-    with open(catalog, "a") as f:
-        f.write(first)  # the first product again: a duplicate id
-    result = preprocess(
-        catalog=str(catalog),
-        columns=CatalogColumns(label="articleType"),
-        options=TransformOptions(vocab_file=str(bert_vocab_file), max_seq_length=24, image_size=32),
-        examples_dir=str(root / "examples"),
-        transform_graph_dir=str(root / "transform_graph"),
-        quarantine_file=str(root / "report" / "quarantine.jsonl"),
-        metrics_file=str(root / "report" / "metrics.json"),
-        # One process: for 51 rows, starting a worker per core costs more than it saves.
-        beam_args=["--direct_running_mode=in_memory"],
-    )
-    return result
+    eval_fraction = {"eval_fraction": stage_args.pop("eval_fraction")} if "eval_fraction" in stage_args else {}
+
+    def build(root):
+        result = preprocess(
+            catalog=str(write_catalog(root / "catalog.csv")),
+            columns=CatalogColumns(label="articleType"),
+            options=TransformOptions(vocab_file=str(bert_vocab_file), **stage_args),
+            examples_dir=str(root / "examples"),
+            transform_graph_dir=str(root / "transform_graph"),
+            quarantine_file=str(root / "report" / "quarantine.jsonl"),
+            metrics_file=str(root / "report" / "metrics.json"),
+            # One process: for a few dozen rows, starting a worker per core costs more than it saves.
+            beam_args=["--direct_running_mode=in_memory"],
+            **eval_fraction,
+        )
+        return dataclasses.asdict(result)
+
+    return PreprocessResult(**built_once(tmp_path_factory, name, build))
+
+
+def catalog_of(preprocessed) -> pathlib.Path:
+    """The catalog file a preprocessed_once result was made from."""
+    return pathlib.Path(preprocessed.examples_dir).parent / "catalog.csv"
+
+
+@pytest.fixture(scope="session")
+def small_preprocessed(tmp_path_factory, bert_vocab_file):
+    """48 real products (and 3 bad rows) through the real preprocess stage, once per test run."""
+
+    def write_catalog(path):
+        bad = [
+            {"id": "900001", "title": "Ghost Shirt", "image": str(path.parent / "absent.jpg"), "articleType": "Shirts"},
+            {"id": "900002", "title": "   ", "image": str(FASHION_DIR / "images" / "15970.jpg"), "articleType": "Shirts"},
+        ]
+        write_small_catalog(path, 48, bad)
+        with open(path) as f:
+            first = f.readlines()[1]
+        with open(path, "a") as f:
+            f.write(first)  # the first product again: a duplicate id
+        return path
+
+    return preprocessed_once(tmp_path_factory, "small_preprocessed", write_catalog, bert_vocab_file,
+                             max_seq_length=24, image_size=32)
+
+
+def eval_records(preprocessed) -> tuple:
+    """A preprocessed run's eval split: the model's transformed inputs, and the label ids."""
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from common import features
+
+    spec = tft.TFTransformOutput(preprocessed.transform_graph_dir).transformed_feature_spec()
+    spec = {key: spec[key] for key in (*features.BERT_INPUT_KEYS, features.IMAGE_KEY, features.LABEL_ID_KEY,
+                                       features.ID_KEY)}
+    files = tf.io.gfile.glob(os.path.join(preprocessed.examples_dir, features.EVAL_SPLIT, "*"))
+    parsed = tf.io.parse_example(next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1000))), spec)
+    # By product id, whatever order preprocess wrote them in (a feature cache has an order of its own).
+    order = np.argsort(parsed.pop(features.ID_KEY).numpy())
+    parsed = {key: tf.gather(value, order) for key, value in parsed.items()}
+    return parsed, parsed.pop(features.LABEL_ID_KEY).numpy()
 
 
 # Article types whose titles name them: on their eval products a trained text model is right and an
@@ -99,28 +163,16 @@ SMALL_MODEL_IMAGE_SIZE = 32  # EfficientNet's smallest input
 
 @pytest.fixture(scope="session")
 def distinct_preprocessed(tmp_path_factory, bert_vocab_file):
-    """20 products of each of DISTINCT_CLASSES through the real preprocess stage (about 15 in eval)."""
+    """20 products of each of DISTINCT_CLASSES through the real preprocess stage (about 15 in eval),
+    once per test run."""
 
-    from components.preprocess.catalog import CatalogColumns
-    from components.preprocess.job import preprocess
-    from components.preprocess.transform import TransformOptions
+    def write_catalog(path):
+        return write_fashion_catalog(path, lambda rows: [
+            row for label in DISTINCT_CLASSES for row in [r for r in rows if r["articleType"] == label][:20]])
 
-    root = tmp_path_factory.mktemp("distinct")
-    write_fashion_catalog(root / "catalog.csv", lambda rows: [
-        row for label in DISTINCT_CLASSES for row in [r for r in rows if r["articleType"] == label][:20]])
-    return preprocess(
-        catalog=str(root / "catalog.csv"),
-        columns=CatalogColumns(label="articleType"),
-        options=TransformOptions(
-            vocab_file=str(bert_vocab_file), max_seq_length=SMALL_MODEL_SEQ_LENGTH, image_size=SMALL_MODEL_IMAGE_SIZE
-        ),
-        examples_dir=str(root / "examples"),
-        transform_graph_dir=str(root / "transform_graph"),
-        quarantine_file=str(root / "report" / "quarantine.jsonl"),
-        metrics_file=str(root / "report" / "metrics.json"),
-        eval_fraction=0.25,
-        beam_args=["--direct_running_mode=in_memory"],
-    )
+    return preprocessed_once(tmp_path_factory, "distinct_preprocessed", write_catalog, bert_vocab_file,
+                             max_seq_length=SMALL_MODEL_SEQ_LENGTH, image_size=SMALL_MODEL_IMAGE_SIZE,
+                             eval_fraction=0.25)
 
 
 def train_small_model(preprocessed, export_dir, fusion: str, epochs: int, learning_rate: float, bert_handle) -> str:
@@ -152,9 +204,25 @@ def train_small_model(preprocessed, export_dir, fusion: str, epochs: int, learni
 
 @pytest.fixture(scope="session")
 def text_models(distinct_preprocessed, tiny_bert_handle, tmp_path_factory) -> dict:
-    """Two text_only models of distinct_preprocessed: "trained" (8 epochs) and "untrained"."""
-    root = tmp_path_factory.mktemp("text_models")
-    return {
-        "trained": train_small_model(distinct_preprocessed, root / "trained", "text_only", 8, 1e-3, tiny_bert_handle),
-        "untrained": train_small_model(distinct_preprocessed, root / "untrained", "text_only", 1, 0.0, tiny_bert_handle),
-    }
+    """Two text_only models of distinct_preprocessed: "trained" (8 epochs) and "untrained", built
+    once per test run. Tests copy them (push) or read them; none writes into them."""
+
+    def build(root):
+        return {
+            "trained": train_small_model(distinct_preprocessed, root / "trained", "text_only", 8, 1e-3, tiny_bert_handle),
+            "untrained": train_small_model(distinct_preprocessed, root / "untrained", "text_only", 1, 0.0,
+                                           tiny_bert_handle),
+        }
+
+    return built_once(tmp_path_factory, "text_models", build)
+
+
+# What makes a test slow: a preprocess run or a trained model under it. `-m "not slow"` leaves these
+# tests out (and those marked slow by hand: whole-system runs that build their own).
+HEAVY_FIXTURES = frozenset({"small_preprocessed", "distinct_preprocessed", "text_models"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -1,10 +1,13 @@
 """The compiled spec (KFP v2 IR) of `python -m pipeline compile --pipeline batch-predict`, as a cluster
 reads it, and `submit --pipeline batch-predict [--schedule CRON]` against a fake of the API server."""
-import ast
 import configparser
 import dataclasses
 import json
+import os
 import pathlib
+import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -127,9 +130,42 @@ def _kfp_config_components() -> dict:
     return dict(ini["Components"])
 
 
-def test_the_shell_is_a_top_level_function_of_kfp_components():
-    module = REPO / "pipeline" / "kfp_components.py"
-    assert "batch_predict" in {node.name for node in ast.parse(module.read_text()).body if isinstance(node, ast.FunctionDef)}
+def test_the_compiled_command_runs_the_shell_with_the_specs_parameters(shipped, fashion_catalog, tmp_path):
+    """The container's command, in a working directory laid out like the image's, finds the shell
+    through the image's kfp_config.ini and calls it with the spec's parameters: it gets as far as
+    the job's own check of the model (here absent), past the catalog and its label column."""
+    spec, _ = shipped
+    root = tmp_path / "workdir"
+    root.mkdir()
+    shutil.copy(REPO / "images" / "kfp_config.ini", root / "kfp_config.ini")
+    for package in ("common", "components", "pipeline", "trainer"):
+        (root / package).symlink_to(REPO / package)
+    parameters = {name: definition["defaultValue"]
+                  for name, definition in spec["root"]["inputDefinitions"]["parameters"].items()}
+    kinds = spec["components"]["comp-batch-predict"]["inputDefinitions"]["parameters"]
+    # The spec holds numbers as floats; the backend's JSON writes an integral one as an integer.
+    parameters = {name: int(value) if kinds[name]["parameterType"] == "NUMBER_INTEGER" else value
+                  for name, value in parameters.items()}
+    absent = tmp_path / "no-model"
+    parameters.update(model_dir=str(absent), catalog=str(fashion_catalog), label_column="articleType")
+    outputs = tmp_path / "outputs"
+    executor_input = {
+        "inputs": {"parameterValues": parameters},
+        "outputs": {
+            "artifacts": {name: {"artifacts": [{"name": name, "type": {"schemaTitle": kind},
+                                                "uri": str(outputs / name)}]}
+                          for name, kind in OUTPUT_ARTIFACTS.items()},
+            "outputFile": str(outputs / "executor_output.json"),
+        },
+    }
+    container = executor(spec)
+    command = [sys.executable, *container["command"][1:]] + [
+        json.dumps(executor_input) if a == "{{$}}" else a for a in container["args"]]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode != 0
+    assert "kfp_config.ini" in result.stdout + result.stderr  # found through the config, as in the image
+    assert f"{absent} does not exist" in result.stderr, result.stderr[-3000:]
 
 
 def test_the_images_kfp_config_names_the_shell(shipped):

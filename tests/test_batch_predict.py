@@ -22,7 +22,7 @@ from components.batch_predict.model import ModelError, resolve
 from components.batch_predict.summary import render_html
 from components.preprocess import row_checks
 from pipeline.__main__ import main
-from tests.conftest import DISTINCT_CLASSES, FASHION_CATALOG, FASHION_DIR, train_small_model
+from tests.conftest import DISTINCT_CLASSES, FASHION_CATALOG, FASHION_DIR
 
 UNKNOWN_CLASS = "Shirts"  # not one of DISTINCT_CLASSES: the model cannot predict it
 PER_CLASS = 6
@@ -85,10 +85,10 @@ def catalog(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def text_model(distinct_preprocessed, tiny_bert_handle, tmp_path_factory) -> str:
-    """A text_only model of DISTINCT_CLASSES, exported with the serving signatures (its k is 4: 3 classes + OOV)."""
-    root = tmp_path_factory.mktemp("batch_model")
-    return train_small_model(distinct_preprocessed, root / "model", "text_only", 3, 1e-3, tiny_bert_handle)
+def text_model(text_models) -> str:
+    """A trained text_only model of DISTINCT_CLASSES, exported with the serving signatures (its k is 4:
+    3 classes + OOV)."""
+    return text_models["trained"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -249,6 +249,30 @@ def test_command_writes_parquet_from_the_newest_served_version_without_labels(ca
     metrics = json.loads((out / "metrics.json").read_text())
     assert "evaluation" not in metrics and row_checks.MISSING_LABEL not in metrics["quarantined"]
     assert metrics["rows_in"] == metrics["predicted"] + sum(metrics["quarantined"].values())
+
+
+def test_large_model_shares_one_model_between_two_worker_processes_and_answers_the_same(
+        catalog, text_model, tmp_path, capsys):
+    """--large-model: the model lives in one process and the others call it through a proxy, so every
+    answer crosses a process boundary as plain values; they are still the SavedModel's own."""
+    path, good, expected = catalog
+    out = tmp_path / "out"
+    code = main([
+        "predict-catalog", "--model", text_model, "--catalog", str(path), "--output", str(out),
+        "--label-column", "articleType", "--max-image-pixels", str(MAX_PIXELS), "--batch-size", "4",
+        "--large-model", "--direct_running_mode=multi_processing", "--direct_num_workers=2",
+    ])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    records = {r["id"]: r for r in read_jsonl(out / "predictions")}
+    assert set(records) == {r["id"] for r in good}
+    direct = direct_answers(text_model, good)
+    for row in good:
+        assert records[row["id"]]["classes"] == [c.decode() for c in direct[row["id"]]["classes"]]
+        np.testing.assert_allclose(records[row["id"]]["scores"], direct[row["id"]]["scores"], atol=1e-6)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["predicted"] == len(good)
+    assert metrics["quarantined"] == {reason: len(ids) for reason, ids in expected.items()}
 
 
 def _attention_model(export_dir, fail: bool = False) -> str:

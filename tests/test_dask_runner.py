@@ -29,18 +29,18 @@ import uuid
 
 import pytest
 
-from tests.conftest import REPO_ROOT, write_small_catalog
+from tests.conftest import REPO_ROOT, catalog_of
 
 distributed = pytest.importorskip("distributed", reason="apache-beam[dask] is not installed (requirements.txt)")
+
+# A cluster of two worker processes, each importing TensorFlow: a whole-system run.
+pytestmark = pytest.mark.slow
 
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 # Beam knows the DaskRunner only by its qualified name.
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
-CATALOG_ROWS = 40
-MAX_SEQ_LENGTH = 16
-IMAGE_SIZE = 32
 LABEL_COLUMN = "articleType"
 
 
@@ -235,47 +235,15 @@ def build_transform(pipeline, *, validated_dir, transform_graph_dir, temp_dir, o
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory):
-    """CATALOG_ROWS real products, a missing photo, a blank title and a repeated id."""
-    from tests.conftest import FASHION_DIR
-
-    root = tmp_path_factory.mktemp("dask-catalog")
-    bad = [
-        {"id": "900001", "title": "Ghost Shirt", "image": str(root / "absent.jpg"), LABEL_COLUMN: "Shirts"},
-        {"id": "900002", "title": "   ", "image": str(FASHION_DIR / "images" / "15970.jpg"), LABEL_COLUMN: "Shirts"},
-    ]
-    path = write_small_catalog(root / "catalog.csv", CATALOG_ROWS, bad)
-    with open(path) as f:
-        first = f.readlines()[1]
-    with open(path, "a") as f:
-        f.write(first)
-    return str(path)
+def on_direct_runner(small_preprocessed):
+    """The shipped stage on the DirectRunner, the reference: conftest's small catalog (real products, a
+    missing photo, a blank title and a repeated id), preprocessed once per test run."""
+    return small_preprocessed
 
 
 @pytest.fixture(scope="module")
-def transform_options(bert_vocab_file):
-    from components.preprocess.transform import TransformOptions
-
-    return TransformOptions(vocab_file=str(bert_vocab_file), max_seq_length=MAX_SEQ_LENGTH, image_size=IMAGE_SIZE)
-
-
-@pytest.fixture(scope="module")
-def on_direct_runner(catalog, transform_options, tmp_path_factory):
-    """The shipped stage on the DirectRunner: the reference."""
-    from components.preprocess.catalog import CatalogColumns
-    from components.preprocess.job import EXAMPLES_DIR, METRICS_FILE, QUARANTINE_FILE, TRANSFORM_GRAPH_DIR, preprocess
-
-    root = tmp_path_factory.mktemp("direct")
-    return preprocess(
-        catalog=catalog,
-        columns=CatalogColumns(label=LABEL_COLUMN),
-        options=transform_options,
-        examples_dir=str(root / EXAMPLES_DIR),
-        transform_graph_dir=str(root / TRANSFORM_GRAPH_DIR),
-        quarantine_file=str(root / QUARANTINE_FILE),
-        metrics_file=str(root / METRICS_FILE),
-        beam_args=["--runner=DirectRunner", "--direct_running_mode=in_memory"],
-    )
+def catalog(on_direct_runner):
+    return str(catalog_of(on_direct_runner))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import tensorflow_transform as tft
 
 from common import features
 from common.labels import label_names
+from tests.conftest import eval_records
 from trainer import data, export, features_cache, fusion, recipe
 from trainer.loop import StageError
 from trainer.model import FROZEN, TOP, ModelConfig, fusion_layer
@@ -61,20 +62,8 @@ def _ids(run, split, form):
     return [i.decode() for _, _, ids in run.dataset(form, split, 64, shuffle=False, with_ids=True) for i in ids.numpy()]
 
 
-def _eval_records(small_preprocessed):
-    spec = tft.TFTransformOutput(small_preprocessed.transform_graph_dir).transformed_feature_spec()
-    spec = {key: spec[key] for key in (*features.BERT_INPUT_KEYS, features.IMAGE_KEY, features.LABEL_ID_KEY,
-                                       features.ID_KEY)}
-    files = tf.io.gfile.glob(os.path.join(small_preprocessed.examples_dir, features.EVAL_SPLIT, "*"))
-    parsed = tf.io.parse_example(next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1000))), spec)
-    # By product id: the cache holds the products in an order of its own (features_cache.order_key).
-    order = np.argsort(parsed.pop(features.ID_KEY).numpy())
-    parsed = {key: tf.gather(value, order) for key, value in parsed.items()}
-    return parsed, parsed.pop(features.LABEL_ID_KEY).numpy()
-
-
 def _served_probabilities(model_dir, small_preprocessed):
-    parsed, labels = _eval_records(small_preprocessed)
+    parsed, labels = eval_records(small_preprocessed)
     predict = tf.saved_model.load(model_dir).signatures[features.TRANSFORMED_SIGNATURE]
     # Before the exported model's temperature (fitted on validation), as the trained head computes them.
     return tf.nn.softmax(predict(**parsed)[features.OUTPUT_LOGITS_KEY]).numpy(), labels
@@ -141,10 +130,41 @@ def test_decision_heads_train_on_out_of_fold_unimodal_predictions(frozen_run, mo
             for p, i in zip(probabilities, ids):
                 np.testing.assert_allclose(stored[i.decode()], p, rtol=1e-5, atol=1e-6)
         assert held_out
-        # ... and that fold model trained on the other fold only: fewer steps than a whole-train model.
-        settings = json.loads((work / STAGES_DIR / f"seed{TRAIN_CONFIG.seed}" / f"text_only-fold{fold}of2"
-                               / "settings.json").read_text())
-        assert settings["data"] == run.fingerprint
+
+
+def test_a_fold_model_is_the_same_whatever_the_labels_of_the_fold_it_holds_out(frozen_run, model_config,
+                                                                              small_preprocessed, tmp_path):
+    """Cross-fitting's promise: the model of fold f never saw fold f's products. In a copy of the cache
+    fold 0's products get other labels: fold 0's model is the same to the bit, fold 1's (which trains
+    on them) is not."""
+    import shutil
+
+    _, _, work = frozen_run
+    classes = _run(small_preprocessed, model_config, work).classes
+    altered = tmp_path / "altered-cache"
+    shutil.copytree(work / FEATURE_CACHE_DIR, altered)
+    relabelled = 0
+    for path in tf.io.gfile.glob(str(altered / features.TRAIN_SPLIT / "*")):
+        examples = [tf.train.Example.FromString(r) for r in tf.data.TFRecordDataset(path, "GZIP").as_numpy_iterator()]
+        with tf.io.TFRecordWriter(path, "GZIP") as writer:
+            for example in examples:
+                feature = example.features.feature
+                if data.fold_of(tf.constant(feature[features.ID_KEY].bytes_list.value), 2).numpy()[0] == 0:
+                    label = feature[features.LABEL_ID_KEY].int64_list.value
+                    label[0] = (label[0] + 1) % classes
+                    relabelled += 1
+                writer.write(example.SerializeToString())
+    assert relabelled > 0
+    weights = {}
+    for name, cache in (("original", work / FEATURE_CACHE_DIR), ("altered", altered)):
+        run = Run(examples_dir=small_preprocessed.examples_dir, transform_graph_dir=small_preprocessed.transform_graph_dir,
+                  work_dir=str(tmp_path / name), model_config=model_config, train_config=TRAIN_CONFIG,
+                  cache_dir=str(cache))
+        folds = run.crossfit_unimodal(0, names=(fusion.TEXT_ONLY,))
+        weights[name] = {fold: models[fusion.TEXT_ONLY].model.get_weights() for fold, models in folds.items()}
+    for a, b in zip(weights["original"][0], weights["altered"][0]):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(weights["original"][1], weights["altered"][1]))
 
 
 def test_cross_fitted_folds_train_the_epochs_their_whole_split_model_kept(frozen_run, model_config,

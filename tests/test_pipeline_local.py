@@ -35,6 +35,7 @@ def test_compile_writes_the_pipeline_spec(tmp_path):
     assert set(spec["root"]["dag"]["tasks"]) == {"preprocess", "train", "evaluate", "condition-1"}
 
 
+@pytest.mark.slow
 def test_run_local_pushes_a_versioned_model_that_learned_the_catalog_labels(tmp_path, tiny_bert_handle, capsys):
     catalog = write_named_class_catalog(tmp_path / "catalog.csv", PRODUCTS_PER_CLASS)
     with open(catalog, newline="") as f:

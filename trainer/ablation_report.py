@@ -1,7 +1,7 @@
 """The benchmark's Markdown: Table 1 (unimodal error analysis), Tables 2/3 (every model), headroom, times."""
 from __future__ import annotations
 
-from common import features
+from common import features, poe
 
 # The paper's top-1 accuracy on its own catalog (1.5M products, 5.6K classes; ../shared/HANET.md).
 PAPER_TOP1 = {
@@ -67,7 +67,7 @@ def render(summary: dict, context: dict) -> str:
               "headroom recovered | net gain, % of headroom | lr | train time (s) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in summary.get("baseline", {}).items():
-        lines.append(f"| {name} | text | {_pm(row['top1_accuracy'])} | {_pm(row['top5_accuracy'])} | "
+        lines.append(f"| {name} | {'text+image' if name == poe.TFIDF_IMAGE_POE else 'text'} | {_pm(row['top1_accuracy'])} | {_pm(row['top5_accuracy'])} | "
                      f"{_pm(row['macro_f1'])} | – | – | {_pm(row['validation_top1_accuracy'])} | – | – | – | – | "
                      f"{row['train_seconds']['mean']:.1f} |")
     for tune, tune_summary in tunes.items():
@@ -76,7 +76,9 @@ def render(summary: dict, context: dict) -> str:
               "*ECE* (15 equal-mass bins) and *coverage at 98 %* (the share of eval products whose calibrated top-1 "
               "score clears the threshold at which top-1 precision reaches 98 %) after a temperature fitted on validation, "
               "as the exported model applies it. *tfidf_svm*: hashed TF-IDF of word 1–2 and character 2–5-grams + a linear multiclass SVM by SGD on the text the neural models read "
-              "(the title, with any extra text columns joined) and splits (one deterministic fit, so no spread). *Headroom recovered*: of the eval products the text "
+              "(the title, with any extra text columns joined) and splits (one deterministic fit, so no spread). "
+              "*tfidf_image_poe*: the product of two LogisticRegression experts, TF-IDF of the same n-grams and the frozen "
+              "encoder's image features, C of each chosen on validation (argmax of log p_text + log p_image). *Headroom recovered*: of the eval products the text "
               "model gets wrong and the image model right (Table 1's headroom, per tune), the % the model gets right. "
               "*Net gain*: (model top-1 − text_only top-1) / headroom, which also charges what the model loses where "
               "only the text model was right.", ""]
