@@ -392,3 +392,64 @@ class StreamWeightCounts:
                     row[f"text_weight_q{round(100 * q)}"] = (cell + 0.5) / WEIGHT_CELLS
             summary[kind] = row
         return summary
+
+
+def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float | None:
+    """The area under the ROC curve of a score separating two groups: the probability that a random
+    product of `positive` scores above a random one of `negative`, ties counting half (the
+    Mann–Whitney U over the product of the group sizes). None if a group is empty."""
+    positive, negative = np.asarray(positive, np.float64).ravel(), np.asarray(negative, np.float64).ravel()
+    if not len(positive) or not len(negative):
+        return None
+    scores = np.concatenate([positive, negative])
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores), np.float64)
+    ranks[order] = np.arange(1, len(scores) + 1)
+    # Tied scores share their mean rank.
+    values, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.bincount(inverse, weights=ranks) / counts)[inverse]
+    u = ranks[:len(positive)].sum() - len(positive) * (len(positive) + 1) / 2
+    return float(u / (len(positive) * len(negative)))
+
+
+class RoutingCounts:
+    """Does the attention attend? The spread of the text weight s_t over the products, and, on
+    Table 1's disagreement products, how well s_t separates those only the text model gets right
+    ("text decides") from those only the image model gets right ("image decides"): the routing
+    AUC, 0.5 for a head that gives every product the same weights, 1 for one that always leans
+    towards the stream that is right. Holds s_t of the disagreement products only (a minority)."""
+
+    def __init__(self):
+        self.n, self.sum, self.sum_squares = 0, 0.0, 0.0
+        self.text_decides: list[np.ndarray] = []
+        self.image_decides: list[np.ndarray] = []
+
+    def add(self, text_weight: np.ndarray, text_right: np.ndarray | None = None,
+            image_right: np.ndarray | None = None) -> None:
+        """text_weight [batch] (s_t); text_right, image_right [batch] bool: the unimodal models' top-1."""
+        s_t = np.asarray(text_weight, np.float64).ravel()
+        self.n += len(s_t)
+        self.sum += float(s_t.sum())
+        self.sum_squares += float(np.square(s_t).sum())
+        if text_right is not None and image_right is not None:
+            text_right, image_right = np.asarray(text_right, bool), np.asarray(image_right, bool)
+            self.text_decides.append(s_t[text_right & ~image_right])
+            self.image_decides.append(s_t[~text_right & image_right])
+
+    def figures(self) -> dict:
+        """{products, text_weight_mean, text_weight_std} and, with the unimodal models,
+        {text_decides_products, image_decides_products, their mean s_t, routing_auc}."""
+        if not self.n:
+            return {"products": 0}
+        mean = self.sum / self.n
+        figures = {"products": self.n, "text_weight_mean": mean,
+                   "text_weight_std": float(np.sqrt(max(0.0, self.sum_squares / self.n - mean * mean)))}
+        if self.text_decides:
+            text, image = np.concatenate(self.text_decides), np.concatenate(self.image_decides)
+            figures.update({
+                "text_decides_products": len(text), "image_decides_products": len(image),
+                "text_decides_mean_text_weight": float(text.mean()) if len(text) else None,
+                "image_decides_mean_text_weight": float(image.mean()) if len(image) else None,
+                "routing_auc": roc_auc(text, image),
+            })
+        return figures

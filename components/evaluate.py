@@ -40,6 +40,7 @@ from common.metrics import (
     CalibrationCounts,
     ClassCounts,
     PairedCounts,
+    RoutingCounts,
     StreamWeightCounts,
     UnimodalAgreement,
     precision_name,
@@ -165,7 +166,8 @@ class Evaluation:
     calibration: dict = dataclasses.field(default_factory=dict)
     unimodal_calibration: dict | None = None
     curves: dict = dataclasses.field(default_factory=dict)  # ModelCalibration.curves() of the candidate
-    # StreamWeightCounts.summary() and .histogram() of the candidate, for heads that weigh the streams.
+    # StreamWeightCounts.summary() and .histogram() of the candidate, for heads that weigh the streams,
+    # and "routing": RoutingCounts.figures() (the spread of s_t and, with the unimodal models, the routing AUC).
     stream_weights: dict | None = None
     # The tfidf_svm baseline on the same eval products: {model, train_products, fit_seconds, its
     # ClassCounts.metrics(), "paired": PairedCounts.figures() of the candidate against it}, or {model,
@@ -196,6 +198,9 @@ class Evaluation:
             for name, value in ((self.stream_weights or {}).get("summary", {}).get(kind) or {}).items():
                 if name != "products":
                     scalars[f"{kind}_{name}"] = value
+        for name, value in (self.stream_weights or {}).get("routing", {}).items():
+            if name != "products":
+                scalars[name] = value
         if self.baseline and "error" not in self.baseline:
             for name in ("top1_accuracy", "top5_accuracy", "macro_f1", "train_products"):
                 scalars[f"baseline_{name}"] = self.baseline[name]
@@ -227,6 +232,7 @@ class EvalFigures:
         self.paired = PairedCounts() if baseline else None
         self.agreement = UnimodalAgreement() if unimodal else None
         self.weights = None
+        self.routing = None
         self.samples = SampleProducts(samples_per_kind)
 
     def add(self, batch: dict, outputs: dict) -> None:
@@ -241,6 +247,7 @@ class EvalFigures:
             self.weights.add(
                 np.stack([outputs[features.OUTPUT_TEXT_WEIGHT_KEY], outputs[features.OUTPUT_IMAGE_WEIGHT_KEY]], -1),
                 top_ids[:, 0] == labels)
+            self.routing = self.routing or RoutingCounts()
         if not self.samples.full():
             self.samples.add({k: v.numpy() for k, v in batch.items()}, labels, top_ids, outputs, self.names,
                              self.calibration.calibration.review_threshold)
@@ -251,6 +258,9 @@ class EvalFigures:
                 stage_calibration.add(stage_logits, labels)
                 top1[stage] = top_k_ids(stage_logits, 1)[:, 0]
             self.agreement.add(labels, top1[features.TEXT_ONLY], top1[features.IMAGE_ONLY], top_ids[:, 0])
+        if self.routing:
+            self.routing.add(outputs[features.OUTPUT_TEXT_WEIGHT_KEY], *(
+                (top1[features.TEXT_ONLY] == labels, top1[features.IMAGE_ONLY] == labels) if self.agreement else ()))
         if self.baseline:
             baseline_ids = top_k_ids(self.baseline.scores(baselines.decode_titles(batch[features.TITLE_KEY].numpy())))
             self.baseline_counts.add(labels, baseline_ids)
@@ -277,8 +287,8 @@ class EvalFigures:
             calibration=self.calibration.figures(),
             unimodal_calibration={stage: c.figures() for stage, (_, c) in self.unimodal.items()} or None,
             curves=self.calibration.curves(),
-            stream_weights={"summary": self.weights.summary(), "histogram": self.weights.histogram()}
-            if self.weights else None,
+            stream_weights={"summary": self.weights.summary(), "histogram": self.weights.histogram(),
+                            "routing": self.routing.figures()} if self.weights else None,
             baseline=self.baseline_figures(),
         )
 

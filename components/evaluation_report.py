@@ -115,6 +115,16 @@ and sends {{ pct(r.review_share) }} to review.{% endif %}</p>
 {% else %}<td></td><td></td><td></td><td></td><td></td>{% endif %}</tr>
 {% endfor %}
 </table>
+{% set r = e.stream_weights.get('routing') or {} %}{% if r.get('products') %}
+<p>Does the head route? s_t varies over the products by a standard deviation of {{ '%.3f' % r.text_weight_std }}
+(mean {{ '%.3f' % r.text_weight_mean }}).{% if 'routing_auc' in r %} On the {{ r.text_decides_products }}
+products only the text model gets right, mean s_t
+{{ '%.3f' % r.text_decides_mean_text_weight if r.text_decides_mean_text_weight is not none else '–' }}; on the
+{{ r.image_decides_products }} only the image model gets right,
+{{ '%.3f' % r.image_decides_mean_text_weight if r.image_decides_mean_text_weight is not none else '–' }}: routing AUC
+{{ '%.2f' % r.routing_auc if r.routing_auc is not none else '–' }} (0.5: the same weights whichever stream is right;
+1: always more weight on the right one).{% endif %}</p>
+{% endif %}
 {% for name, src in charts.streams %}<img class="chart" src="{{ src }}" alt="{{ name }}">{% endfor %}
 {% endif %}
 

@@ -170,6 +170,7 @@ def evaluate_models(run, models: dict) -> dict:
 
     from common import calibration, features
     from components.evaluate import EvalFigures, ModelCalibration
+    from trainer.model import explained_model
     from trainer.stages import EVAL_BATCH_SIZE
 
     forms = {t.form for t in models.values()}
@@ -187,17 +188,26 @@ def evaluate_models(run, models: dict) -> dict:
     figures = {name: EvalFigures(names, ModelCalibration(fitted[name]), {
         stage: (stage_logits(stage), ModelCalibration(fitted[stage])) for stage in features.UNIMODAL_FUSIONS
     } if unimodal else {}, samples_per_kind=0) for name in models}
-    predict = {name: tf.function(lambda inputs, m=t.model: m(inputs, training=False)) for name, t in models.items()}
+    # With the stream weights of the heads that weigh the streams: their spread and routing AUC.
+    predict = {name: tf.function(lambda inputs, m=explained_model(t.model): m(inputs, training=False))
+               for name, t in models.items()}
     inputs_of = {name: list(t.model.input) for name, t in models.items()}
     for inputs, labels in run.dataset(forms.pop(), features.EVAL_SPLIT, EVAL_BATCH_SIZE, shuffle=False):
-        logits.update({name: predict[name]({k: inputs[k] for k in inputs_of[name]}).numpy() for name in models})
+        outputs = {name: predict[name]({k: inputs[k] for k in inputs_of[name]}) for name in models}
+        logits.update({name: outputs[name]["logits"].numpy() for name in models})
         for name in models:
-            figures[name].add({features.LABEL_ID_KEY: labels}, {features.OUTPUT_LOGITS_KEY: logits[name]})
+            out = {features.OUTPUT_LOGITS_KEY: logits[name]}
+            if "stream_weights" in outputs[name]:
+                weights = outputs[name]["stream_weights"].numpy()
+                out[features.OUTPUT_TEXT_WEIGHT_KEY], out[features.OUTPUT_IMAGE_WEIGHT_KEY] = weights[:, 0], weights[:, 1]
+            figures[name].add({features.LABEL_ID_KEY: labels}, out)
     results = {}
     for name, f in figures.items():
         calibrated = f.calibration.figures()
         results[name] = {**f.counts.metrics(), **{k: calibrated[k] for k in (
             "ece", "coverage_at_98", "threshold_at_98", "temperature")}}
+        if f.routing:
+            results[name]["routing"] = f.routing.figures()
     if unimodal:
         results["table1"] = {name: f.agreement.table() for name, f in figures.items()}
     return results

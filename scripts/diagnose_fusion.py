@@ -2,8 +2,10 @@
 scored on the VALIDATION split only (the eval split is never read here).
 
 For each variant and seed it prints the best validation top-1 and, for the attention heads, the mean
-weight the head gives the text stream on validation products (s_t; s_i = 1 - s_t under softmax),
-plus the feature scales of the two streams.
+weight the head gives the text stream on validation products (s_t; s_i = 1 - s_t under softmax), its
+standard deviation over the products and the routing AUC (how well s_t separates the products only
+the text head gets right from those only the image head gets right: common/metrics.roc_auc), plus
+the feature scales of the two streams.
 
     .venv/bin/python scripts/diagnose_fusion.py --out benchmark [--seeds 3] [--variants base,stream_norm]
 
@@ -24,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from common import features  # noqa: E402
+from common.metrics import roc_auc  # noqa: E402
 from trainer import features_cache, recipe  # noqa: E402
 from trainer.model import FROZEN, ModelConfig, fusion_layer  # noqa: E402
 from trainer.train import Run, TrainConfig  # noqa: E402
@@ -51,7 +54,8 @@ def feature_scales(cache_dir: str) -> dict:
     return {key: float(np.concatenate(v).mean()) for key, v in norms.items()}
 
 
-def mean_text_weight(cache_dir: str, head) -> float | None:
+def text_weights(cache_dir: str, head) -> np.ndarray | None:
+    """s_t of an attention head on every validation product, in the cache's order."""
     layer = fusion_layer(head)
     if not getattr(layer, "weighs_streams", False):
         return None
@@ -59,7 +63,16 @@ def mean_text_weight(cache_dir: str, head) -> float | None:
     for batch, _ in features_cache.make_feature_dataset(cache_dir, features.VALIDATION_SPLIT, 512, shuffle=False):
         scores = layer.stream_weights(batch[features.TEXT_FEATURES_KEY], batch[features.IMAGE_FEATURES_KEY])
         weights.append(scores.numpy()[:, 0])
-    return float(np.concatenate(weights).mean())
+    return np.concatenate(weights)
+
+
+def right_on_validation(cache_dir: str, model) -> np.ndarray:
+    """bool [products]: whether `model` (a frozen-form model) gets each validation product right."""
+    right = []
+    for batch, labels in features_cache.make_feature_dataset(cache_dir, features.VALIDATION_SPLIT, 512, shuffle=False):
+        inputs = {k: batch[k] for k in model.input}
+        right.append(np.argmax(model(inputs, training=False).numpy(), -1) == labels.numpy())
+    return np.concatenate(right)
 
 
 def main() -> None:
@@ -80,8 +93,20 @@ def main() -> None:
     train_config = TrainConfig(tune=FROZEN, patience=args.patience, validation_fraction=metadata["validation_fraction"])
     examples = os.path.join(args.out, "preprocess")
     print(f"mean L2 norm on validation: {feature_scales(cache_dir)}")
-    print("| model | variant | validation top-1 (mean ± std) | mean text weight s_t |")
-    print("|---|---|---|---|")
+    # The unimodal heads of each seed: which validation products only the text (image) model gets right.
+    unimodal_run = Run(examples_dir=os.path.join(examples, "examples"),
+                       transform_graph_dir=os.path.join(examples, "transform_graph"),
+                       work_dir=os.path.join(args.out, "diagnose", "unimodal"), model_config=base_config,
+                       train_config=train_config, cache_dir=cache_dir)
+    decides = []
+    for seed in range(args.seeds):
+        right = {name: right_on_validation(cache_dir, unimodal_run.train_feature_model(
+            name, head_recipe, os.path.join(unimodal_run.work_dir, f"{name}-seed{seed}"), seed=seed).model)
+            for name in (features.TEXT_ONLY, features.IMAGE_ONLY)}
+        decides.append((right[features.TEXT_ONLY] & ~right[features.IMAGE_ONLY],
+                        ~right[features.TEXT_ONLY] & right[features.IMAGE_ONLY]))
+    print("| model | variant | validation top-1 (mean ± std) | mean text weight s_t | std of s_t | routing AUC |")
+    print("|---|---|---|---|---|---|")
     for model_name in args.models.split(","):
         for variant in args.variants.split(","):
             config = dataclasses.replace(base_config, head=dataclasses.replace(base_config.head, **VARIANTS[variant]))
@@ -89,16 +114,22 @@ def main() -> None:
                       transform_graph_dir=os.path.join(examples, "transform_graph"),
                       work_dir=os.path.join(args.out, "diagnose", variant), model_config=config,
                       train_config=train_config, cache_dir=cache_dir)
-            accuracies, weights = [], []
+            accuracies, weights, aucs = [], [], []
             for seed in range(args.seeds):
                 trained = run.train_feature_model(model_name, head_recipe,
                                                   os.path.join(run.work_dir, f"{model_name}-seed{seed}"), seed=seed)
                 accuracies.append(trained.validation_accuracy)
-                weights.append(mean_text_weight(cache_dir, trained.model))
-            weight = "–" if weights[0] is None else f"{np.mean(weights):.3f}"
+                s_t = text_weights(cache_dir, trained.model)
+                weights.append(s_t)
+                if s_t is not None:
+                    text_decides, image_decides = decides[seed]
+                    aucs.append(roc_auc(s_t[text_decides], s_t[image_decides]))
             spread = np.std(accuracies, ddof=1) if len(accuracies) > 1 else 0.0
+            routing = ("– | – | –" if weights[0] is None else
+                       f"{np.mean([w.mean() for w in weights]):.3f} | {np.mean([w.std() for w in weights]):.3f} | "
+                       f"{np.mean(aucs):.3f}")
             print(f"| {model_name} | {variant} | {100 * np.mean(accuracies):.2f} ± {100 * spread:.2f} "
-                  f"| {weight} |", flush=True)
+                  f"| {routing} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -137,15 +137,20 @@ def small_preprocessed(tmp_path_factory, bert_vocab_file):
 
 def eval_records(preprocessed) -> tuple:
     """A preprocessed run's eval split: the model's transformed inputs, and the label ids."""
+    import numpy as np
     import tensorflow as tf
     import tensorflow_transform as tft
 
     from common import features
 
     spec = tft.TFTransformOutput(preprocessed.transform_graph_dir).transformed_feature_spec()
-    spec = {key: spec[key] for key in (*features.BERT_INPUT_KEYS, features.IMAGE_KEY, features.LABEL_ID_KEY)}
+    spec = {key: spec[key] for key in (*features.BERT_INPUT_KEYS, features.IMAGE_KEY, features.LABEL_ID_KEY,
+                                       features.ID_KEY)}
     files = tf.io.gfile.glob(os.path.join(preprocessed.examples_dir, features.EVAL_SPLIT, "*"))
     parsed = tf.io.parse_example(next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1000))), spec)
+    # By product id, whatever order preprocess wrote them in (a feature cache has an order of its own).
+    order = np.argsort(parsed.pop(features.ID_KEY).numpy())
+    parsed = {key: tf.gather(value, order) for key, value in parsed.items()}
     return parsed, parsed.pop(features.LABEL_ID_KEY).numpy()
 
 

@@ -80,8 +80,15 @@ def test_every_model_seed_and_tune_is_reported_consistently(benchmark_run):
                 assert right / figures["examples"] == pytest.approx(figures["top1_accuracy"])
                 for unimodal in ("text_only", "image_only"):
                     assert table[f"{unimodal}_top1_accuracy"] == pytest.approx(run["eval"][unimodal]["top1_accuracy"])
+            # Only heads that weigh the streams report how they route, over every eval product.
+            assert {name for name in MODELS if "routing" in run["eval"][name]} == {"hanet"}
+            routing, text_table = run["eval"]["hanet"]["routing"], run["eval"]["table1"]["text_only"]
+            assert routing["products"] == summary["tunes"][tune]["examples"]
+            assert routing["text_decides_products"] == text_table["text_right_image_wrong"]["products"]
+            assert routing["image_decides_products"] == text_table["text_wrong_image_right"]["products"]
     markdown = (benchmark_run[0] / "out" / "results.md").read_text()
     assert "## Table 1, tune top" in markdown and "| hanet | top |" in markdown and "| tfidf_svm | text |" in markdown
+    assert "## Which stream decided" in markdown
 
 
 @pytest.mark.slow

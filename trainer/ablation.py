@@ -317,6 +317,10 @@ def summarize(raw: dict) -> dict:
             entry["decision_training"] = raw["decision_training"][name]
         if all("table1" in run["eval"] for run in runs):
             entry["headroom"] = _headroom([run["eval"] for run in runs], name)
+        for metric in ("text_weight_std", "routing_auc"):
+            values = [run["eval"][name].get("routing", {}).get(metric) for run in runs]
+            if values and None not in values:
+                entry[metric] = _mean_std(values)
         models[name] = entry
     summary = {"models": models, "seeds": [run["seed"] for run in runs]}
     if all("table1" in run["eval"] for run in runs):

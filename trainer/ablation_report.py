@@ -82,6 +82,15 @@ def render(summary: dict, context: dict) -> str:
               "model gets wrong and the image model right (Table 1's headroom, per tune), the % the model gets right. "
               "*Net gain*: (model top-1 − text_only top-1) / headroom, which also charges what the model loses where "
               "only the text model was right.", ""]
+    routed = [(tune, name, m) for tune, t in tunes.items() for name, m in t["models"].items() if "text_weight_std" in m]
+    if routed:
+        lines += ["## Which stream decided", "", "| model | tune | std of s_t over eval products | routing AUC |",
+                  "|---|---|---|---|"]
+        lines += [f"| {name} | {tune} | {_pm(m['text_weight_std'], 1.0, 3)} | "
+                  f"{_pm(m['routing_auc'], 1.0, 3) if 'routing_auc' in m else '–'} |" for tune, name, m in routed]
+        lines += ["", "*Routing AUC*: over the eval products only one unimodal model gets right, the probability that "
+                  "one only the text model gets right has a higher text weight s_t than one only the image model gets "
+                  "right (0.5: weights that do not depend on the product).", ""]
     lines += ["## Ordering", ""]
     for tune, tune_summary in tunes.items():
         models = dict(tune_summary["models"], **summary.get("baseline", {}))

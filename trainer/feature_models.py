@@ -9,7 +9,7 @@ import os
 import tensorflow as tf
 
 from common import features
-from trainer import features_cache
+from trainer import features_cache, guard
 from trainer.fitting import ModelFitting
 from trainer.model import FROZEN, FULL, TOP, copy_weights, fusion_layer, init_from_unimodal, transfer_image, transfer_text
 from trainer.recipe import Recipe
@@ -36,7 +36,8 @@ class FeatureModels(ModelFitting):
         tune = self.train_config.tune
         if tune == TOP:
             head = head_start or self._first_phase(spec, streams, fold)
-            return self._top_phase(spec, streams, head, epochs)
+            return self._top_phase(spec, streams, head, epochs,
+                                   keep_start=bool(fold.whole and fold.whole.logs.get(guard.KEPT_START)))
         model = self.new_model(name, tune, seed=seed)
         if tune == FULL and streams:
             init_from_unimodal(model, streams[features.TEXT_ONLY].model, streams[features.IMAGE_ONLY].model)
@@ -62,20 +63,25 @@ class FeatureModels(ModelFitting):
                             epochs=kept_epochs(fold.whole.logs.get("head_phase") if fold.whole else None))
         return Trained(spec.name, FROZEN, model, logs)
 
-    def _top_phase(self, spec: ModelSpec, streams: dict | None, head: Trained, epochs: int | None) -> Trained:
-        """Tune "top"'s second phase: the last blocks of the encoders with the trained head."""
+    def _top_phase(self, spec: ModelSpec, streams: dict | None, head: Trained, epochs: int | None,
+                   keep_start: bool = False) -> Trained:
+        """Tune "top"'s second phase: the last blocks of the encoders with the trained head; a phase
+        that ends below its start keeps it (trainer/guard.py), and `keep_start` (a cross-fitted fold
+        of a model whose fine-tuning did) skips it."""
         model = self.new_model(spec.name, TOP, seed=spec.seed)
         if streams:
             transfer_text(streams[features.TEXT_ONLY].model, model)
             transfer_image(streams[features.IMAGE_ONLY].model, model)
         copy_weights(fusion_layer(head.model), fusion_layer(model))
+        if keep_start:
+            return Trained(spec.name, TOP, model, {guard.KEPT_START: True, "head_phase": head.logs})
         # The top phase depends on the head it starts from: its validation top-1 (its loss without validation).
         if "best_val_accuracy" in head.logs:
             head_figure = {"head_phase_val_accuracy": head.logs["best_val_accuracy"]}
         else:
             head_figure = {"head_phase_loss": head.logs.get("loss")}
         logs = self.fit(model, dataclasses.replace(spec, stage_dir=os.path.join(spec.stage_dir, "top")), TOP,
-                        extra=head_figure, label=f"{spec.name} top", epochs=epochs)
+                        extra=head_figure, label=f"{spec.name} top", epochs=epochs, keep_better=True)
         return Trained(spec.name, TOP, model, {**logs, "head_phase": head.logs})
 
     def stream_features(self, streams: dict, cache_dir: str) -> str:

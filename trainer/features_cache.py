@@ -15,7 +15,9 @@ differs in any of them is built again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import time
 
@@ -24,12 +26,16 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from common import features
+from common.splits import read_split_sizes
 from trainer import data
 from trainer.model import ModelConfig, encoder_model
 
 METADATA_FILE = "cache.json"
 RECORD_SUFFIX = ".tfrecord.gz"
 RECORDS_PER_SHARD = 16384
+# How a cache's products are ordered (`order_key`); a cache of another order is built again.
+ORDER = "id-hash"
+ORDERED_EXAMPLES_DIR = "ordered-examples"  # the examples in that order, while the cache is built
 SPLITS = (features.TRAIN_SPLIT, features.VALIDATION_SPLIT, features.EVAL_SPLIT)
 # The form of a cache's records a dataset reads: f_t and f_i (frozen heads), or the top blocks' inputs.
 FROZEN_FORM, TOP_FORM = "frozen", "top"
@@ -99,6 +105,54 @@ def write_frozen_records(batches, split_dir: str) -> int:
     return _write_split(((encoded, labels, ids, None) for encoded, labels, ids in batches), split_dir, "")[0]
 
 
+def order_key(product_id: bytes) -> bytes:
+    """Where a product goes in the cache: by a hash of its id (ties, never expected, by the id). The
+    preprocess stage writes products in no fixed order; a cache in this order makes the training
+    batches, hence the trained model, the same whatever order the examples came in."""
+    return hashlib.blake2b(product_id, digest_size=8).digest() + product_id
+
+
+def _shard_of(product_id: bytes, shards: int) -> int:
+    return int.from_bytes(order_key(product_id)[:8], "big") % shards
+
+
+def _record_id(record: bytes) -> bytes:
+    return tf.train.Example.FromString(record).features.feature[features.ID_KEY].bytes_list.value[0]
+
+
+def _ordered_copy(source_dir: str, out_dir: str, shards: int) -> None:
+    """The GZIP TFRecords of `source_dir` rewritten into `shards` files of out_dir, each product in
+    the file of a hash of its id and each file sorted by `order_key` (one file held in memory)."""
+    tf.io.gfile.makedirs(out_dir)
+    paths = [os.path.join(out_dir, f"part-{i:05d}{RECORD_SUFFIX}") for i in range(shards)]
+    writers = [tf.io.TFRecordWriter(path, "GZIP") for path in paths]
+    try:
+        files = sorted(tf.io.gfile.glob(os.path.join(source_dir, "*")))
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+            writers[_shard_of(_record_id(record), shards)].write(record)
+    finally:
+        for writer in writers:
+            writer.close()
+    for path in paths:
+        records = sorted((order_key(_record_id(r)), r)
+                         for r in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator())
+        with tf.io.TFRecordWriter(path, "GZIP") as writer:
+            for _, record in records:
+                writer.write(record)
+
+
+def ordered_examples(examples_dir: str, out_dir: str) -> str:
+    """A copy of the examples (train and eval splits) in `order_key` order, in shards of about
+    RECORDS_PER_SHARD products: what the encoders read, so that the cache holds the same products
+    in the same order, encoded in the same batches (bit for bit the same features), whatever order
+    the preprocess stage wrote them in. Returns out_dir, an examples directory."""
+    sizes = read_split_sizes(examples_dir)
+    for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
+        _ordered_copy(os.path.join(examples_dir, split), os.path.join(out_dir, split),
+                      max(1, math.ceil(sizes[split] / RECORDS_PER_SHARD)))
+    return out_dir
+
+
 def _write_split(batches, split_dir: str, split: str) -> tuple[int, dict]:
     """Writes (encoded, labels, ids, input masks) batches into split_dir's shards; returns (records,
     the shapes of one product's outputs). Says how fast it goes every 30 s when `split` is named."""
@@ -152,6 +206,7 @@ def cache_features(
         "encoders": model_config.encoder_fields(top),
         "data": data_fingerprint or data.fingerprint(examples_dir, transform_graph_dir),
         "validation_fraction": validation_fraction,
+        "order": ORDER,
     }
     metadata = _reusable(cache_dir, wanted, top, splits)
     if metadata is not None:
@@ -162,13 +217,15 @@ def cache_features(
     encoders = encoder_model(model_config, top=top)
     encode = tf.function(lambda inputs: encoders(inputs, training=False))
     sizes, shapes = {}, {}
+    ordered = ordered_examples(examples_dir, os.path.join(cache_dir, ORDERED_EXAMPLES_DIR))
     for split in splits:
-        dataset = data.make_dataset(examples_dir, split, spec, batch_size, model_config.image_size, shuffle=False,
+        dataset = data.make_dataset(ordered, split, spec, batch_size, model_config.image_size, shuffle=False,
                                     validation_fraction=validation_fraction, with_ids=True)
         batches = ((encode(inputs), labels, ids, inputs[features.INPUT_MASK_KEY].numpy())
                    for inputs, labels, ids in dataset)
         sizes[split], split_shapes = _write_split(batches, os.path.join(cache_dir, split), split)
         shapes = split_shapes or shapes
+    tf.io.gfile.rmtree(ordered)
     if not shapes:
         raise ValueError(f"{examples_dir} has no products to cache")
     metadata = {

@@ -54,7 +54,8 @@ class ModelFitting(RunData):
         }
 
     def fit(self, model: keras.Model, spec: ModelSpec, form: str, *, inputs: FitInputs | None = None,
-            extra: dict | None = None, label: str | None = None, epochs: int | None = None) -> dict:
+            extra: dict | None = None, label: str | None = None, epochs: int | None = None,
+            keep_better: bool = False) -> dict:
         """Trains `model` (of `form`) through the one loop, on the train split (or `inputs`), with
         early stopping on validation; or, given `epochs`, that many epochs of the recipe without
         validation (a cross-fitted fold repeating its whole-split model's, `stages.kept_epochs`)."""
@@ -72,6 +73,6 @@ class ModelFitting(RunData):
             stage=label or os.path.basename(spec.stage_dir), stage_dir=spec.stage_dir, recipe=spec.recipe,
             steps_per_epoch=inputs.steps_per_epoch or self.steps(spec.recipe.batch_size, spec.subset),
             settings=self.settings(spec, form, extra or {}),
-            patience=self.train_config.patience if epochs is None else 0, epochs=epochs,
+            patience=self.train_config.patience if epochs is None else 0, epochs=epochs, keep_better=keep_better,
         )
         return fit_stage(model, inputs.dataset, stage, validation=validation, options=self.loop_options)

@@ -19,6 +19,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer.checkpoints import KeepBestAndLast, checkpoint_path
+from trainer.guard import KeepBetter
 from trainer.recipe import Recipe
 
 DONE_FILE = "done.json"
@@ -107,6 +108,7 @@ class StageSpec:
     settings: dict
     patience: int = 0
     epochs: int | None = None
+    keep_better: bool = False  # a fine-tuning phase: keep its start if it ends worse (trainer/guard.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +136,11 @@ def fit_stage(
     "best_epoch" in the logs). `spec.epochs` stops training after that many epochs of the recipe's
     schedule: the learning rate follows the same curve as in a run of all of them.
 
+    `spec.keep_better` (a fine-tuning phase, with `validation`): if the phase ends below the
+    validation top-1 it started from, the starting weights are kept (trainer/guard.py).
+
     Returns the last epoch's logs plus "epochs" (trained), "seconds" and, with validation,
-    "best_val_accuracy" and, with early stopping, "best_epoch".
+    "best_val_accuracy" and, with early stopping, "best_epoch"; with `keep_better`, the guard's figures.
     """
     stage_dir, log = spec.stage_dir, options.log
     check_settings(stage_dir, spec.settings)
@@ -150,6 +155,10 @@ def fit_stage(
     started = time.monotonic()
     _compile(model, spec, options.strategy or tf.distribute.get_strategy())
     callbacks = _callbacks(spec, epochs, options)
+    guard = (KeepBetter(stage_dir, spec.stage, validation, chief=is_chief(), log=log)
+             if spec.keep_better and validation is not None else None)
+    if guard is not None:
+        guard.start(model)
     early_stopping = None
     if validation is not None and spec.patience:
         early_stopping = keras.callbacks.EarlyStopping(
@@ -171,6 +180,8 @@ def fit_stage(
     if early_stopping is not None:
         # The callback's count, not the history's: after a resume the history starts mid-run.
         logs["best_epoch"] = early_stopping.best_epoch + 1
+    if guard is not None:
+        logs.update(guard.settle(model))
     model.save_weights(writable(os.path.join(stage_dir, FINAL_WEIGHTS)))
     if is_chief():
         with tf.io.gfile.GFile(done, "w") as f:
