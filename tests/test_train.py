@@ -13,7 +13,7 @@ from tests.conftest import FASHION_DIR, SMALL_MODEL_SEQ_LENGTH, eval_records
 from tests.test_fusion import _dense, _keyless_scores, _reference_feature_logits
 from common import features
 from common.labels import label_names
-from trainer import fusion, recipe
+from trainer import data, fusion, recipe
 from trainer.model import ModelConfig, fusion_layer
 from trainer.train import STAGES_DIR, Run, TrainConfig, stages_of, train, train_stages
 
@@ -82,7 +82,8 @@ def test_the_exported_model_is_hanet_computed_from_its_trained_weights(exported,
     head = fusion_layer(model)
     f_t, f_i = head.inbound_nodes[0].call_args[:2]  # the features the head was built on
     streams = tf_keras.Model(model.input, [f_t, f_i])
-    f_t, f_i = (f.numpy().astype(np.float64) for f in streams({k: parsed[k] for k in model.input}))
+    inputs = data.model_inputs(parsed, model.input[features.IMAGE_KEY].shape[1])
+    f_t, f_i = (f.numpy().astype(np.float64) for f in streams(inputs))
     expected, _ = _reference_feature_logits(head, run.model_config.head, f_t, f_i)
     served = tf.saved_model.load(model_dir).signatures[features.TRANSFORMED_SIGNATURE](**parsed)[
         features.OUTPUT_LOGITS_KEY].numpy()

@@ -147,11 +147,7 @@ def fit_stage(
     epochs = min(spec.epochs or spec.recipe.epochs, spec.recipe.epochs)
     done = os.path.join(stage_dir, DONE_FILE)
     if tf.io.gfile.exists(done):
-        model.load_weights(os.path.join(stage_dir, FINAL_WEIGHTS)).expect_partial()
-        with tf.io.gfile.GFile(done) as f:
-            logs = json.load(f)
-        log(f"[{spec.stage}] already trained in {stage_dir}")
-        return logs
+        return _load_finished(model, spec, done, log)
     started = time.monotonic()
     _compile(model, spec, options.strategy or tf.distribute.get_strategy())
     callbacks = _callbacks(spec, epochs, options)
@@ -172,20 +168,33 @@ def fit_stage(
         callbacks=callbacks,
         verbose=0,  # ProgressLog writes the lines people read
     )
-    logs = {name: float(values[-1]) for name, values in history.history.items() if values}
-    logs["epochs"] = len(history.history.get("loss", []))
-    logs["seconds"] = time.monotonic() - started
-    if "val_accuracy" in history.history:
-        logs["best_val_accuracy"] = float(max(history.history["val_accuracy"]))
-    if early_stopping is not None:
-        # The callback's count, not the history's: after a resume the history starts mid-run.
-        logs["best_epoch"] = early_stopping.best_epoch + 1
+    logs = _history_logs(history.history, time.monotonic() - started, early_stopping)
     if guard is not None:
         logs.update(guard.settle(model))
     model.save_weights(writable(os.path.join(stage_dir, FINAL_WEIGHTS)))
     if is_chief():
         with tf.io.gfile.GFile(done, "w") as f:
             json.dump(logs, f)
+    return logs
+
+
+def _load_finished(model: keras.Model, spec: StageSpec, done: str, log) -> dict:
+    model.load_weights(os.path.join(spec.stage_dir, FINAL_WEIGHTS)).expect_partial()
+    with tf.io.gfile.GFile(done) as f:
+        logs = json.load(f)
+    log(f"[{spec.stage}] already trained in {spec.stage_dir}")
+    return logs
+
+
+def _history_logs(history: dict, seconds: float, early_stopping) -> dict:
+    logs = {name: float(values[-1]) for name, values in history.items() if values}
+    logs["epochs"] = len(history.get("loss", []))
+    logs["seconds"] = seconds
+    if "val_accuracy" in history:
+        logs["best_val_accuracy"] = float(max(history["val_accuracy"]))
+    if early_stopping is not None:
+        # The callback's count, not the history's: after a resume the history starts mid-run.
+        logs["best_epoch"] = early_stopping.best_epoch + 1
     return logs
 
 
