@@ -43,6 +43,9 @@ IMAGE_MAP_KEY = "image_feature_map"
 # The unimodal models' class probabilities, on which the decision-level heads train.
 TEXT_PROBABILITIES_KEY = "text_probabilities"
 IMAGE_PROBABILITIES_KEY = "image_probabilities"
+# The lexical expert's log-probabilities (trainer/lexical.py) [classes], which the expert fusions read:
+# out-of-fold on the train split, from the whole-train expert elsewhere and at serving.
+LEXICAL_LOG_PROBS_KEY = "lexical_log_probs"
 
 # The label vocabulary computed by tensorflow-transform, as named in the transform graph's assets.
 LABEL_VOCABULARY_NAME = "label_vocabulary"
@@ -59,6 +62,8 @@ OUTPUT_PROBABILITIES_KEY = "probabilities"  # [batch, classes] calibrated, from 
 # which stream decided. Absent for models that weigh no streams.
 OUTPUT_TEXT_WEIGHT_KEY = "text_weight"
 OUTPUT_IMAGE_WEIGHT_KEY = "image_weight"
+# The expert fusions: the lexical expert's share, part of OUTPUT_TEXT_WEIGHT_KEY (the title's share).
+OUTPUT_LEXICAL_WEIGHT_KEY = "lexical_weight"
 OUTPUT_NEEDS_REVIEW_KEY = "needs_review"  # [batch] bool: top-1 score below the model's review threshold
 DEFAULT_TOP_K = 5
 
@@ -91,11 +96,18 @@ KEY_BASED = "key_based"
 HANET = "hanet"
 DECISION_LEVEL = "decision_level"
 POLICY = "policy"
+# Beyond the paper: HANet's attention over the experts' log-probabilities (text model, image model and
+# the lexical expert), a per-product weighted product of experts.
+HANET_EXPERTS = "hanet_experts"
 UNIMODAL_FUSIONS = (TEXT_ONLY, IMAGE_ONLY)
 FEATURE_FUSIONS = (TEXT_ONLY, IMAGE_ONLY, CONCAT, KEYLESS, KEY_BASED, HANET)
-DECISION_FUSIONS = (DECISION_LEVEL, POLICY)
+PAPER_DECISION_FUSIONS = (DECISION_LEVEL, POLICY)
+# Decision-level heads that also read LEXICAL_LOG_PROBS_KEY.
+EXPERT_FUSIONS = (HANET_EXPERTS,)
+DECISION_FUSIONS = PAPER_DECISION_FUSIONS + EXPERT_FUSIONS
 ATTENTION_FUSIONS = (KEYLESS, KEY_BASED, HANET)
-FUSIONS = FEATURE_FUSIONS + DECISION_FUSIONS
+PAPER_FUSIONS = FEATURE_FUSIONS + PAPER_DECISION_FUSIONS
+FUSIONS = PAPER_FUSIONS + EXPERT_FUSIONS
 
 # Split names, as directories under the examples artifact.
 TRAIN_SPLIT = "train"

@@ -77,7 +77,8 @@ class PipelineParams(CatalogParams):
     )
     image_variant: str = param("b0", "EfficientNet: b0 (the paper's) or lite0", local="lite0")
     fusion: str = param(
-        "hanet", "the model: text_only, image_only, concat, keyless, key_based, hanet, decision_level or policy"
+        "hanet", "the model: text_only, image_only, concat, keyless, key_based, hanet, decision_level, policy or "
+        "hanet_experts (HANet over the text, image and lexical experts)"
     )
     # The encoders' training (tune full, and top's second phase). run-local's are the `top` settings
     # measured on the fashion catalog (docs/results.md, "run-local's tune").

@@ -192,7 +192,9 @@ def evaluate_models(run, models: dict) -> dict:
     predict = {name: tf.function(lambda inputs, m=explained_model(t.model): m(inputs, training=False))
                for name, t in models.items()}
     inputs_of = {name: list(t.model.input) for name, t in models.items()}
-    for inputs, labels in run.dataset(forms.pop(), features.EVAL_SPLIT, EVAL_BATCH_SIZE, shuffle=False):
+    needed = sorted(set().union(*inputs_of.values()))  # the lexical expert's scores are an input when one reads them
+    for inputs, labels in run.dataset(forms.pop(), features.EVAL_SPLIT, EVAL_BATCH_SIZE, shuffle=False,
+                                      input_names=needed):
         outputs = {name: predict[name]({k: inputs[k] for k in inputs_of[name]}) for name in models}
         logits.update({name: outputs[name]["logits"].numpy() for name in models})
         for name in models:

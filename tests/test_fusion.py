@@ -128,7 +128,7 @@ def test_policy_serves_the_chosen_models_probabilities_and_trains_on_their_mixtu
     np.testing.assert_allclose(trained, pi[:, :1] * p_t + pi[:, 1:] * p_i, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", fusion.FUSIONS)
+@pytest.mark.parametrize("name", fusion.PAPER_FUSIONS)
 def test_every_fusion_of_the_paper_gives_float32_logits_under_mixed_precision(name):
     import tf_keras as keras
 
@@ -304,7 +304,7 @@ def test_every_feature_level_head_computes_the_papers_equations_from_its_own_wei
         np.testing.assert_allclose(head.stream_weights(f_t, f_i).numpy(), scores, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", fusion.DECISION_FUSIONS)
+@pytest.mark.parametrize("name", fusion.PAPER_DECISION_FUSIONS)
 @pytest.mark.parametrize("training", [False, True])
 def test_every_decision_level_head_computes_table_3s_models_from_its_own_weights(name, training):
     config = fusion.HeadConfig(width=4, policy_top_k=2, dropout=0.0)
@@ -362,7 +362,7 @@ def _built(name, config=fusion.HeadConfig(width=4, key_dim=3, hybrid_hidden_unit
     return head, f_t, f_i
 
 
-@pytest.mark.parametrize("name", fusion.FUSIONS)
+@pytest.mark.parametrize("name", fusion.PAPER_FUSIONS)
 def test_every_fusion_layer_round_trips_through_its_config(name):
     options = {"width": 4, "key_dim": 3, "hybrid_hidden_units": 5, "hybrid_normalize": "sigmoid",
                "shared_scorer": False, "scaled": False, "combine": "sum", "dropout": 0.2, "stream_norm": True,
@@ -387,7 +387,7 @@ def test_each_equation_layer_round_trips_through_its_config():
         fusion.HybridScores(2, "tanh")
 
 
-@pytest.mark.parametrize("name", fusion.DECISION_FUSIONS)
+@pytest.mark.parametrize("name", fusion.PAPER_DECISION_FUSIONS)
 def test_a_decision_network_round_trips_with_its_head(name):
     head, _, _ = _built(name)
     network = fusion.DecisionNetwork(head, name="fusion")
@@ -406,7 +406,7 @@ def _head_model(module, name):
     return keras.Model({"text_features": f_t, "image_features": f_i}, head(f_t, f_i))
 
 
-@pytest.mark.parametrize("name", fusion.FUSIONS)
+@pytest.mark.parametrize("name", fusion.PAPER_FUSIONS)
 def test_a_model_saved_before_one_class_per_fusion_loads_with_equal_outputs(name, tmp_path):
     """Weights and Keras SavedModels written by the old FeatureHead switch (frozen in tests/fixtures) load
     into the registered classes: a training stage resumes from them and a saved model reloads."""
@@ -431,7 +431,7 @@ def test_a_model_saved_before_one_class_per_fusion_loads_with_equal_outputs(name
     np.testing.assert_allclose(loaded(inputs, training=False).numpy(), expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", fusion.FUSIONS)
+@pytest.mark.parametrize("name", fusion.PAPER_FUSIONS)
 def test_a_saved_model_reloads_its_fusion_layer_and_outputs(name, tmp_path):
     model = _head_model(fusion, name)
     _random_weights(model)

@@ -83,7 +83,7 @@ def test_mean_text_pooling_averages_the_token_outputs_of_the_title_only(config):
     np.testing.assert_allclose(f_t[0], expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", fusion.FUSIONS)
+@pytest.mark.parametrize("name", fusion.PAPER_FUSIONS)
 def test_every_fusion_head_saves_to_a_savedmodel_that_reproduces_it(name, config, tmp_path):
     """The exported models differ only by their head: each head traces into a SavedModel signature."""
     import dataclasses

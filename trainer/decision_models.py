@@ -106,10 +106,13 @@ class DecisionModels(FeatureModels):
         network = self.new_model(name, PROBABILITIES_FORM, seed=seed)
         with tf.io.gfile.GFile(os.path.join(records, "sizes.json")) as f:
             sizes = json.load(f)
+        # An expert fusion also reads the lexical expert's scores: out-of-fold on train, as the records are.
+        lexical = self.lexical_expert() if features.LEXICAL_LOG_PROBS_KEY in network.input else None
         inputs = FitInputs(
-            probability_dataset(records, features.TRAIN_SPLIT, self.classes, stage_recipe.batch_size, True, seed),
-            probability_dataset(records, features.VALIDATION_SPLIT, self.classes, EVAL_BATCH_SIZE, False)
-            if self.validation else None,
+            probability_dataset(records, features.TRAIN_SPLIT, self.classes, stage_recipe.batch_size, True, seed,
+                                lexical=lexical),
+            probability_dataset(records, features.VALIDATION_SPLIT, self.classes, EVAL_BATCH_SIZE, False,
+                                lexical=lexical) if self.validation else None,
             steps_per_epoch=max(1, math.ceil(sizes[features.TRAIN_SPLIT] / stage_recipe.batch_size)),
         )
         logs = self.fit(
@@ -133,15 +136,18 @@ def _probability_example(p_t: np.ndarray, p_i: np.ndarray, label: int, product_i
 
 
 def probability_dataset(records_dir: str, split: str, classes: int, batch_size: int, shuffle: bool,
-                        seed: int | None = None) -> tf.data.Dataset:
+                        seed: int | None = None, lexical=None) -> tf.data.Dataset:
+    """(probabilities, label) batches of the records; with `lexical` (trainer/lexical.py RunExpert), its
+    log-probabilities of each product too (LEXICAL_LOG_PROBS_KEY)."""
     spec = {key: tf.io.FixedLenFeature([classes], tf.float32)
             for key in (features.TEXT_PROBABILITIES_KEY, features.IMAGE_PROBABILITIES_KEY)}
     spec[features.LABEL_ID_KEY] = tf.io.FixedLenFeature([], tf.int64)
+    spec[features.ID_KEY] = tf.io.FixedLenFeature([], tf.string)
     records = data.read_records(os.path.join(records_dir, split, "*"), shuffle, repeat=shuffle, seed=seed)
 
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)
-        label = parsed.pop(features.LABEL_ID_KEY)
-        return parsed, label
+        label, ids = parsed.pop(features.LABEL_ID_KEY), parsed.pop(features.ID_KEY)
+        return (parsed if lexical is None else lexical.add_log_probs(parsed, ids)), label
 
     return records.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

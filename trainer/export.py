@@ -31,11 +31,13 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 WARMUP_PRODUCTS = 4
 
 
-def _transformed_input_spec(max_seq_length: int) -> dict:
+def _transformed_input_spec(max_seq_length: int, title: bool = False) -> dict:
     spec = {
         key: tf.TensorSpec([None, max_seq_length], tf.int64, name=key) for key in features.BERT_INPUT_KEYS
     }
     spec[features.IMAGE_KEY] = tf.TensorSpec([None], tf.string, name=features.IMAGE_KEY)
+    if title:  # the lexical expert reads the title itself
+        spec[features.TITLE_KEY] = tf.TensorSpec([None], tf.string, name=features.TITLE_KEY)
     return spec
 
 
@@ -50,6 +52,7 @@ def export_serving_model(
     warmup_examples: list[tuple[str, bytes]] = (),
     calibration: calibrations.Calibration | None = None,
     max_image_pixels: int = features.DEFAULT_MAX_IMAGE_PIXELS,
+    lexical: keras.layers.Layer | None = None,
 ) -> str:
     """Writes the SavedModel of `model` (inputs → logits) with the signatures SERVING_SIGNATURE,
     TF_EXAMPLE_SIGNATURE, TRANSFORMED_SIGNATURE, its calibration (None: temperature 1, nothing needs
@@ -66,10 +69,21 @@ def export_serving_model(
     review_threshold = tf.constant(calibration.review_threshold, tf.float32)
 
     vocabulary = _vocabulary_size(model)
+    reads_lexical = features.LEXICAL_LOG_PROBS_KEY in model.input
+    if reads_lexical != (lexical is not None):
+        raise ValueError(f"{model.name} {'reads' if reads_lexical else 'does not read'} the lexical expert's "
+                         f"scores, and the export was {'not ' if lexical is None else ''}given the expert")
+    model.lexical_expert = lexical  # tracked: its vocabulary table and weights are saved with the model
+
+    def model_inputs(transformed: dict) -> dict:
+        inputs = data.model_inputs(transformed, image_size)
+        if reads_lexical:  # the whole-train expert on the raw title, in core TF ops
+            inputs[features.LEXICAL_LOG_PROBS_KEY] = model.lexical_expert(transformed[features.TITLE_KEY])
+        return inputs
 
     def predict(transformed: dict) -> dict:
         """Every class: calibrated probabilities, uncalibrated logits, and the stream weights."""
-        out = explained(data.model_inputs(transformed, image_size), training=False)
+        out = explained(model_inputs(transformed), training=False)
         logits = tf.cast(out["logits"], tf.float32)
         outputs = {
             features.OUTPUT_PROBABILITIES_KEY: tf.nn.softmax(logits / temperature, axis=-1),
@@ -79,6 +93,8 @@ def export_serving_model(
             weights = tf.cast(out["stream_weights"], tf.float32)
             outputs[features.OUTPUT_TEXT_WEIGHT_KEY] = weights[:, 0]
             outputs[features.OUTPUT_IMAGE_WEIGHT_KEY] = weights[:, 1]
+            if weights.shape[1] == 3:  # the expert fusions: the lexical expert's part of the title's weight
+                outputs[features.OUTPUT_LEXICAL_WEIGHT_KEY] = weights[:, 2]
         return outputs
 
     def top_classes(transformed: dict) -> dict:
@@ -117,7 +133,7 @@ def export_serving_model(
     def serve_tf_example(serialized):
         return top_classes(transform(tf.io.parse_example(serialized, raw_spec)))
 
-    @tf.function(input_signature=[_transformed_input_spec(max_seq_length)])
+    @tf.function(input_signature=[_transformed_input_spec(max_seq_length, reads_lexical)])
     def serve_transformed(transformed):
         # The stored images are JPEGs of image_size²: a header declaring more is refused undecoded.
         images = refuse_large_images(transformed[features.IMAGE_KEY], image_size * image_size)

@@ -22,12 +22,16 @@ from common.features import (  # noqa: F401 (the stage names, re-exported for th
     CONCAT,
     DECISION_FUSIONS,
     DECISION_LEVEL,
+    EXPERT_FUSIONS,
     FEATURE_FUSIONS,
     FUSIONS,
     HANET,
+    HANET_EXPERTS,
     IMAGE_ONLY,
     KEY_BASED,
     KEYLESS,
+    PAPER_DECISION_FUSIONS,
+    PAPER_FUSIONS,
     POLICY,
     TEXT_ONLY,
     UNIMODAL_FUSIONS,
@@ -525,7 +529,9 @@ class DecisionNetwork(keras.layers.Layer):
         super().__init__(**kwargs)
         self.head = head
 
-    def call(self, p_t, p_i, training=None):
+    def call(self, p_t, p_i, lexical=None, training=None):
+        if getattr(self.head, "reads_lexical", False):
+            return self.head.fuse(p_t, p_i, lexical, training=training)
         return self.head.fuse(p_t, p_i, training=training)
 
     def get_config(self):
@@ -546,3 +552,145 @@ def fusion_head(fusion: str, num_classes: int, config: HeadConfig = HeadConfig()
 keras.utils.get_custom_objects().update(
     {cls.__name__: cls for cls in (FeatureHead, DecisionLevelFusion, PolicyFusion, DecisionNetwork)}
 )
+
+
+# ---- Beyond the paper: HANet over M experts' log-probabilities -------------------------------------
+#
+# The paper's two streams generalize to M streams m = 1..M, each described by x_m [batch, dim_m]:
+#   eq. 1–3 (keyless):   v_m = W_m x_m + b_m,  s^l = softmax_m(w · v_m)           (w shared by the streams)
+#   eq. 4–5 (key-based): k_m = K_m x_m, q_m = Q_m x_m,
+#                        s^b = softmax_m(k_m · q̄_m / sqrt(d_k)),  q̄_m = mean of the other M−1 queries
+#                        (M = 2: k_t · q_i and k_i · q_t, the paper's)
+#   eq. 6 (hybrid):      s_m = softmax_m(D([s^l_m, s^b_m]) + β_m)                 (D shared; β a prior per stream)
+#   eq. 7 (fusion):      a weighted combination of the streams' values by s_m.
+# Over experts, stream m is an expert's log-probabilities ℓ_m [batch, classes]; it is described by
+# `expert_profile`, and its value is ℓ_m itself: logits = M Σ_m s_m ℓ_m, a product of experts whose
+# weights come from the attention per product (equal weights: the plain product log p_1 + … + log p_M).
+
+# The log-probability an expert is read at, at least: a class it gives no probability stays rankable by
+# the others (common/poe.py's floor).
+EXPERT_LOG_PROB_FLOOR = -20.7  # ln(1e-9)
+EXPERT_PROFILE_TOP_K = 5
+
+
+def expert_profile(log_probs, top_k: int = EXPERT_PROFILE_TOP_K):
+    """[batch, C] log-probabilities → [batch, C + k + 1]: themselves, their k largest (sorted) and the
+    entropy. The sorted part and the entropy say how sure the expert is whatever the class, which is
+    what a per-product weight needs to read."""
+    top = tf.math.top_k(log_probs, min(top_k, log_probs.shape[-1])).values
+    entropy = -tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1, keepdims=True)
+    return tf.concat([log_probs, top, entropy], axis=-1)
+
+
+@serializable
+class MultiKeylessScores(keras.layers.Layer):
+    """Eq. 1–3 over M streams: v_m = W_m x_m + b_m (one map per stream), s^l = softmax_m(w · v_m)."""
+
+    def __init__(self, streams: int, width: int, **kwargs):
+        super().__init__(**kwargs)
+        self.streams, self.width = streams, width
+        self.values = [keras.layers.Dense(width, name=f"value_{m}") for m in range(streams)]
+        self.scorer = keras.layers.Dense(1, name="scorer")
+
+    def call(self, xs):
+        raw = tf.concat([self.scorer(value(x)) for value, x in zip(self.values, xs)], axis=-1)  # [batch, M]
+        return tf.nn.softmax(raw, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "streams": self.streams, "width": self.width}
+
+
+@serializable
+class MultiKeyBasedScores(keras.layers.Layer):
+    """Eq. 4–5 over M streams: s^b = softmax_m(k_m · q̄_m / sqrt(d_k)), q̄_m the mean query of the others."""
+
+    def __init__(self, streams: int, key_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        if streams < 2:
+            raise ValueError(f"key-based attention needs at least two streams, got {streams}")
+        self.streams, self.key_dim = streams, key_dim
+        self.keys = [keras.layers.Dense(key_dim, name=f"key_{m}") for m in range(streams)]
+        self.queries = [keras.layers.Dense(key_dim, name=f"query_{m}") for m in range(streams)]
+
+    def call(self, xs):
+        keys = tf.stack([key(x) for key, x in zip(self.keys, xs)], axis=1)  # [batch, M, d_k]
+        queries = tf.stack([query(x) for query, x in zip(self.queries, xs)], axis=1)
+        others = (tf.reduce_sum(queries, axis=1, keepdims=True) - queries) / (self.streams - 1)
+        raw = tf.reduce_sum(keys * others, axis=-1) / tf.sqrt(tf.cast(self.key_dim, keys.dtype))  # [batch, M]
+        return tf.nn.softmax(raw, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "streams": self.streams, "key_dim": self.key_dim}
+
+
+@serializable
+class MultiHybridScores(keras.layers.Layer):
+    """Eq. 6 over M streams: s_m = softmax_m(D([s^l_m, s^b_m]) + β_m). D's output layer and β start at
+    zero, so a head starts with every weight 1/M (for experts: the plain product, the baseline a
+    user builds) and moves away from it only as far as training shows it helps."""
+
+    def __init__(self, streams: int, hidden_units: int = 16, **kwargs):
+        super().__init__(**kwargs)
+        self.streams, self.hidden_units = streams, hidden_units
+        self.hidden = keras.layers.Dense(hidden_units, activation="relu", name="d_hidden")
+        self.out = keras.layers.Dense(1, kernel_initializer="zeros", name="d_out")
+
+    def build(self, input_shape):
+        self.prior = self.add_weight(name="stream_prior", shape=[self.streams], initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, keyless, key_based):
+        pairs = tf.stack([keyless, key_based], axis=-1)  # [batch, M, 2]
+        raw = tf.squeeze(self.out(self.hidden(pairs)), -1) + tf.cast(self.prior, pairs.dtype)
+        return tf.nn.softmax(raw, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "streams": self.streams, "hidden_units": self.hidden_units}
+
+
+@register(HANET_EXPERTS)
+class HanetExpertsHead(DecisionFusion):
+    """HANet over three experts' log-probabilities: the text model's, the image model's (both frozen, as
+    in decision_level) and the lexical expert's (trainer/lexical.py, an input: LEXICAL_LOG_PROBS_KEY).
+    The M-stream hybrid attention (above) weighs them per product; logits = 3 Σ_m s_m ℓ_m. Trained, as
+    the decision-level heads are, on cross-fitted (out-of-fold) scores of all three experts."""
+
+    weighs_streams = True
+    reads_lexical = True
+    streams = 3  # text model, image model, lexical expert
+
+    def __init__(self, num_classes: int, config: HeadConfig | dict = HeadConfig(), **kwargs):
+        super().__init__(num_classes, config, **kwargs)
+        self.keyless = MultiKeylessScores(self.streams, self.config.key_dim, name="keyless")
+        self.key_based = MultiKeyBasedScores(self.streams, self.config.key_dim, name="key_based")
+        self.hybrid = MultiHybridScores(self.streams, self.config.hybrid_hidden_units, name="hybrid")
+
+    def decision_layers(self) -> list:
+        return [self.keyless, self.key_based, self.hybrid]
+
+    def expert_log_probs(self, p_t, p_i, lexical) -> list:
+        """[ℓ_text, ℓ_image, ℓ_lexical], each [batch, classes] float32, floored."""
+        if lexical is None:
+            raise ValueError(f"{self.fusion} fuses the lexical expert: call it with lexical=<its log-probabilities>")
+        floor = EXPERT_LOG_PROB_FLOOR
+        return [tf.maximum(tf.math.log(tf.maximum(tf.cast(p, tf.float32), 1e-30)), floor) for p in (p_t, p_i)] + [
+            tf.maximum(tf.cast(lexical, tf.float32), floor)]
+
+    def weights_of(self, log_probs: list, training=None):
+        """s [batch, M] float32: each expert's weight, per product."""
+        xs = [tf.cast(expert_profile(lp), self.compute_dtype) for lp in log_probs]
+        xs = [self.dropout(x, training=training) for x in xs]
+        return tf.cast(self.hybrid(self.keyless(xs), self.key_based(xs)), tf.float32)
+
+    def fuse(self, p_t, p_i, lexical=None, training=None):
+        log_probs = self.expert_log_probs(p_t, p_i, lexical)
+        s = self.weights_of(log_probs, training=training)
+        return float(self.streams) * tf.reduce_sum(s[:, :, None] * tf.stack(log_probs, axis=1), axis=1)
+
+    def call(self, f_t, f_i, lexical=None, training=None):
+        return self.fuse(*self.unimodal_probabilities(f_t, f_i), lexical, training=training)
+
+    def stream_weights(self, f_t, f_i, lexical=None):
+        """[batch, 3]: the title's weight (text model + lexical expert), the image's, the lexical expert's."""
+        s = self.weights_of(self.expert_log_probs(*self.unimodal_probabilities(f_t, f_i), lexical), training=False)
+        return tf.stack([s[:, 0] + s[:, 2], s[:, 1], s[:, 2]], axis=-1)

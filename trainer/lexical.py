@@ -19,6 +19,8 @@ on, so no head learns from scores the expert made on its own training products.
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import math
 import os
 import time
@@ -241,3 +243,138 @@ def crossfit_log_probs(titles: list[str], labels: np.ndarray, folds: np.ndarray,
             chunk = outside[start:start + 1024]
             out[chunk] = expert(tf.constant([titles[i] for i in chunk])).numpy()
     return out
+
+
+# ---- The expert of a training run ------------------------------------------------------------------
+
+RUN_EXPERT_DIR = "lexical_expert"
+_RUN_EXPERT_FILE = "expert.json"
+_RUN_ARRAYS_FILE = "arrays.npz"
+
+
+@dataclasses.dataclass
+class RunExpert:
+    """The lexical expert of one training run: `layer`, fitted on the whole train split (C chosen on
+    validation), goes into the exported model; `log_probs` [products, classes] are every product's
+    scores as the heads read them, by id: out-of-fold on the train split (cross-fitted over the folds
+    the unimodal models use, trainer.data.fold_of), the whole-train expert's on validation and eval."""
+
+    layer: LexicalExpert
+    c: float
+    validation_top1: dict
+    ids: list[bytes]
+    log_probs: np.ndarray
+    settings: dict
+
+    def add_log_probs(self, inputs: dict, ids: tf.Tensor) -> dict:
+        """`inputs` with LEXICAL_LOG_PROBS_KEY [batch, classes]: the scores of products `ids` [batch]."""
+        from common import features
+
+        if not hasattr(self, "_table"):
+            with tf.init_scope():  # once, eagerly, also when first called inside a dataset's map
+                self._table = tf.lookup.StaticHashTable(
+                    tf.lookup.KeyValueTensorInitializer(tf.constant(self.ids, tf.string),
+                                                        tf.range(len(self.ids), dtype=tf.int64)), -1)
+                self._scores = tf.constant(self.log_probs, tf.float32)
+        rows = self._table.lookup(ids)
+        unknown = tf.argmin(rows, output_type=tf.int32)
+        check = tf.debugging.Assert(
+            tf.reduce_all(rows >= 0),
+            [tf.strings.format("the lexical expert has no scores for product {}: its scores were computed from "
+                               "other examples", (tf.gather(ids, unknown),))])
+        with tf.control_dependencies([check]):
+            rows = tf.identity(rows)
+        return {**inputs, features.LEXICAL_LOG_PROBS_KEY: tf.gather(self._scores, rows)}
+
+    def save(self, out_dir: str) -> None:
+        vocabulary = self.layer.features.vocabulary
+        tf.io.gfile.makedirs(out_dir)
+        buffer = io.BytesIO()  # np.savez seeks, which a GFile (any filesystem) does not
+        np.savez(buffer, kernel=self.layer.kernel.numpy(), bias=self.layer.bias.numpy(), log_probs=self.log_probs,
+                 idf=vocabulary.idf, kind_of=vocabulary.kind_of)
+        with tf.io.gfile.GFile(os.path.join(out_dir, _RUN_ARRAYS_FILE), "wb") as f:
+            f.write(buffer.getvalue())
+        # JSON keeps every id and n-gram exactly (NUL and all), which NumPy's fixed-width strings do not.
+        payload = {"settings": self.settings, "c": self.c, "validation_top1": {str(c): v for c, v in
+                                                                                self.validation_top1.items()},
+                   "ids": [i.decode("utf-8", "surrogateescape") for i in self.ids], "terms": list(vocabulary.terms)}
+        with tf.io.gfile.GFile(os.path.join(out_dir, _RUN_EXPERT_FILE), "w") as f:  # written last: the marker
+            json.dump(payload, f)
+
+    @classmethod
+    def load(cls, out_dir: str, settings: dict) -> "RunExpert | None":
+        """The expert saved in `out_dir` with these settings, or None."""
+        path = os.path.join(out_dir, _RUN_EXPERT_FILE)
+        if not tf.io.gfile.exists(path):
+            return None
+        with tf.io.gfile.GFile(path) as f:
+            payload = json.load(f)
+        if payload["settings"] != settings:
+            return None
+        with tf.io.gfile.GFile(os.path.join(out_dir, _RUN_ARRAYS_FILE), "rb") as f:
+            arrays = dict(np.load(io.BytesIO(f.read())))
+        vocabulary = Vocabulary(tuple(payload["terms"]), arrays["idf"], arrays["kind_of"])
+        return cls(LexicalExpert(vocabulary, arrays["kernel"], arrays["bias"], name="lexical_expert"), payload["c"],
+                   {float(c): v for c, v in payload["validation_top1"].items()},
+                   [i.encode("utf-8", "surrogateescape") for i in payload["ids"]], arrays["log_probs"], settings)
+
+
+def _split_records(pattern: str) -> tuple[list[bytes], list[bytes], np.ndarray]:
+    """(ids, raw title bytes, label ids) of the transformed records matching `pattern`."""
+    from common import features
+    from trainer import data
+
+    spec = {features.ID_KEY: tf.io.FixedLenFeature([], tf.string),
+            features.TITLE_KEY: tf.io.FixedLenFeature([], tf.string),
+            features.LABEL_ID_KEY: tf.io.FixedLenFeature([], tf.int64)}
+    ids, titles, labels = [], [], []
+    if not tf.io.gfile.glob(pattern):
+        return ids, titles, np.zeros([0], np.int64)
+    for batch in data.read_records(pattern, shuffle=False).batch(1024).map(lambda s: tf.io.parse_example(s, spec)):
+        ids += list(batch[features.ID_KEY].numpy())
+        titles += list(batch[features.TITLE_KEY].numpy())
+        labels.append(batch[features.LABEL_ID_KEY].numpy())
+    return ids, titles, np.concatenate(labels) if labels else np.zeros([0], np.int64)
+
+
+def _scores(layer: LexicalExpert, titles: list, batch_size: int = 1024) -> np.ndarray:
+    parts = [layer(tf.constant(titles[start:start + batch_size], tf.string)).numpy()
+             for start in range(0, len(titles), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros([0, layer.kernel.shape[1]], np.float32)
+
+
+def run_expert(examples_dir: str, out_dir: str, *, num_classes: int, validation_fraction: float, folds: int,
+               data_fingerprint: str, cs=DEFAULT_CS, log=print) -> RunExpert:
+    """The run's lexical expert (RunExpert), fitted once and kept in `out_dir`: the train split's
+    titles (the preprocess stage's text: title and any extra text columns) fit it, validation chooses C."""
+    from common import features
+    from trainer import data
+
+    settings = {"data": data_fingerprint, "validation_fraction": validation_fraction, "folds": folds,
+                "cs": list(cs), "num_classes": num_classes, "max_vocabulary": MAX_VOCABULARY}
+    kept = RunExpert.load(out_dir, settings)
+    if kept is not None:
+        return kept
+    started = time.monotonic()
+    ids, titles, labels = _split_records(os.path.join(examples_dir, features.TRAIN_SPLIT, "*"))
+    eval_ids, eval_titles, _ = _split_records(os.path.join(examples_dir, features.EVAL_SPLIT, "*"))
+    if not ids:
+        raise ValueError(f"{examples_dir} has no training examples for the lexical expert")
+    validation = data.in_validation(tf.constant(ids), validation_fraction).numpy() if validation_fraction > 0 \
+        else np.zeros(len(ids), bool)
+    train, held = np.flatnonzero(~validation), np.flatnonzero(validation)
+    fitted = fit_expert([titles[i] for i in train], labels[train], [titles[i] for i in held], labels[held],
+                        num_classes, cs)
+    log(f"[lexical] C={fitted.c:g} chosen on validation ("
+        + ", ".join(f"{c:g} → {v:.4f}" for c, v in fitted.validation_top1.items()) + ")")
+    train_titles = [titles[i] for i in train]
+    out_of_fold = crossfit_log_probs(train_titles, labels[train], data.fold_of(tf.constant([ids[i] for i in train]),
+                                                                                folds).numpy(), num_classes, fitted.c)
+    others = [titles[i] for i in held] + eval_titles
+    log_probs = np.concatenate([out_of_fold, _scores(fitted.layer, others)])
+    all_ids = [ids[i] for i in train] + [ids[i] for i in held] + eval_ids
+    expert = RunExpert(fitted.layer, fitted.c, fitted.validation_top1, all_ids, log_probs.astype(np.float32), settings)
+    expert.save(out_dir)
+    log(f"[lexical] {len(train)} train products cross-fitted over {folds} folds, "
+        f"{len(others)} others scored, in {time.monotonic() - started:.0f} s")
+    return expert

@@ -109,6 +109,15 @@ def _image_encoder(config: ModelConfig) -> keras.Model:
     return encoders.image_encoder(config.image_weights, config.image_variant, config.image_size)
 
 
+def apply_head(head: keras.layers.Layer, inputs: dict, num_classes: int, f_t, f_i):
+    """head(f_t, f_i) → logits; a head that reads the lexical expert's log-probabilities also gets
+    them, as one more input of the model (LEXICAL_LOG_PROBS_KEY [classes], added to `inputs`)."""
+    if not getattr(head, "reads_lexical", False):
+        return head(f_t, f_i)
+    lexical = inputs[features.LEXICAL_LOG_PROBS_KEY] = keras.Input([num_classes], name=features.LEXICAL_LOG_PROBS_KEY)
+    return head(f_t, f_i, lexical=lexical)
+
+
 def build_model(config: ModelConfig, num_classes: int, trainable_encoders: bool = True) -> keras.Model:
     """Model inputs (BERT ids, float pixels in [0, 255]) → class logits [batch, num_classes]."""
     inputs = model_input_layers(config)
@@ -123,7 +132,7 @@ def build_model(config: ModelConfig, num_classes: int, trainable_encoders: bool 
         # BatchNorm stays in inference mode even when fine-tuning: batch statistics of 32 products
         # are too noisy to replace ImageNet's (the Keras transfer-learning recipe).
         f_i = cnn(inputs[features.IMAGE_KEY], training=False)  # [batch, 1280]
-    logits = config.make_head(num_classes)(f_t, f_i)
+    logits = apply_head(config.make_head(num_classes), inputs, num_classes, f_t, f_i)
     return keras.Model(inputs, logits, name=f"hanet_{config.fusion}")
 
 
@@ -159,10 +168,9 @@ def head_model(config: ModelConfig, num_classes: int, text_dim: int, image_dim: 
     """Cached features {TEXT_FEATURES_KEY, IMAGE_FEATURES_KEY} → logits: the fusion head alone."""
     f_t = keras.Input([text_dim], name=features.TEXT_FEATURES_KEY)
     f_i = keras.Input([image_dim], name=features.IMAGE_FEATURES_KEY)
-    logits = config.make_head(num_classes)(f_t, f_i)
-    return keras.Model(
-        {features.TEXT_FEATURES_KEY: f_t, features.IMAGE_FEATURES_KEY: f_i}, logits, name=f"head_{config.fusion}"
-    )
+    inputs = {features.TEXT_FEATURES_KEY: f_t, features.IMAGE_FEATURES_KEY: f_i}
+    logits = apply_head(config.make_head(num_classes), inputs, num_classes, f_t, f_i)
+    return keras.Model(inputs, logits, name=f"head_{config.fusion}")
 
 
 def top_model(config: ModelConfig, num_classes: int, hidden_size: int, image_map_shape) -> keras.Model:
@@ -179,7 +187,7 @@ def top_model(config: ModelConfig, num_classes: int, hidden_size: int, image_map
         feature_map = inputs[features.IMAGE_MAP_KEY] = keras.Input(list(image_map_shape), name=features.IMAGE_MAP_KEY)
         _, upper = encoders.efficientnet_split(_image_encoder(config), config.image_top_blocks)
         f_i = upper(feature_map, training=False)  # BatchNorm in inference mode, as in build_model
-    logits = config.make_head(num_classes)(f_t, f_i)
+    logits = apply_head(config.make_head(num_classes), inputs, num_classes, f_t, f_i)
     return keras.Model(inputs, logits, name=f"top_{config.fusion}")
 
 
@@ -192,7 +200,12 @@ def probability_model(config: ModelConfig, num_classes: int) -> keras.Model:
     inputs = {key: keras.Input([num_classes], name=key)
               for key in (features.TEXT_PROBABILITIES_KEY, features.IMAGE_PROBABILITIES_KEY)}
     network = fusion.DecisionNetwork(head, name=FUSION_LAYER)
-    logits = network(inputs[features.TEXT_PROBABILITIES_KEY], inputs[features.IMAGE_PROBABILITIES_KEY])
+    if getattr(head, "reads_lexical", False):
+        lexical = inputs[features.LEXICAL_LOG_PROBS_KEY] = keras.Input([num_classes], name=features.LEXICAL_LOG_PROBS_KEY)
+        logits = network(inputs[features.TEXT_PROBABILITIES_KEY], inputs[features.IMAGE_PROBABILITIES_KEY],
+                         lexical=lexical)
+    else:
+        logits = network(inputs[features.TEXT_PROBABILITIES_KEY], inputs[features.IMAGE_PROBABILITIES_KEY])
     return keras.Model(inputs, logits, name=f"probabilities_{config.fusion}")
 
 
@@ -202,8 +215,10 @@ def explained_model(model: keras.Model) -> keras.Model:
     head = fusion_layer(model)
     outputs = {"logits": model.outputs[0]}
     if getattr(head, "weighs_streams", False):
-        f_t, f_i = head.inbound_nodes[0].call_args[:2]  # the features the head was built on
-        outputs["stream_weights"] = head.stream_weights(f_t, f_i)
+        node = head.inbound_nodes[0]
+        f_t, f_i = node.call_args[:2]  # the features the head was built on
+        lexical = {"lexical": node.call_kwargs["lexical"]} if "lexical" in node.call_kwargs else {}
+        outputs["stream_weights"] = head.stream_weights(f_t, f_i, **lexical)
     return keras.Model(model.inputs, outputs, name=f"{model.name}_explained")
 
 

@@ -75,6 +75,10 @@ class RunData:
         return self.read(form, Reading(split, batch_size, shuffle=shuffle, keep=keep, with_ids=with_ids), input_names)
 
     def read(self, form: str, reading: Reading, input_names=None) -> tf.data.Dataset:
+        lexical = input_names is not None and features.LEXICAL_LOG_PROBS_KEY in input_names
+        if lexical:  # looked up by id
+            return self.with_lexical(self.read(form, dataclasses.replace(reading, with_ids=True)), reading.with_ids,
+                                     input_names)
         shuffle, seed, keep, with_ids = reading.shuffle, reading.seed, reading.keep, reading.with_ids
         if form == FULL:
             return data.make_dataset(
@@ -86,6 +90,30 @@ class RunData:
             self.cache_dir, reading.split, reading.batch_size, shuffle, shuffle, seed=seed, form=cache_form,
             keep=keep, with_ids=with_ids)
         return features_cache.for_model(dataset, input_names) if input_names is not None else dataset
+
+    def lexical_expert(self):
+        """The run's lexical expert (trainer/lexical.py RunExpert), fitted on first use and kept."""
+        if getattr(self, "_lexical", None) is None:
+            from trainer import lexical
+
+            self._lexical = lexical.run_expert(
+                self.examples_dir, os.path.join(self.work_dir, lexical.RUN_EXPERT_DIR), num_classes=self.classes,
+                validation_fraction=self.train_config.validation_fraction, folds=self.train_config.crossfit_folds,
+                data_fingerprint=self.fingerprint, log=getattr(self, "log", print))
+        return self._lexical
+
+    def with_lexical(self, dataset: tf.data.Dataset, with_ids: bool, input_names=None) -> tf.data.Dataset:
+        """(inputs, labels, ids) batches → the same with the lexical expert's log-probabilities among the
+        inputs (out-of-fold on train), ids kept only `with_ids`; only `input_names` if given."""
+        expert = self.lexical_expert()
+        names = None if input_names is None else tuple(input_names)
+
+        def add(inputs, labels, ids):
+            inputs = expert.add_log_probs(inputs, ids)
+            inputs = inputs if names is None else {k: inputs[k] for k in names}
+            return (inputs, labels, ids) if with_ids else (inputs, labels)
+
+        return dataset.map(add)
 
     def steps(self, batch_size: int, subset: Subset = Subset()) -> int:
         return max(1, math.ceil(self.split_sizes()[features.TRAIN_SPLIT] * subset.share / batch_size))

@@ -135,6 +135,7 @@ def export_model(run: Run, trained: Trained, export_dir: str, warmup: list) -> N
     export.export_serving_model(
         model, run.tft_output, writable(export_dir), image_size=run.model_config.image_size,
         max_seq_length=run.model_config.max_seq_length, warmup_examples=warmup, calibration=fitted,
+        lexical=run.lexical_expert().layer if trained.name in features.EXPERT_FUSIONS else None,
     )
 
 

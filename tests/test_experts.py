@@ -1,0 +1,224 @@
+"""The expert fusions (trainer/fusion.py HanetExpertsHead): HANet's attention over the text model's, the
+image model's and the lexical expert's log-probabilities. The head against a NumPy re-implementation of
+its M-stream equations from its own weights; its training on cross-fitted lexical scores; the exported
+model, whose lexical expert reads the raw title and serves without tensorflow_text."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from common import features
+from trainer import fusion
+
+NUM_CLASSES = 4
+
+
+def _softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def _log_softmax(x):
+    return np.log(_softmax(x))
+
+
+def _dense(layer, x):
+    kernel, bias = (w.astype(np.float64) for w in layer.get_weights())
+    return x @ kernel + bias
+
+
+def _profile(lp, k=fusion.EXPERT_PROFILE_TOP_K):
+    top = -np.sort(-lp, axis=-1)[:, :k]
+    entropy = -(np.exp(lp) * lp).sum(-1, keepdims=True)
+    return np.concatenate([lp, top, entropy], -1)
+
+
+def _reference(head, f_t, f_i, lexical):
+    """logits and s [batch, 3] of HanetExpertsHead, from its weights, by the equations in trainer/fusion.py."""
+    log_probs = [np.maximum(_log_softmax(_dense(head.text_head.classifier, f_t)), fusion.EXPERT_LOG_PROB_FLOOR),
+                 np.maximum(_log_softmax(_dense(head.image_head.classifier, f_i)), fusion.EXPERT_LOG_PROB_FLOOR),
+                 np.maximum(lexical, fusion.EXPERT_LOG_PROB_FLOOR)]
+    xs = [_profile(lp) for lp in log_probs]
+    keyless = _softmax(np.concatenate([_dense(head.keyless.scorer, _dense(v, x))
+                                       for v, x in zip(head.keyless.values, xs)], -1))
+    keys = [_dense(k, x) for k, x in zip(head.key_based.keys, xs)]
+    queries = [_dense(q, x) for q, x in zip(head.key_based.queries, xs)]
+    d_k = keys[0].shape[-1]
+    raw = np.stack([(keys[m] * (sum(queries) - queries[m]) / 2).sum(-1) for m in range(3)], -1) / np.sqrt(d_k)
+    key_based = _softmax(raw)
+    pairs = np.stack([keyless, key_based], -1)  # [batch, 3, 2]
+    hidden = np.maximum(_dense(head.hybrid.hidden, pairs), 0)
+    prior = head.hybrid.prior.numpy().astype(np.float64)
+    s = _softmax(_dense(head.hybrid.out, hidden)[..., 0] + prior)
+    return 3 * (s[:, :, None] * np.stack(log_probs, 1)).sum(1), s
+
+
+def _built_head():
+    config = fusion.HeadConfig(width=5, key_dim=3, hybrid_hidden_units=4, dropout=0.0)
+    head = fusion.fusion_head(features.HANET_EXPERTS, NUM_CLASSES, config)
+    rng = np.random.default_rng(0)
+    f_t, f_i = rng.normal(size=(6, 7)).astype(np.float32), rng.normal(size=(6, 9)).astype(np.float32)
+    lexical = _log_softmax(2 * rng.normal(size=(6, NUM_CLASSES))).astype(np.float32)
+    lexical[0, 1] = -1e4  # a class the expert never saw: floored
+    head(f_t, f_i, lexical=lexical)
+    return head, f_t, f_i, lexical, rng
+
+
+def test_hanet_experts_starts_as_the_plain_product_of_the_three_experts():
+    head, f_t, f_i, lexical, _ = _built_head()
+    logits, s = _reference(head, f_t.astype(np.float64), f_i.astype(np.float64), lexical.astype(np.float64))
+    np.testing.assert_allclose(s, 1 / 3, rtol=1e-6)  # D's output layer and the prior start at zero
+    np.testing.assert_allclose(head(f_t, f_i, lexical=lexical).numpy(), logits, rtol=1e-5, atol=1e-4)
+
+
+def test_hanet_experts_logits_and_weights_are_its_m_stream_equations_from_its_own_weights():
+    head, f_t, f_i, lexical, rng = _built_head()
+    head.set_weights([rng.normal(scale=0.7, size=w.shape).astype(np.float32) for w in head.get_weights()])
+    logits, s = _reference(head, f_t.astype(np.float64), f_i.astype(np.float64), lexical.astype(np.float64))
+    assert s[:, 0].std() > 0.01  # per product, so the check covers the attention, not a constant
+    np.testing.assert_allclose(head(f_t, f_i, lexical=lexical, training=False).numpy(), logits, rtol=1e-4, atol=1e-4)
+    weights = head.stream_weights(f_t, f_i, lexical=lexical).numpy()
+    np.testing.assert_allclose(weights, np.stack([s[:, 0] + s[:, 2], s[:, 1], s[:, 2]], -1), rtol=1e-4, atol=1e-6)
+    # The decision network alone (what trains, on probabilities) gives the same logits.
+    network = fusion.DecisionNetwork(head)
+    p_t, p_i = _softmax(_dense(head.text_head.classifier, f_t)), _softmax(_dense(head.image_head.classifier, f_i))
+    np.testing.assert_allclose(network(p_t.astype(np.float32), p_i.astype(np.float32), lexical=lexical).numpy(),
+                               logits, rtol=1e-4, atol=1e-4)
+
+
+def test_hanet_experts_refuses_to_run_without_the_lexical_scores_and_round_trips():
+    head, f_t, f_i, lexical, _ = _built_head()
+    with pytest.raises(ValueError, match="hanet_experts fuses the lexical expert"):
+        head(f_t, f_i)
+    restored = keras.layers.deserialize(keras.layers.serialize(head))
+    assert type(restored) is fusion.HanetExpertsHead and restored.get_config() == head.get_config()
+    restored(f_t, f_i, lexical=lexical)
+    restored.set_weights(head.get_weights())
+    np.testing.assert_allclose(restored(f_t, f_i, lexical=lexical).numpy(), head(f_t, f_i, lexical=lexical).numpy())
+
+
+def test_the_key_based_scores_over_two_streams_are_the_papers():
+    """M = 2: stream t's key against stream i's query and the reverse (eq. 4–5)."""
+    layer = fusion.MultiKeyBasedScores(2, 3)
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=(4, 5)).astype(np.float32) for _ in range(2)]
+    s = layer(xs).numpy()
+    k_t, k_i = _dense(layer.keys[0], xs[0]), _dense(layer.keys[1], xs[1])
+    q_t, q_i = _dense(layer.queries[0], xs[0]), _dense(layer.queries[1], xs[1])
+    expected = _softmax(np.stack([(k_t * q_i).sum(-1), (k_i * q_t).sum(-1)], -1) / np.sqrt(3))
+    np.testing.assert_allclose(s, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="at least two streams"):
+        fusion.MultiKeyBasedScores(1, 3)
+
+
+_SERVE_SCRIPT = None  # built lazily: tests/no_tensorflow_text.py's prelude and a call of serving_default
+
+
+def _serve_without_tensorflow_text(model_dir, titles, images):
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.no_tensorflow_text import PRELUDE
+
+    script = PRELUDE + textwrap.dedent('''
+        import base64
+        model_dir, payload = sys.argv[1], json.loads(sys.stdin.read())
+        unregistered = sorted(op for op in op_types(model_dir) if op_def_registry.get(op) is None)
+        serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+        out = serve(title=tf.constant(payload["titles"]),
+                    image_bytes=tf.constant([base64.b64decode(i) for i in payload["images"]]))
+        print(json.dumps({"unregistered": unregistered, "logits": out["logits"].numpy().tolist(),
+                          "lexical_weight": out["lexical_weight"].numpy().tolist(),
+                          "tensorflow_text_loaded": any(m.startswith("tensorflow_text") for m in sys.modules)}))
+    ''')
+    import base64
+
+    payload = json.dumps({"titles": titles, "images": [base64.b64encode(i).decode() for i in images]})
+    result = subprocess.run([sys.executable, "-c", script, model_dir], input=payload, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _raw_eval_products(examples_dir):
+    import os
+
+    spec = {key: tf.io.FixedLenFeature([], tf.string) for key in (features.ID_KEY, features.TITLE_KEY,
+                                                                   features.IMAGE_BYTES_KEY)}
+    files = tf.io.gfile.glob(os.path.join(examples_dir, features.RAW_EXAMPLES_DIR, features.EVAL_SPLIT, "*"))
+    products = {}
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        parsed = tf.io.parse_single_example(record, spec)
+        products[parsed[features.ID_KEY].numpy()] = (parsed[features.TITLE_KEY].numpy().decode("utf-8"),
+                                                      parsed[features.IMAGE_BYTES_KEY].numpy())
+    return products
+
+
+def test_hanet_experts_trains_on_crossfit_lexical_scores_and_serves_the_whole_train_expert_from_the_title(
+        distinct_preprocessed, tiny_bert_handle, tmp_path):
+    from tests.conftest import SMALL_MODEL_IMAGE_SIZE, SMALL_MODEL_SEQ_LENGTH
+    from trainer import data, lexical
+    from trainer.decision_models import probability_dataset
+    from trainer.model import ModelConfig
+    from trainer.recipe import Recipe
+    from trainer.train import Run, TrainConfig, train, train_stages
+
+    model_config = ModelConfig(fusion=features.HANET_EXPERTS, bert_handle=str(tiny_bert_handle), image_weights=None,
+                               image_size=SMALL_MODEL_IMAGE_SIZE, max_seq_length=SMALL_MODEL_SEQ_LENGTH,
+                               head=fusion.HeadConfig(width=16, key_dim=8))
+    train_config = TrainConfig(tune="frozen", head_recipe=Recipe(learning_rate=1e-2, epochs=3, batch_size=8),
+                               validation_fraction=0.25, crossfit_folds=2, mixed_precision=False)
+    paths = {"examples_dir": distinct_preprocessed.examples_dir,
+             "transform_graph_dir": distinct_preprocessed.transform_graph_dir, "work_dir": str(tmp_path / "work")}
+    train(export_dir=str(tmp_path / "export"), model_config=model_config, train_config=train_config, **paths)
+
+    # The run's expert, as training left it: C chosen on validation, train products scored out of fold.
+    run = Run(model_config=model_config, train_config=train_config, log=lambda line: None, **paths)
+    expert = run.lexical_expert()
+    assert expert.c in expert.validation_top1
+    train_ids, train_titles, train_labels = [], [], []
+    for batch in run.dataset("full", features.TRAIN_SPLIT, 64, with_ids=True):
+        train_ids += list(batch[2].numpy())
+    row = {product: i for i, product in enumerate(expert.ids)}
+    records = lexical._split_records(f"{distinct_preprocessed.examples_dir}/{features.TRAIN_SPLIT}/*")
+    by_id = {i: (t, y) for i, t, y in zip(*records)}
+    train_titles = [by_id[i][0] for i in train_ids]
+    train_labels = np.array([by_id[i][1] for i in train_ids])
+    folds = data.fold_of(tf.constant(train_ids), 2).numpy()
+    for k in (0, 1):
+        inside, outside = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+        # An expert fitted without fold k (its vocabulary too): the scores the head trained on for fold k.
+        vocabulary = lexical.learn_vocabulary([train_titles[i] for i in inside])
+        without_k = lexical.LexicalExpert(vocabulary, *lexical._fit_weights(
+            lexical.LexicalFeatures(vocabulary).numpy([train_titles[i] for i in inside]), train_labels[inside],
+            expert.c, run.classes, vocabulary.size))
+        stored = expert.log_probs[[row[train_ids[i]] for i in outside]]
+        np.testing.assert_allclose(stored, without_k(tf.constant([train_titles[i] for i in outside])).numpy(),
+                                   atol=1e-5)
+        whole = expert.layer(tf.constant([train_titles[i] for i in outside])).numpy()
+        assert np.abs(stored - whole).max() > 1e-3  # not the whole-train expert, which saw fold k's labels
+    # ... and the decision network's training records carry exactly those scores.
+    records_dir = tf.io.gfile.glob(str(tmp_path / "work" / "probabilities" / "crossfit2-*"))[0]
+    for inputs, _ in probability_dataset(records_dir, features.TRAIN_SPLIT, run.classes, 64, False, lexical=expert):
+        assert {features.LEXICAL_LOG_PROBS_KEY, features.TEXT_PROBABILITIES_KEY} <= set(inputs)
+    seen = [inputs for inputs, _ in probability_dataset(records_dir, features.TRAIN_SPLIT, run.classes, 64, False,
+                                                        lexical=expert)]
+    assert sum(len(s[features.LEXICAL_LOG_PROBS_KEY]) for s in seen) == len(train_ids)
+
+    # The trained model (cached features, lexical scores by id) and the export (the expert on the raw
+    # title, inside the graph) agree on every eval product; the export serves without tensorflow_text.
+    trained = train_stages(run, features.HANET_EXPERTS, train_config.seed)[features.HANET_EXPERTS]
+    expected = {}
+    for logits, _, ids in run.batch_logits(trained, features.EVAL_SPLIT):
+        expected.update(zip(ids, logits))
+    products = _raw_eval_products(distinct_preprocessed.examples_dir)
+    assert set(products) == set(expected) and len(products) >= 5
+    order = sorted(products)
+    served = _serve_without_tensorflow_text(str(tmp_path / "export"), [products[i][0] for i in order],
+                                            [products[i][1] for i in order])
+    assert served["unregistered"] == [] and not served["tensorflow_text_loaded"]
+    top = np.sort(np.stack([expected[i] for i in order]), axis=1)[:, ::-1][:, :len(served["logits"][0])]
+    np.testing.assert_allclose(served["logits"], top, rtol=1e-3, atol=1e-3)
+    assert all(0.0 <= w <= 1.0 for w in served["lexical_weight"])
