@@ -49,7 +49,7 @@ def split_catalog(path: str, label_column: str, title_column: str, id_column: st
     names = sorted({label for _, label in parts[features.TRAIN_SPLIT]})
     ids = {name: i for i, name in enumerate(names)}
     oov = len(names)  # eval labels never seen in train: a class no baseline can predict
-    return {split: ([t for t, _ in pairs], np.array([ids.get(label, oov) for _, label in pairs]))
+    return {split: ([t for t, _ in pairs], np.array([ids.get(label, oov) for _, label in pairs], np.int64))
             for split, pairs in parts.items()}, len(names) + 1
 
 
@@ -97,8 +97,9 @@ def main() -> None:
               f"fit+score {seconds:.1f} s ({cpu:.1f} s CPU), peak RSS {peak_rss_gib():.2f} GiB (before {before:.2f})", flush=True)
         if name in fitted:
             f = fitted[name]
+            held_out = "none held out" if f.holdout_accuracy is None else f"held-out top-1 {f.holdout_accuracy:.4f}"
             print(f"  α {f.alpha:g} chosen on {len(train_titles) // baselines.HOLDOUT_EVERY} held-out train titles "
-                  f"(their top-1 {f.holdout_accuracy:.4f}), {f.epochs} epochs", flush=True)
+                  f"({held_out}), {f.epochs} epochs", flush=True)
 
 
 if __name__ == "__main__":
