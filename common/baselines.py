@@ -301,11 +301,19 @@ class TfidfSvm:
         weights /= np.float32(self._steps)
         return weights, self._bias_sum / np.float32(self._steps)
 
-    def _holdout_accuracy(self, spill: _Spill, weights: np.ndarray, bias: np.ndarray) -> float:
+    def _averaged_decision(self, x) -> np.ndarray:
+        """x's decision values by the averaged weights (the current ones before averaging starts), without
+        making them: (c · xW − xV) / steps, two products of x instead of a copy of the weights."""
+        if self._average is None or not self._steps:
+            return self.scale * np.asarray(x @ self.weights) + self.bias + self._unseen
+        averaged = self._scales * np.asarray(x @ self.weights) - np.asarray(x @ self._average)
+        return (averaged + self._bias_sum) / np.float32(self._steps) + self._unseen
+
+    def _holdout_accuracy(self, spill: _Spill) -> float:
         right = held = 0
         for path in spill.holdout:
             counts, labels = spill.load(path, self.vectorizer.n_features)
-            decision = self._decision(self.vectorizer.weigh(counts), weights, bias)
+            decision = self._averaged_decision(self.vectorizer.weigh(counts))
             right += int(np.sum(decision.argmax(axis=-1) == labels))
             held += len(labels)
         return right / held
@@ -332,10 +340,10 @@ class TfidfSvm:
                 for start in range(0, len(labels), STEP_SIZE):
                     self._step(x[start:start + STEP_SIZE], labels[start:start + STEP_SIZE], alpha)
             # Too few titles to hold any out: every epoch counts as better, and the last is kept.
-            state = self._averaged()
-            accuracy = self._holdout_accuracy(spill, *state) if spill.holdout else epoch
+            accuracy = self._holdout_accuracy(spill) if spill.holdout else epoch
             if accuracy > best:
-                best, best_epoch, best_state = accuracy, epoch, state
+                best_state = None  # freed before the new copy is made: one copy of the weights fewer at the peak
+                best, best_epoch, best_state = accuracy, epoch, self._averaged()
             elif epoch - best_epoch >= PATIENCE:
                 break
         self.weights, self.bias = best_state
