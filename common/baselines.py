@@ -15,7 +15,7 @@ Memory is set by the number of classes, never by the number of products: the tit
 hashed into n-gram counts as they come and spilled to a temporary directory in chunks (about 1.2 KB a
 title on disk), which each epoch reads back a chunk at a time; the weights are hashed features × classes
 float32 within WEIGHT_BUDGET_BYTES, so the hash space shrinks as the classes grow (2^20 features up to 64
-classes, about 12,000 at 5,600), held a few times (the training weights, their running average, the best
+classes, about 12,000 at 5,600), held about four times (the training weights, their running average, the best
 epoch's and the best α's). Time is products × classes × n-grams a title per epoch, times the α tried.
 
 The regularisation α is chosen on the training titles only: every tenth is held out, each α of ALPHAS
