@@ -11,14 +11,21 @@ Two users of one definition: the benchmark (a row of its tables) and the evaluat
 pipeline run (the candidate beside it on the same eval products, and optionally a gate on it), so a
 fused title+photo model shows on each catalog whether it earns its cost.
 
-Memory is set by the number of classes, never by the number of products: the titles are streamed
-(one pass counts document frequencies, each epoch reads them again), and the weights are hashed
-features × classes float32 within WEIGHT_BUDGET_BYTES, so the hash space shrinks as the classes grow
-(2^20 features up to 64 classes, about 12,000 at 5,600). Time is products × classes × n-grams a title
-per epoch; a held-out share of the training titles stops the epochs when its accuracy stops rising.
+Memory is set by the number of classes, never by the number of products: the titles are read once,
+hashed into n-gram counts as they come and spilled to a temporary directory in chunks (about 1.2 KB a
+title on disk), which each epoch reads back a chunk at a time; the weights are hashed features × classes
+float32 within WEIGHT_BUDGET_BYTES, so the hash space shrinks as the classes grow (2^20 features up to 64
+classes, about 12,000 at 5,600), held about four times (the training weights, their running average, the best
+epoch's and the best α's). Time is products × classes × n-grams a title per epoch, times the α tried.
+
+The regularisation α is chosen on the training titles only: every tenth is held out, each α of ALPHAS
+trains with early stopping on them, and the best there is kept; the weights are averaged over the SGD
+steps from the second epoch (Polyak–Ruppert), which is what is scored.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 
@@ -39,10 +46,15 @@ MAX_EPOCHS = 15
 # not improving for PATIENCE epochs ends training, and the best epoch's weights are kept.
 HOLDOUT_EVERY = 10
 PATIENCE = 3
+# The weights are averaged over every SGD step from this epoch on (the first epoch's steps are the largest).
+AVERAGE_FROM = 2
 BATCH_SIZE = 256  # titles a batch, when they are given as lists
-# The L2 regularisation, chosen on the two shared catalogs (docs/scale.md): larger than scikit-learn's
-# default 1e-4, as LinearSVC's C=1 on a few thousand titles is.
-ALPHA = 3e-4
+# The L2 regularisation strengths tried, strongest first; the one best on the held-out titles is kept.
+ALPHAS = (1e-3, 3e-4, 1e-4)
+# Past this many training titles × classes seen, each α is compared after PILOT_EPOCHS epochs (a full
+# training each would multiply the baseline's time by the α tried).
+FULL_GRID_COST = 2_000_000
+PILOT_EPOCHS = 2
 STEP_SIZE = 8  # titles an SGD step
 SHUFFLE_BUFFER = 8192  # titles shuffled together: a catalog's order groups similar products
 _WORD_NGRAMS, _CHAR_NGRAMS = (1, 2), (2, 5)
@@ -58,161 +70,285 @@ def hashed_features(num_classes: int, budget_bytes: int = WEIGHT_BUDGET_BYTES) -
 
 class HashedTfidf:
     """Titles → [titles, n_features] float32 CSR: sublinear-tf × idf of hashed word and char_wb n-grams,
-    the word half and the char half each L2-normalised (as a union of two TfidfVectorizers is). The idf is
-    counted in one streamed pass (`fit`): a vector of n_features document frequencies."""
+    the word half and the char half each L2-normalised (as a union of two TfidfVectorizers is). `counts`
+    hashes titles into raw n-gram counts; `add_documents` counts their document frequencies and `finish`
+    turns those into the idf (a vector of n_features); `weigh` turns counts into the features, so titles
+    hashed once can be weighed again every epoch."""
 
     def __init__(self, n_features: int):
         from sklearn.feature_extraction.text import HashingVectorizer
 
-        half = n_features // 2
+        self.half = n_features // 2
         common = dict(alternate_sign=False, norm=None, dtype=np.float32)
         self.halves = (
-            HashingVectorizer(analyzer="word", ngram_range=_WORD_NGRAMS, n_features=half, **common),
-            HashingVectorizer(analyzer="char_wb", ngram_range=_CHAR_NGRAMS, n_features=n_features - half, **common),
+            HashingVectorizer(analyzer="word", ngram_range=_WORD_NGRAMS, n_features=self.half, **common),
+            HashingVectorizer(analyzer="char_wb", ngram_range=_CHAR_NGRAMS, n_features=n_features - self.half,
+                              **common),
         )
         self.n_features = n_features
         self.idf = None
+        self._documents, self._frequencies = 0, np.zeros(n_features, np.int64)
 
-    def _counts(self, titles: list[str]):
+    def counts(self, titles: list[str]):
+        """[titles, n_features] CSR of raw n-gram counts, the word half's columns first; each row's columns
+        unique and sorted (a step of the SGD relies on it)."""
         import scipy.sparse
 
-        return [scipy.sparse.csr_matrix(v.transform(titles)) for v in self.halves]
+        counts = scipy.sparse.hstack([v.transform(titles) for v in self.halves], format="csr", dtype=np.float32)
+        counts.sum_duplicates()
+        return counts
 
-    def fit(self, title_batches: Iterable[list[str]]) -> HashedTfidf:
-        documents = 0
-        frequencies = [np.zeros(v.n_features, np.int64) for v in self.halves]
-        for titles in title_batches:
-            documents += len(titles)
-            for counts, frequency in zip(self._counts(titles), frequencies):
-                frequency += np.bincount(counts.indices, minlength=len(frequency))
+    def add_documents(self, counts) -> None:
+        self._documents += counts.shape[0]
+        self._frequencies += np.bincount(counts.indices, minlength=self.n_features)
+
+    def finish(self) -> HashedTfidf:
         # scikit-learn's smooth idf: as if one more document held every n-gram once.
-        self.idf = [(np.log((1 + documents) / (1 + f)) + 1).astype(np.float32) for f in frequencies]
+        self.idf = (np.log((1 + self._documents) / (1 + self._frequencies)) + 1).astype(np.float32)
         return self
 
-    def transform(self, titles: list[str]):
-        import scipy.sparse
-        from sklearn.preprocessing import normalize
+    def fit(self, title_batches: Iterable[list[str]]) -> HashedTfidf:
+        for titles in title_batches:
+            self.add_documents(self.counts(titles))
+        return self.finish()
 
-        parts = []
-        for counts, idf in zip(self._counts(titles), self.idf):
-            counts.data = (1 + np.log(counts.data)) * idf[counts.indices]
-            parts.append(normalize(counts))
-        return scipy.sparse.hstack(parts, format="csr", dtype=np.float32)
+    def weigh(self, counts):
+        """Raw counts (as `counts` gives them) → the features: (1 + log tf) × idf, each half L2-normalised."""
+        x = counts.copy()
+        x.data = (1 + np.log(x.data)) * self.idf[x.indices]
+        rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+        word = x.indices < self.half
+        squares = x.data.astype(np.float64) ** 2
+        norms = [np.sqrt(np.bincount(rows[part], squares[part], minlength=x.shape[0])) for part in (word, ~word)]
+        x.data /= np.where(word, norms[0][rows], norms[1][rows]).astype(np.float32)
+        return x
+
+    def transform(self, titles: list[str]):
+        return self.weigh(self.counts(titles))
 
 
 def _in_batches(titles: list[str], labels: np.ndarray, size: int = BATCH_SIZE) -> Batches:
     return lambda: ((titles[i:i + size], labels[i:i + size]) for i in range(0, len(titles), size))
 
 
+class _Spill:
+    """The training titles hashed once into raw n-gram counts, kept in a temporary directory in chunks of
+    SHUFFLE_BUFFER titles (about 1.2 KB a title): each epoch reads them back a chunk at a time, so memory
+    holds one chunk and the titles are neither kept nor hashed again. Every HOLDOUT_EVERY-th title (by its
+    position in the stream, so the batching does not matter) goes to the held-out chunks."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.train, self.holdout = [], []
+
+    def _save(self, counts, labels: np.ndarray, kind: list) -> None:
+        if not len(labels):
+            return
+        path = os.path.join(self.directory, f"{len(self.train) + len(self.holdout)}.npz")
+        np.savez(path, data=counts.data, indices=counts.indices, indptr=counts.indptr, labels=labels)
+        kind.append(path)
+
+    def add(self, counts, labels: np.ndarray, first: int) -> None:
+        held_out = (first + np.arange(len(labels))) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+        self._save(counts[~held_out], labels[~held_out], self.train)
+        self._save(counts[held_out], labels[held_out], self.holdout)
+
+    @staticmethod
+    def load(path: str, n_features: int):
+        import scipy.sparse
+
+        with np.load(path) as chunk:
+            counts = scipy.sparse.csr_matrix((chunk["data"], chunk["indices"], chunk["indptr"]),
+                                             shape=(len(chunk["indptr"]) - 1, n_features))
+            return counts, chunk["labels"]
+
+
 class TfidfSvm:
     """The fitted baseline: titles → decision values of every class of the label vocabulary.
 
     `TfidfSvm(titles, labels, num_classes)` fits on lists in memory; `TfidfSvm.streamed(batches,
-    num_classes)` on `batches()`, an iterable of (titles, label ids) read once per epoch and once more for
-    the idf, so that memory holds one batch at a time."""
+    num_classes)` on `batches()`, an iterable of (titles, label ids) read once, so that memory holds one
+    batch at a time. The L2 regularisation α is chosen among `alphas` on the held-out titles (a tenth of
+    the training ones): each is trained with early stopping, and the one whose best epoch is best there is
+    kept (`alpha`, `holdout_accuracy`); the titles being evaluated never take part."""
 
-    def __init__(self, titles: list[str], labels: np.ndarray, num_classes: int):
-        self._fit(_in_batches(list(titles), np.asarray(labels)), num_classes)
+    def __init__(self, titles: list[str], labels: np.ndarray, num_classes: int, alphas: tuple[float, ...] = ALPHAS):
+        self._fit(_in_batches(list(titles), np.asarray(labels)), num_classes, alphas)
 
     @classmethod
-    def streamed(cls, batches: Batches, num_classes: int) -> TfidfSvm:
+    def streamed(cls, batches: Batches, num_classes: int, alphas: tuple[float, ...] = ALPHAS) -> TfidfSvm:
         baseline = cls.__new__(cls)
-        baseline._fit(batches, num_classes)
+        baseline._fit(batches, num_classes, alphas)
         return baseline
 
-    def _fit(self, batches: Batches, num_classes: int) -> None:
+    def _fit(self, batches: Batches, num_classes: int, alphas: tuple[float, ...]) -> None:
         started = time.monotonic()
+        if not alphas or min(alphas) <= 0:
+            raise ValueError(f"the tfidf_svm baseline needs positive regularisation strengths, got {alphas}")
         self.num_classes = num_classes
-        seen = np.zeros(num_classes, bool)
-        train_products = 0
-        for titles, labels in batches():
-            if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-                raise ValueError(f"label ids must be in [0, {num_classes}), got {labels.min()}..{labels.max()}")
-            seen[labels] = True
-            train_products += len(titles)
-        if not train_products:
-            raise ValueError("the tfidf_svm baseline has no training titles")
-        self.train_products = train_products
-        self.seen = seen
-        self.vectorizer = HashedTfidf(hashed_features(num_classes)).fit(titles for titles, _ in batches())
-        self.weights = np.zeros([self.vectorizer.n_features, num_classes], np.float32)
-        self.bias = np.zeros([num_classes], np.float32)
-        self._unseen = np.where(seen, 0.0, -np.inf).astype(np.float32)
-        self.epochs = self._train(batches) if seen.sum() > 1 else 0
+        self.vectorizer = HashedTfidf(hashed_features(num_classes))
+        with tempfile.TemporaryDirectory(prefix="tfidf_svm-") as directory:
+            spill = self._read(batches, _Spill(directory))
+            self.vectorizer.finish()
+            self._unseen = np.where(self.seen, 0.0, -np.inf).astype(np.float32)
+            self.alpha, self.holdout_accuracy, self.epochs = alphas[len(alphas) // 2], None, 0
+            self.weights = np.zeros([self.vectorizer.n_features, num_classes], np.float32)
+            self.bias = np.zeros([num_classes], np.float32)
+            if self.seen.sum() > 1:
+                self._choose_alpha(spill, alphas)
         self.fit_seconds = time.monotonic() - started
+
+    def _read(self, batches: Batches, spill: _Spill) -> _Spill:
+        """The one pass over the batches: checks the labels, counts the classes seen and the document
+        frequencies, hashes the titles into the spill a chunk at a time."""
+        self.seen = np.zeros(self.num_classes, bool)
+        self.train_products = 0
+        buffer, buffer_labels = [], []
+
+        def hash_buffer():
+            counts = self.vectorizer.counts(buffer)
+            self.vectorizer.add_documents(counts)
+            spill.add(counts, np.concatenate(buffer_labels), self.train_products - len(buffer))
+
+        for titles, labels in batches():
+            labels = np.asarray(labels, np.int64)
+            if len(labels) != len(titles):
+                raise ValueError(f"a batch of {len(titles)} titles came with {len(labels)} labels")
+            if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise ValueError(f"label ids must be in [0, {self.num_classes}), got {labels.min()}..{labels.max()}")
+            self.seen[labels] = True
+            self.train_products += len(titles)
+            buffer += list(titles)
+            buffer_labels.append(labels)
+            if len(buffer) >= SHUFFLE_BUFFER:
+                hash_buffer()
+                buffer, buffer_labels = [], []
+        if buffer:
+            hash_buffer()
+        if not self.train_products:
+            raise ValueError("the tfidf_svm baseline has no training titles")
+        return spill
 
     def _decision(self, x, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
         return np.asarray(x @ weights) + bias + self._unseen
 
-    def _step(self, x, labels: np.ndarray) -> None:
-        """One SGD step of Crammer–Singer's hinge with L2 regularisation `ALPHA` (scikit-learn's SGD
-        schedule, rate 1 / (ALPHA (t0 + t)) at the t-th title): where the best wrong class comes within a
+    def _choose_alpha(self, spill: _Spill, alphas: tuple[float, ...]) -> None:
+        """Trains one model per α and keeps the one best on the held-out chunks (the first of equals, so
+        list the α from strongest: with too few titles to hold any out, the middle one is kept). Where
+        training titles × classes exceed FULL_GRID_COST, each α trains PILOT_EPOCHS epochs only, and the
+        chosen one is then trained to the end."""
+        if not spill.holdout:
+            alphas = (self.alpha,)
+        pilot = len(alphas) > 1 and self.train_products * int(self.seen.sum()) > FULL_GRID_COST
+        best = None
+        for alpha in alphas:
+            accuracy, epochs = self._train(spill, alpha, PILOT_EPOCHS if pilot else MAX_EPOCHS)
+            if best is None or accuracy > best[0]:
+                best = accuracy, epochs, alpha, self.weights, self.bias
+        accuracy, self.epochs, self.alpha, self.weights, self.bias = best
+        if pilot:
+            accuracy, self.epochs = self._train(spill, self.alpha, MAX_EPOCHS)
+        self.holdout_accuracy = accuracy if spill.holdout else None
+
+    def _step(self, x, labels: np.ndarray, alpha: float) -> None:
+        """One SGD step of Crammer–Singer's hinge with L2 regularisation `alpha` (scikit-learn's SGD
+        schedule, rate 1 / (alpha (t0 + t)) at the t-th title): where the best wrong class comes within a
         margin of 1 of the true one, the title's n-grams move towards the true class and away from that wrong
         one. The weights are `scale * weights`, so shrinking them all costs one number, and a step touches
         two columns of the rows the batch's n-grams hash to: the batch's size, not the weights'."""
-        rate = 1.0 / (ALPHA * (self._t0 + self.seen_titles))
+        rate = 1.0 / (alpha * (self._t0 + self.seen_titles))
         self.seen_titles += len(labels)
         decision = self.scale * np.asarray(x @ self.weights) + self.bias + self._unseen
         rows = np.arange(len(labels))
         true = decision[rows, labels]
         decision[rows, labels] = -np.inf
         rival = decision.argmax(axis=-1)
-        violated = decision[rows, rival] + 1.0 > true
-        self.scale *= float((1.0 - rate * ALPHA) ** len(labels))
-        if violated.any():
-            x = x[violated]
-            per_row = np.diff(x.indptr)
-            cells = (np.concatenate([x.indices, x.indices]),
-                     np.concatenate([np.repeat(labels[violated], per_row), np.repeat(rival[violated], per_row)]))
-            np.add.at(self.weights, cells, np.concatenate([x.data, -x.data]) * (rate / self.scale))
-            moves = np.repeat(np.float32([rate, -rate]) * 0.01, violated.sum())
-            np.add.at(self.bias, np.concatenate([labels[violated], rival[violated]]), moves)
+        violated = np.flatnonzero(decision[rows, rival] + 1.0 > true)
+        self.scale *= float((1.0 - rate * alpha) ** len(labels))
+        move = rate / self.scale
+        averaging = self._average is not None
+        for row in violated:  # a row's columns are unique, so each row is one fancy-indexed update
+            columns = x.indices[x.indptr[row]:x.indptr[row + 1]]
+            values = x.data[x.indptr[row]:x.indptr[row + 1]]
+            for column, sign in ((labels[row], 1.0), (rival[row], -1.0)):
+                self.weights[columns, column] += values * np.float32(sign * move)
+                if averaging:
+                    self._average[columns, column] += values * np.float32(sign * move * self._scales)
+            self.bias[labels[row]] += np.float32(rate * 0.01)
+            self.bias[rival[row]] -= np.float32(rate * 0.01)
+        if averaging:
+            self._scales += self.scale
+            self._bias_sum += self.bias
+            self._steps += 1
         if self.scale < 1e-6:
-            self.weights *= self.scale
+            self.weights *= np.float32(self.scale)
+            self._scales /= self.scale
             self.scale = 1.0
 
-    def _train(self, batches: Batches) -> int:
-        """SGD epochs over the batches' titles but every HOLDOUT_EVERY-th, shuffled within a buffer of
-        SHUFFLE_BUFFER titles (a catalog's order groups similar products); returns how many ran, keeping the
-        weights of the epoch best on the held-out titles (each scored as the pass reaches it)."""
-        typical = np.sqrt(1.0 / np.sqrt(ALPHA))  # scikit-learn's "optimal" schedule's start
-        self._t0, self.seen_titles, self.scale = 1.0 / (ALPHA * typical), 0, 1.0
+    def _start_averaging(self) -> None:
+        """From here on the weights averaged over the steps are kept as well (Polyak–Ruppert averaging),
+        lazily: with w = scale · W and c the sum of the scales so far, Σ w = c · W − V, where each sparse
+        change ΔW adds c · ΔW to V; so a step still costs only the cells it changes."""
+        self._average = np.zeros_like(self.weights)
+        self._bias_sum = np.zeros_like(self.bias)
+        self._scales, self._steps = 0.0, 0
+
+    def _averaged(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._average is None or not self._steps:
+            return self.weights * np.float32(self.scale), self.bias.copy()
+        weights = self.weights * np.float32(self._scales)
+        weights -= self._average
+        weights /= np.float32(self._steps)
+        return weights, self._bias_sum / np.float32(self._steps)
+
+    def _averaged_decision(self, x) -> np.ndarray:
+        """x's decision values by the averaged weights (the current ones before averaging starts), without
+        making them: (c · xW − xV) / steps, two products of x instead of a copy of the weights."""
+        if self._average is None or not self._steps:
+            return self.scale * np.asarray(x @ self.weights) + self.bias + self._unseen
+        averaged = self._scales * np.asarray(x @ self.weights) - np.asarray(x @ self._average)
+        return (averaged + self._bias_sum) / np.float32(self._steps) + self._unseen
+
+    def _holdout_accuracy(self, spill: _Spill) -> float:
+        right = held = 0
+        for path in spill.holdout:
+            counts, labels = spill.load(path, self.vectorizer.n_features)
+            decision = self._averaged_decision(self.vectorizer.weigh(counts))
+            right += int(np.sum(decision.argmax(axis=-1) == labels))
+            held += len(labels)
+        return right / held
+
+    def _train(self, spill: _Spill, alpha: float, max_epochs: int) -> tuple[float, int]:
+        """SGD epochs at `alpha` from zero weights over the training chunks, the chunks and the titles in
+        each shuffled anew every epoch; returns the held-out accuracy of the best epoch and how many epochs
+        ran, leaving that epoch's weights in `weights` and `bias`. Accuracy there not improving for PATIENCE
+        epochs ends the training."""
+        typical = np.sqrt(1.0 / np.sqrt(alpha))  # scikit-learn's "optimal" schedule's start
+        self._t0, self.seen_titles, self.scale = 1.0 / (alpha * typical), 0, 1.0
+        self.weights = np.zeros([self.vectorizer.n_features, self.num_classes], np.float32)
+        self.bias = np.zeros([self.num_classes], np.float32)
+        self._average = None
         random = np.random.default_rng(0)
         best, best_epoch, best_state = -1.0, 0, None
-
-        def learn(titles: list[str], labels: list[np.ndarray]) -> None:
-            # Hashed once for the buffer: a call of the vectorizers costs more than a step's arithmetic.
-            x, labels = self.vectorizer.transform(titles), np.concatenate(labels)
-            order = random.permutation(len(titles))
-            for start in range(0, len(order), STEP_SIZE):
-                chosen = order[start:start + STEP_SIZE]
-                self._step(x[chosen], labels[chosen])
-
-        for epoch in range(1, MAX_EPOCHS + 1):
-            right = held = 0
-            buffer, buffer_labels = [], []
-            for titles, labels in batches():
-                held_out = np.arange(len(titles)) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
-                if held_out.any():
-                    x = self.vectorizer.transform([t for t, out in zip(titles, held_out) if out])
-                    decision = self.scale * np.asarray(x @ self.weights) + self.bias + self._unseen
-                    right += int(np.sum(decision.argmax(axis=-1) == labels[held_out]))
-                    held += int(held_out.sum())
-                buffer += [t for t, out in zip(titles, held_out) if not out]
-                buffer_labels.append(labels[~held_out])
-                if len(buffer) >= SHUFFLE_BUFFER:
-                    learn(buffer, buffer_labels)
-                    buffer, buffer_labels = [], []
-            if buffer:
-                learn(buffer, buffer_labels)
+        for epoch in range(1, max_epochs + 1):
+            if epoch == AVERAGE_FROM:
+                self._start_averaging()
+            for chunk in random.permutation(len(spill.train)):
+                counts, labels = spill.load(spill.train[chunk], self.vectorizer.n_features)
+                order = random.permutation(len(labels))
+                x, labels = self.vectorizer.weigh(counts[order]), labels[order]
+                for start in range(0, len(labels), STEP_SIZE):
+                    self._step(x[start:start + STEP_SIZE], labels[start:start + STEP_SIZE], alpha)
             # Too few titles to hold any out: every epoch counts as better, and the last is kept.
-            accuracy = right / held if held else epoch
+            accuracy = self._holdout_accuracy(spill) if spill.holdout else epoch
             if accuracy > best:
-                best, best_epoch, best_state = accuracy, epoch, (self.weights * np.float32(self.scale), self.bias.copy())
+                best_state = None  # freed before the new copy is made: one copy of the weights fewer at the peak
+                best, best_epoch, best_state = accuracy, epoch, self._averaged()
             elif epoch - best_epoch >= PATIENCE:
                 break
         self.weights, self.bias = best_state
-        return epoch
+        self.scale, self._average = 1.0, None
+        return best, epoch
 
     def scores(self, titles: list[str]) -> np.ndarray:
         """[len(titles), num_classes]: decision values; -inf for the classes the fit never saw, so they are

@@ -49,7 +49,7 @@ def split_catalog(path: str, label_column: str, title_column: str, id_column: st
     names = sorted({label for _, label in parts[features.TRAIN_SPLIT]})
     ids = {name: i for i, name in enumerate(names)}
     oov = len(names)  # eval labels never seen in train: a class no baseline can predict
-    return {split: ([t for t, _ in pairs], np.array([ids.get(label, oov) for _, label in pairs]))
+    return {split: ([t for t, _ in pairs], np.array([ids.get(label, oov) for _, label in pairs], np.int64))
             for split, pairs in parts.items()}, len(names) + 1
 
 
@@ -77,8 +77,13 @@ def main() -> None:
     (train_titles, train_labels), (eval_titles, eval_labels) = data[features.TRAIN_SPLIT], data[features.EVAL_SPLIT]
     print(f"{args.catalog}: {len(train_titles)} train, {len(eval_titles)} eval products, {num_classes} classes")
     before = peak_rss_gib()
-    runs = {"old": lambda: linear_svc_scores(train_titles, train_labels, eval_titles, num_classes),
-            "new": lambda: baselines.TfidfSvm(train_titles, train_labels, num_classes).scores(eval_titles)}
+    fitted = {}
+
+    def new():
+        fitted["new"] = baselines.TfidfSvm(train_titles, train_labels, num_classes)
+        return fitted["new"].scores(eval_titles)
+
+    runs = {"old": lambda: linear_svc_scores(train_titles, train_labels, eval_titles, num_classes), "new": new}
     for name, run in runs.items():
         if args.only and name != args.only:
             continue
@@ -90,6 +95,11 @@ def main() -> None:
         m = counts.metrics()
         print(f"{name}: top-1 {m['top1_accuracy']:.4f} top-5 {m['top5_accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} "
               f"fit+score {seconds:.1f} s ({cpu:.1f} s CPU), peak RSS {peak_rss_gib():.2f} GiB (before {before:.2f})", flush=True)
+        if name in fitted:
+            f = fitted[name]
+            held_out = "none held out" if f.holdout_accuracy is None else f"held-out top-1 {f.holdout_accuracy:.4f}"
+            print(f"  α {f.alpha:g} chosen on {len(train_titles) // baselines.HOLDOUT_EVERY} held-out train titles "
+                  f"({held_out}), {f.epochs} epochs", flush=True)
 
 
 if __name__ == "__main__":

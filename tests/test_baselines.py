@@ -33,7 +33,7 @@ def test_the_fitted_size_does_not_grow_with_the_products():
     assert (small.train_products, large.train_products) == (60, 600)
 
 
-def test_it_streams_reading_the_batches_once_per_pass_and_never_keeping_them():
+def test_it_reads_the_batches_once_and_never_keeps_them():
     titles, labels = _catalog(400, 40)
     passes, held = [], []
 
@@ -45,9 +45,86 @@ def test_it_streams_reading_the_batches_once_per_pass_and_never_keeping_them():
             yield titles[start:start + 50], labels[start:start + 50]
 
     baseline = TfidfSvm.streamed(batches, num_classes=40)
-    # One pass counts the titles and classes, one the document frequencies, then one per epoch.
-    assert len(passes) == 2 + baseline.epochs and all(p == 8 for p in passes)
+    # One pass: the titles are hashed as they come, and each epoch reads the hashed counts back from disk.
+    assert passes == [8]
     assert baseline.train_products == 400 and 1 <= baseline.epochs <= baselines.MAX_EPOCHS
+    # Fed in other batches, the same titles give the same model: the hold-out and the shuffle follow the
+    # titles' positions, not the batches.
+    again = TfidfSvm(titles, labels, num_classes=40)
+    np.testing.assert_array_equal(again.weights, baseline.weights)
+    assert (again.alpha, again.epochs) == (baseline.alpha, baseline.epochs)
+
+
+def test_the_tfidf_is_scikit_learns_on_each_hashed_half():
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    titles = ["Red cotton shirt", "blue denim shirt for men", "shirt shirt shirt", "", "Ünïcode wallet 42"]
+    tfidf = baselines.HashedTfidf(2**12).fit([titles[:3], titles[3:]])
+    mine = tfidf.transform(titles + ["an unseen title"]).toarray()
+    expected = []
+    for vectorizer in tfidf.halves:
+        transformer = TfidfTransformer(sublinear_tf=True).fit(vectorizer.transform(titles))
+        expected.append(transformer.transform(vectorizer.transform(titles + ["an unseen title"])).toarray())
+    np.testing.assert_allclose(mine, np.hstack(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_the_regularisation_is_chosen_on_the_held_out_training_titles():
+    titles, labels = _catalog(600, 20)
+    # α = 10 shrinks every weight to nothing at each step: it cannot be best on the held-out titles.
+    baseline = TfidfSvm(titles, labels, num_classes=20, alphas=(10.0, 1e-3))
+    assert baseline.alpha == 1e-3
+    held_out = np.arange(600) % baselines.HOLDOUT_EVERY == baselines.HOLDOUT_EVERY - 1
+    right = baseline.scores([t for t, h in zip(titles, held_out) if h]).argmax(axis=-1) == labels[held_out]
+    assert baseline.holdout_accuracy == pytest.approx(right.mean()) and baseline.holdout_accuracy > 0.9
+    alone = TfidfSvm(titles, labels, num_classes=20, alphas=(10.0,))
+    assert alone.alpha == 10.0 and alone.holdout_accuracy < baseline.holdout_accuracy
+    with pytest.raises(ValueError, match="positive regularisation"):
+        TfidfSvm(titles, labels, num_classes=20, alphas=(0.0,))
+
+
+def test_large_fits_compare_each_alpha_after_a_few_epochs_then_train_the_chosen_one(monkeypatch):
+    titles, labels = _catalog(600, 20)
+    trained = []
+    original = TfidfSvm._train
+
+    def recording(self, spill, alpha, max_epochs):
+        trained.append((alpha, max_epochs))
+        return original(self, spill, alpha, max_epochs)
+
+    monkeypatch.setattr(TfidfSvm, "_train", recording)
+    monkeypatch.setattr(baselines, "FULL_GRID_COST", 600 * 20 - 1)
+    baseline = TfidfSvm(titles, labels, num_classes=20, alphas=(10.0, 1e-3))
+    pilot = baselines.PILOT_EPOCHS
+    assert trained == [(10.0, pilot), (1e-3, pilot), (1e-3, baselines.MAX_EPOCHS)] and baseline.alpha == 1e-3
+
+
+def test_the_averaged_weights_are_the_mean_of_every_step_since_averaging_began():
+    titles, labels = _catalog(200, 5)
+    model = TfidfSvm.__new__(TfidfSvm)
+    model.num_classes, model._unseen = 5, np.zeros(5, np.float32)
+    model.vectorizer = baselines.HashedTfidf(256).fit([titles])
+    alpha = 1e-2
+    model._t0, model.seen_titles, model.scale, model._average = 50.0, 0, 1.0, None
+    model.weights, model.bias = np.zeros([256, 5], np.float32), np.zeros(5, np.float32)
+    x = model.vectorizer.transform(titles)
+    for start in range(0, 40, 8):
+        model._step(x[start:start + 8], labels[start:start + 8], alpha)
+    # The same weights held at a scale about to be folded into them (it is, a few steps on).
+    model.weights /= np.float32(2e-6)
+    model.scale *= 2e-6
+    model._start_averaging()
+    weights, biases, scales = [], [], []
+    for _ in range(30):
+        for start in range(0, 200, 8):
+            model._step(x[start:start + 8], labels[start:start + 8], alpha)
+            weights.append(model.weights * model.scale)
+            biases.append(model.bias.copy())
+            scales.append(model.scale)
+    assert max(scales) > 1e-3  # folded into the weights: the scale started again from 1
+    averaged_weights, averaged_bias = model._averaged()
+    np.testing.assert_allclose(averaged_weights, np.mean(weights, axis=0), atol=1e-5)
+    np.testing.assert_allclose(averaged_bias, np.mean(biases, axis=0), atol=1e-6)
+    assert not np.allclose(averaged_weights, weights[-1], atol=1e-3)  # not merely the last step's
 
 
 def test_it_learns_titles_that_name_their_class_at_many_classes():

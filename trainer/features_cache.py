@@ -80,7 +80,7 @@ def _int_feature(value: int) -> tf.train.Feature:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
 
 
-def _examples(encoded: dict, labels: np.ndarray, ids: np.ndarray, masks: np.ndarray):
+def serialized_examples(encoded: dict, labels: np.ndarray, ids: np.ndarray, masks: np.ndarray):
     """One serialized tf.Example per product of an encoded batch."""
     top = features.TEXT_HIDDEN_KEY in encoded
     for row, (label, product_id) in enumerate(zip(labels, ids)):
@@ -102,7 +102,7 @@ def _examples(encoded: dict, labels: np.ndarray, ids: np.ndarray, masks: np.ndar
 
 def write_frozen_records(batches, split_dir: str) -> int:
     """Writes ({TEXT_FEATURES_KEY, IMAGE_FEATURES_KEY}, labels, ids) batches as a frozen-form split."""
-    return _write_split(((encoded, labels, ids, None) for encoded, labels, ids in batches), split_dir, "")[0]
+    return _write_split(((encoded, labels, ids, None, None) for encoded, labels, ids in batches), split_dir, "")[0]
 
 
 def order_key(product_id: bytes) -> bytes:
@@ -112,24 +112,35 @@ def order_key(product_id: bytes) -> bytes:
     return hashlib.blake2b(product_id, digest_size=8).digest() + product_id
 
 
-def _shard_of(product_id: bytes, shards: int) -> int:
+def shard_of(product_id: bytes, shards: int) -> int:
     return int.from_bytes(order_key(product_id)[:8], "big") % shards
+
+
+def shards_for(products: int) -> int:
+    """How many hash shards a split of `products` is ordered in."""
+    return max(1, math.ceil(products / RECORDS_PER_SHARD))
 
 
 def _record_id(record: bytes) -> bytes:
     return tf.train.Example.FromString(record).features.feature[features.ID_KEY].bytes_list.value[0]
 
 
-def _ordered_copy(source_dir: str, out_dir: str, shards: int) -> None:
-    """The GZIP TFRecords of `source_dir` rewritten into `shards` files of out_dir, each product in
-    the file of a hash of its id and each file sorted by `order_key` (one file held in memory)."""
-    tf.io.gfile.makedirs(out_dir)
-    paths = [os.path.join(out_dir, f"part-{i:05d}{RECORD_SUFFIX}") for i in range(shards)]
+def _shard_dir(out_dir: str, shard: int) -> str:
+    return os.path.join(out_dir, f"shard-{shard:05d}")
+
+
+def _ordered_copy(source_dir: str, out_dir: str, split: str, shards: int) -> None:
+    """The GZIP TFRecords of `source_dir` rewritten into `shards` examples directories under out_dir,
+    each product in the one of a hash of its id (`shard_of`), each file sorted by `order_key` (one
+    file held in memory)."""
+    paths = [os.path.join(_shard_dir(out_dir, i), split, f"part{RECORD_SUFFIX}") for i in range(shards)]
+    for path in paths:
+        tf.io.gfile.makedirs(os.path.dirname(path))
     writers = [tf.io.TFRecordWriter(path, "GZIP") for path in paths]
     try:
         files = sorted(tf.io.gfile.glob(os.path.join(source_dir, "*")))
         for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
-            writers[_shard_of(_record_id(record), shards)].write(record)
+            writers[shard_of(_record_id(record), shards)].write(record)
     finally:
         for writer in writers:
             writer.close()
@@ -141,34 +152,40 @@ def _ordered_copy(source_dir: str, out_dir: str, shards: int) -> None:
                 writer.write(record)
 
 
-def ordered_examples(examples_dir: str, out_dir: str) -> str:
-    """A copy of the examples (train and eval splits) in `order_key` order, in shards of about
+def ordered_examples(examples_dir: str, out_dir: str) -> dict[str, list[str]]:
+    """A copy of the examples (train and eval splits) in `order_key` order, in hash shards of about
     RECORDS_PER_SHARD products: what the encoders read, so that the cache holds the same products
     in the same order, encoded in the same batches (bit for bit the same features), whatever order
-    the preprocess stage wrote them in. Returns out_dir, an examples directory."""
+    the preprocess stage wrote them in. Returns each split's shards, in order: examples directories
+    holding that split only. The Beam cache (trainer/beam_cache.py) writes the same shards."""
     sizes = read_split_sizes(examples_dir)
-    for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
-        _ordered_copy(os.path.join(examples_dir, split), os.path.join(out_dir, split),
-                      max(1, math.ceil(sizes[split] / RECORDS_PER_SHARD)))
-    return out_dir
+    shards = {split: shards_for(sizes[split]) for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT)}
+    for split, count in shards.items():
+        _ordered_copy(os.path.join(examples_dir, split), out_dir, split, count)
+    return {split: [_shard_dir(out_dir, i) for i in range(count)] for split, count in shards.items()}
+
+
+def shard_file(split_dir: str, shard: int) -> str:
+    return os.path.join(split_dir, f"part-{shard:05d}{RECORD_SUFFIX}")
 
 
 def _write_split(batches, split_dir: str, split: str) -> tuple[int, dict]:
-    """Writes (encoded, labels, ids, input masks) batches into split_dir's shards; returns (records,
-    the shapes of one product's outputs). Says how fast it goes every 30 s when `split` is named."""
+    """Writes (encoded, labels, ids, input masks, hash shard) batches into split_dir: a file per hash
+    shard, or where the shard is None a file per RECORDS_PER_SHARD records. Returns (records, the shapes
+    of one product's outputs). Says how fast it goes every 30 s when `split` is named."""
     tf.io.gfile.makedirs(split_dir)
-    count, shard, writer, shapes = 0, 0, None, {}
+    count, shard, writer, shapes = 0, -1, None, {}
     started = last_report = time.monotonic()
     try:
-        for encoded, labels, ids, masks in batches:
+        for encoded, labels, ids, masks, hash_shard in batches:
             encoded = {k: np.asarray(v) for k, v in encoded.items()}
             shapes = {k: list(v.shape[1:]) for k, v in encoded.items()}
-            for example in _examples(encoded, np.asarray(labels), np.asarray(ids), masks):
-                if writer is None or count % RECORDS_PER_SHARD == 0 and count:
+            for example in serialized_examples(encoded, np.asarray(labels), np.asarray(ids), masks):
+                wanted = hash_shard if hash_shard is not None else count // RECORDS_PER_SHARD
+                if wanted != shard:
                     if writer is not None:
                         writer.close()
-                        shard += 1
-                    writer = tf.io.TFRecordWriter(os.path.join(split_dir, f"part-{shard:05d}{RECORD_SUFFIX}"), "GZIP")
+                    shard, writer = wanted, tf.io.TFRecordWriter(shard_file(split_dir, wanted), "GZIP")
                 writer.write(example)
                 count += 1
             if split and time.monotonic() - last_report > 30:
@@ -200,6 +217,39 @@ def cache_features(
     Idempotent: a finished cache of the same encoders, data and splits is reused as it is (its
     metadata is written last, so a killed run leaves none and starts over).
     """
+    splits, wanted, metadata = reusable_cache(examples_dir, transform_graph_dir, cache_dir, model_config, top,
+                                              validation_fraction, splits, data_fingerprint)
+    if metadata is not None:
+        return metadata
+    spec = tft.TFTransformOutput(transform_graph_dir).transformed_feature_spec()
+    encoders = encoder_model(model_config, top=top)
+    encode = tf.function(lambda inputs: encoders(inputs, training=False))
+    sizes, shapes = {}, {}
+    ordered_dir = os.path.join(cache_dir, ORDERED_EXAMPLES_DIR)
+    ordered = ordered_examples(examples_dir, ordered_dir)
+
+    def encoded(split: str):
+        """The split's batches, one hash shard after the other (validation: train's shards)."""
+        source = features.TRAIN_SPLIT if split == features.VALIDATION_SPLIT else split
+        for shard, shard_dir in enumerate(ordered[source]):
+            dataset = data.make_dataset(shard_dir, split, spec, batch_size, model_config.image_size, shuffle=False,
+                                        validation_fraction=validation_fraction, with_ids=True)
+            for inputs, labels, ids in dataset:
+                yield encode(inputs), labels, ids, inputs[features.INPUT_MASK_KEY].numpy(), shard
+
+    for split in splits:
+        sizes[split], split_shapes = _write_split(encoded(split), os.path.join(cache_dir, split), split)
+        shapes = split_shapes or shapes
+    tf.io.gfile.rmtree(ordered_dir)
+    if not shapes:
+        raise ValueError(f"{examples_dir} has no products to cache")
+    return write_metadata(cache_dir, wanted, top, shapes, sizes)
+
+
+def reusable_cache(examples_dir: str, transform_graph_dir: str, cache_dir: str, model_config: ModelConfig, top: bool,
+                   validation_fraction: float, splits: tuple[str, ...], data_fingerprint: str | None):
+    """(the splits to cache, the metadata a cache of them must have, the metadata of a finished cache in
+    `cache_dir` that serves them or None); when None, whatever `cache_dir` held is gone."""
     if not validation_fraction:
         splits = tuple(s for s in splits if s != features.VALIDATION_SPLIT)
     wanted = {
@@ -209,25 +259,14 @@ def cache_features(
         "order": ORDER,
     }
     metadata = _reusable(cache_dir, wanted, top, splits)
-    if metadata is not None:
-        return metadata
-    if tf.io.gfile.exists(cache_dir):
+    if metadata is None and tf.io.gfile.exists(cache_dir):
         tf.io.gfile.rmtree(cache_dir)
-    spec = tft.TFTransformOutput(transform_graph_dir).transformed_feature_spec()
-    encoders = encoder_model(model_config, top=top)
-    encode = tf.function(lambda inputs: encoders(inputs, training=False))
-    sizes, shapes = {}, {}
-    ordered = ordered_examples(examples_dir, os.path.join(cache_dir, ORDERED_EXAMPLES_DIR))
-    for split in splits:
-        dataset = data.make_dataset(ordered, split, spec, batch_size, model_config.image_size, shuffle=False,
-                                    validation_fraction=validation_fraction, with_ids=True)
-        batches = ((encode(inputs), labels, ids, inputs[features.INPUT_MASK_KEY].numpy())
-                   for inputs, labels, ids in dataset)
-        sizes[split], split_shapes = _write_split(batches, os.path.join(cache_dir, split), split)
-        shapes = split_shapes or shapes
-    tf.io.gfile.rmtree(ordered)
-    if not shapes:
-        raise ValueError(f"{examples_dir} has no products to cache")
+    return splits, wanted, metadata
+
+
+def write_metadata(cache_dir: str, wanted: dict, top: bool, shapes: dict, sizes: dict) -> dict:
+    """The finished cache's metadata (written last: a cache without it is unfinished); `shapes` are one
+    product's output shapes, `sizes` the products of each split."""
     metadata = {
         **wanted,
         "top": top,

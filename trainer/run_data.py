@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import typing
 
 import tensorflow as tf
@@ -51,10 +52,16 @@ class RunData:
         self.metadata = None
         self._sizes = None
         if train_config.tune in (FROZEN, TOP):
-            self.metadata = features_cache.cache_features(
+            build, beam = features_cache.cache_features, {}
+            if train_config.feature_cache_beam_args:
+                from trainer import beam_cache
+
+                build, beam = beam_cache.cache_features_beam, {
+                    "beam_args": shlex.split(train_config.feature_cache_beam_args)}
+            self.metadata = build(
                 examples_dir=examples_dir, transform_graph_dir=transform_graph_dir, cache_dir=self.cache_dir,
                 model_config=model_config, top=train_config.tune == TOP,
-                validation_fraction=train_config.validation_fraction, data_fingerprint=self.fingerprint,
+                validation_fraction=train_config.validation_fraction, data_fingerprint=self.fingerprint, **beam,
             )
 
     @property

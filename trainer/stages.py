@@ -48,6 +48,9 @@ class TrainConfig:
     log_every_steps: int = 100
     # Each stage keeps its best (by validation top-1) and its last epoch's checkpoints; False keeps every epoch's.
     prune_checkpoints: bool = True
+    # tune frozen / top: "" builds the feature cache in this process; else it is built by the Beam job
+    # (trainer/beam_cache.py) with these Beam options, e.g. "--runner=DirectRunner" or Dataflow's.
+    feature_cache_beam_args: str = ""
     seed: int = 42
 
     def __post_init__(self):

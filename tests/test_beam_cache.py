@@ -1,0 +1,129 @@
+"""The feature cache as a Beam job (trainer/beam_cache.py): the same cache as the in-process one
+(trainer/features_cache.py), read by the trainer unchanged."""
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common import features
+from trainer import beam_cache, features_cache
+from trainer.model import ModelConfig
+
+VALIDATION_FRACTION = 0.25
+PRODUCTS_PER_SHARD = 10
+
+
+@pytest.fixture(scope="module")
+def model_config(tiny_bert_handle):  # only the encoders' fields matter to a cache
+    return ModelConfig(bert_handle=str(tiny_bert_handle), image_weights=None, image_size=32, max_seq_length=24)
+
+
+@pytest.fixture(scope="module")
+def both_caches(small_preprocessed, model_config, tmp_path_factory):
+    """The top-form cache (which holds the frozen form too) built in process and by Beam, with shards of
+    10 products, so that each split spans several hash shards."""
+    root = tmp_path_factory.mktemp("beam_cache")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(features_cache, "RECORDS_PER_SHARD", PRODUCTS_PER_SHARD)
+    common = dict(examples_dir=small_preprocessed.examples_dir, transform_graph_dir=small_preprocessed.transform_graph_dir,
+                  model_config=model_config, top=True, validation_fraction=VALIDATION_FRACTION, batch_size=8)
+    try:
+        in_process = features_cache.cache_features(cache_dir=str(root / "in_process"), **common)
+        # Two worker threads: batches reach the model in another composition and order than in process.
+        beam = beam_cache.cache_features_beam(cache_dir=str(root / "beam"), temp_dir=str(root / "tmp"),
+                                              beam_args=["--direct_num_workers=2"], **common)
+    finally:
+        patch.undo()
+    return root, in_process, beam
+
+
+def _records(cache_dir: str, split: str, metadata: dict) -> dict:
+    """A split's records in file-name order, parsed in both forms: {key: values over the products}."""
+    files = sorted(glob.glob(os.path.join(cache_dir, split, f"*{features_cache.RECORD_SUFFIX}")))
+    spec = features_cache._spec(metadata, features_cache.FROZEN_FORM) | features_cache._spec(
+        metadata, features_cache.TOP_FORM) | {"text_length": tf.io.FixedLenFeature([], tf.int64)}
+    rows = [tf.io.parse_single_example(r, spec) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    out = {key: [row[key].numpy() for row in rows] for key in spec}
+    for key in (features.TEXT_HIDDEN_KEY, features.IMAGE_MAP_KEY):
+        out[key] = [np.frombuffer(value, np.float16).astype(np.float32) for value in out[key]]
+    return out
+
+
+def test_the_beam_cache_holds_the_in_process_caches_products_in_its_order_with_its_features(both_caches):
+    root, in_process, beam = both_caches
+    assert beam == in_process  # the metadata: encoders, data, splits and their sizes, output shapes
+    assert set(in_process["split_sizes"]) == {features.TRAIN_SPLIT, features.VALIDATION_SPLIT, features.EVAL_SPLIT}
+    train_products = in_process["split_sizes"][features.TRAIN_SPLIT] + in_process["split_sizes"][features.VALIDATION_SPLIT]
+    train_shards = -(-train_products // PRODUCTS_PER_SHARD)
+    assert train_shards > 1
+    for split, size in in_process["split_sizes"].items():
+        expected, got = (_records(str(root / name), split, in_process) for name in ("in_process", "beam"))
+        assert size > 0 and len(got[features.ID_KEY]) == size
+        np.testing.assert_array_equal(got[features.ID_KEY], expected[features.ID_KEY])  # same products, same order
+        np.testing.assert_array_equal(got[features.LABEL_ID_KEY], expected[features.LABEL_ID_KEY])
+        np.testing.assert_array_equal(got["text_length"], expected["text_length"])
+        for key in (features.TEXT_FEATURES_KEY, features.IMAGE_FEATURES_KEY):
+            np.testing.assert_allclose(np.stack(got[key]), np.stack(expected[key]), rtol=1e-4, atol=1e-5)
+        for key in (features.TEXT_HIDDEN_KEY, features.IMAGE_MAP_KEY):  # float16: its rounding, at most
+            for mine, theirs in zip(got[key], expected[key]):
+                np.testing.assert_allclose(mine, theirs, rtol=2e-3, atol=2e-3)
+    # The same files: one per hash shard of the split the products come from, none empty.
+    for split in in_process["split_sizes"]:
+        files = sorted(os.listdir(root / "beam" / split))
+        assert files == sorted(os.listdir(root / "in_process" / split))
+    assert 1 < len(os.listdir(root / "beam" / features.TRAIN_SPLIT)) <= train_shards
+
+
+def test_the_trainer_reads_the_beam_cache_in_both_forms(both_caches):
+    root, in_process, _ = both_caches
+    for form in (features_cache.FROZEN_FORM, features_cache.TOP_FORM):
+        ids = {}
+        for name in ("in_process", "beam"):
+            batches = features_cache.make_feature_dataset(str(root / name), features.VALIDATION_SPLIT, 4, shuffle=False,
+                                                          form=form, with_ids=True)
+            ids[name] = sorted(i for _, _, batch_ids in batches for i in batch_ids.numpy())
+        assert ids["beam"] == ids["in_process"] and len(ids["beam"]) == in_process["split_sizes"][features.VALIDATION_SPLIT]
+
+
+def test_a_finished_beam_cache_is_reused_and_an_unfinished_one_built_again(both_caches, small_preprocessed,
+                                                                            model_config, capsys):
+    root, in_process, _ = both_caches
+    common = dict(examples_dir=small_preprocessed.examples_dir, transform_graph_dir=small_preprocessed.transform_graph_dir,
+                  model_config=model_config, validation_fraction=VALIDATION_FRACTION, batch_size=8)
+    # A top cache serves frozen: nothing runs (the in-process cache's folder has no Beam scratch either).
+    assert beam_cache.cache_features_beam(cache_dir=str(root / "beam"), **common) == in_process
+    # A job killed before its end leaves no metadata: its shards are not read, the cache is built anew.
+    unfinished = root / "unfinished"
+    (unfinished / features.TRAIN_SPLIT).mkdir(parents=True)
+    (unfinished / features.TRAIN_SPLIT / "part-00007.tfrecord.gz").write_bytes(b"half a shard")
+    frozen = beam_cache.cache_features_beam(cache_dir=str(unfinished), temp_dir=str(root / "tmp2"), **common)
+    assert not frozen["top"] and frozen["split_sizes"] == in_process["split_sizes"]
+    assert not (unfinished / features.TRAIN_SPLIT / "part-00007.tfrecord.gz").exists()
+
+
+def test_the_command_fails_in_one_line_on_a_missing_examples_directory(tmp_path, capsys):
+    with pytest.raises(SystemExit) as raised:
+        beam_cache.main(["--examples", str(tmp_path / "absent"), "--transform-graph", str(tmp_path / "absent"),
+                         "--cache-dir", str(tmp_path / "cache")])
+    assert str(raised.value).startswith("error: ") and "\n" not in str(raised.value)
+
+
+def test_the_trainer_builds_its_cache_with_beam_when_given_beam_options(small_preprocessed, model_config, tmp_path,
+                                                                       monkeypatch):
+    from trainer.model import FROZEN
+    from trainer.run_data import RunData
+    from trainer.stages import TrainConfig
+
+    def in_process(**kwargs):
+        raise AssertionError("the in-process cache was built")
+
+    monkeypatch.setattr(features_cache, "cache_features", in_process)
+    config = TrainConfig(tune=FROZEN, validation_fraction=VALIDATION_FRACTION,
+                         feature_cache_beam_args="--runner=DirectRunner --direct_running_mode=in_memory")
+    run = RunData(examples_dir=small_preprocessed.examples_dir, transform_graph_dir=small_preprocessed.transform_graph_dir,
+                  work_dir=str(tmp_path), model_config=model_config, train_config=config)
+    assert not run.metadata["top"] and sum(run.metadata["split_sizes"].values()) == 48
+    batches = run.dataset(FROZEN, features.TRAIN_SPLIT, 8)
+    assert sum(len(labels) for _, labels in batches) == run.metadata["split_sizes"][features.TRAIN_SPLIT]
