@@ -217,12 +217,27 @@ def text_models(distinct_preprocessed, tiny_bert_handle, tmp_path_factory) -> di
     return built_once(tmp_path_factory, "text_models", build)
 
 
-# What makes a test slow: a preprocess run or a trained model under it. `-m "not slow"` leaves these
-# tests out (and those marked slow by hand: whole-system runs that build their own).
-HEAVY_FIXTURES = frozenset({"small_preprocessed", "distinct_preprocessed", "text_models"})
+# What makes a test slow: a fixture under it that preprocesses a catalog, trains a model or runs a
+# whole system (seconds to minutes each). `-m "not slow"` leaves these tests out (and those marked
+# slow by hand: whole-system runs that build their own, subprocesses that import TensorFlow).
+HEAVY_FIXTURES = frozenset({"small_preprocessed", "distinct_preprocessed", "text_models", "benchmark_run"})
+
+# Under xdist (pytest.ini: a file per worker, in collection order) these files are handed out first,
+# longest first: the files that train start at once, one per worker, and the short files fill in at
+# the end, instead of one worker training alone after the other has finished.
+FIRST_FILES = (
+    "test_benchmark.py",
+    "test_features_cache.py",
+    "test_train.py",
+    "test_pipeline_local.py",
+    "test_batch_predict.py",
+    "test_gate.py",
+)
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
         if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(FIRST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the others keep their order
