@@ -217,12 +217,64 @@ def text_models(distinct_preprocessed, tiny_bert_handle, tmp_path_factory) -> di
     return built_once(tmp_path_factory, "text_models", build)
 
 
-# What makes a test slow: a preprocess run or a trained model under it. `-m "not slow"` leaves these
-# tests out (and those marked slow by hand: whole-system runs that build their own).
-HEAVY_FIXTURES = frozenset({"small_preprocessed", "distinct_preprocessed", "text_models"})
+# What makes a test slow: a fixture under it that preprocesses a catalog, trains a model, runs a Beam
+# job or a whole system, or runs every documented command (seconds to minutes each). `-m "not slow"`
+# leaves these tests out, and those below and those marked slow by hand.
+HEAVY_FIXTURES = frozenset({"small_preprocessed", "distinct_preprocessed", "text_models", "benchmark_run",
+                            "cli_run", "transform_output", "helps"})
+# Tests slow by their own work, about 3 CPU seconds or more each (measured with scripts/cpu_durations.py):
+# a subprocess that imports TensorFlow, a Beam job, a model trained, exported or converted. Named here
+# rather than marked in their files, so that the quick subset is defined in one place.
+SLOW_TESTS = frozenset({
+    "test_baselines.py::test_it_learns_titles_that_name_their_class_at_many_classes",
+    "test_batch_pipeline_spec.py::test_the_compiled_command_runs_the_shell_with_the_specs_parameters",
+    "test_checkpoints.py::test_a_resumed_run_still_knows_the_best_epoch_of_the_run_it_continues",
+    "test_convert_bert.py::test_minilm_matches_numpy_reference",
+    "test_convert_bert.py::test_tiny_encoder_fine_tunes",
+    "test_convert_efficientnet.py::test_image_encoder_gives_1280_features",
+    "test_convert_efficientnet.py::test_stem_matches_numpy_on_torch_weights",
+    "test_convert_efficientnet.py::test_watch_photos_are_classified_as_watches",
+    "test_dependencies.py::test_importing_a_package_loads_only_what_the_graph_allows",
+    "test_docker.py::test_compiled_push_command_runs_in_a_replica_of_the_component_image",
+    "test_docker.py::test_kfp_config_of_the_images_names_a_module_that_defines_every_compiled_function",
+    "test_docs.py::test_compile_and_submit_commands_compile",
+    "test_encoders.py::test_b0_weights_file_in_keras_hosted_layout_is_normalized_right",
+    "test_encoders.py::test_image_encoders_output_1280_features",
+    "test_evaluation_report.py::test_the_report_embeds_its_four_pictures_as_real_pngs",
+    "test_fusion.py::test_a_model_saved_before_one_class_per_fusion_loads_with_equal_outputs",
+    "test_fusion.py::test_a_saved_model_reloads_its_fusion_layer_and_outputs",
+    "test_lexical.py::test_the_expert_is_scikit_learns_logistic_regression_with_c_chosen_on_validation",
+    "test_lexical.py::test_the_expert_serves_from_a_saved_model_with_core_tensorflow_only",
+    "test_model.py::test_a_fusion_starts_from_the_encoders_of_the_trained_unimodal_models",
+    "test_model.py::test_every_fusion_head_saves_to_a_savedmodel_that_reproduces_it",
+    "test_model.py::test_mean_text_pooling_averages_the_token_outputs_of_the_title_only",
+    "test_pipeline_params.py::test_the_spec_wires_each_task_to_the_parameters_of_its_shell_and_describes_them",
+    "test_preprocess_hostile_rows.py::test_hostile_rows_cost_one_row_each_and_the_job_keeps_every_other_row",
+    "test_push.py::test_a_push_killed_midway_never_shows_tf_serving_a_half_version",
+    "test_routing.py::test_the_attention_weights_follow_the_informative_stream",
+    "test_serving_api.py::test_serve_fails_in_one_line_when_its_port_is_taken",
+    "test_tokenizer.py::test_catalog_matches_tensorflow_text",
+    "test_tokenizer.py::test_every_assigned_code_point_matches_tensorflow_text",
+    "test_tokenizer.py::test_saved_models_run_without_tensorflow_text",
+})
+
+# Under xdist (pytest.ini: a file per worker, in collection order) these files are handed out first,
+# longest first: the files that train start at once, one per worker, and the short files fill in at
+# the end, instead of one worker training alone after the other has finished.
+FIRST_FILES = (
+    "test_benchmark.py",
+    "test_features_cache.py",
+    "test_train.py",
+    "test_pipeline_local.py",
+    "test_batch_predict.py",
+    "test_gate.py",
+)
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if (HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))
+                or f"{item.path.name}::{getattr(item, 'originalname', item.name)}" in SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(FIRST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the others keep their order

@@ -41,7 +41,6 @@ def _cached_ids(out, split):
     return [i.decode() for _, _, ids in dataset for i in ids.numpy()]
 
 
-@pytest.mark.slow
 def test_validation_is_carved_out_of_train_and_eval_is_untouched(benchmark_run):
     root, _ = benchmark_run
     out = root / "out"
@@ -60,7 +59,6 @@ def test_validation_is_carved_out_of_train_and_eval_is_untouched(benchmark_run):
     assert sorted(_cached_ids(out, features.EVAL_SPLIT)) == sorted(preprocessed(features.EVAL_SPLIT))
 
 
-@pytest.mark.slow
 def test_every_model_seed_and_tune_is_reported_consistently(benchmark_run):
     _, results = benchmark_run
     summary, raw = results["summary"], results["raw"]
@@ -92,7 +90,6 @@ def test_every_model_seed_and_tune_is_reported_consistently(benchmark_run):
     assert "## Which stream decided" in markdown
 
 
-@pytest.mark.slow
 def test_the_chosen_learning_rate_and_decision_training_are_the_best_on_validation(benchmark_run):
     _, results = benchmark_run
     for tune in (FROZEN, TOP):
@@ -107,7 +104,6 @@ def test_the_chosen_learning_rate_and_decision_training_are_the_best_on_validati
     assert kinds == {"crossfit", "in_sample"}
 
 
-@pytest.mark.slow
 def test_top_fine_tunes_from_the_frozen_heads_and_the_tuned_blocks_train(benchmark_run):
     root, results = benchmark_run
     work = root / "out" / "runs"
@@ -127,7 +123,6 @@ def test_top_fine_tunes_from_the_frozen_heads_and_the_tuned_blocks_train(benchma
                 assert (tuned / "top" / "done.json").exists() and not (tuned / "head").exists()
 
 
-@pytest.mark.slow
 def test_the_baseline_is_tfidf_svm_on_the_same_titles_and_split(benchmark_run):
     from common.baselines import TfidfSvm
 
