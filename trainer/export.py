@@ -22,7 +22,7 @@ import tensorflow_transform as tft
 import tf_keras as keras
 
 from common import calibration as calibrations
-from common import features
+from common import features, splits
 from common.labels import label_names
 from trainer import data
 from trainer.model import explained_model
@@ -49,13 +49,16 @@ def export_serving_model(
     top_k: int = features.DEFAULT_TOP_K,
     warmup_examples: list[tuple[str, bytes]] = (),
     calibration: calibrations.Calibration | None = None,
-    max_image_pixels: int = features.DEFAULT_MAX_IMAGE_PIXELS,
+    max_image_pixels: int | None = None,
 ) -> str:
     """Writes the SavedModel of `model` (inputs → logits) with the signatures SERVING_SIGNATURE,
     TF_EXAMPLE_SIGNATURE, TRANSFORMED_SIGNATURE, its calibration (None: temperature 1, nothing needs
     review) and, given (title, image bytes) products, its warm-up requests. The raw signatures refuse
     an image whose header declares more than `max_image_pixels` (the preprocess limit) before
-    decoding it; the transformed one refuses token ids outside the text encoder's vocabulary."""
+    decoding it (None: the limit the preprocess run of `tft_output` recorded); the transformed one
+    refuses token ids outside the text encoder's vocabulary."""
+    if max_image_pixels is None:
+        max_image_pixels = splits.read_max_image_pixels(os.path.dirname(tft_output.transform_savedmodel_dir))
     calibration = calibration or calibrations.Calibration()
     names = label_names(tft_output)
     k = min(top_k, len(names))
