@@ -86,6 +86,8 @@ REST_ROWS = [
      "declares 20000x20000 pixels"),
     *[(f"{name}-bomb", {"instances": [_instance(image=bomb)]}, 400, f"declares {w}x{h} pixels")
       for name, bomb, w, h in hostile_images.BOMBS],
+    ("gif-frame-over-screen", {"instances": [_instance(image=hostile_images.gif_frames([(8000, 8000)]))]}, 400,
+     "image_bytes of instance 0 is a GIF whose frames declare 64000000 pixels in all"),
     ("title-nested-64", {"instances": [{features.TITLE_KEY: _nested(64, "x"), features.IMAGE_BYTES_KEY: "x"}]}, 400,
      "instances stack to more than the 64 dimensions"),
     ("image-nested-64", {"instances": [{features.TITLE_KEY: "x", features.IMAGE_BYTES_KEY: _nested(64, {"b64": ""})}]},

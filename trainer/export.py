@@ -24,7 +24,7 @@ import tf_keras as keras
 from common import calibration as calibrations
 from common import features, splits
 from common.labels import label_names
-from trainer import data
+from trainer import data, gif_frames
 from trainer.model import explained_model
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -256,13 +256,23 @@ def refuse_large_images(image_bytes: tf.Tensor, max_pixels: int) -> tf.Tensor:
     pixels; otherwise INVALID_ARGUMENT naming the first instance over (core ops only, so TF Serving
     itself refuses the same images)."""
     size = _declared_pixels(image_bytes)
-    over = tf.concat([size[:, 0] * size[:, 1] > max_pixels, [True]], axis=0)
+    frames = gif_frames.gif_frame_pixels(image_bytes)  # a GIF's frames may each be larger than its screen
+    header_over = size[:, 0] * size[:, 1] > max_pixels
+    over = tf.concat([header_over | (frames > max_pixels) | (frames == gif_frames.UNCHECKABLE), [True]], axis=0)
     first = tf.argmax(tf.cast(over, tf.int32), output_type=tf.int32)  # the batch size when none is over
     size = tf.concat([size, [[0, 0]]], axis=0)[first]
-    message = tf.strings.format(
-        f"{features.IMAGE_BYTES_KEY} of instance {{}} declares {{}}x{{}} pixels, more than the {max_pixels} "
-        "this model decodes: refused before decoding",
-        (first, size[0], size[1]),
+    frames = tf.concat([frames, [0]], axis=0)[first]
+    instance = f"{features.IMAGE_BYTES_KEY} of instance {{}}"
+    limit = f"more than the {max_pixels} this model decodes: refused before decoding"
+    message = tf.where(
+        tf.concat([header_over, [True]], axis=0)[first],
+        tf.strings.format(f"{instance} declares {{}}x{{}} pixels, {limit}", (first, size[0], size[1])),
+        tf.where(
+            tf.equal(frames, gif_frames.UNCHECKABLE),
+            tf.strings.format(f"{instance} is a GIF whose frames cannot be counted within {gif_frames.MAX_GIF_BLOCKS} "
+                              f"blocks and {gif_frames.MAX_GIF_STEPS} steps: refused before decoding", (first,)),
+            tf.strings.format(f"{instance} is a GIF whose frames declare {{}} pixels in all, {limit}", (first, frames)),
+        ),
     )
     check = tf.debugging.Assert(tf.equal(first, tf.shape(image_bytes, out_type=tf.int32)[0]), [message])
     with tf.control_dependencies([check]):
