@@ -17,7 +17,7 @@ size, the 16-client throughput with batching divided by that without. Each scena
 how long the large request took, and the server's resident memory before, at its peak and after.
 
 `--attack` (`--mode attack`): p50/p99 of one good client's single-product gRPC requests on an idle
-server, then while --attackers threads send each attack of the hostile-traffic suite without pause
+server, then while --attackers processes send each attack of the hostile-traffic suite without pause
 (decompression bombs, a [1000] tensor of a few KB, 200 concurrent singles, a gzip bomb, a body
 declared as 300 MiB, slow connections, a GIF frame larger than its screen); per attack the good
 client's p99 over its idle p99, what the attackers got back, the server's resident memory after it
@@ -347,22 +347,14 @@ def attack(args, products, serving_base: str) -> None:
             deadline = time.monotonic() + args.seconds
             return np.array(latencies_until(good, product, lambda: time.monotonic() > deadline, minimum=5)) * 1000
 
-        idle = measure()
-        idle_p99 = np.percentile(idle, 99)
         cores = (f"server on CPUs {args.server_cpus or 'any'}, clients on CPUs {args.client_cpus or 'any'} "
                  f"of {os.cpu_count()}")
         print(f"good client: single-product gRPC requests, {args.seconds:g} s per phase; {args.attackers} attacking "
-              f"processes; {cores}")
-        print(f"{'phase':<24}{'count':>7}{'p50 ms':>9}{'p99 ms':>9}{'p99/idle':>9}{'RSS MB':>8}{'load':>6}  attackers got")
-
-        def report(name, figures, outcomes, resident):
-            got = ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items()))
-            print(f"{name:<24}{len(figures):>7}{np.percentile(figures, 50):>9.1f}{np.percentile(figures, 99):>9.1f}"
-                  f"{np.percentile(figures, 99) / idle_p99:>9.2f}{resident:>8.0f}{os.getloadavg()[0]:>6.1f}  {got}",
-                  flush=True)
-
-        report("idle", idle, {}, memory_mb(server.pid)[0])
+              f"processes; {cores}; each attack paired with an idle phase just before it (the machine's load drifts)")
+        print(f"{'attack':<24}{'idle p50':>9}{'idle p99':>9}{'count':>7}{'p50 ms':>9}{'p99 ms':>9}{'p99/idle':>9}"
+              f"{'RSS MB':>8}{'load':>6}  attackers got")
         for name in args.attacks.split(","):
+            idle = measure()
             command = [sys.executable, __file__, "--model", args.model, "--catalog", args.catalog, "--products", "1",
                        "--attacker", name, "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
                        "--seconds", str(args.seconds)]
@@ -379,7 +371,11 @@ def attack(args, products, serving_base: str) -> None:
                 for attacker in attackers:
                     if attacker.poll() is None:
                         attacker.kill()
-            report(name, figures, outcomes, memory_mb(server.pid)[0])
+            got = ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items()))
+            idle_p99, p99 = np.percentile(idle, 99), np.percentile(figures, 99)
+            print(f"{name:<24}{np.percentile(idle, 50):>9.1f}{idle_p99:>9.1f}{len(figures):>7}"
+                  f"{np.percentile(figures, 50):>9.1f}{p99:>9.1f}{p99 / idle_p99:>9.2f}{memory_mb(server.pid)[0]:>8.0f}"
+                  f"{os.getloadavg()[0]:>6.1f}  {got}", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -108,6 +108,23 @@ def test_a_hostile_rest_request_is_refused_and_leaves_no_memory_behind(served, r
     assert served.post([_instance()]).status_code == 200  # and the server still answers
 
 
+def test_an_image_the_graph_would_refuse_is_refused_before_it_waits_for_a_model_call(served, monkeypatch):
+    servable = served.manager.servable(features.MODEL_NAME)
+    calls = []
+    run = servable.run
+    monkeypatch.setattr(servable, "run", lambda *args: calls.append(args[0]) or run(*args))
+    bomb = hostile_images.gif_frames([(8000, 8000)])
+    response = served.post([_instance(), _instance(image=bomb)])
+    assert response.status_code == 400
+    assert "image_bytes of instance 1 is a GIF whose frames declare 64000000 pixels" in response.json()["error"]
+    record = _tf_example(TITLE, hostile_images.webp_lossy())
+    response = requests.post(served.url + ":predict", timeout=120, json={
+        "signature_name": features.TF_EXAMPLE_SIGNATURE, "instances": [{"b64": base64.b64encode(record).decode()}]})
+    assert response.status_code == 400 and "instance 0 declares 16383x16383 pixels" in response.json()["error"]
+    assert calls == []
+    assert served.post([_instance()]).status_code == 200 and calls == [features.SERVING_SIGNATURE]
+
+
 def test_a_tf_example_with_byte_0xff_in_its_title_is_answered_or_refused_never_internal(served):
     record = _tf_example("Watch", IMAGE).replace(b"Watch", b"Watc\xff")  # a title that is not UTF-8
     response = requests.post(served.url + ":predict", timeout=120, json={

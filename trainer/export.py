@@ -115,6 +115,11 @@ def export_serving_model(
     raw_spec = {
         key: tf.io.FixedLenFeature([], tf.string) for key in (features.TITLE_KEY, features.IMAGE_BYTES_KEY)
     }
+    # The same check on its own, for a server to refuse an image without a model call (serving/servables.py).
+    setattr(model, features.IMAGE_CHECK_FUNCTION, tf.function(
+        lambda image_bytes: refuse_large_images(image_bytes, max_image_pixels),
+        input_signature=[tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES_KEY)],
+    ))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_tf_example(serialized):
