@@ -52,6 +52,9 @@ LABEL_VOCABULARY_NAME = "label_vocabulary"
 
 # Serving: the exported SavedModel's signatures and outputs.
 SERVING_SIGNATURE = "serving_default"  # raw title + image_bytes
+# Not a signature: the exported model's header check of raw images ([n] bytes → the same, or
+# INVALID_ARGUMENT), which the local server runs before queueing a request for the model.
+IMAGE_CHECK_FUNCTION = "check_image_headers"
 TF_EXAMPLE_SIGNATURE = "serving_tf_example"  # serialized tf.Example with the raw keys
 TRANSFORMED_SIGNATURE = "transformed_features"  # the TRANSFORMED_* tensors, for evaluation
 OUTPUT_CLASSES_KEY = "classes"  # [batch, k] label strings, best first

@@ -1,6 +1,7 @@
 """What the preprocess stage writes beside the examples, and other stages read: the split-sizes file
 (products per split, for the trainer's steps per epoch, so that no stage counts records by reading
-them all) and where a split's raw examples are kept (for the evaluate stage's served comparison)."""
+them all), where a split's raw examples are kept (for the evaluate stage's served comparison) and,
+beside the transform graph, the image limit it ran with (the exported model refuses the same images)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import os
 from common import features
 
 SPLIT_SIZES_FILE = "split_sizes.json"
+IMAGE_LIMITS_FILE = "image_limits.json"
 _HASH_BUCKETS = 2**31 - 1
 
 
@@ -39,3 +41,29 @@ def read_split_sizes(examples_dir: str) -> dict[str, int]:
 
     with tf.io.gfile.GFile(os.path.join(examples_dir, SPLIT_SIZES_FILE)) as f:
         return json.load(f)
+
+
+def write_max_image_pixels(transform_graph_dir: str, max_image_pixels: int) -> None:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(os.path.join(transform_graph_dir, IMAGE_LIMITS_FILE), "w") as f:
+        json.dump({"max_image_pixels": int(max_image_pixels)}, f)
+
+
+def read_max_image_pixels(transform_graph_dir: str) -> int:
+    """The pixel limit preprocess ran with; features.DEFAULT_MAX_IMAGE_PIXELS for a transform graph
+    written before the limit was recorded (the limit preprocess then always had)."""
+    import tensorflow as tf
+
+    path = os.path.join(transform_graph_dir, IMAGE_LIMITS_FILE)
+    if not tf.io.gfile.exists(path):
+        return features.DEFAULT_MAX_IMAGE_PIXELS
+    with tf.io.gfile.GFile(path) as f:
+        try:
+            recorded = json.load(f)
+        except ValueError:
+            recorded = None
+    value = recorded.get("max_image_pixels") if isinstance(recorded, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{path}: max_image_pixels must be a positive integer, got {value!r}")
+    return value

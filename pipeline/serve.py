@@ -45,6 +45,9 @@ def register(commands) -> None:
                         "larger ones); default: max_enqueued_batches full batches, at least max_batch_size")
     limits.add_argument("--max-body-mib", type=float, default=ServerLimits.max_body_bytes / MIB,
                         help="the largest REST body or gRPC message, as sent and once inflated")
+    limits.add_argument("--max-inflate-ratio", type=float, default=ServerLimits.max_inflate_ratio,
+                        help="a gzip/deflate body inflating more than this many times its compressed size "
+                        "(past its first MiB) is refused")
     limits.add_argument("--header-timeout", type=float, default=ServerLimits.header_timeout,
                         help="seconds a REST client has to send a request's headers")
     limits.add_argument("--body-timeout", type=float, default=ServerLimits.body_timeout,
@@ -65,7 +68,8 @@ def main(args: argparse.Namespace) -> None:
                             "parameters file without batching enabled, too)")
     try:
         batching = load_batching_options(args.batching_parameters, args.enable_batching, args.max_enqueued_instances)
-        limits = ServerLimits(max_body_bytes=int(args.max_body_mib * MIB), header_timeout=args.header_timeout,
+        limits = ServerLimits(max_body_bytes=int(args.max_body_mib * MIB), max_inflate_ratio=args.max_inflate_ratio,
+                              header_timeout=args.header_timeout,
                               body_timeout=args.body_timeout, max_connections=args.max_connections)
     except (BatchingParametersError, ValueError) as e:
         raise cli.UserError(str(e)) from None

@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench_serving.py --model WORK/serving/hanet/1 [--batching off,on] [--requests 400] [--seconds 60]
     .venv/bin/python scripts/bench_serving.py --model WORK/serving/hanet/1 --mode large-in-flight [--large 1000]
     .venv/bin/python scripts/bench_serving.py --model WORK/serving/hanet/1 --attack [--seconds 20] [--attackers 4]
+        [--server-cpus 0 --client-cpus 1]
 
 `throughput` (the default): throughput and p50/p99 latency over REST and gRPC, at 1 and 16 concurrent
 clients, one product or a batch per request, with server-side batching off and on (on: the
@@ -16,10 +17,13 @@ size, the 16-client throughput with batching divided by that without. Each scena
 how long the large request took, and the server's resident memory before, at its peak and after.
 
 `--attack` (`--mode attack`): p50/p99 of one good client's single-product gRPC requests on an idle
-server, then while --attackers threads send each attack of the hostile-traffic suite without pause
+server, then while --attackers processes send each attack of the hostile-traffic suite without pause
 (decompression bombs, a [1000] tensor of a few KB, 200 concurrent singles, a gzip bomb, a body
-declared as 300 MiB, slow connections); per attack the good client's p99 over its idle p99, what the
-attackers got back, and the server's resident memory after it.
+declared as 300 MiB, slow connections, a GIF frame larger than its screen); per attack the good
+client's p99 over its idle p99, what the attackers got back, the server's resident memory after it
+and the machine's load average (other jobs share its cores). --server-cpus / --client-cpus pin the
+server and the clients (good and attacking) to separate cores (taskset lists), so that the figures
+show what an attack costs the server rather than the clients' share of the same cores.
 
 The server listens on 127.0.0.1 only and is stopped at the end. Products are real catalog rows
 (title and the original JPEG, as a client sends them). Clients and server share this machine's
@@ -133,11 +137,12 @@ def run_scenario(make_client, products, clients: int, batch: int, max_requests: 
     }
 
 
-def start_server(serving_base: str, rest_port: int, grpc_port: int, flags: list[str] = ()) -> subprocess.Popen:
+def start_server(serving_base: str, rest_port: int, grpc_port: int, flags: list[str] = (),
+                 cpus: str | None = None) -> subprocess.Popen:
     import requests
 
     server = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "serve", "--model-base", serving_base, "--host", HOST,
+        [*(["taskset", "-c", cpus] if cpus else []), sys.executable, "-m", "pipeline", "serve", "--model-base", serving_base, "--host", HOST,
          "--port", str(rest_port), "--grpc-port", str(grpc_port), *flags],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
@@ -295,11 +300,12 @@ def _attacks(host: str, rest_port: int, grpc_port: int, product: tuple[str, byte
         "gzip-bomb-200MiB": rest(bomb, {"Content-Encoding": "gzip"}),
         "declared-300MiB": raw(head.format(300 * 2**20).encode()),
         "slow-body": raw(head.format(1000).encode() + b'{"instances": [', then_wait=15),
+        "gif-frame-8000sq": rest(json.dumps({"instances": [instance(hostile_images.gif_frames([(8000, 8000)]))]}).encode()),
     }
 
 
 ATTACKS = ("webp-16383sq-38B", "six-webp-bombs", "png-20000sq-header", "tensor-1000-grpc", "50-concurrent-singles",
-           "gzip-bomb-200MiB", "declared-300MiB", "slow-body")
+           "gzip-bomb-200MiB", "declared-300MiB", "slow-body", "gif-frame-8000sq")
 
 
 def run_attacker(args, products) -> None:
@@ -316,11 +322,22 @@ def run_attacker(args, products) -> None:
     print(json.dumps(outcomes), flush=True)
 
 
+def _cpu_list(cpus: str) -> set[int]:
+    """taskset's list form: "1", "0,2", "0-3"."""
+    chosen = set()
+    for part in cpus.split(","):
+        first, _, last = part.partition("-")
+        chosen.update(range(int(first), int(last or first) + 1))
+    return chosen
+
+
 def attack(args, products, serving_base: str) -> None:
     from serving.client import GrpcClient
 
     rest_port, grpc_port = _free_port(), _free_port()
-    server = start_server(serving_base, rest_port, grpc_port)
+    server = start_server(serving_base, rest_port, grpc_port, cpus=args.server_cpus)
+    if args.client_cpus:  # this process (the good client) and, inheriting it, the attackers
+        os.sched_setaffinity(0, _cpu_list(args.client_cpus))
     try:
         good = GrpcClient(f"{HOST}:{grpc_port}", MODEL_NAME, timeout=120)
         product = products[0]
@@ -330,19 +347,14 @@ def attack(args, products, serving_base: str) -> None:
             deadline = time.monotonic() + args.seconds
             return np.array(latencies_until(good, product, lambda: time.monotonic() > deadline, minimum=5)) * 1000
 
-        idle = measure()
-        idle_p99 = np.percentile(idle, 99)
+        cores = (f"server on CPUs {args.server_cpus or 'any'}, clients on CPUs {args.client_cpus or 'any'} "
+                 f"of {os.cpu_count()}")
         print(f"good client: single-product gRPC requests, {args.seconds:g} s per phase; {args.attackers} attacking "
-              f"processes; {os.cpu_count()} CPUs shared by clients and server")
-        print(f"{'phase':<24}{'count':>7}{'p50 ms':>9}{'p99 ms':>9}{'p99/idle':>9}{'RSS MB':>8}  attackers got")
-
-        def report(name, figures, outcomes, resident):
-            got = ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items()))
-            print(f"{name:<24}{len(figures):>7}{np.percentile(figures, 50):>9.1f}{np.percentile(figures, 99):>9.1f}"
-                  f"{np.percentile(figures, 99) / idle_p99:>9.2f}{resident:>8.0f}  {got}", flush=True)
-
-        report("idle", idle, {}, memory_mb(server.pid)[0])
-        for name in ATTACKS:
+              f"processes; {cores}; each attack paired with an idle phase just before it (the machine's load drifts)")
+        print(f"{'attack':<24}{'idle p50':>9}{'idle p99':>9}{'count':>7}{'p50 ms':>9}{'p99 ms':>9}{'p99/idle':>9}"
+              f"{'RSS MB':>8}{'load':>6}  attackers got")
+        for name in args.attacks.split(","):
+            idle = measure()
             command = [sys.executable, __file__, "--model", args.model, "--catalog", args.catalog, "--products", "1",
                        "--attacker", name, "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
                        "--seconds", str(args.seconds)]
@@ -359,7 +371,11 @@ def attack(args, products, serving_base: str) -> None:
                 for attacker in attackers:
                     if attacker.poll() is None:
                         attacker.kill()
-            report(name, figures, outcomes, memory_mb(server.pid)[0])
+            got = ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items()))
+            idle_p99, p99 = np.percentile(idle, 99), np.percentile(figures, 99)
+            print(f"{name:<24}{np.percentile(idle, 50):>9.1f}{idle_p99:>9.1f}{len(figures):>7}"
+                  f"{np.percentile(figures, 50):>9.1f}{p99:>9.1f}{p99 / idle_p99:>9.2f}{memory_mb(server.pid)[0]:>8.0f}"
+                  f"{os.getloadavg()[0]:>6.1f}  {got}", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -372,6 +388,9 @@ def main() -> None:
     parser.add_argument("--attack", action="store_const", dest="mode", const="attack", help="the same as --mode attack")
     parser.add_argument("--attackers", type=int, default=4, help="attacking clients (attack mode), each a process")
     parser.add_argument("--attacker", choices=ATTACKS, help=argparse.SUPPRESS)  # one attacking process
+    parser.add_argument("--attacks", default=",".join(ATTACKS), help="the attacks to send (attack mode), comma-separated")
+    parser.add_argument("--server-cpus", help="pin the server to these CPUs (taskset list, e.g. 0; attack mode)")
+    parser.add_argument("--client-cpus", help="pin the good client and the attackers to these CPUs (e.g. 1; attack mode)")
     parser.add_argument("--rest-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--grpc-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--catalog", default=str(DEFAULT_CATALOG), help="products to send (title and image columns)")
@@ -386,6 +405,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="at most this many requests per scenario")
     parser.add_argument("--seconds", type=float, default=60, help="at most this long per scenario (the idle phase of large-in-flight)")
     args = parser.parse_args()
+    unknown = set(args.attacks.split(",")) - set(ATTACKS)
+    if unknown:
+        parser.error(f"--attacks: unknown {', '.join(sorted(unknown))}; known: {', '.join(ATTACKS)}")
     if args.attacker:  # before the imports an attacker does not need (TensorFlow's, through push)
         run_attacker(args, load_products(pathlib.Path(args.catalog), 1))
         return

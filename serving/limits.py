@@ -14,6 +14,11 @@ class ServerLimits:
     # message. A request of 1,000 photos of 40 KB is some 55 MB as base64 JSON; parsing JSON costs
     # about 25 times its size in memory, so the limit bounds a request's peak too.
     max_body_bytes: int = 64 * MIB
+    # A gzip/deflate body that inflates more than max_inflate_ratio times the compressed bytes it came
+    # from, once past its first inflate_ratio_after bytes, is refused: requests compress a few times
+    # (base64 photos barely at all), a bomb some 1000 times, so it is stopped after about a MiB of work.
+    max_inflate_ratio: float = 100.0
+    inflate_ratio_after: int = MIB
     # Seconds a client has to send a request's headers (counted from the connection, or from the
     # previous answer on a kept-alive one), and then its whole body.
     header_timeout: float = 10.0
@@ -27,5 +32,5 @@ class ServerLimits:
                 raise ValueError(f"{field.name} must be positive, got {getattr(self, field.name)}")
 
     def describe(self) -> str:
-        return (f"bodies up to {self.max_body_bytes // MIB} MiB, headers within {self.header_timeout:g} s, "
+        return (f"bodies up to {self.max_body_bytes // MIB} MiB (inflating at most {self.max_inflate_ratio:g}:1), headers within {self.header_timeout:g} s, "
                 f"bodies within {self.body_timeout:g} s, {self.max_connections} connections")

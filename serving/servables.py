@@ -56,14 +56,19 @@ def signature_defs(model_dir: str) -> dict:
     raise ValueError(f"{model_dir} has no MetaGraphDef tagged {SERVE_TAG!r}")
 
 
-def _check_examples(inputs: dict[str, np.ndarray]) -> None:
-    """Every record of a tf.Example signature's input is a serialized tf.Example."""
+def _check_examples(inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Every record of a tf.Example signature's input is a serialized tf.Example; returns their images
+    (b"" for a record without one: the graph refuses it)."""
+    images = []
     for name, array in inputs.items():
         for index, record in enumerate(array.reshape(-1)):
             try:
-                tf.train.Example.FromString(record)
+                example = tf.train.Example.FromString(record)
             except Exception:  # DecodeError, or bytes that are no protocol buffer at all
                 raise InvalidArgument(f"input {name!r}: record {index} is not a serialized tf.Example") from None
+            values = example.features.feature[features.IMAGE_BYTES_KEY].bytes_list.value
+            images.append(values[0] if values else b"")
+    return np.array(images, dtype=object)
 
 
 class Servable:
@@ -76,6 +81,8 @@ class Servable:
         self.signature_defs = signature_defs(path)
         self._loaded = tf.saved_model.load(path, tags=[SERVE_TAG])
         self._signatures = dict(self._loaded.signatures)
+        # Models exported before it have no header check of their own: their graph alone refuses.
+        self._image_check = getattr(self._loaded, features.IMAGE_CHECK_FUNCTION, None)
 
     def input_specs(self, signature_name: str) -> dict[str, tf.TensorSpec]:
         return dict(self._signature(signature_name).structured_input_signature[1])
@@ -126,8 +133,22 @@ class Servable:
             expected = object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype
             if array.dtype != expected and not (spec.dtype == tf.string and array.dtype.kind == "S"):
                 raise InvalidArgument(f"input {name!r} is {array.dtype}, but the signature takes {spec.dtype.name}")
-        if (signature_name or features.SERVING_SIGNATURE) == features.TF_EXAMPLE_SIGNATURE:
-            _check_examples(inputs)
+        signature_name = signature_name or features.SERVING_SIGNATURE
+        images = inputs.get(features.IMAGE_BYTES_KEY) if signature_name == features.SERVING_SIGNATURE else None
+        if signature_name == features.TF_EXAMPLE_SIGNATURE:
+            images = _check_examples(inputs)
+        if images is not None:
+            self._check_images(images)
+
+    def _check_images(self, images: np.ndarray) -> None:
+        """The model's own header check, run before the request waits for a model call: an image its graph
+        would refuse costs the server this check, not a turn of the model (the graph checks again)."""
+        if self._image_check is None or images.ndim != 1:
+            return
+        try:
+            self._image_check(tf.constant(images, dtype=tf.string))
+        except tf.errors.OpError as e:
+            raise from_tf_error(e) from None
 
     def run(self, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Calls a signature on checked inputs (check_inputs); every output, by name."""

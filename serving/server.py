@@ -69,8 +69,8 @@ MODEL_STATUS_ROUTE = re.compile(
     r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?(?:/(metadata))?"
 )
 DEFAULT_POLL_SECONDS = 1.0
-# Inflating runs on the event loop in steps of this many bytes, other connections served between them.
-_INFLATE_STEP = 1024 * 1024
+# Inflating (on a worker thread) produces this many bytes at a time, each step checked against the limits.
+_INFLATE_STEP = 256 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -101,29 +101,54 @@ _DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "d
 
 
 class _Inflater:
-    """A gzip/deflate body inflated as it arrives, refused as soon as it inflates past `limit` bytes."""
+    """A gzip/deflate body inflated as it arrives (`feed`, a worker thread's work: zlib releases the GIL),
+    refused as soon as it inflates past the limit, or past the limits' ratio to the bytes it came from.
+    Concatenated gzip members are one body, as gzip reads them; bytes after a deflate stream are refused."""
 
-    def __init__(self, encoding: str, limit: int):
-        self.encoding, self.limit, self.size = encoding, limit, 0
+    def __init__(self, encoding: str, limits: ServerLimits):
+        self.encoding, self.limits = encoding, limits
+        self.size = self.consumed = 0
         self._decompressor = zlib.decompressobj(_DECOMPRESSORS[encoding])
         self._parts: list[bytes] = []
 
-    async def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> None:
         while data:
+            if self._decompressor.eof:
+                data = self._next_member(data)
             try:
                 out = self._decompressor.decompress(data, _INFLATE_STEP)
             except zlib.error as e:
-                raise InvalidArgument(
-                    f"the request body is not valid {self.encoding} data (Content-Encoding: {self.encoding}): {e}"
-                ) from None
+                raise self._invalid(str(e)) from None
+            tail = self._decompressor.unconsumed_tail or self._decompressor.unused_data
+            if not out and len(tail) == len(data):  # zlib neither read nor wrote: it never will
+                raise self._invalid("the compressed stream makes no progress")
+            self.consumed += len(data) - len(tail)
             self._add(out)
-            data = self._decompressor.unconsumed_tail
-            await asyncio.sleep(0)
+            data = tail
+
+    def _next_member(self, data: bytes) -> bytes:
+        if self.encoding == "deflate":
+            raise self._invalid(f"{len(data)} bytes follow the end of the compressed stream")
+        self._decompressor = zlib.decompressobj(_DECOMPRESSORS[self.encoding])
+        return data
+
+    def _invalid(self, reason: str) -> InvalidArgument:
+        return InvalidArgument(
+            f"the request body is not valid {self.encoding} data (Content-Encoding: {self.encoding}): {reason}"
+        )
 
     def _add(self, out: bytes) -> None:
         self.size += len(out)
-        if self.size > self.limit:
-            raise PayloadTooLarge(f"the request body inflates to more than {self.limit} bytes, the server's limit")
+        if self.size > self.limits.max_body_bytes:
+            raise PayloadTooLarge(
+                f"the request body inflates to more than {self.limits.max_body_bytes} bytes, the server's limit"
+            )
+        ratio = self.limits.max_inflate_ratio
+        if self.size > self.limits.inflate_ratio_after and self.size > ratio * self.consumed:
+            raise PayloadTooLarge(
+                f"the request body inflates more than {ratio:g} times its compressed size "
+                f"({self.size} bytes from {self.consumed}), the server's limit"
+            )
         self._parts.append(out)
 
     def result(self) -> bytes:
@@ -213,7 +238,7 @@ class RestApi:
         _declared_length(request, limit)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.body_timeout
-        inflater = _Inflater(encoding, limit) if encoding in _DECOMPRESSORS else None
+        inflater = _Inflater(encoding, self.limits) if encoding in _DECOMPRESSORS else None
         parts, size = [], 0
         while True:
             try:
@@ -231,7 +256,7 @@ class RestApi:
             if size > limit:
                 raise PayloadTooLarge(f"the request body is larger than {limit} bytes, the server's limit")
             if inflater is not None:
-                await inflater.feed(chunk)
+                await loop.run_in_executor(self.executor, inflater.feed, chunk)
             else:
                 parts.append(chunk)
         return inflater.result() if inflater is not None else b"".join(parts)

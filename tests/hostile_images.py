@@ -54,6 +54,29 @@ def gif(width: int = 65535, height: int = 65535) -> bytes:
     return b"GIF89a" + screen + frame + b"\x3b"
 
 
+# One frame's LZW data: a clear code and the end code (3-bit codes for a 2-bit code size), one sub-block.
+_EMPTY_FRAME_DATA = b"\x02\x01\x2c\x00"
+
+
+def gif_frames(frames: list[tuple[int, int]], screen: tuple[int, int] = (16, 16), data: bytes = _EMPTY_FRAME_DATA,
+               trailer: bytes = b"\x3b") -> bytes:
+    """A GIF89a of a `screen` logical screen whose frames' descriptors declare the (width, height) of
+    `frames`, each followed by `data` (a code size byte and sub-blocks): no pixels, whatever they declare."""
+    head = b"GIF89a" + struct.pack("<HHBBB", *screen, 0, 0, 0)
+    return head + b"".join(b"\x2c" + struct.pack("<HHHHB", 0, 0, w, h, 0) + data for w, h in frames) + trailer
+
+
+def animated_gif(frames: int, size: int = 20) -> bytes:
+    """A real animated GIF (PIL's): `frames` frames of size x size, each of other colours (each has its
+    own local color table), a loop extension and one graphic control extension per frame."""
+    images = [Image.new("RGB", (size, size), (40 * i % 256, 90, 255 - 40 * i % 256)) for i in range(frames)]
+    for i, image in enumerate(images):
+        image.putpixel((i % size, 0), (255, 255, 255))  # no two frames alike: PIL would merge them
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=50, loop=0)
+    return buffer.getvalue()
+
+
 def bmp(width: int = 100000, height: int = -100000) -> bytes:
     """A 24-bit BMP (BITMAPINFOHEADER); a negative height is a top-down image of |height| rows."""
     info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)

@@ -38,7 +38,8 @@ from common import features
 IMAGE = (FASHION_DIR / "images" / "17429.jpg").read_bytes()
 TITLE = "CASIO G-Shock Men Black Digital Watch"
 MEMORY_BOUND_MB = 100  # what any request, refused or answered, may leave behind in the server
-SMALL_LIMITS = ServerLimits(max_body_bytes=2**20, header_timeout=0.5, body_timeout=1.0, max_connections=8)
+SMALL_LIMITS = ServerLimits(max_body_bytes=2**20, header_timeout=0.5, body_timeout=1.0, max_connections=8,
+                            inflate_ratio_after=2**18)
 
 
 def _rss_mb() -> float:
@@ -85,6 +86,8 @@ REST_ROWS = [
      "declares 20000x20000 pixels"),
     *[(f"{name}-bomb", {"instances": [_instance(image=bomb)]}, 400, f"declares {w}x{h} pixels")
       for name, bomb, w, h in hostile_images.BOMBS],
+    ("gif-frame-over-screen", {"instances": [_instance(image=hostile_images.gif_frames([(8000, 8000)]))]}, 400,
+     "image_bytes of instance 0 is a GIF whose frames declare 64000000 pixels in all"),
     ("title-nested-64", {"instances": [{features.TITLE_KEY: _nested(64, "x"), features.IMAGE_BYTES_KEY: "x"}]}, 400,
      "instances stack to more than the 64 dimensions"),
     ("image-nested-64", {"instances": [{features.TITLE_KEY: "x", features.IMAGE_BYTES_KEY: _nested(64, {"b64": ""})}]},
@@ -103,6 +106,23 @@ def test_a_hostile_rest_request_is_refused_and_leaves_no_memory_behind(served, r
     assert message in response.json()["error"]
     assert _rss_mb() - before < MEMORY_BOUND_MB
     assert served.post([_instance()]).status_code == 200  # and the server still answers
+
+
+def test_an_image_the_graph_would_refuse_is_refused_before_it_waits_for_a_model_call(served, monkeypatch):
+    servable = served.manager.servable(features.MODEL_NAME)
+    calls = []
+    run = servable.run
+    monkeypatch.setattr(servable, "run", lambda *args: calls.append(args[0]) or run(*args))
+    bomb = hostile_images.gif_frames([(8000, 8000)])
+    response = served.post([_instance(), _instance(image=bomb)])
+    assert response.status_code == 400
+    assert "image_bytes of instance 1 is a GIF whose frames declare 64000000 pixels" in response.json()["error"]
+    record = _tf_example(TITLE, hostile_images.webp_lossy())
+    response = requests.post(served.url + ":predict", timeout=120, json={
+        "signature_name": features.TF_EXAMPLE_SIGNATURE, "instances": [{"b64": base64.b64encode(record).decode()}]})
+    assert response.status_code == 400 and "instance 0 declares 16383x16383 pixels" in response.json()["error"]
+    assert calls == []
+    assert served.post([_instance()]).status_code == 200 and calls == [features.SERVING_SIGNATURE]
 
 
 def test_a_tf_example_with_byte_0xff_in_its_title_is_answered_or_refused_never_internal(served):
@@ -288,20 +308,80 @@ def test_a_chunked_body_over_the_limit_is_refused_at_the_limit(strict):
     assert response.status_code == 413 and "larger than 1048576 bytes" in response.json()["error"]
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
-def test_a_compression_bomb_is_refused_while_inflating(strict, encoding):
-    inflated = b'{"instances": [' + b'"' + b"a" * (200 * 2**20) + b'"]}'
+def _compress(data: bytes, encoding: str) -> bytes:
     compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-    bomb = compressor.compress(inflated) + compressor.flush()
-    del inflated
+    return compressor.compress(data) + compressor.flush()
+
+
+def _post_encoded(strict, body: bytes, encoding: str) -> requests.Response:
+    return requests.post(strict.url + ":predict", data=body, headers={"Content-Encoding": encoding}, timeout=60)
+
+
+def _still_answers_gzip(strict) -> None:
+    small = gzip.compress(json.dumps({"instances": [_instance()]}).encode())
+    assert _post_encoded(strict, small, "gzip").status_code == 200
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compression_bomb_is_refused_by_its_ratio_after_its_first_bytes(strict, encoding):
+    bomb = _compress(b'{"instances": ["' + b"a" * (200 * 2**20) + b'"]}', encoding)
     assert len(bomb) < 2**20  # within the body limit as sent
     before = _rss_mb()
-    response = requests.post(strict.url + ":predict", data=bomb, headers={"Content-Encoding": encoding}, timeout=60)
-    assert response.status_code == 413 and "inflates to more than 1048576 bytes" in response.json()["error"]
+    response = _post_encoded(strict, bomb, encoding)
+    assert response.status_code == 413
+    assert "inflates more than 100 times its compressed size" in response.json()["error"]
     assert _rss_mb() - before < MEMORY_BOUND_MB
-    small = gzip.compress(json.dumps({"instances": [_instance()]}).encode())
-    assert requests.post(strict.url + ":predict", data=small, headers={"Content-Encoding": "gzip"},
-                         timeout=60).status_code == 200
+    _still_answers_gzip(strict)
+
+
+def test_a_body_that_inflates_past_the_limit_within_the_ratio_is_refused_at_the_limit(strict):
+    words = [f"word{i}" for i in range(5000)]
+    text = " ".join(words[(i * 7919) % len(words)] for i in range(200_000)).encode()  # 1.7 MB, compresses 4:1
+    body = gzip.compress(b'{"instances": ["' + text + b'"]}')
+    assert len(body) < 2**20 and len(text) > 1.5 * 2**20
+    response = _post_encoded(strict, body, "gzip")
+    assert response.status_code == 413 and "inflates to more than 1048576 bytes" in response.json()["error"]
+
+
+def test_concatenated_gzip_members_are_one_body(strict):
+    document = json.dumps({"instances": [_instance()]}).encode()
+    members = b"".join(gzip.compress(document[i:i + 1000]) for i in range(0, len(document), 1000))
+    answered = _post_encoded(strict, members, "gzip")
+    assert answered.status_code == 200
+    assert answered.json() == requests.post(strict.url + ":predict", data=document, timeout=60).json()
+
+
+_PLAIN = json.dumps({"instances": [_instance()]}).encode()
+# (case, body, Content-Encoding) → 400 and a part of the message.
+BAD_ENCODINGS = [
+    ("gzip-truncated", gzip.compress(_PLAIN)[:-100], "gzip", "truncated gzip data"),
+    ("deflate-truncated", _compress(_PLAIN, "deflate")[:len(_compress(_PLAIN, "deflate")) // 2], "deflate",
+     "truncated deflate data"),
+    ("plain-as-gzip", _PLAIN, "gzip", "not valid gzip data"),
+    ("gzip-as-deflate", gzip.compress(_PLAIN), "deflate", "not valid deflate data"),
+    ("deflate-then-bytes", _compress(_PLAIN, "deflate") + b"more", "deflate", "4 bytes follow the end"),
+    ("gzip-then-garbage", gzip.compress(_PLAIN) + b"garbage!" * 4, "gzip", "not valid gzip data"),
+    ("brotli", _PLAIN, "br", "Content-Encoding 'br' is not supported"),
+    ("two-codings", gzip.compress(gzip.compress(_PLAIN)), "gzip, gzip", "is not supported"),
+]
+
+
+@pytest.mark.parametrize("case, body, encoding, message", BAD_ENCODINGS, ids=[c[0] for c in BAD_ENCODINGS])
+def test_a_body_not_in_its_content_encoding_is_refused(strict, case, body, encoding, message):
+    before = _rss_mb()
+    response = _post_encoded(strict, body, encoding)
+    assert response.status_code == 400 and message in response.json()["error"]
+    assert _rss_mb() - before < MEMORY_BOUND_MB
+
+
+def test_a_client_gone_midway_through_a_compressed_body_leaves_nothing_behind(strict):
+    bomb = _compress(b'{"instances": ["' + b"a" * (100 * 2**20) + b'"]}', "gzip")
+    before = _rss_mb()
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", strict.rest_port)) as s:
+            s.sendall(_post_head(strict.rest_port, len(bomb), "Content-Encoding: gzip\r\n") + bomb[:len(bomb) // 2])
+    _still_answers_gzip(strict)
+    assert _rss_mb() - before < MEMORY_BOUND_MB
 
 
 # Connections: slow clients and too many of them.

@@ -22,9 +22,9 @@ import tensorflow_transform as tft
 import tf_keras as keras
 
 from common import calibration as calibrations
-from common import features
+from common import features, splits
 from common.labels import label_names
-from trainer import data
+from trainer import data, gif_frames
 from trainer.model import explained_model
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -51,14 +51,17 @@ def export_serving_model(
     top_k: int = features.DEFAULT_TOP_K,
     warmup_examples: list[tuple[str, bytes]] = (),
     calibration: calibrations.Calibration | None = None,
-    max_image_pixels: int = features.DEFAULT_MAX_IMAGE_PIXELS,
+    max_image_pixels: int | None = None,
     lexical: keras.layers.Layer | None = None,
 ) -> str:
     """Writes the SavedModel of `model` (inputs → logits) with the signatures SERVING_SIGNATURE,
     TF_EXAMPLE_SIGNATURE, TRANSFORMED_SIGNATURE, its calibration (None: temperature 1, nothing needs
     review) and, given (title, image bytes) products, its warm-up requests. The raw signatures refuse
     an image whose header declares more than `max_image_pixels` (the preprocess limit) before
-    decoding it; the transformed one refuses token ids outside the text encoder's vocabulary."""
+    decoding it (None: the limit the preprocess run of `tft_output` recorded); the transformed one
+    refuses token ids outside the text encoder's vocabulary."""
+    if max_image_pixels is None:
+        max_image_pixels = splits.read_max_image_pixels(os.path.dirname(tft_output.transform_savedmodel_dir))
     calibration = calibration or calibrations.Calibration()
     names = label_names(tft_output)
     k = min(top_k, len(names))
@@ -128,6 +131,11 @@ def export_serving_model(
     raw_spec = {
         key: tf.io.FixedLenFeature([], tf.string) for key in (features.TITLE_KEY, features.IMAGE_BYTES_KEY)
     }
+    # The same check on its own, for a server to refuse an image without a model call (serving/servables.py).
+    setattr(model, features.IMAGE_CHECK_FUNCTION, tf.function(
+        lambda image_bytes: refuse_large_images(image_bytes, max_image_pixels),
+        input_signature=[tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES_KEY)],
+    ))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_tf_example(serialized):
@@ -269,13 +277,23 @@ def refuse_large_images(image_bytes: tf.Tensor, max_pixels: int) -> tf.Tensor:
     pixels; otherwise INVALID_ARGUMENT naming the first instance over (core ops only, so TF Serving
     itself refuses the same images)."""
     size = _declared_pixels(image_bytes)
-    over = tf.concat([size[:, 0] * size[:, 1] > max_pixels, [True]], axis=0)
+    frames = gif_frames.gif_frame_pixels(image_bytes)  # a GIF's frames may each be larger than its screen
+    header_over = size[:, 0] * size[:, 1] > max_pixels
+    over = tf.concat([header_over | (frames > max_pixels) | (frames == gif_frames.UNCHECKABLE), [True]], axis=0)
     first = tf.argmax(tf.cast(over, tf.int32), output_type=tf.int32)  # the batch size when none is over
     size = tf.concat([size, [[0, 0]]], axis=0)[first]
-    message = tf.strings.format(
-        f"{features.IMAGE_BYTES_KEY} of instance {{}} declares {{}}x{{}} pixels, more than the {max_pixels} "
-        "this model decodes: refused before decoding",
-        (first, size[0], size[1]),
+    frames = tf.concat([frames, [0]], axis=0)[first]
+    instance = f"{features.IMAGE_BYTES_KEY} of instance {{}}"
+    limit = f"more than the {max_pixels} this model decodes: refused before decoding"
+    message = tf.where(
+        tf.concat([header_over, [True]], axis=0)[first],
+        tf.strings.format(f"{instance} declares {{}}x{{}} pixels, {limit}", (first, size[0], size[1])),
+        tf.where(
+            tf.equal(frames, gif_frames.UNCHECKABLE),
+            tf.strings.format(f"{instance} is a GIF whose frames cannot be counted within {gif_frames.MAX_GIF_BLOCKS} "
+                              f"blocks and {gif_frames.MAX_GIF_STEPS} steps: refused before decoding", (first,)),
+            tf.strings.format(f"{instance} is a GIF whose frames declare {{}} pixels in all, {limit}", (first, frames)),
+        ),
     )
     check = tf.debugging.Assert(tf.equal(first, tf.shape(image_bytes, out_type=tf.int32)[0]), [message])
     with tf.control_dependencies([check]):

@@ -156,6 +156,8 @@ def preprocess(
         catalog, columns, eval_fraction, max_image_pixels, raw_dir, examples_dir, quarantine_file, temp_dir, pipeline_options
     )
     _transform(options, raw_dir, examples_dir, transform_graph_dir, temp_dir, pipeline_options)
+    # The exported model's graph refuses, by their headers, the images this run would have quarantined.
+    splits.write_max_image_pixels(transform_graph_dir, max_image_pixels)
 
     metrics = _metrics(temp_dir, transform_graph_dir, options.label_min_count)
     beam_job.write_json(metrics_file, metrics, sort_keys=True)
