@@ -252,8 +252,9 @@ def test_a_check_raising_something_unexpected_costs_its_row_as_internal_error(tm
 
 
 @pytest.mark.timeout(60)  # opening the FIFO would block forever
-@pytest.mark.parametrize("kind", ["directory", "fifo", "/dev/zero"])
-def test_an_image_path_that_is_not_a_regular_file_is_not_read(tmp_path, kind):
+@pytest.mark.parametrize("kind, named", [("directory", "a directory"), ("fifo", "a FIFO"),
+                                         ("/dev/zero", "a character device")])
+def test_an_image_path_that_is_not_a_regular_file_is_not_read(tmp_path, kind, named):
     if kind == "directory":
         image = tmp_path / "img.jpg"
         image.mkdir()
@@ -263,7 +264,23 @@ def test_an_image_path_that_is_not_a_regular_file_is_not_read(tmp_path, kind):
     else:
         image = kind
     result = row_checks.to_product(_row(tmp_path, image=str(image)), COLUMNS, 10_000)
-    assert result.reason == row_checks.MISSING_IMAGE and "not a regular file" in result.message
+    assert result.reason == row_checks.MISSING_IMAGE
+    assert result.message == f"image {image} is not a regular file ({named})"
+
+
+def test_an_image_uri_of_a_filesystem_tensorflow_lacks_is_quarantined_saying_so(tmp_path):
+    result = row_checks.to_product(_row(tmp_path, image="nofs://bucket/img.jpg"), COLUMNS, 10_000)
+    assert result.reason == row_checks.MISSING_IMAGE
+    assert result.message.startswith("image nofs://bucket/img.jpg cannot be read: ") and "'nofs'" in result.message
+
+
+def test_a_field_too_deeply_nested_to_print_still_gives_a_quarantine_line(tmp_path):
+    nested = []
+    for _ in range(100_000):  # str() of it overflows the interpreter's recursion limit
+        nested = [nested]
+    result = row_checks.check_text(_row(tmp_path, title=nested), COLUMNS)
+    assert result.reason == row_checks.NOT_TEXT
+    assert _strict_json(result.to_json())["fields"]["title"] == "<list that cannot be shown: RecursionError>"
 
 
 def _strict_json(line):
