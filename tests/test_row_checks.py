@@ -251,19 +251,25 @@ def test_a_check_raising_something_unexpected_costs_its_row_as_internal_error(tm
     assert row_checks.check_text(_row(tmp_path), COLUMNS).reason == row_checks.INTERNAL_ERROR
 
 
-@pytest.mark.timeout(60)  # opening the FIFO would block forever
-@pytest.mark.parametrize("kind, named", [("directory", "a directory"), ("fifo", "a FIFO"),
+@pytest.mark.timeout(300)  # opening the FIFO would block forever (the first test to import TensorFlow pays for it)
+@pytest.mark.parametrize("kind, named", [("directory", "a directory"), ("fifo", "a FIFO"), ("socket", "a socket"),
                                          ("/dev/zero", "a character device")])
 def test_an_image_path_that_is_not_a_regular_file_is_not_read(tmp_path, kind, named):
-    if kind == "directory":
+    import socket
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as short, socket.socket(socket.AF_UNIX) as listening:
         image = tmp_path / "img.jpg"
-        image.mkdir()
-    elif kind == "fifo":
-        image = tmp_path / "img.jpg"
-        os.mkfifo(image)
-    else:
-        image = kind
-    result = row_checks.to_product(_row(tmp_path, image=str(image)), COLUMNS, 10_000)
+        if kind == "directory":
+            image.mkdir()
+        elif kind == "fifo":
+            os.mkfifo(image)
+        elif kind == "socket":
+            image = os.path.join(short, "img.jpg")  # a socket's path has at most 107 bytes
+            listening.bind(image)
+        else:
+            image = kind
+        result = row_checks.to_product(_row(tmp_path, image=str(image)), COLUMNS, 10_000)
     assert result.reason == row_checks.MISSING_IMAGE
     assert result.message == f"image {image} is not a regular file ({named})"
 
