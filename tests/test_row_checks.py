@@ -240,13 +240,18 @@ def test_pillows_bomb_warning_raised_as_an_error_is_too_large_too(tmp_path):
 def test_a_check_raising_something_unexpected_costs_its_row_as_internal_error(tmp_path, monkeypatch):
     _save(tmp_path, PIL.Image.new("RGB", (8, 8)))
 
-    def broken(*args):
+    def deepest():
         raise ZeroDivisionError("a bug met on this row")
+
+    def broken(*args):
+        deepest()
 
     monkeypatch.setattr(row_checks, "normalize_image", broken)
     result = row_checks.to_product(_row(tmp_path), COLUMNS, 10_000)
     assert (result.reason, result.id) == (row_checks.INTERNAL_ERROR, "42")
+    # Where: the innermost frame, the line that raised (the traceback has three).
     assert result.message.startswith("ZeroDivisionError: a bug met on this row (at test_row_checks.py:")
+    assert result.message.endswith(" in deepest)")
     monkeypatch.setattr(row_checks, "resolve_image_uri", broken)  # reached by the text checks too
     assert row_checks.check_text(_row(tmp_path), COLUMNS).reason == row_checks.INTERNAL_ERROR
 
