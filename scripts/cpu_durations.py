@@ -9,7 +9,6 @@ import collections
 import json
 import os
 import resource
-import sys
 import time
 
 import pytest
@@ -68,4 +67,8 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    import argparse
+
+    parser = argparse.ArgumentParser(description="CPU seconds per test file and the slowest tests, from the plugin's files")
+    parser.add_argument("files", nargs="+", help="the plugin's output files ($CPU_DURATIONS_FILE.<worker>)")
+    main(parser.parse_args().files)
