@@ -221,7 +221,8 @@ def text_models(distinct_preprocessed, tiny_bert_handle, tmp_path_factory) -> di
 # job or a whole system, or runs every documented command (seconds to minutes each). `-m "not slow"`
 # leaves these tests out, and those below and those marked slow by hand.
 HEAVY_FIXTURES = frozenset({"small_preprocessed", "distinct_preprocessed", "text_models", "benchmark_run",
-                            "cli_run", "transform_output", "helps"})
+                            "cli_run", "transform_output", "helps",
+                            "limited"})  # test_serving_pixel_limit: a preprocess run and an export
 # Tests slow by their own work, about 3 CPU seconds or more each (measured with scripts/cpu_durations.py):
 # a subprocess that imports TensorFlow, a Beam job, a model trained, exported or converted. Named here
 # rather than marked in their files, so that the quick subset is defined in one place.
