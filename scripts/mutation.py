@@ -6,7 +6,7 @@ For each module of TARGETS, mutmut's operators (mutmut.list_mutations) give ever
 number, operator, keyword, string or name changed, an argument or a decorator dropped. With `--sample`
 a seeded random share of them runs, in random order (a run stopped early reports the
 random sample it ran). Each mutant is written into a scratch copy of the project and the
-module's own test files run against it in one pytest process (`-x`): the mutant is killed when they
+module's own test files run against it in one pytest process (`-x`, their quick tests: `-m "not slow"`): the mutant is killed when they
 fail or run over three times the clean run. Each run is a fork of one process that imported
 TensorFlow and the other heavy libraries once (PRELOAD). It prints killed / run and the score per module, and each
 survivor as its changed line, to read and judge.
@@ -37,7 +37,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # module → its own fast test files.
 TARGETS = {
     "trainer/fusion.py": ["tests/test_fusion.py"],
-    "common/metrics.py": ["tests/test_metrics.py"],
+    "common/metrics.py": ["tests/test_metrics.py", "tests/test_routing.py"],  # routing: roc_auc, RoutingCounts
     "components/preprocess/row_checks.py": ["tests/test_row_checks.py"],
     "serving/json_tensor.py": ["tests/test_serving_json.py"],
 }
@@ -106,7 +106,7 @@ def run_tests(repo: pathlib.Path, tests: list[str], timeout: float | None) -> tu
         sys.path.insert(0, str(repo))
         import pytest
 
-        os._exit(int(pytest.main(["-q", "-x", "-n", "0", "-p", "no:cacheprovider", *tests])))
+        os._exit(int(pytest.main(["-q", "-x", "-n", "0", "-p", "no:cacheprovider", "-m", "not slow", *tests])))
     try:
         while not (done := os.waitpid(pid, os.WNOHANG))[0]:
             if timeout is not None and time.monotonic() - start > timeout:

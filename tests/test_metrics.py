@@ -327,6 +327,26 @@ def test_a_narrow_range_at_the_top_keeps_whole_bins_inside_0_1():
     assert sum(histogram["right"]) == 2
 
 
+def test_weights_on_fewer_cells_than_bins_are_shown_cell_by_cell():
+    counts = metrics.StreamWeightCounts()
+    counts.add(np.array([[0.5001, 0.4999], [0.5032, 0.4968], [0.5057, 0.4943]]), np.array([True, False, True]))
+    histogram = counts.histogram(bins=20)
+    # Six occupied cells of 1/1000: twenty bins of one cell (the finest the cells resolve) from the first.
+    np.testing.assert_allclose(np.diff(histogram["edges"]), 0.001)
+    assert histogram["edges"][0] == pytest.approx(0.5)
+    assert histogram["right"][0] == histogram["right"][5] == 1 and histogram["wrong"][3] == 1
+
+
+def test_bins_that_do_not_divide_the_cells_still_count_every_product_from_0():
+    s_t = np.array([0.0, 0.0004, 0.31, 0.77, 0.9999])
+    counts = metrics.StreamWeightCounts()
+    counts.add(np.stack([s_t, 1 - s_t], -1), np.array([True, True, False, True, False]))
+    histogram = counts.histogram(bins=7)  # 7 bins of 143 cells overrun 1000 cells: the last one is cut at 1
+    assert histogram["edges"][0] == 0.0 and histogram["edges"][-1] == 1.0
+    assert sum(histogram["right"]) == 3 and sum(histogram["wrong"]) == 2
+    assert histogram["right"][0] == 2
+
+
 def test_the_default_figures_give_coverage_at_the_catalog_teams_precisions():
     logits, labels, c = _spread_logits(seed=10)
     counts = metrics.CalibrationCounts()
