@@ -10,7 +10,9 @@ validation hash for validation); the eval split is scored only for the final cho
 
 `cache` runs the project's local encoders once (EfficientNet-Lite0 at 224 px, pooled; MiniLM mean-pooled,
 64 tokens) and stores their features with ids, titles, labels and splits; `table` fits scikit-learn models
-on them and prints top-1 for every row.
+on them and prints top-1 for every row. `quick` fits each expert once with given C (a loaded machine):
+plain and fixed-weight products of two and three experts, with `--extra-cache` (a cache made with
+`--extra-text-columns`) the lexical expert on the extra text too.
 """
 from __future__ import annotations
 
@@ -312,6 +314,48 @@ def table(args) -> None:
 
 
 
+def quick(args) -> None:
+    """One fit per expert, on the train split, with given C (for a loaded machine: no C grid, no
+    out-of-fold scores, so no attention rows): every row on validation, and on eval."""
+    d = Data(args.cache)
+    extra = Data(args.extra_cache) if args.extra_cache else None
+    train, val, ev = d.rows(features.TRAIN_SPLIT), d.rows(features.VALIDATION_SPLIT), d.rows(features.EVAL_SPLIT)
+    scored = np.concatenate([val, ev])
+    started = time.monotonic()
+
+    def fit(make, c, x, name):
+        model = make(c).fit(take(x, train), d.y[train])
+        lp = log_probs(model, take(x, scored), d.classes)
+        print(f"[quick] {name} (C={c:g}) fitted in {time.monotonic() - started:.0f} s", flush=True)
+        return lp[:len(val)], lp[len(val):]
+
+    experts = {"lexical": fit(lexical_model, args.c_lexical, d.titles, "lexical"),
+               "image": fit(dense_model, args.c_image, d.image, "image"),
+               "bert": fit(dense_model, args.c_bert, d.text, "bert")}
+    if extra is not None:
+        experts["lexical+extra"] = fit(lexical_model, args.c_lexical, extra.titles, "lexical with the extra text")
+    truth = (d.y[val], d.y[ev])
+    rows = {name: (lambda i, n=name: experts[n][i]) for name in experts}
+    grid = np.linspace(0.1, 0.9, 9)
+    for text in [t for t in ("lexical", "lexical+extra", "bert") if t in experts]:
+        rows[f"poe {text}×image"] = lambda i, t=text: experts[t][i] + experts["image"][i]
+        w = max(grid, key=lambda w, t=text: np.mean((w * experts[t][0] + (1 - w) * experts["image"][0]).argmax(1)
+                                                   == truth[0]))
+        rows[f"weighted poe {text}×image (w_text={w:.1f} on validation)"] = \
+            lambda i, t=text, w=w: w * experts[t][i] + (1 - w) * experts["image"][i]
+    for text in [t for t in ("lexical", "lexical+extra") if t in experts]:
+        rows[f"poe {text}×bert×image"] = lambda i, t=text: experts[t][i] + experts["bert"][i] + experts["image"][i]
+        a, b = max(((a, b) for a in grid for b in grid if a + b < 1), key=lambda ab, t=text: np.mean((
+            ab[0] * experts[t][0] + ab[1] * experts["bert"][0] + (1 - sum(ab)) * experts["image"][0]).argmax(1)
+            == truth[0]))
+        rows[f"weighted poe {text}×bert×image (w={a:.1f},{b:.1f},{1 - a - b:.1f} on validation)"] = \
+            lambda i, t=text, a=a, b=b: a * experts[t][i] + b * experts["bert"][i] + (1 - a - b) * experts["image"][i]
+    print(f"\n| model (experts fit on train, {len(train)} products) | validation top-1 ({len(val)}) | "
+          f"eval top-1 ({len(ev)}) |\n|---|---|---|")
+    for name, scores in rows.items():
+        print(f"| {name} | " + " | ".join(f"{100 * np.mean(scores(i).argmax(1) == truth[i]):.2f}" for i in (0, 1)) + " |")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -329,11 +373,14 @@ def main(argv=None) -> None:
     t.add_argument("--two-experts", action="store_true", help="the lexical × image rows only")
     for name in ("lexical", "image", "bert"):
         t.add_argument(f"--c-{name}", type=float, nargs="+", help=f"the {name} expert's C candidates")
+    q = sub.add_parser("quick", help="one fit per expert with given C: validation and eval rows")
+    q.add_argument("--cache", required=True)
+    q.add_argument("--extra-cache", help="a cache of the same products whose text holds the extra text columns")
+    q.add_argument("--c-lexical", type=float, default=10.0)
+    q.add_argument("--c-image", type=float, default=0.01)
+    q.add_argument("--c-bert", type=float, default=0.1)
     args = parser.parse_args(argv)
-    if args.command == "cache":
-        cache(args)
-    else:
-        table(args)
+    {"cache": cache, "table": table, "quick": quick}[args.command](args)
 
 
 if __name__ == "__main__":

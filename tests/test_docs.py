@@ -38,6 +38,8 @@ PYTHON = ".venv/bin/python"
 SHARED = REPO_ROOT.parent / "shared"
 # Values the docs' commands take from the reader's shell (`TAG=$(git rev-parse --short HEAD)`).
 DOC_SHELL_VARIABLES = {"TAG": "doc-test", "REGISTRY": "registry.example/hanet"}
+# Scripts whose first argument is a subcommand with flags of its own.
+SUBCOMMAND_SCRIPTS = {"scripts/probe_lexical.py"}
 # Commands whose options unknown to them go to the Beam runner (pipeline/__main__.py, takes_beam_args).
 BEAM_COMMANDS = {"pipeline predict-catalog", "components.preprocess"}
 # Programs (or program + subcommand) that need something this machine does not have.
@@ -74,7 +76,7 @@ class PythonCommand:
 
     command: Command
     target: str  # a module for runpy.run_module, or a script path
-    sub: list[str] = field(default_factory=list)  # the subcommand, for `-m pipeline`
+    sub: list[str] = field(default_factory=list)  # the subcommand, for `-m pipeline` and SUBCOMMAND_SCRIPTS
     args: list[str] = field(default_factory=list)
 
     @property
@@ -186,6 +188,8 @@ def python_command(command: Command) -> PythonCommand | None:
         if module == "pipeline":
             return PythonCommand(command, module, rest[:1], rest[1:])
         return PythonCommand(command, module, [], rest)
+    if words[1] in SUBCOMMAND_SCRIPTS:
+        return PythonCommand(command, words[1], words[2:3], words[3:])
     return PythonCommand(command, words[1], [], words[2:])
 
 
