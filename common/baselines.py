@@ -20,7 +20,9 @@ epoch's and the best α's). Time is products × classes × n-grams a title per e
 
 The regularisation α is chosen on the training titles only: every tenth is held out, each α of ALPHAS
 trains with early stopping on them, and the best there is kept; the weights are averaged over the SGD
-steps from the second epoch (Polyak–Ruppert), which is what is scored.
+steps from the second epoch (Polyak–Ruppert), which is what is scored. Up to EXACT_COST training titles
+× classes, liblinear solves the same hashed problem exactly instead (more accurate than the SGD fit, and
+small enough there to hold in memory).
 """
 from __future__ import annotations
 
@@ -54,6 +56,12 @@ ALPHAS = (1e-3, 3e-4, 1e-4)
 # Past this many training titles × classes seen, each α is compared after PILOT_EPOCHS epochs (a full
 # training each would multiply the baseline's time by the α tried).
 FULL_GRID_COST = 2_000_000
+# Up to this many training titles × classes, liblinear (scikit-learn's LinearSVC, one-vs-rest, C=1) solves
+# the same hashed problem exactly, from the spill loaded whole: its memory (the titles' sparse features and
+# a float64 classes × hashed-features matrix) is bounded by this cost and WEIGHT_BUDGET_BYTES, and on the
+# shared catalogs it beats the SGD fit by about a point (fashion 98.23 vs 97.26, hm 79.92 vs 78.44). Past
+# it, the streamed SGD fit keeps memory independent of the number of products.
+EXACT_COST = 2_000_000
 PILOT_EPOCHS = 2
 STEP_SIZE = 8  # titles an SGD step
 SHUFFLE_BUFFER = 8192  # titles shuffled together: a catalog's order groups similar products
@@ -172,16 +180,18 @@ class TfidfSvm:
     the training ones): each is trained with early stopping, and the one whose best epoch is best there is
     kept (`alpha`, `holdout_accuracy`); the titles being evaluated never take part."""
 
-    def __init__(self, titles: list[str], labels: np.ndarray, num_classes: int, alphas: tuple[float, ...] = ALPHAS):
-        self._fit(_in_batches(list(titles), np.asarray(labels)), num_classes, alphas)
+    def __init__(self, titles: list[str], labels: np.ndarray, num_classes: int, alphas: tuple[float, ...] = ALPHAS,
+                 exact_cost: int = EXACT_COST):
+        self._fit(_in_batches(list(titles), np.asarray(labels)), num_classes, alphas, exact_cost)
 
     @classmethod
-    def streamed(cls, batches: Batches, num_classes: int, alphas: tuple[float, ...] = ALPHAS) -> TfidfSvm:
+    def streamed(cls, batches: Batches, num_classes: int, alphas: tuple[float, ...] = ALPHAS,
+                 exact_cost: int = EXACT_COST) -> TfidfSvm:
         baseline = cls.__new__(cls)
-        baseline._fit(batches, num_classes, alphas)
+        baseline._fit(batches, num_classes, alphas, exact_cost)
         return baseline
 
-    def _fit(self, batches: Batches, num_classes: int, alphas: tuple[float, ...]) -> None:
+    def _fit(self, batches: Batches, num_classes: int, alphas: tuple[float, ...], exact_cost: int) -> None:
         started = time.monotonic()
         if not alphas or min(alphas) <= 0:
             raise ValueError(f"the tfidf_svm baseline needs positive regularisation strengths, got {alphas}")
@@ -194,7 +204,10 @@ class TfidfSvm:
             self.alpha, self.holdout_accuracy, self.epochs = alphas[len(alphas) // 2], None, 0
             self.weights = np.zeros([self.vectorizer.n_features, num_classes], np.float32)
             self.bias = np.zeros([num_classes], np.float32)
-            if self.seen.sum() > 1:
+            self.solver = "sgd"
+            if self.seen.sum() > 1 and self.train_products * int(self.seen.sum()) <= exact_cost:
+                self._fit_exact(spill)
+            elif self.seen.sum() > 1:
                 self._choose_alpha(spill, alphas)
         self.fit_seconds = time.monotonic() - started
 
@@ -228,6 +241,20 @@ class TfidfSvm:
         if not self.train_products:
             raise ValueError("the tfidf_svm baseline has no training titles")
         return spill
+
+    def _fit_exact(self, spill: _Spill) -> None:
+        """LinearSVC (liblinear, C=1) on every training title, held-out ones included: no α to choose."""
+        import scipy.sparse
+        from sklearn.svm import LinearSVC
+
+        parts = [spill.load(path, self.vectorizer.n_features) for path in spill.train + spill.holdout]
+        x = self.vectorizer.weigh(scipy.sparse.vstack([counts for counts, _ in parts]).tocsr())
+        svm = LinearSVC(C=1.0).fit(x, np.concatenate([labels for _, labels in parts]))
+        coef = svm.coef_ if len(svm.classes_) > 2 else np.concatenate([-svm.coef_, svm.coef_])
+        intercept = svm.intercept_ if len(svm.classes_) > 2 else np.concatenate([-svm.intercept_, svm.intercept_])
+        self.weights[:, svm.classes_] = coef.T
+        self.bias[svm.classes_] = intercept
+        self.solver, self.alpha, self.holdout_accuracy = "liblinear", None, None
 
     def _decision(self, x, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
         return np.asarray(x @ weights) + bias + self._unseen

@@ -272,7 +272,7 @@ class EvalFigures:
         if not self.baseline:
             return None
         return {"model": baselines.TFIDF_SVM, "train_products": self.baseline.train_products,
-                "fit_seconds": self.baseline.fit_seconds, "alpha": self.baseline.alpha,
+                "fit_seconds": self.baseline.fit_seconds, "solver": self.baseline.solver, "alpha": self.baseline.alpha,
                 "holdout_accuracy": self.baseline.holdout_accuracy, **self.baseline_counts.metrics(),
                 "paired": self.paired.figures()}
 

@@ -95,7 +95,9 @@ def main() -> None:
         m = counts.metrics()
         print(f"{name}: top-1 {m['top1_accuracy']:.4f} top-5 {m['top5_accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} "
               f"fit+score {seconds:.1f} s ({cpu:.1f} s CPU), peak RSS {peak_rss_gib():.2f} GiB (before {before:.2f})", flush=True)
-        if name in fitted:
+        if name in fitted and fitted[name].solver == "liblinear":
+            print(f"  solved exactly by liblinear (training titles × classes ≤ {baselines.EXACT_COST:,})", flush=True)
+        elif name in fitted:
             f = fitted[name]
             held_out = "none held out" if f.holdout_accuracy is None else f"held-out top-1 {f.holdout_accuracy:.4f}"
             print(f"  α {f.alpha:g} chosen on {len(train_titles) // baselines.HOLDOUT_EVERY} held-out train titles "

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_serving.py --model WORK/serving/hanet/1 [--batching off,on] [--requests 400] [--seconds 60]
     .venv/bin/python scripts/bench_serving.py --model WORK/serving/hanet/1 --mode large-in-flight [--large 1000]
     .venv/bin/python scripts/bench_serving.py --model WORK/serving/hanet/1 --attack [--seconds 20] [--attackers 4]
-        [--server-cpus 0 --client-cpus 1]
+        [--server-cpus 0 --client-cpus 0 --attacker-cpus 1]
 
 `throughput` (the default): throughput and p50/p99 latency over REST and gRPC, at 1 and 16 concurrent
 clients, one product or a batch per request, with server-side batching off and on (on: the
@@ -16,14 +16,16 @@ size, the 16-client throughput with batching divided by that without. Each scena
 (--seconds), then while one request of --large products is computed; the ratio of the two p99s,
 how long the large request took, and the server's resident memory before, at its peak and after.
 
-`--attack` (`--mode attack`): p50/p99 of one good client's single-product gRPC requests on an idle
-server, then while --attackers processes send each attack of the hostile-traffic suite without pause
-(decompression bombs, a [1000] tensor of a few KB, 200 concurrent singles, a gzip bomb, a body
+`--attack` (`--mode attack`, once per --batching setting): p50/p99 of one good client's single-product
+gRPC requests on an idle server, then while --attackers processes send each attack of the
+hostile-traffic suite without pause (decompression bombs, a [1000] tensor of a few KB, 50 concurrent
+singles per attacker, a gzip bomb, a body
 declared as 300 MiB, slow connections, a GIF frame larger than its screen); per attack the good
 client's p99 over its idle p99, what the attackers got back, the server's resident memory after it
-and the machine's load average (other jobs share its cores). --server-cpus / --client-cpus pin the
-server and the clients (good and attacking) to separate cores (taskset lists), so that the figures
-show what an attack costs the server rather than the clients' share of the same cores.
+and the machine's load average (other jobs share its cores). --server-cpus, --client-cpus and
+--attacker-cpus pin the server, the good client and the attackers (taskset lists): the attackers on a
+core of their own, the figures show what an attack costs the server rather than the attackers' own
+CPU taken from the server and the good client.
 
 The server listens on 127.0.0.1 only and is stopped at the end. Products are real catalog rows
 (title and the original JPEG, as a client sends them). Clients and server share this machine's
@@ -331,12 +333,12 @@ def _cpu_list(cpus: str) -> set[int]:
     return chosen
 
 
-def attack(args, products, serving_base: str) -> None:
+def attack(args, products, serving_base: str, setting: str, flags: list[str]) -> None:
     from serving.client import GrpcClient
 
     rest_port, grpc_port = _free_port(), _free_port()
-    server = start_server(serving_base, rest_port, grpc_port, cpus=args.server_cpus)
-    if args.client_cpus:  # this process (the good client) and, inheriting it, the attackers
+    server = start_server(serving_base, rest_port, grpc_port, flags, cpus=args.server_cpus)
+    if args.client_cpus:  # this process: the good client
         os.sched_setaffinity(0, _cpu_list(args.client_cpus))
     try:
         good = GrpcClient(f"{HOST}:{grpc_port}", MODEL_NAME, timeout=120)
@@ -347,15 +349,15 @@ def attack(args, products, serving_base: str) -> None:
             deadline = time.monotonic() + args.seconds
             return np.array(latencies_until(good, product, lambda: time.monotonic() > deadline, minimum=5)) * 1000
 
-        cores = (f"server on CPUs {args.server_cpus or 'any'}, clients on CPUs {args.client_cpus or 'any'} "
-                 f"of {os.cpu_count()}")
-        print(f"good client: single-product gRPC requests, {args.seconds:g} s per phase; {args.attackers} attacking "
+        cores = (f"CPUs of {os.cpu_count()}: server {args.server_cpus or 'any'}, good client {args.client_cpus or 'any'}, "
+                 f"attackers {args.attacker_cpus or 'any'}")
+        print(f"batching {setting}; good client: single-product gRPC requests, {args.seconds:g} s per phase; {args.attackers} attacking "
               f"processes; {cores}; each attack paired with an idle phase just before it (the machine's load drifts)")
         print(f"{'attack':<24}{'idle p50':>9}{'idle p99':>9}{'count':>7}{'p50 ms':>9}{'p99 ms':>9}{'p99/idle':>9}"
               f"{'RSS MB':>8}{'load':>6}  attackers got")
         for name in args.attacks.split(","):
             idle = measure()
-            command = [sys.executable, __file__, "--model", args.model, "--catalog", args.catalog, "--products", "1",
+            command = [*(["taskset", "-c", args.attacker_cpus] if args.attacker_cpus else []), sys.executable, __file__, "--model", args.model, "--catalog", args.catalog, "--products", "1",
                        "--attacker", name, "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
                        "--seconds", str(args.seconds)]
             attackers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(args.attackers)]
@@ -390,7 +392,8 @@ def main() -> None:
     parser.add_argument("--attacker", choices=ATTACKS, help=argparse.SUPPRESS)  # one attacking process
     parser.add_argument("--attacks", default=",".join(ATTACKS), help="the attacks to send (attack mode), comma-separated")
     parser.add_argument("--server-cpus", help="pin the server to these CPUs (taskset list, e.g. 0; attack mode)")
-    parser.add_argument("--client-cpus", help="pin the good client and the attackers to these CPUs (e.g. 1; attack mode)")
+    parser.add_argument("--client-cpus", help="pin the good client to these CPUs (e.g. 0; attack mode)")
+    parser.add_argument("--attacker-cpus", help="pin the attackers to these CPUs (e.g. 1; attack mode)")
     parser.add_argument("--rest-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--grpc-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--catalog", default=str(DEFAULT_CATALOG), help="products to send (title and image columns)")
@@ -428,7 +431,8 @@ def main() -> None:
                 large_in_flight(args, products, serving_base, flags[setting])
             return
         if args.mode == "attack":
-            attack(args, products, serving_base)
+            for setting in settings:
+                attack(args, products, serving_base, setting, flags[setting])
             return
         print(f"model {args.model}; {len(products)} catalog products; at most {args.requests} requests "
               f"or {args.seconds:g} s per scenario; {os.cpu_count()} CPUs shared by clients and server")

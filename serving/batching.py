@@ -277,7 +277,9 @@ class BatchScheduler:
         limit = self.options.max_execution_batch_size
         return sum(task.remaining for task in self._tasks if (task.size > limit) == split)
 
-    def _admit(self, size: int) -> None:
+    def check_admission(self, size: int) -> None:
+        """Refuses (UNAVAILABLE) a task of `size` instances that its pool has no room for; on the event
+        loop. `run` checks again: a server may call this first, to refuse before costlier checks."""
         split = size > self.options.max_execution_batch_size
         waiting, capacity = self.waiting_instances(split), self.options.instance_capacity
         if waiting and waiting + size > capacity:
@@ -295,7 +297,7 @@ class BatchScheduler:
         (hashable: who sent it) takes turns with the other clients."""
         size = batch_size(inputs)
         self.check_size(size)
-        self._admit(size)
+        self.check_admission(size)
         loop = asyncio.get_running_loop()
         task = _Task(key, run, inputs, size, loop.create_future(), loop.time(), client=client)
         self._tasks.add(task)

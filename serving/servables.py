@@ -133,18 +133,20 @@ class Servable:
             expected = object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype
             if array.dtype != expected and not (spec.dtype == tf.string and array.dtype.kind == "S"):
                 raise InvalidArgument(f"input {name!r} is {array.dtype}, but the signature takes {spec.dtype.name}")
+        if (signature_name or features.SERVING_SIGNATURE) == features.TF_EXAMPLE_SIGNATURE:
+            _check_examples(inputs)
+
+    def check_images(self, signature_name: str, inputs: dict[str, np.ndarray]) -> None:
+        """The model's own header check of checked inputs' raw images (check_inputs), for a server to run
+        before the request waits for a model call: an image its graph would refuse then costs this
+        check, not a turn of the model (the graph checks again)."""
         signature_name = signature_name or features.SERVING_SIGNATURE
-        images = inputs.get(features.IMAGE_BYTES_KEY) if signature_name == features.SERVING_SIGNATURE else None
+        if self._image_check is None or signature_name not in (features.SERVING_SIGNATURE, features.TF_EXAMPLE_SIGNATURE):
+            return
         if signature_name == features.TF_EXAMPLE_SIGNATURE:
             images = _check_examples(inputs)
-        if images is not None:
-            self._check_images(images)
-
-    def _check_images(self, images: np.ndarray) -> None:
-        """The model's own header check, run before the request waits for a model call: an image its graph
-        would refuse costs the server this check, not a turn of the model (the graph checks again)."""
-        if self._image_check is None or images.ndim != 1:
-            return
+        else:
+            images = inputs[features.IMAGE_BYTES_KEY]
         try:
             self._image_check(tf.constant(images, dtype=tf.string))
         except tf.errors.OpError as e:

@@ -46,7 +46,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import json_tensor, tensor_proto
-from serving.batching import BatchingOptions, BatchScheduler
+from serving.batching import BatchingOptions, BatchScheduler, batch_size
 from serving.errors import (
     INTERNAL_ERROR_MESSAGE,
     InvalidArgument,
@@ -95,6 +95,18 @@ def _batch_key(servable: Servable, signature: str, inputs) -> tuple:
     # Requests share a model call only if they call the same version's signature with inputs that
     # concatenate: the same dtype and the same shape after the batch dimension.
     return (servable, signature, tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items())))
+
+
+async def _check_images(scheduler: BatchScheduler, executor, servable: Servable, signature: str, inputs) -> None:
+    """The model's image header check before a request of one model call or less is queued, once the
+    queue would take it: a request the queue refuses costs no image check, one the graph would refuse
+    no model call. A larger request is left to the graph: its pieces are checked as they run, so one
+    [1000] request never holds a core for a thousand headers beside other clients' model calls."""
+    size = batch_size(inputs)
+    scheduler.check_size(size)
+    scheduler.check_admission(size)
+    if size <= scheduler.options.max_execution_batch_size:
+        await asyncio.get_running_loop().run_in_executor(executor, servable.check_images, signature, inputs)
 
 
 _DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -273,6 +285,7 @@ class RestApi:
             servable, signature, request_format, inputs = await loop.run_in_executor(
                 self.executor, self._request, name, version, body
             )
+            await _check_images(self.scheduler, self.executor, servable, signature, inputs)
             outputs = await self.scheduler.run(
                 _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs,
                 client=request.transport,
@@ -471,6 +484,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def _predict(self, request: predict_pb2.PredictRequest, peer: str) -> predict_pb2.PredictResponse:
         loop = asyncio.get_running_loop()
         servable, signature, inputs, wanted = await loop.run_in_executor(self.executor, self._request, request)
+        await _check_images(self.scheduler, self.executor, servable, signature, inputs)
         outputs = await self.scheduler.run(
             _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs, client=peer
         )

@@ -44,13 +44,13 @@ def test_it_reads_the_batches_once_and_never_keeps_them():
             held.append(start)
             yield titles[start:start + 50], labels[start:start + 50]
 
-    baseline = TfidfSvm.streamed(batches, num_classes=40)
+    baseline = TfidfSvm.streamed(batches, num_classes=40, exact_cost=0)
     # One pass: the titles are hashed as they come, and each epoch reads the hashed counts back from disk.
     assert passes == [8]
     assert baseline.train_products == 400 and 1 <= baseline.epochs <= baselines.MAX_EPOCHS
     # Fed in other batches, the same titles give the same model: the hold-out and the shuffle follow the
     # titles' positions, not the batches.
-    again = TfidfSvm(titles, labels, num_classes=40)
+    again = TfidfSvm(titles, labels, num_classes=40, exact_cost=0)
     np.testing.assert_array_equal(again.weights, baseline.weights)
     assert (again.alpha, again.epochs) == (baseline.alpha, baseline.epochs)
 
@@ -71,15 +71,15 @@ def test_the_tfidf_is_scikit_learns_on_each_hashed_half():
 def test_the_regularisation_is_chosen_on_the_held_out_training_titles():
     titles, labels = _catalog(600, 20)
     # α = 10 shrinks every weight to nothing at each step: it cannot be best on the held-out titles.
-    baseline = TfidfSvm(titles, labels, num_classes=20, alphas=(10.0, 1e-3))
+    baseline = TfidfSvm(titles, labels, num_classes=20, alphas=(10.0, 1e-3), exact_cost=0)
     assert baseline.alpha == 1e-3
     held_out = np.arange(600) % baselines.HOLDOUT_EVERY == baselines.HOLDOUT_EVERY - 1
     right = baseline.scores([t for t, h in zip(titles, held_out) if h]).argmax(axis=-1) == labels[held_out]
     assert baseline.holdout_accuracy == pytest.approx(right.mean()) and baseline.holdout_accuracy > 0.9
-    alone = TfidfSvm(titles, labels, num_classes=20, alphas=(10.0,))
+    alone = TfidfSvm(titles, labels, num_classes=20, alphas=(10.0,), exact_cost=0)
     assert alone.alpha == 10.0 and alone.holdout_accuracy < baseline.holdout_accuracy
     with pytest.raises(ValueError, match="positive regularisation"):
-        TfidfSvm(titles, labels, num_classes=20, alphas=(0.0,))
+        TfidfSvm(titles, labels, num_classes=20, alphas=(0.0,), exact_cost=0)
 
 
 def test_large_fits_compare_each_alpha_after_a_few_epochs_then_train_the_chosen_one(monkeypatch):
@@ -93,7 +93,7 @@ def test_large_fits_compare_each_alpha_after_a_few_epochs_then_train_the_chosen_
 
     monkeypatch.setattr(TfidfSvm, "_train", recording)
     monkeypatch.setattr(baselines, "FULL_GRID_COST", 600 * 20 - 1)
-    baseline = TfidfSvm(titles, labels, num_classes=20, alphas=(10.0, 1e-3))
+    baseline = TfidfSvm(titles, labels, num_classes=20, alphas=(10.0, 1e-3), exact_cost=0)
     pilot = baselines.PILOT_EPOCHS
     assert trained == [(10.0, pilot), (1e-3, pilot), (1e-3, baselines.MAX_EPOCHS)] and baseline.alpha == 1e-3
 
@@ -138,3 +138,20 @@ def test_it_learns_titles_that_name_their_class_at_many_classes():
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-5)
     assert np.all(probabilities[:, 1000] == 0.0)
     assert baseline.probabilities([]).shape == (0, 1001) and baseline.scores([]).shape == (0, 1001)
+
+
+@pytest.mark.parametrize("classes", [2, 12])
+def test_small_fits_are_liblinears_on_the_same_hashed_features_and_large_ones_sgd(classes):
+    from sklearn.svm import LinearSVC
+
+    titles, labels = _catalog(300, classes)
+    baseline = TfidfSvm(titles, labels, num_classes=classes + 1)  # 300 × classes: under EXACT_COST
+    assert baseline.solver == "liblinear" and baseline.alpha is None
+    test_titles = _catalog(50, classes, seed=3)[0]
+    svm = LinearSVC(C=1.0).fit(baseline.vectorizer.transform(titles), labels)
+    expected = svm.decision_function(baseline.vectorizer.transform(test_titles))
+    expected = np.stack([-expected, expected], axis=-1) if classes == 2 else expected
+    np.testing.assert_allclose(baseline.scores(test_titles)[:, :classes], expected, rtol=1e-4, atol=1e-4)
+    assert np.all(np.isinf(baseline.scores(test_titles)[:, classes]))  # never seen: never predicted
+    streamed = TfidfSvm(titles, labels, num_classes=classes + 1, exact_cost=300 * classes - 1)
+    assert streamed.solver == "sgd" and streamed.alpha in baselines.ALPHAS

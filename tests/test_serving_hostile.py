@@ -221,14 +221,21 @@ def held(manager, monkeypatch):
     release.set()
 
 
-def test_large_requests_cannot_lock_single_products_out(manager, held):
+def test_large_requests_cannot_lock_single_products_out(manager, held, monkeypatch):
+    servable = manager.servable(features.MODEL_NAME)
+    checked, check = [], servable.check_images
+    monkeypatch.setattr(servable, "check_images",
+                        lambda signature, inputs: checked.append(len(inputs[features.TITLE_KEY])) or check(signature, inputs))
     with Server(manager, num_batch_threads=1) as busy:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(busy.grpc))
-        large = [stub.Predict.future(_repeated_request(1000), timeout=120) for _ in range(10)]
+        large = [stub.Predict.future(_repeated_request(1000), timeout=120)]
+        wait_until(lambda: busy.scheduler.waiting_instances(split=True) > 0, "the first large request to queue")
+        large += [stub.Predict.future(_repeated_request(1000), timeout=120) for _ in range(9)]
         wait_until(lambda: sum(f.done() for f in large) == 9, "nine large requests to be answered")
         refused = [f for f in large if f.done()]
         assert all(f.exception().code() == grpc.StatusCode.UNAVAILABLE for f in refused)
         assert "max_enqueued_instances 1000" in refused[0].exception().details()
+        assert checked == []  # 1000 headers are the graph's to check, a piece at a time
         singles = [stub.Predict.future(_repeated_request(1), timeout=120) for _ in range(20)]
         wait_until(lambda: busy.scheduler.waiting_instances(split=False) == 20, "the singles to queue")
         held.set()
