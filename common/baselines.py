@@ -250,8 +250,9 @@ class TfidfSvm:
         parts = [spill.load(path, self.vectorizer.n_features) for path in spill.train + spill.holdout]
         x = self.vectorizer.weigh(scipy.sparse.vstack([counts for counts, _ in parts]).tocsr())
         svm = LinearSVC(C=1.0).fit(x, np.concatenate([labels for _, labels in parts]))
-        coef = svm.coef_ if len(svm.classes_) > 2 else np.concatenate([-svm.coef_, svm.coef_])
-        intercept = svm.intercept_ if len(svm.classes_) > 2 else np.concatenate([-svm.intercept_, svm.intercept_])
+        coef, intercept = svm.coef_, svm.intercept_
+        if len(svm.classes_) == 2:  # liblinear keeps one row for two classes: the second's, against the first
+            coef, intercept = np.concatenate([-coef, coef]), np.concatenate([-intercept, intercept])
         self.weights[:, svm.classes_] = coef.T
         self.bias[svm.classes_] = intercept
         self.solver, self.alpha, self.holdout_accuracy = "liblinear", None, None

@@ -239,9 +239,7 @@ def crossfit_log_probs(titles: list[str], labels: np.ndarray, folds: np.ndarray,
         vocabulary = learn_vocabulary([titles[i] for i in inside], max_vocabulary)
         expert = LexicalExpert(vocabulary, *_fit_weights(LexicalFeatures(vocabulary).numpy([titles[i] for i in inside]),
                                                          labels[inside], c, num_classes, vocabulary.size))
-        for start in range(0, len(outside), 1024):
-            chunk = outside[start:start + 1024]
-            out[chunk] = expert(tf.constant([titles[i] for i in chunk])).numpy()
+        out[outside] = _scores(expert, [titles[i] for i in outside])
     return out
 
 
@@ -321,12 +319,10 @@ class RunExpert:
 
 def _split_records(pattern: str) -> tuple[list[bytes], list[bytes], np.ndarray]:
     """(ids, raw title bytes, label ids) of the transformed records matching `pattern`."""
-    from common import features
+    from common import baselines, features
     from trainer import data
 
-    spec = {features.ID_KEY: tf.io.FixedLenFeature([], tf.string),
-            features.TITLE_KEY: tf.io.FixedLenFeature([], tf.string),
-            features.LABEL_ID_KEY: tf.io.FixedLenFeature([], tf.int64)}
+    spec = baselines.record_spec()
     ids, titles, labels = [], [], []
     if not tf.io.gfile.glob(pattern):
         return ids, titles, np.zeros([0], np.int64)
