@@ -96,7 +96,7 @@ def export_serving_model(
             weights = tf.cast(out["stream_weights"], tf.float32)
             outputs[features.OUTPUT_TEXT_WEIGHT_KEY] = weights[:, 0]
             outputs[features.OUTPUT_IMAGE_WEIGHT_KEY] = weights[:, 1]
-            if weights.shape[1] == 3:  # the expert fusions: the lexical expert's part of the title's weight
+            if reads_lexical:  # the lexical expert's part of the title's weight (its third column)
                 outputs[features.OUTPUT_LEXICAL_WEIGHT_KEY] = weights[:, 2]
         return outputs
 
