@@ -27,10 +27,15 @@ def _dense(layer, x):
     return x @ kernel + bias
 
 
-def _profile(lp, k=fusion.EXPERT_PROFILE_TOP_K):
-    top = -np.sort(-lp, axis=-1)[:, :k]
-    entropy = -(np.exp(lp) * lp).sum(-1, keepdims=True)
-    return np.concatenate([lp, top, entropy], -1)
+def _expert_streams(lp, k=fusion.EXPERT_PROFILE_TOP_K):
+    """(v, σ, c, x) of one expert's log-probabilities, as trainer/fusion.py expert_streams."""
+    spread = lp.std(-1, keepdims=True) + 1e-6
+    values = (lp - lp.mean(-1, keepdims=True)) / spread
+    p_top = np.exp(-np.sort(-lp, axis=-1)[:, :2])
+    entropy = -(np.exp(lp) * lp).sum(-1)
+    confidence = np.stack([p_top[:, 0], p_top[:, 0] - p_top[:, 1], entropy / np.log(lp.shape[-1])], -1)
+    x = np.concatenate([values, -np.sort(-values, axis=-1)[:, :k], confidence], -1)
+    return values, spread[:, 0], confidence, x
 
 
 def _reference(head, f_t, f_i, lexical):
@@ -38,7 +43,7 @@ def _reference(head, f_t, f_i, lexical):
     log_probs = [np.maximum(_log_softmax(_dense(head.text_head.classifier, f_t)), fusion.EXPERT_LOG_PROB_FLOOR),
                  np.maximum(_log_softmax(_dense(head.image_head.classifier, f_i)), fusion.EXPERT_LOG_PROB_FLOOR),
                  np.maximum(lexical, fusion.EXPERT_LOG_PROB_FLOOR)]
-    xs = [_profile(lp) for lp in log_probs]
+    values, spreads, confidences, xs = zip(*(_expert_streams(lp) for lp in log_probs))
     keyless = _softmax(np.concatenate([_dense(head.keyless.scorer, _dense(v, x))
                                        for v, x in zip(head.keyless.values, xs)], -1))
     keys = [_dense(k, x) for k, x in zip(head.key_based.keys, xs)]
@@ -46,11 +51,13 @@ def _reference(head, f_t, f_i, lexical):
     d_k = keys[0].shape[-1]
     raw = np.stack([(keys[m] * (sum(queries) - queries[m]) / 2).sum(-1) for m in range(3)], -1) / np.sqrt(d_k)
     key_based = _softmax(raw)
-    pairs = np.stack([keyless, key_based], -1)  # [batch, 3, 2]
-    hidden = np.maximum(_dense(head.hybrid.hidden, pairs), 0)
+    d_inputs = np.concatenate([np.stack([keyless, key_based], -1), np.stack(confidences, 1)], -1)  # [batch, 3, 5]
+    hidden = np.maximum(_dense(head.hybrid.hidden, d_inputs), 0)
     prior = head.hybrid.prior.numpy().astype(np.float64)
-    s = _softmax(_dense(head.hybrid.out, hidden)[..., 0] + prior)
-    return 3 * (s[:, :, None] * np.stack(log_probs, 1)).sum(1), s
+    spread = np.stack(spreads, 1)
+    s = _softmax(_dense(head.hybrid.out, hidden)[..., 0] + prior + np.log(spread))
+    scale = np.exp(float(head.product.log_temperature.numpy())) * spread.sum(-1, keepdims=True)
+    return scale * (s[:, :, None] * np.stack(values, 1)).sum(1), s, log_probs
 
 
 def _built_head():
@@ -66,15 +73,20 @@ def _built_head():
 
 def test_hanet_experts_starts_as_the_plain_product_of_the_three_experts():
     head, f_t, f_i, lexical, _ = _built_head()
-    logits, s = _reference(head, f_t.astype(np.float64), f_i.astype(np.float64), lexical.astype(np.float64))
-    np.testing.assert_allclose(s, 1 / 3, rtol=1e-6)  # D's output layer and the prior start at zero
-    np.testing.assert_allclose(head(f_t, f_i, lexical=lexical).numpy(), logits, rtol=1e-5, atol=1e-4)
+    logits, s, log_probs = _reference(head, f_t.astype(np.float64), f_i.astype(np.float64), lexical.astype(np.float64))
+    spread = np.stack([lp.std(-1) for lp in log_probs], 1)
+    # D's output layer, the prior and the temperature start at zero: each expert's share is its spread's.
+    np.testing.assert_allclose(s, spread / spread.sum(-1, keepdims=True), rtol=1e-5)
+    got = head(f_t, f_i, lexical=lexical).numpy()
+    np.testing.assert_allclose(got, logits, rtol=1e-5, atol=1e-4)
+    # ... and its class probabilities are the plain product's, softmax(log p_1 + log p_2 + log p_3).
+    np.testing.assert_allclose(_softmax(got.astype(np.float64)), _softmax(sum(log_probs)), rtol=1e-4, atol=1e-6)
 
 
 def test_hanet_experts_logits_and_weights_are_its_m_stream_equations_from_its_own_weights():
     head, f_t, f_i, lexical, rng = _built_head()
     head.set_weights([rng.normal(scale=0.7, size=w.shape).astype(np.float32) for w in head.get_weights()])
-    logits, s = _reference(head, f_t.astype(np.float64), f_i.astype(np.float64), lexical.astype(np.float64))
+    logits, s, _ = _reference(head, f_t.astype(np.float64), f_i.astype(np.float64), lexical.astype(np.float64))
     assert s[:, 0].std() > 0.01  # per product, so the check covers the attention, not a constant
     np.testing.assert_allclose(head(f_t, f_i, lexical=lexical, training=False).numpy(), logits, rtol=1e-4, atol=1e-4)
     weights = head.stream_weights(f_t, f_i, lexical=lexical).numpy()

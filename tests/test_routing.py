@@ -1,7 +1,7 @@
 """Attention that attends: the routing figures (common/metrics.py: roc_auc, RoutingCounts), where the
 evaluate stage reports them (its scalars and the report's "Which stream decided"), and whether the
 attention heads, trained on streams where per example only one carries the class, give their
-weight to that stream."""
+weight to that stream (keyless, key_based and hanet on features; hanet_experts on experts' scores)."""
 import dataclasses
 import itertools
 
@@ -13,8 +13,8 @@ from common.metrics import RoutingCounts, roc_auc
 from components.evaluate import Verdict
 from components.evaluation_report import render_html
 from tests.test_evaluation_report import _evaluation, _Page
-from common.features import HANET, KEY_BASED, KEYLESS
-from trainer.fusion import HeadConfig, fusion_head
+from common.features import HANET, HANET_EXPERTS, KEY_BASED, KEYLESS
+from trainer.fusion import DecisionNetwork, HeadConfig, fusion_head
 
 CLASSES, DIM = 4, 16
 
@@ -99,3 +99,48 @@ def test_the_attention_weights_follow_the_informative_stream(fusion):
     assert model.evaluate([e_t, e_i], e_labels, verbose=0)[1] > 0.85
     assert s_t.std() >= 0.1
     assert roc_auc(s_t[text_informs], s_t[~text_informs]) >= 0.8
+
+
+def _experts(n: int, seed: int):
+    """(p_text, p_image, lexical log-probs, informs [n] in 0..2): per example one expert, drawn at random,
+    is sure of the true class; the other two are torn between two classes drawn at random, with log-
+    probabilities spread wider than the informative one's, so the plain product (each expert's share its
+    spread) leans towards them. A head that routes learns the shape of a sure expert and weighs it."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, CLASSES, n)
+    informs = rng.integers(0, 3, n)
+    streams = []
+    for m in range(3):
+        torn = np.full((n, CLASSES), -3.0)
+        for pick in range(2):
+            torn[np.arange(n), rng.integers(0, CLASSES, n)] = 3.0
+        sure = np.zeros((n, CLASSES))
+        sure[np.arange(n), labels] = 2.5
+        logits = np.where((informs == m)[:, None], sure, torn) + rng.normal(scale=0.3, size=(n, CLASSES))
+        streams.append(logits - np.log(np.exp(logits).sum(-1, keepdims=True)))  # log-probabilities
+    return np.exp(streams[0]).astype("float32"), np.exp(streams[1]).astype("float32"), \
+        streams[2].astype("float32"), labels, informs
+
+
+def test_the_expert_attention_weights_follow_the_informative_expert():
+    """hanet_experts over three expert streams, one informative per example: its weights (s per expert,
+    and the title's share s_text + s_lexical that the evaluation reports) follow it."""
+    keras.utils.set_random_seed(0)
+    p_t, p_i, lexical, labels, _ = _experts(3000, 1)
+    head = fusion_head(HANET_EXPERTS, CLASSES, HeadConfig(key_dim=16, hybrid_hidden_units=8, dropout=0.0))
+    network = DecisionNetwork(head)
+    inputs = [keras.Input((CLASSES,)) for _ in range(3)]
+    model = keras.Model(inputs, network(inputs[0], inputs[1], lexical=inputs[2]))
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  ["accuracy"])
+    e_t, e_i, e_lexical, e_labels, informs = _experts(1000, 2)
+    plain = model.evaluate([e_t, e_i, e_lexical], e_labels, verbose=0)[1]  # the head starts as the plain product
+    model.fit([p_t, p_i, lexical], labels, batch_size=32, epochs=10, verbose=0)
+    assert model.evaluate([e_t, e_i, e_lexical], e_labels, verbose=0)[1] > max(0.9, plain + 0.2)
+    s, _, _ = head.attend(head.expert_log_probs(e_t, e_i, e_lexical), training=False)
+    s = s.numpy()
+    for m in range(3):
+        assert roc_auc(s[informs == m, m], s[informs != m, m]) >= 0.9
+    title = s[:, 0] + s[:, 2]
+    assert title.std() >= 0.1
+    assert roc_auc(title[informs != 1], title[informs == 1]) >= 0.8

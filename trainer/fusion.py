@@ -13,6 +13,7 @@ mixed-precision policy, so the softmax and the loss are too.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import tf_keras as keras
 import tensorflow as tf
@@ -557,34 +558,50 @@ keras.utils.get_custom_objects().update(
 # ---- Beyond the paper: HANet over M experts' log-probabilities -------------------------------------
 #
 # The paper's two streams generalize to M streams m = 1..M, each described by x_m [batch, dim_m]:
-#   eq. 1–3 (keyless):   v_m = W_m x_m + b_m,  s^l = softmax_m(w · v_m)           (w shared by the streams)
+#   eq. 1–3 (keyless):   s^l = softmax_m(w · (W_m x_m + b_m))                    (w shared by the streams)
 #   eq. 4–5 (key-based): k_m = K_m x_m, q_m = Q_m x_m,
 #                        s^b = softmax_m(k_m · q̄_m / sqrt(d_k)),  q̄_m = mean of the other M−1 queries
 #                        (M = 2: k_t · q_i and k_i · q_t, the paper's)
-#   eq. 6 (hybrid):      s_m = softmax_m(D([s^l_m, s^b_m]) + β_m)                 (D shared; β a prior per stream)
-#   eq. 7 (fusion):      a weighted combination of the streams' values by s_m.
-# Over experts, stream m is an expert's log-probabilities ℓ_m [batch, classes]; it is described by
-# `expert_profile`, and its value is ℓ_m itself: logits = M Σ_m s_m ℓ_m, a product of experts whose
-# weights come from the attention per product (equal weights: the plain product log p_1 + … + log p_M).
+#   eq. 6 (hybrid):      s_m = softmax_m(D([s^l_m, s^b_m, c_m]) + β_m + log σ_m)
+#                        (D shared; c_m the stream's confidence; β a prior per stream; σ_m below)
+#   eq. 7 (fusion):      a weighted combination of the streams' values v_m by s_m.
+# Over experts, stream m is an expert's log-probabilities ℓ_m [batch, classes]. Its value is ℓ_m on a
+# common scale, v_m = (ℓ_m − mean_c ℓ_m) / σ_m with σ_m their spread (std over the classes), and
+#                        logits = e^t (Σ_k σ_k) Σ_m s_m v_m,
+# a per-product weighted product of experts in which s_m is stream m's share of the fused scores. With
+# ℓ_m itself as the value a weight is also an inverse temperature, and training lowered the weight of
+# the confident experts (on hm: routing AUC 0.17, scripts/probe_routing.py), the opposite of routing.
+# D's output layer, β and t start at zero: then s_m = σ_m / Σ_k σ_k and the logits are Σ_m ℓ_m up to
+# a constant per product, the plain product. c_m = (top probability, top-1 − top-2 probability,
+# entropy / log C), each in [0, 1]; x_m = [v_m, its k largest, c_m]: the scorers read the streams on
+# one scale (raw log-probabilities, down to the floor, saturated both softmaxes into the same one-hot
+# for every product, so D's input was constant and the weights could not depend on the product).
 
 # The log-probability an expert is read at, at least: a class it gives no probability stays rankable by
 # the others (common/poe.py's floor).
 EXPERT_LOG_PROB_FLOOR = -20.7  # ln(1e-9)
 EXPERT_PROFILE_TOP_K = 5
+EXPERT_CONFIDENCE_FEATURES = 3
 
 
-def expert_profile(log_probs, top_k: int = EXPERT_PROFILE_TOP_K):
-    """[batch, C] log-probabilities → [batch, C + k + 1]: themselves, their k largest (sorted) and the
-    entropy. The sorted part and the entropy say how sure the expert is whatever the class, which is
-    what a per-product weight needs to read."""
-    top = tf.math.top_k(log_probs, min(top_k, log_probs.shape[-1])).values
+def expert_streams(log_probs, top_k: int = EXPERT_PROFILE_TOP_K):
+    """An expert's log-probabilities ℓ [batch, C] → (v [batch, C] its standardized value, σ [batch] the
+    spread it was divided by, c [batch, 3] its confidence, x [batch, C + k + 3] what the scorers read)."""
+    mean, variance = tf.nn.moments(log_probs, axes=[-1], keepdims=True)
+    spread = tf.sqrt(variance) + 1e-6
+    values = (log_probs - mean) / spread
+    top = tf.math.top_k(log_probs, min(2, log_probs.shape[-1])).values
+    p_top = tf.exp(top)
     entropy = -tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1, keepdims=True)
-    return tf.concat([log_probs, top, entropy], axis=-1)
+    margin = p_top[:, :1] - p_top[:, 1:2] if log_probs.shape[-1] > 1 else p_top[:, :1]
+    confidence = tf.concat([p_top[:, :1], margin, entropy / max(math.log(log_probs.shape[-1]), 1e-6)], axis=-1)
+    sorted_values = tf.math.top_k(values, min(top_k, log_probs.shape[-1])).values
+    return values, spread[:, 0], confidence, tf.concat([values, sorted_values, confidence], axis=-1)
 
 
 @serializable
 class MultiKeylessScores(keras.layers.Layer):
-    """Eq. 1–3 over M streams: v_m = W_m x_m + b_m (one map per stream), s^l = softmax_m(w · v_m)."""
+    """Eq. 1–3 over M streams: s^l = softmax_m(w · (W_m x_m + b_m)), one map per stream, w shared."""
 
     def __init__(self, streams: int, width: int, **kwargs):
         super().__init__(**kwargs)
@@ -625,9 +642,13 @@ class MultiKeyBasedScores(keras.layers.Layer):
 
 @serializable
 class MultiHybridScores(keras.layers.Layer):
-    """Eq. 6 over M streams: s_m = softmax_m(D([s^l_m, s^b_m]) + β_m). D's output layer and β start at
-    zero, so a head starts with every weight 1/M (for experts: the plain product, the baseline a
-    user builds) and moves away from it only as far as training shows it helps."""
+    """Eq. 6 over M streams: s_m = softmax_m(D([s^l_m, s^b_m, c_m]) + β_m + log σ_m).
+
+    D reads, beside the two attention scores, the stream's confidence c_m: how sure the expert is is
+    what decides whether to trust it on this product, and D is shared by the streams, so it learns one
+    rule for all of them (β_m and the scorers' per-stream maps say how the experts differ). D's output
+    layer and β start at zero, so a head starts with s_m = σ_m / Σ_k σ_k, each expert's share in the
+    plain product, and moves away from it only as far as training shows it helps."""
 
     def __init__(self, streams: int, hidden_units: int = 16, **kwargs):
         super().__init__(**kwargs)
@@ -639,20 +660,35 @@ class MultiHybridScores(keras.layers.Layer):
         self.prior = self.add_weight(name="stream_prior", shape=[self.streams], initializer="zeros")
         super().build(input_shape)
 
-    def call(self, keyless, key_based):
-        pairs = tf.stack([keyless, key_based], axis=-1)  # [batch, M, 2]
-        raw = tf.squeeze(self.out(self.hidden(pairs)), -1) + tf.cast(self.prior, pairs.dtype)
-        return tf.nn.softmax(raw, axis=-1)
+    def call(self, keyless, key_based, confidence, spread):
+        """keyless, key_based, spread [batch, M]; confidence [batch, M, c] → s [batch, M]."""
+        inputs = tf.concat([tf.stack([keyless, key_based], axis=-1), confidence], axis=-1)  # [batch, M, 2 + c]
+        raw = tf.squeeze(self.out(self.hidden(inputs)), -1) + tf.cast(self.prior, inputs.dtype)
+        return tf.nn.softmax(raw + tf.math.log(tf.cast(spread, inputs.dtype)), axis=-1)
 
     def get_config(self):
         return {**super().get_config(), "streams": self.streams, "hidden_units": self.hidden_units}
+
+
+@serializable
+class ExpertProduct(keras.layers.Layer):
+    """Eq. 7 over experts: logits = e^t (Σ_k σ_k) Σ_m s_m v_m, t a learned log-temperature starting at 0."""
+
+    def build(self, input_shape):
+        self.log_temperature = self.add_weight(name="log_temperature", shape=[], initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, weights, values, spread):
+        """weights, spread [batch, M]; values [batch, M, C] → logits [batch, C]."""
+        scale = tf.exp(self.log_temperature) * tf.reduce_sum(spread, axis=-1, keepdims=True)
+        return scale * tf.reduce_sum(weights[:, :, None] * values, axis=1)
 
 
 @register(HANET_EXPERTS)
 class HanetExpertsHead(DecisionFusion):
     """HANet over three experts' log-probabilities: the text model's, the image model's (both frozen, as
     in decision_level) and the lexical expert's (trainer/lexical.py, an input: LEXICAL_LOG_PROBS_KEY).
-    The M-stream hybrid attention (above) weighs them per product; logits = 3 Σ_m s_m ℓ_m. Trained, as
+    The M-stream hybrid attention (above) weighs them per product in their weighted product. Trained, as
     the decision-level heads are, on cross-fitted (out-of-fold) scores of all three experts."""
 
     weighs_streams = True
@@ -664,9 +700,10 @@ class HanetExpertsHead(DecisionFusion):
         self.keyless = MultiKeylessScores(self.streams, self.config.key_dim, name="keyless")
         self.key_based = MultiKeyBasedScores(self.streams, self.config.key_dim, name="key_based")
         self.hybrid = MultiHybridScores(self.streams, self.config.hybrid_hidden_units, name="hybrid")
+        self.product = ExpertProduct(name="product", dtype="float32")  # the logits, as every head's
 
     def decision_layers(self) -> list:
-        return [self.keyless, self.key_based, self.hybrid]
+        return [self.keyless, self.key_based, self.hybrid, self.product]
 
     def expert_log_probs(self, p_t, p_i, lexical) -> list:
         """[ℓ_text, ℓ_image, ℓ_lexical], each [batch, classes] float32, floored."""
@@ -676,21 +713,23 @@ class HanetExpertsHead(DecisionFusion):
         return [tf.maximum(tf.math.log(tf.maximum(tf.cast(p, tf.float32), 1e-30)), floor) for p in (p_t, p_i)] + [
             tf.maximum(tf.cast(lexical, tf.float32), floor)]
 
-    def weights_of(self, log_probs: list, training=None):
-        """s [batch, M] float32: each expert's weight, per product."""
-        xs = [tf.cast(expert_profile(lp), self.compute_dtype) for lp in log_probs]
-        xs = [self.dropout(x, training=training) for x in xs]
-        return tf.cast(self.hybrid(self.keyless(xs), self.key_based(xs)), tf.float32)
+    def attend(self, log_probs: list, training=None):
+        """(s [batch, M], v [batch, M, C], σ [batch, M]), float32: each expert's weight per product, its
+        standardized value and its spread."""
+        values, spreads, confidences, xs = zip(*(expert_streams(lp) for lp in log_probs))
+        xs = [self.dropout(tf.cast(x, self.compute_dtype), training=training) for x in xs]
+        spread = tf.stack(spreads, axis=1)
+        s = self.hybrid(self.keyless(xs), self.key_based(xs), tf.cast(tf.stack(confidences, axis=1), self.compute_dtype),
+                        tf.cast(spread, self.compute_dtype))
+        return tf.cast(s, tf.float32), tf.stack(values, axis=1), spread
 
     def fuse(self, p_t, p_i, lexical=None, training=None):
-        log_probs = self.expert_log_probs(p_t, p_i, lexical)
-        s = self.weights_of(log_probs, training=training)
-        return float(self.streams) * tf.reduce_sum(s[:, :, None] * tf.stack(log_probs, axis=1), axis=1)
+        return _float32(self.product(*self.attend(self.expert_log_probs(p_t, p_i, lexical), training=training)))
 
     def call(self, f_t, f_i, lexical=None, training=None):
         return self.fuse(*self.unimodal_probabilities(f_t, f_i), lexical, training=training)
 
     def stream_weights(self, f_t, f_i, lexical=None):
-        """[batch, 3]: the title's weight (text model + lexical expert), the image's, the lexical expert's."""
-        s = self.weights_of(self.expert_log_probs(*self.unimodal_probabilities(f_t, f_i), lexical), training=False)
+        """[batch, 3]: the title's share (text model + lexical expert), the image's, the lexical expert's."""
+        s, _, _ = self.attend(self.expert_log_probs(*self.unimodal_probabilities(f_t, f_i), lexical), training=False)
         return tf.stack([s[:, 0] + s[:, 2], s[:, 1], s[:, 2]], axis=-1)
