@@ -59,8 +59,9 @@ def parse_configs(text: str | None) -> list[tuple[str, int]]:
 
 
 def cache(args) -> None:
-    """Eval products first, then validation, then train, saved every --save-every batches with NaN rows
-    for photos not done yet: an interrupted cache is usable (`table` fits on the train rows it holds)."""
+    """Eval products first, then validation, then train in a random order, saved every --save-every batches
+    with NaN rows for photos not done yet: an interrupted cache is usable (`table` fits on the random
+    subset of train it holds), and a rerun with the same --out resumes it."""
     import tensorflow as tf
 
     from components.preprocess.transform import resize_image
@@ -71,11 +72,19 @@ def cache(args) -> None:
     configs = parse_configs(args.configs)
     ids, titles, labels, images = read_catalog(args.catalog, args.label_column, [])
     split = splits_of(ids, args.eval_fraction)
-    order = np.concatenate([np.flatnonzero(split == s) for s in
-                            (features.EVAL_SPLIT, features.VALIDATION_SPLIT, features.TRAIN_SPLIT)])
+    train = np.random.default_rng(0).permutation(np.flatnonzero(split == features.TRAIN_SPLIT))
+    order = np.concatenate([np.flatnonzero(split == features.EVAL_SPLIT),
+                            np.flatnonzero(split == features.VALIDATION_SPLIT), train])
     models = {(v, s): image_encoder(weights_file(v), v, s) for v, s in configs}
     runs = [(v, s, False) for v, s in configs] + [(v, s, True) for v, s in configs if args.flip]
     out = {key(*run): np.full((len(ids), EFFICIENTNET_FEATURES), np.nan, np.float32) for run in runs}
+    if os.path.exists(args.out):
+        with np.load(args.out) as previous:
+            if previous["ids"].tolist() == ids and set(out) <= set(previous.files):
+                out = {name: previous[name] for name in out}
+    done = np.all([np.isfinite(x).all(1) for x in out.values()], 0)
+    order = order[~done[order]]
+    print(f"[cache] {int(done.sum())} photos already cached, {len(order)} to go", flush=True)
     seconds = dict.fromkeys(out, 0.0)
     started = time.monotonic()
 
@@ -175,7 +184,7 @@ def table(args) -> None:
     rows = {s: np.flatnonzero(split == s) for s in (features.TRAIN_SPLIT, features.VALIDATION_SPLIT,
                                                    features.EVAL_SPLIT)}
     for s in (features.VALIDATION_SPLIT, features.EVAL_SPLIT):
-        if not done[rows[s]].all():
+        if not args.cv and not done[rows[s]].all():
             raise SystemExit(f"probe_image: the caches lack image features of {(~done[rows[s]]).sum()} {s} products")
     train, val, ev = rows[features.TRAIN_SPLIT], rows[features.VALIDATION_SPLIT], rows[features.EVAL_SPLIT]
     image_train = train[done[train]]
@@ -192,7 +201,16 @@ def table(args) -> None:
     def acc(lps):
         return tuple(100 * float(np.mean(lp.argmax(1) == truth)) for lp, truth in zip(lps, (y[val], y[ev])))
 
-    lex_c, *lex = expert(poe.text_expert, args.c_lexical or poe.TEXT_CS, titles, train)
+    if args.lexical_cache and os.path.exists(args.lexical_cache):
+        with np.load(args.lexical_cache) as z:
+            lex_c, lex = float(z["c"]), [z["validation"], z["eval"]]
+    else:
+        lex_c, *lex = expert(poe.text_expert, args.c_lexical or poe.TEXT_CS, titles, train)
+        if args.lexical_cache:
+            np.savez(args.lexical_cache, c=lex_c, validation=lex[0], eval=lex[1])
+    if args.cv:
+        _cv_table(args, images, y, k, val, ev, lex, lex_c, done)
+        return
     print(f"\n{', '.join(args.cache)}: {k} classes; train {len(train)} (image experts: the {len(image_train)} "
           f"with features), validation {len(val)}, eval {len(ev)}; lexical C={lex_c:g} "
           f"(validation {acc(lex)[0]:.2f}, eval {acc(lex)[1]:.2f})")
@@ -207,6 +225,43 @@ def table(args) -> None:
             both = [a + b for a, b in zip(lex, img)]
             print(f"| {label} | {c:g} | " + " | ".join(f"{v:.2f}" for v in acc(img) + acc(both)) + " |",
                   flush=True)
+
+
+def _cv_table(args, images, y, k, val, ev, lex, lex_c, done) -> None:
+    """For caches that hold too few train photos: image experts cross-fitted (stratified K folds) over the
+    validation and eval products every configuration has, the same folds for every configuration, C the
+    best out-of-fold top-1 of the grid. The lexical expert is the train-fitted one (it never sees these
+    products' labels except through its own C choice), so lexical × image is scored out of fold too."""
+    from sklearn.model_selection import StratifiedKFold
+
+    rows = np.concatenate([val, ev])
+    lex_lp = np.concatenate(lex)  # validation rows (fit on train), then eval rows (fit on train + validation)
+    keep = done[rows]
+    rows, lex_lp = rows[keep], lex_lp[keep]
+    counts = np.bincount(y[rows], minlength=k)
+    folds = StratifiedKFold(args.cv, shuffle=True, random_state=0)
+    # Classes with fewer products than folds cannot be stratified: they join the folds at random.
+    strata = np.where(counts[y[rows]] >= args.cv, y[rows], -1)
+    splits = list(folds.split(rows, strata))
+    print(f"\ncross-fitted image experts ({args.cv} folds) on the {len(rows)} validation and eval products; "
+          f"lexical C={lex_c:g} fitted on train: top-1 {100 * np.mean(lex_lp.argmax(1) == y[rows]):.2f}")
+    print("\n| image expert | C | image top-1 (out of fold) | lexical×image top-1 |\n|---|---|---|---|")
+    for name in [n for n in images if not n.endswith("_flip")]:
+        variants = [(name, images[name])]
+        if f"{name}_flip" in images:
+            variants.append((f"{name} + mirror (mean)", (images[name] + images[f"{name}_flip"]) / 2))
+        for label, x in variants:
+            best = None
+            for c in args.c_image or poe.IMAGE_CS:
+                oof = np.zeros((len(rows), k))
+                for fit, score in splits:
+                    oof[score] = poe.Expert(poe.image_expert, c, x[rows[fit]], y[rows[fit]], k).log_probs(x[rows[score]])
+                figure = np.mean(oof.argmax(1) == y[rows])
+                if best is None or figure > best[1]:
+                    best = (c, figure, oof)
+            c, figure, oof = best
+            both = np.mean((lex_lp + oof).argmax(1) == y[rows])
+            print(f"| {label} | {c:g} | {100 * figure:.2f} | {100 * both:.2f} |", flush=True)
 
 
 def main(argv=None) -> None:
@@ -226,6 +281,10 @@ def main(argv=None) -> None:
     t.add_argument("--catalog", help="the cache's catalog (needed with --extra-text-columns)")
     t.add_argument("--label-column")
     t.add_argument("--extra-text-columns", default="")
+    t.add_argument("--cv", type=int, default=0,
+                   help="cross-fit the image experts in this many folds over validation + eval (a cache with too "
+                        "few train photos)")
+    t.add_argument("--lexical-cache", help="an .npz keeping the lexical expert's scores between runs (same text)")
     t.add_argument("--c-lexical", type=float, nargs="+")
     t.add_argument("--c-image", type=float, nargs="+")
     o = sub.add_parser("cost", help="ms CPU per product of each encoder's forward pass, one thread")

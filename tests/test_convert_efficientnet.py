@@ -183,3 +183,8 @@ def test_a_checkpoint_converted_as_another_variant_fails_in_one_line(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "shapes" in err
     assert not (tmp_path / "a.h5").exists() and not (tmp_path / "b.h5").exists()
+
+
+def test_weights_of_another_variant_are_refused_by_name(lite0_weights):
+    with pytest.raises(ValueError, match="does not hold EfficientNet-Lite2 weights"):
+        encoders.image_encoder(str(lite0_weights), "lite2", 260)

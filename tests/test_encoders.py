@@ -79,7 +79,7 @@ def test_lite0_is_b0_without_squeeze_excitation_with_relu6(b0, lite0):
     assert lite0.count_params() == 3_413_031
 
 
-# Published sizes with the 1000-way head (efficientnet-lite README): Lite1 5.4M, Lite2 6.1M.
+# Published sizes with the 1000-way head (efficientnet-lite README): Lite1 5.4M, Lite2 6.1M parameters.
 @pytest.mark.parametrize("variant, repeats, widths, published", [
     ("lite1", [1, 3, 3, 4, 4, 5, 1], [16, 24, 40, 80, 112, 192, 320], 5.4e6),
     ("lite2", [1, 3, 3, 4, 4, 5, 1], [16, 24, 48, 88, 120, 208, 352], 6.1e6),
@@ -95,7 +95,8 @@ def test_larger_lites_scale_the_middle_stages_but_not_stem_head_or_end_stages(va
     assert conv[0].filters == 32 and conv[-1].filters == encoders.EFFICIENTNET_FEATURES
     assert not any("_se_" in layer.name for layer in model.layers)
     head = encoders.EFFICIENTNET_FEATURES * 1000 + 1000
-    assert round(model.count_params() + head, -5) == published
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)  # published sizes omit BN statistics
+    assert abs(trainable + head - published) < 0.05e6, trainable + head
     assert model.input_shape == (None, encoders.LITE_PARAMS[variant][2], encoders.LITE_PARAMS[variant][2], 3)
     small = encoders.image_encoder(None, variant, image_size=96)  # any size, like run-local's 96 px
     assert small(np.zeros((1, 96, 96, 3), np.float32)).shape == (1, encoders.EFFICIENTNET_FEATURES)

@@ -146,7 +146,11 @@ def image_encoder(weights: str | None, variant: str = "b0", image_size: int = 22
     if weights == "imagenet":
         raise ValueError(f"Keras hosts no EfficientNet-{variant.capitalize()} weights: pass the file built by "
                          "trainer/convert_efficientnet.py (scripts/setup_encoders.sh)")
-    return _lite(variant, False, weights, input_shape, "avg")
+    try:
+        return _lite(variant, False, weights, input_shape, "avg")
+    except ValueError as e:  # h5 loading names layers and shapes, not which variant the file holds
+        raise ValueError(f"{weights} does not hold EfficientNet-{variant.capitalize()} weights: build them with "
+                         f"scripts/setup_encoders.sh and pass efficientnet_{variant}_imagenet.h5 ({e})") from e
 
 
 # --------------------------------------------------------------------------------------------
