@@ -136,6 +136,10 @@ class PipelineParams(CatalogParams):
     )
     keep_versions: int = param(5, "versions kept under SERVING_BASE/MODEL_NAME after a push (0: all)")
     beam_args: list = param([], "preprocess's Beam pipeline options, e.g. --runner=DataflowRunner")
+    feature_cache_beam_args: list = param(
+        [], "tune frozen and top: the frozen-feature cache is built by a Beam job with these pipeline options, "
+        "spread over that runner's workers (empty: in the train task's own process)"
+    )
     model_name: str = param(features.MODEL_NAME, "the model's name under the serving base, as TF Serving knows it")
 
     def as_arguments(self) -> dict:

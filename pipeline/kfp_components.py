@@ -124,6 +124,7 @@ def train(
     init_from_unimodal: bool,
     mixed_precision: bool,
     backup_every_steps: int,
+    feature_cache_beam_args: list,
     model: Output[Model],
     text_model: Output[Model],
     image_model: Output[Model],
@@ -133,6 +134,7 @@ def train(
     of the pretraining stages, with the same signatures, when the fusion trains them (metadata
     "trained"); epochs/batch_size/learning_rate are the AdamW stages' (text and fusion)."""
     import dataclasses
+    import shlex
 
     from common import features
     from trainer import recipe
@@ -175,6 +177,7 @@ def train(
             init_from_unimodal=init_from_unimodal,
             mixed_precision=mixed_precision,
             backup_every_steps=backup_every_steps or None,
+            feature_cache_beam_args=shlex.join(feature_cache_beam_args),
         ),
         unimodal_export_dirs={features.TEXT_ONLY: text_model.path, features.IMAGE_ONLY: image_model.path},
     )

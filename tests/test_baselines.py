@@ -82,33 +82,57 @@ def test_the_regularisation_is_chosen_on_the_held_out_training_titles():
         TfidfSvm(titles, labels, num_classes=20, alphas=(0.0,), exact_cost=0)
 
 
-def test_large_fits_compare_each_alpha_after_a_few_epochs_then_train_the_chosen_one(monkeypatch):
+def test_large_fits_compare_each_alpha_after_a_pilot_then_the_chosen_one_goes_on_from_it(monkeypatch):
     titles, labels = _catalog(600, 20)
     trained = []
-    original = TfidfSvm._train
+    original = baselines._SgdFit.train
 
-    def recording(self, spill, alpha, max_epochs):
-        trained.append((alpha, max_epochs))
-        return original(self, spill, alpha, max_epochs)
+    def recording(self, spill, max_epochs):
+        trained.append((self.alpha, self.epoch, max_epochs))
+        return original(self, spill, max_epochs)
 
-    monkeypatch.setattr(TfidfSvm, "_train", recording)
+    monkeypatch.setattr(baselines._SgdFit, "train", recording)
     monkeypatch.setattr(baselines, "FULL_GRID_COST", 600 * 20 - 1)
     baseline = TfidfSvm(titles, labels, num_classes=20, alphas=(10.0, 1e-3), exact_cost=0)
     pilot = baselines.PILOT_EPOCHS
-    assert trained == [(10.0, pilot), (1e-3, pilot), (1e-3, baselines.MAX_EPOCHS)] and baseline.alpha == 1e-3
+    # The chosen α starts its full training at the epoch its pilot reached, not from zero weights.
+    assert trained == [(10.0, 0, pilot), (1e-3, 0, pilot), (1e-3, pilot, baselines.MAX_EPOCHS)]
+    assert baseline.alpha == 1e-3 and baseline.epochs > pilot
+    # Taken up again, it is the training it would have been in one go.
+    monkeypatch.setattr(baselines, "FULL_GRID_COST", 10**9)
+    whole = TfidfSvm(titles, labels, num_classes=20, alphas=(1e-3,), exact_cost=0)
+    np.testing.assert_allclose(whole.weights, baseline.weights, rtol=1e-5, atol=1e-7)
+    assert whole.epochs == baseline.epochs
+
+
+def test_training_stops_once_the_held_out_accuracy_stops_rising_and_keeps_the_best_epoch(monkeypatch):
+    titles, labels = _catalog(600, 20)
+    curve = iter([0.5, 0.7, 0.71, 0.7005, 0.7009, 0.9, 0.95])
+    snapshots = {}
+    original = baselines._SgdFit._averaged
+
+    def averaged(self):
+        snapshots[self.epoch] = original(self)
+        return snapshots[self.epoch]
+
+    monkeypatch.setattr(baselines._SgdFit, "_holdout_accuracy", lambda self, spill: next(curve))
+    monkeypatch.setattr(baselines._SgdFit, "_averaged", averaged)
+    baseline = TfidfSvm(titles, labels, num_classes=20, alphas=(1e-3,), exact_cost=0)
+    # Epoch 3 rose by 0.01 ≥ MIN_GAIN; 4 and 5 not by MIN_GAIN over it: stopped after 5, epoch 3 kept.
+    assert (baselines.MIN_GAIN, baselines.PATIENCE) == (0.002, 2)
+    assert baseline.epochs == 5 and baseline.holdout_accuracy == 0.71
+    np.testing.assert_array_equal(baseline.weights, snapshots[3][0])
 
 
 def test_the_averaged_weights_are_the_mean_of_every_step_since_averaging_began():
     titles, labels = _catalog(200, 5)
-    model = TfidfSvm.__new__(TfidfSvm)
-    model.num_classes, model._unseen = 5, np.zeros(5, np.float32)
-    model.vectorizer = baselines.HashedTfidf(256).fit([titles])
+    vectorizer = baselines.HashedTfidf(256).fit([titles])
     alpha = 1e-2
-    model._t0, model.seen_titles, model.scale, model._average = 50.0, 0, 1.0, None
-    model.weights, model.bias = np.zeros([256, 5], np.float32), np.zeros(5, np.float32)
-    x = model.vectorizer.transform(titles)
+    model = baselines._SgdFit(vectorizer, 5, np.zeros(5, np.float32), alpha)
+    model._t0 = 50.0
+    x = vectorizer.transform(titles)
     for start in range(0, 40, 8):
-        model._step(x[start:start + 8], labels[start:start + 8], alpha)
+        model._step(x[start:start + 8], labels[start:start + 8])
     # The same weights held at a scale about to be folded into them (it is, a few steps on).
     model.weights /= np.float32(2e-6)
     model.scale *= 2e-6
@@ -116,7 +140,7 @@ def test_the_averaged_weights_are_the_mean_of_every_step_since_averaging_began()
     weights, biases, scales = [], [], []
     for _ in range(30):
         for start in range(0, 200, 8):
-            model._step(x[start:start + 8], labels[start:start + 8], alpha)
+            model._step(x[start:start + 8], labels[start:start + 8])
             weights.append(model.weights * model.scale)
             biases.append(model.bias.copy())
             scales.append(model.scale)
@@ -125,6 +149,33 @@ def test_the_averaged_weights_are_the_mean_of_every_step_since_averaging_began()
     np.testing.assert_allclose(averaged_weights, np.mean(weights, axis=0), atol=1e-5)
     np.testing.assert_allclose(averaged_bias, np.mean(biases, axis=0), atol=1e-6)
     assert not np.allclose(averaged_weights, weights[-1], atol=1e-3)  # not merely the last step's
+
+
+def test_a_step_moves_the_true_class_and_the_best_rival_of_each_violated_title_only():
+    titles = ["red shirt", "blue shoe", "red shoe"]
+    vectorizer = baselines.HashedTfidf(64).fit([titles])
+    model = baselines._SgdFit(vectorizer, 3, np.zeros(3, np.float32), 1e-2)
+    x = vectorizer.transform(titles)
+    dense = x.toarray()
+    # Title 2 already scores its class 2 by a margin of 2: not violated, so it must not move anything.
+    model.weights[:, 2] = 2.0 * dense[2] / (dense[2] @ dense[2])
+    before, rate = model.weights.copy(), 1.0 / (1e-2 * model._t0)
+    labels = np.array([0, 1, 2])
+    model._step(x, labels)
+    change = model.weights * np.float32(model.scale) - before
+    # Title by title, from the decision values before the step: + its n-grams to its class and − to its
+    # best rival where the rival comes within a margin of 1.
+    decision = dense @ before
+    expected, moved = np.zeros_like(before), []
+    for row, label in enumerate(labels):
+        others = np.where(np.arange(3) == label, -np.inf, decision[row])
+        rival = int(others.argmax())
+        if others[rival] + 1.0 > decision[row, label]:
+            moved.append(row)
+            expected[:, label] += rate * dense[row]
+            expected[:, rival] -= rate * dense[row]
+    assert moved == [0, 1]
+    np.testing.assert_allclose(change, expected + (model.scale - 1.0) * before, rtol=1e-4, atol=1e-6)
 
 
 def test_it_learns_titles_that_name_their_class_at_many_classes():
