@@ -454,6 +454,13 @@ async def _unimplemented(context: grpc.aio.ServicerContext, method: str) -> None
                         f"this local server answers Predict, GetModelMetadata and GetModelStatus, not {method}")
 
 
+def _declared_batch_size(request: predict_pb2.PredictRequest) -> int | None:
+    """The first dimension every input tensor of a gRPC request declares, or None if they do not agree
+    (to_array and batch_size then refuse it, naming the inputs)."""
+    sizes = {proto.tensor_shape.dim[0].size if proto.tensor_shape.dim else None for proto in request.inputs.values()}
+    return sizes.pop() if len(sizes) == 1 and None not in sizes else None
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ServableManager, executor: concurrent.futures.Executor, scheduler: BatchScheduler):
         self.manager = manager
@@ -483,6 +490,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     async def _predict(self, request: predict_pb2.PredictRequest, peer: str) -> predict_pb2.PredictResponse:
         loop = asyncio.get_running_loop()
+        # The queue's answer first, from the declared batch: a [1000] tensor of a few KB that the queue
+        # has no room for is refused before its values are expanded (1000 copies of a photo).
+        if (declared := _declared_batch_size(request)) is not None:
+            self.scheduler.check_size(declared)
+            self.scheduler.check_admission(declared)
         servable, signature, inputs, wanted = await loop.run_in_executor(self.executor, self._request, request)
         await _check_images(self.scheduler, self.executor, servable, signature, inputs)
         outputs = await self.scheduler.run(
