@@ -15,12 +15,16 @@ pools of `max_enqueued_instances` each, a task admitted when its pool is empty o
 requests never lock small ones out, and single-product requests queue by the hundred without
 batching (TF Serving's count of 10 batches of one refused the 11th). And the next task is not the
 oldest but the oldest of the client (a connection) whose last turn is the longest ago: a client
-with 200 requests queued takes one turn among the others', not 200 before them. The pieces of a split task run one at a time, each as a model call of its own with
-the cores to itself (concurrent calls share them unevenly: a small request beside a large piece ran
-3-4 times slower), and the task goes to the back of the queue after each piece (round robin), so a
-small request waits for one piece at most. And a task whose client has gone away (a gRPC
-deadline, a closed HTTP connection) is dropped from the queue: only the piece already running is
-computed for it. Without --enable-batching the same scheduler runs each task on its own (no merging).
+with 200 requests queued takes one turn among the others', not 200 before them, and a new client
+joins the round behind the clients not served since the last turn (an attacker opening a connection
+per request takes one turn a round too). With batching, a call is filled a round at a time, one
+request of each client a round (of a split request, a share of the call's instances), so concurrent
+single-product requests of different clients share one call. A call holding a piece of a split
+task runs with the cores to itself (concurrent calls share them unevenly: a small request beside
+a large piece ran 3-4 times slower), and the task goes to the back of the queue after each piece
+(round robin), so a small request waits for one piece at most. And a task whose client has gone
+away (a gRPC deadline, a closed HTTP connection) is dropped from the queue: only the piece already
+running is computed for it. Without --enable-batching the same scheduler runs each task on its own (no merging).
 
 Without a file the defaults are TF Serving's (max_batch_size 1000, batch_timeout_micros 0,
 max_enqueued_batches 10, one batch thread per core) except that large tasks are split, into pieces

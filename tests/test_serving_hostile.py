@@ -275,6 +275,46 @@ def test_up_to_the_bound_concurrent_singles_are_queued_and_answered_and_over_it_
         assert sum(f.exception() is None for f in futures) == 201  # one running, 200 queued
 
 
+def test_a_burst_of_one_client_is_parsed_a_few_at_a_time_while_another_client_is_parsed(manager, monkeypatch):
+    servable = manager.servable(features.MODEL_NAME)
+    check, release, lock = servable.check_inputs, threading.Event(), threading.Lock()
+    parsing, most, parsed = [0], [0], []
+
+    def held_check(signature, inputs):  # the flood's parsing waits for the test; the other client's does not
+        title = inputs[features.TITLE_KEY][0]
+        if title == b"flood":
+            with lock:
+                parsing[0] += 1
+                most[0] = max(most[0], parsing[0])
+            release.wait(120)
+            with lock:
+                parsing[0] -= 1
+        parsed.append(title)
+        return check(signature, inputs)
+
+    monkeypatch.setattr(servable, "check_inputs", held_check)
+
+    def request(title: bytes) -> predict_pb2.PredictRequest:
+        single = _repeated_request(1)
+        single.inputs[features.TITLE_KEY].string_val[0] = title
+        return single
+
+    limits = ServerLimits(max_parsing_per_client=2)
+    with Server(manager, limits=limits, num_batch_threads=1) as gated:
+        flood = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(gated.grpc))
+        # A connection of its own (channels to one target share one by default): another client.
+        other = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(gated.grpc, options=[("grpc.use_local_subchannel_pool", 1)]))
+        floods = [flood.Predict.future(request(b"flood"), timeout=120) for _ in range(20)]
+        wait_until(lambda: parsing[0] == 2, "two of the flood to be parsed")
+        answer = other.Predict(request(b"other"), timeout=120)  # parsed while the flood's two are held
+        assert parsed == [b"other"] and most[0] == 2
+        release.set()
+        assert all(f.result().outputs[features.OUTPUT_CLASSES_KEY].tensor_shape.dim[0].size == 1 for f in floods)
+    assert answer.outputs[features.OUTPUT_CLASSES_KEY].tensor_shape.dim[0].size == 1
+    assert most[0] == 2 and len(parsed) == 21
+
+
 def test_the_queue_bound_is_a_flag_of_serve(monkeypatch, tmp_path):
     from pipeline import serve as serve_command
     from serving import server
