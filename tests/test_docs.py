@@ -39,7 +39,7 @@ SHARED = REPO_ROOT.parent / "shared"
 # Values the docs' commands take from the reader's shell (`TAG=$(git rev-parse --short HEAD)`).
 DOC_SHELL_VARIABLES = {"TAG": "doc-test", "REGISTRY": "registry.example/hanet"}
 # Scripts whose first argument is a subcommand with flags of its own.
-SUBCOMMAND_SCRIPTS = {"scripts/probe_lexical.py", "scripts/probe_routing.py"}
+SUBCOMMAND_SCRIPTS = {"scripts/probe_lexical.py", "scripts/probe_routing.py", "scripts/probe_image.py"}
 # Commands whose options unknown to them go to the Beam runner (pipeline/__main__.py, takes_beam_args).
 BEAM_COMMANDS = {"pipeline predict-catalog", "components.preprocess"}
 # Programs (or program + subcommand) that need something this machine does not have.
