@@ -75,7 +75,9 @@ class PipelineParams(CatalogParams):
         "imagenet", "EfficientNet's weights: imagenet, a .h5 file, or empty for random ones",
         local=str(PRETRAINED_DIR / "efficientnet_lite0_imagenet.h5"),
     )
-    image_variant: str = param("b0", "EfficientNet: b0 (the paper's) or lite0", local="lite0")
+    image_variant: str = param(
+        "b0", "EfficientNet: b0 (the paper's), lite0, lite1 or lite2 (with their --image-weights file from "
+        "scripts/setup_encoders.sh; trained at 224, 240 and 260 px)", local="lite0")
     fusion: str = param(
         "hanet", "the model: text_only, image_only, concat, keyless, key_based, hanet, decision_level, policy or "
         "hanet_experts (HANet over the text, image and lexical experts)"

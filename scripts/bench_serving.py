@@ -227,7 +227,7 @@ def large_in_flight(args, products, serving_base: str, flags: list[str]) -> None
 
 
 def _attacks(host: str, rest_port: int, grpc_port: int, product: tuple[str, bytes]) -> dict:
-    """name → one attacking client: a callable that sends its attack once and returns what it got."""
+    """name → a builder of one attacking client: a callable that sends its attack once and returns what it got."""
     import base64
     import gzip
 
@@ -289,20 +289,25 @@ def _attacks(host: str, rest_port: int, grpc_port: int, product: tuple[str, byte
                     return type(e).__name__
         return send
 
-    webp = hostile_images.webp_lossy()
-    bomb = gzip.compress(b'{"instances": ["' + b"a" * (200 * 2**20) + b'"]}', compresslevel=9)
+    def gzip_bomb():
+        return gzip.compress(b'{"instances": ["' + b"a" * (200 * 2**20) + b'"]}', compresslevel=9)
+
+    def body_of(image: bytes, count: int = 1) -> bytes:
+        return json.dumps({"instances": [instance(image)] * count}).encode()
+
     head = (f"POST /v1/models/{MODEL_NAME}:predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
             "Content-Length: {}\r\n\r\n")
+    # Built when asked for: the gzip bomb alone takes seconds to compress.
     return {
-        "webp-16383sq-38B": rest(json.dumps({"instances": [instance(webp)]}).encode()),
-        "six-webp-bombs": rest(json.dumps({"instances": [instance(webp)] * 6}).encode()),
-        "png-20000sq-header": rest(json.dumps({"instances": [instance(hostile_images.png())]}).encode()),
-        "tensor-1000-grpc": grpc_call(repeated(1000)),
-        "50-concurrent-singles": grpc_call(repeated(1), concurrent=50),
-        "gzip-bomb-200MiB": rest(bomb, {"Content-Encoding": "gzip"}),
-        "declared-300MiB": raw(head.format(300 * 2**20).encode()),
-        "slow-body": raw(head.format(1000).encode() + b'{"instances": [', then_wait=15),
-        "gif-frame-8000sq": rest(json.dumps({"instances": [instance(hostile_images.gif_frames([(8000, 8000)]))]}).encode()),
+        "webp-16383sq-38B": lambda: rest(body_of(hostile_images.webp_lossy())),
+        "six-webp-bombs": lambda: rest(body_of(hostile_images.webp_lossy(), 6)),
+        "png-20000sq-header": lambda: rest(body_of(hostile_images.png())),
+        "tensor-1000-grpc": lambda: grpc_call(repeated(1000)),
+        "50-concurrent-singles": lambda: grpc_call(repeated(1), concurrent=50),
+        "gzip-bomb-200MiB": lambda: rest(gzip_bomb(), {"Content-Encoding": "gzip"}),
+        "declared-300MiB": lambda: raw(head.format(300 * 2**20).encode()),
+        "slow-body": lambda: raw(head.format(1000).encode() + b'{"instances": [', then_wait=15),
+        "gif-frame-8000sq": lambda: rest(body_of(hostile_images.gif_frames([(8000, 8000)]))),
     }
 
 
@@ -314,7 +319,7 @@ def run_attacker(args, products) -> None:
     """One attacking client (a process of its own, so its cost is not the good client's): sends its
     attack without pause for --seconds after printing "ready", then prints what it got, as JSON."""
 
-    send = _attacks(HOST, args.rest_port, args.grpc_port, products[0])[args.attacker]
+    send = _attacks(HOST, args.rest_port, args.grpc_port, products[0])[args.attacker]()
     outcomes: dict[str, int] = {}
     print("ready", flush=True)
     deadline = time.monotonic() + args.seconds
@@ -352,9 +357,9 @@ def attack(args, products, serving_base: str, setting: str, flags: list[str]) ->
         cores = (f"CPUs of {os.cpu_count()}: server {args.server_cpus or 'any'}, good client {args.client_cpus or 'any'}, "
                  f"attackers {args.attacker_cpus or 'any'}")
         print(f"batching {setting}; good client: single-product gRPC requests, {args.seconds:g} s per phase; {args.attackers} attacking "
-              f"processes; {cores}; each attack paired with an idle phase just before it (the machine's load drifts)")
+              f"processes; {cores}; each attack paired with an idle phase just before it (the machine's load drifts)", flush=True)
         print(f"{'attack':<24}{'idle p50':>9}{'idle p99':>9}{'count':>7}{'p50 ms':>9}{'p99 ms':>9}{'p99/idle':>9}"
-              f"{'RSS MB':>8}{'load':>6}  attackers got")
+              f"{'RSS MB':>8}{'load':>6}  attackers got", flush=True)
         for name in args.attacks.split(","):
             idle = measure()
             command = [*(["taskset", "-c", args.attacker_cpus] if args.attacker_cpus else []), sys.executable, __file__, "--model", args.model, "--catalog", args.catalog, "--products", "1",

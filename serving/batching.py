@@ -15,12 +15,16 @@ pools of `max_enqueued_instances` each, a task admitted when its pool is empty o
 requests never lock small ones out, and single-product requests queue by the hundred without
 batching (TF Serving's count of 10 batches of one refused the 11th). And the next task is not the
 oldest but the oldest of the client (a connection) whose last turn is the longest ago: a client
-with 200 requests queued takes one turn among the others', not 200 before them. The pieces of a split task run one at a time, each as a model call of its own with
-the cores to itself (concurrent calls share them unevenly: a small request beside a large piece ran
-3-4 times slower), and the task goes to the back of the queue after each piece (round robin), so a
-small request waits for one piece at most. And a task whose client has gone away (a gRPC
-deadline, a closed HTTP connection) is dropped from the queue: only the piece already running is
-computed for it. Without --enable-batching the same scheduler runs each task on its own (no merging).
+with 200 requests queued takes one turn among the others', not 200 before them, and a new client
+joins the round behind the clients not served since the last turn (an attacker opening a connection
+per request takes one turn a round too). With batching, a call is filled a round at a time, one
+request of each client a round (of a split request, a share of the call's instances), so concurrent
+single-product requests of different clients share one call. A call holding a piece of a split
+task runs with the cores to itself (concurrent calls share them unevenly: a small request beside
+a large piece ran 3-4 times slower), and the task goes to the back of the queue after each piece
+(round robin), so a small request waits for one piece at most. And a task whose client has gone
+away (a gRPC deadline, a closed HTTP connection) is dropped from the queue: only the piece already
+running is computed for it. Without --enable-batching the same scheduler runs each task on its own (no merging).
 
 Without a file the defaults are TF Serving's (max_batch_size 1000, batch_timeout_micros 0,
 max_enqueued_batches 10, one batch thread per core) except that large tasks are split, into pieces
@@ -253,7 +257,9 @@ class BatchScheduler:
         self._tasks: set[_Task] = set()  # accepted and not yet answered (or cancelled)
         self._running: set[asyncio.Task] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self._turns: dict[object, int] = {}  # client → when it was last served (a count of turns)
+        # client → when it was last served (a count of turns); a client first seen counts as served
+        # just before the last turn, so it waits behind the clients not served since (see _by_client).
+        self._turns: dict[object, float] = {}
         self._turn = 0
         # What the model has been asked to compute: batches and instances (tests and the benchmark read them).
         self.batches_started = 0
@@ -302,6 +308,7 @@ class BatchScheduler:
         task = _Task(key, run, inputs, size, loop.create_future(), loop.time(), client=client)
         self._tasks.add(task)
         task.future.add_done_callback(lambda _: self._tasks.discard(task))
+        self._turn_of(client)
         self._queue.append(task)
         self._dispatch()
         # Awaiting the future directly: cancelling the caller cancels it, and _take_batch skips it.
@@ -315,20 +322,21 @@ class BatchScheduler:
             self._running.add(job)
             job.add_done_callback(self._running.discard)
 
-    def _head(self) -> _Task | None:
-        """The next task to serve: the oldest of the client whose last turn is the longest ago (a
-        client not served yet first), ties to the oldest task."""
+    def _by_client(self) -> list[list[_Task]]:
+        """The queued tasks grouped by client, each client's oldest first, the clients in turn order:
+        the one whose last turn is the longest ago first, ties to the one with the oldest task. A new
+        client joins the round after the clients not served since the last turn, ahead of the client
+        served in it: an attacker opening a connection per request gets one turn a round like any
+        client, not every turn before a client it has already been served with."""
         if any(task.future.done() for task in self._queue):  # cancelled by their callers
             self._queue = collections.deque(task for task in self._queue if not task.future.done())
-        head, head_turn, seen = None, 0, set()
+        groups: dict[object, list[_Task]] = {}
         for task in self._queue:
-            if task.client in seen:
-                continue
-            seen.add(task.client)
-            turn = self._turns.get(task.client, -1)
-            if head is None or turn < head_turn:
-                head, head_turn = task, turn
-        return head
+            groups.setdefault(task.client, []).append(task)
+        return sorted(groups.values(), key=lambda tasks: self._turn_of(tasks[0].client))
+
+    def _turn_of(self, client: object) -> float:
+        return self._turns.setdefault(client, self._turn - 1.5)
 
     def _served(self, client: object) -> None:
         self._turns[client] = self._turn
@@ -337,49 +345,79 @@ class BatchScheduler:
             queued = {task.client for task in self._queue}
             self._turns = {c: t for c, t in self._turns.items() if c in queued}
 
+    def _split(self, task: _Task) -> bool:
+        return task.size > self.options.max_execution_batch_size
+
     def _take_batch(self) -> list[_Slice] | None:
+        """The next model call: the head client's oldest task, or its split task's next piece; with
+        batching, merged with other clients' tasks of the same signature in rounds, one task (or one
+        share of a split task's instances) per client a round, until the call is full. A call holding
+        a piece of a split task runs with no other call beside it."""
         options = self.options
-        head = self._head()
-        if head is None:
+        clients = self._by_client()
+        if not clients:
             return None
+        head = clients[0][0]
         limit = options.max_execution_batch_size
-        if head.handed_out or head.remaining > limit:
-            # A split task: its next piece runs alone, once the batches running now are done, and
-            # nothing starts beside it; then the task rejoins the queue at the back.
-            if self._idle_threads < self.options.num_batch_threads:
-                return None
-            self._queue.remove(head)
-            self._served(head.client)
-            self._piece_running = True
-            stop = head.handed_out + min(limit, head.remaining)
-            piece = _Slice(head, head.handed_out, stop)
-            head.handed_out = stop
-            return [piece]
-        tasks = [head]
-        if options.enable_batching and not head.alone:
-            rows, full = head.size, False
-            for task in self._queue:
-                if task is head or task.future.done() or task.key != head.key or task.handed_out or task.alone or task.size > limit:
+        exclusive_free = self._idle_threads == options.num_batch_threads
+        if self._split(head) and not exclusive_free:
+            return None  # its piece waits until the calls running now are done
+        merging = options.enable_batching and not head.alone
+        if merging:
+            candidates = [[task for task in tasks if task.key == head.key and not task.alone
+                           and (exclusive_free or not self._split(task))] for tasks in clients]
+            candidates = [tasks for tasks in candidates if tasks]
+        else:
+            candidates = [[head]]
+        share = max(1, limit // len(candidates))
+        taken: dict[_Task, _Slice] = {}
+        order: list[object] = []  # clients in the call, in the order they joined it
+        rows, full, progress = 0, False, True
+        while rows < limit and progress:
+            progress = False
+            for tasks in candidates:
+                if not tasks or rows == limit:
                     continue
-                if rows + task.size > limit:
+                task = tasks[0]
+                if self._split(task):  # a share of its instances this round, contiguous with what it has
+                    piece = taken.get(task) or _Slice(task, task.handed_out, task.handed_out)
+                    count = min(task.size - piece.stop, limit - rows, share)
+                    piece.stop += count
+                    taken[task] = piece
+                    if piece.stop == task.size:
+                        tasks.pop(0)
+                elif task.size <= limit - rows:  # a small task whole, never split
+                    count = task.size
+                    taken[task] = _Slice(task, 0, task.size)
+                    tasks.pop(0)
+                else:
                     full = True
-                    break
-                tasks.append(task)
-                rows += task.size
+                    tasks.clear()  # its later tasks wait behind it
+                    continue
+                rows += count
+                progress = True
+                if task.client not in order:
+                    order.append(task.client)
+            if not merging:
+                break
+        if merging and not (full or rows == limit):
             deadline = head.enqueued_at + options.batch_timeout_micros / 1e6
             loop = asyncio.get_running_loop()
-            if not (full or rows == limit) and loop.time() < deadline:
+            if loop.time() < deadline:
                 # Neither full nor old enough: wait for more tasks, or the timeout, before running it.
                 if self._timer is None or self._timer.when() > deadline:
                     if self._timer is not None:
                         self._timer.cancel()
                     self._timer = loop.call_at(deadline, self._on_timer)
                 return None
-        for task in tasks:
+        for task, piece in taken.items():
             self._queue.remove(task)
-            task.handed_out = task.size
-        self._served(head.client)
-        return [_Slice(task, 0, task.size) for task in tasks]
+            task.handed_out = piece.stop
+        for client in order:
+            self._served(client)
+        if any(self._split(task) for task in taken):
+            self._piece_running = True
+        return list(taken.values())
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -411,7 +449,7 @@ class BatchScheduler:
                 # One request's bad input (say, a photo that is not an image) must not fail the others
                 # merged with it: each runs again on its own, and only the culprit gets the error.
                 for piece in reversed(batch):
-                    piece.task.handed_out, piece.task.alone = 0, True
+                    piece.task.handed_out, piece.task.alone = piece.start, True
                     self._queue.appendleft(piece.task)
             elif not first.future.done():
                 first.future.set_exception(e)
@@ -430,7 +468,7 @@ class BatchScheduler:
                 offset += count
         finally:
             self._idle_threads += 1
-            if first.size > self.options.max_execution_batch_size:
+            if any(self._split(piece.task) for piece in batch):
                 self._piece_running = False
             self._dispatch()
 

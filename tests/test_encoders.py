@@ -79,6 +79,29 @@ def test_lite0_is_b0_without_squeeze_excitation_with_relu6(b0, lite0):
     assert lite0.count_params() == 3_413_031
 
 
+# Published sizes with the 1000-way head (efficientnet-lite README): Lite1 5.4M, Lite2 6.1M parameters.
+@pytest.mark.parametrize("variant, repeats, widths, published", [
+    ("lite1", [1, 3, 3, 4, 4, 5, 1], [16, 24, 40, 80, 112, 192, 320], 5.4e6),
+    ("lite2", [1, 3, 3, 4, 4, 5, 1], [16, 24, 48, 88, 120, 208, 352], 6.1e6),
+])
+def test_larger_lites_scale_the_middle_stages_but_not_stem_head_or_end_stages(variant, repeats, widths, published):
+    model = encoders.image_encoder(None, variant, image_size=encoders.LITE_PARAMS[variant][2])
+    blocks = encoders.efficientnet_blocks(model)
+    assert [sum(name.startswith(f"block{stage}") for name in blocks) for stage in range(1, 8)] == repeats
+    stage_widths = [model.get_layer(f"block{stage}{chr(96 + n)}_project_conv").filters
+                    for stage, n in zip(range(1, 8), repeats)]
+    assert stage_widths == widths
+    conv = [layer for layer in model.layers if isinstance(layer, tf_keras.layers.Conv2D)]
+    assert conv[0].filters == 32 and conv[-1].filters == encoders.EFFICIENTNET_FEATURES
+    assert not any("_se_" in layer.name for layer in model.layers)
+    head = encoders.EFFICIENTNET_FEATURES * 1000 + 1000
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)  # published sizes omit BN statistics
+    assert abs(trainable + head - published) < 0.05e6, trainable + head
+    assert model.input_shape == (None, encoders.LITE_PARAMS[variant][2], encoders.LITE_PARAMS[variant][2], 3)
+    small = encoders.image_encoder(None, variant, image_size=96)  # any size, like run-local's 96 px
+    assert small(np.zeros((1, 96, 96, 3), np.float32)).shape == (1, encoders.EFFICIENTNET_FEATURES)
+
+
 def test_lite0_has_no_keras_imagenet_weights():
     with pytest.raises(ValueError, match="convert_efficientnet"):
         encoders.image_encoder("imagenet", "lite0")

@@ -177,6 +177,26 @@ def test_the_product_of_experts_beats_each_expert_where_they_know_different_prod
     assert figures["eval"]["top1_accuracy"] <= figures["eval"]["top5_accuracy"]
 
 
+def test_the_c_grid_walked_with_warm_starts_finds_what_cold_fits_find():
+    train, validation, evaluated = _two_halves(400, 5), _two_halves(100, 6), _two_halves(200, 7)
+    fitted = poe.TfidfImagePoe(train, validation, 4)
+    for make, cs, figures, column in ((poe.text_expert, poe.TEXT_CS, fitted.text_validation, 0),
+                                      (poe.image_expert, poe.IMAGE_CS, fitted.image_validation, 1)):
+        for c in cs:
+            cold = poe.Expert(make, c, train[column], train[2], 4)
+            # lbfgs stops within its tolerance of the one minimum, from either start: a noise title whose
+            # classes nearly tie may flip, so up to 2 of the 100 products.
+            cold_figure = np.mean(cold.log_probs(validation[column]).argmax(1) == validation[2])
+            assert abs(figures[c] - cold_figure) <= 0.02, (make, c, figures[c], cold_figure)
+    images = np.concatenate([train[1], validation[1]])
+    labels = np.concatenate([train[2], validation[2]])
+    cold = poe.Expert(poe.image_expert, fitted.image_c, images, labels, 4)
+    np.testing.assert_allclose(np.exp(fitted.image.log_probs(evaluated[1])), np.exp(cold.log_probs(evaluated[1])),
+                               atol=1e-2)
+    # The refit started from the chosen C's solution on train alone, not from zero.
+    assert fitted.image.model[-1].n_iter_[0] < cold.model[-1].n_iter_[0]
+
+
 def test_a_class_no_expert_saw_is_never_predicted_and_one_class_is_the_answer():
     titles, images, labels = _two_halves(200, 3)
     fitted = poe.TfidfImagePoe((titles, images, labels), ([], np.zeros([0, 8], np.float32), np.zeros([0])), 6)

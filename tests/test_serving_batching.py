@@ -266,3 +266,84 @@ def test_a_client_with_many_requests_queued_takes_turns_with_the_others():
     asyncio.run(main())
     # a0 was running when the others arrived; then each client in turn, the longest unserved first.
     assert order == ["a0", "b0", "c0", "a1", "b1", "a2", "a3", "a4"]
+
+
+def _recorded_calls(scheduler: BatchScheduler, first: tuple, then: list[tuple]) -> tuple[list[list[str]], list]:
+    """Sends `first` (client, tags), holds its model call until every request of `then` is queued,
+    and returns the tags of each model call in order, with each request's answer (first's first)."""
+    calls, gate = [], threading.Event()
+
+    def run(inputs):
+        gate.wait(60)
+        calls.append(list(inputs["who"]))
+        return inputs
+
+    async def main():
+        def send(client, tags):
+            return asyncio.create_task(scheduler.run(("key",), run, {"who": np.array(tags)}, client=client))
+
+        sent = [send(*first)]
+        while scheduler.batches_started == 0:
+            await asyncio.sleep(0)
+        sent += [send(*request) for request in then]
+        while sum(task.remaining for task in scheduler._queue) < sum(len(tags) for _, tags in then):
+            await asyncio.sleep(0)
+        gate.set()
+        answers = await asyncio.gather(*sent)
+        scheduler.close()
+        return answers
+
+    answers = asyncio.run(main())
+    return calls, [list(answer["who"]) for answer in answers]
+
+
+def test_a_single_from_another_client_is_answered_before_the_last_piece_of_a_1000_instance_request():
+    big = [f"big{i}" for i in range(1000)]
+    calls, answers = _recorded_calls(BatchScheduler(BatchingOptions(num_batch_threads=1, max_execution_batch_size=2)),
+                                     ("big", big), [("good", ["good0"])])
+    # The big request's first piece was running when the single arrived: the single is next.
+    assert calls[:2] == [["big0", "big1"], ["good0"]]
+    assert len(calls) == 1 + 500
+    assert answers == [big, ["good0"]]  # the pieces put back together in order
+
+
+def test_with_batching_each_client_takes_its_share_of_a_merged_call():
+    many = [("many", [f"many{i}"]) for i in range(20)]
+    big = [f"big{i}" for i in range(100)]
+    options = BatchingOptions(num_batch_threads=1, max_execution_batch_size=8, enable_batching=True)
+    calls, answers = _recorded_calls(BatchScheduler(options), ("many", ["first"]),
+                                     [*many, ("good", ["good0"]), ("big", big)])
+    # Clients not served yet first, then a round at a time: one request of each client and a share
+    # of 8 // 3 = 2 instances of the split request a round, until the call is full (the split
+    # request's instances stay one contiguous piece).
+    assert calls[1] == ["good0", "big0", "big1", "big2", "big3", "big4", "many0", "many1"]
+    assert all(len(call) == 8 for call in calls[1:-1])
+    assert sorted(sum(calls, [])) == sorted(["first", *(tags[0] for _, tags in many), "good0", *big])
+    assert answers[-1] == big and answers[0] == ["first"]
+
+
+def test_a_client_opening_a_connection_per_request_gets_one_turn_a_round():
+    calls = []
+
+    def run(inputs):
+        calls.append(str(inputs["who"][0]))
+        return inputs
+
+    async def main():
+        scheduler = BatchScheduler(BatchingOptions(num_batch_threads=1, max_execution_batch_size=1))
+
+        async def client(name, fresh_connections: bool):
+            connection = object()
+            for i in range(12):
+                await scheduler.run(("key",), run, {"who": np.array([f"{name}{i}"])},
+                                    client=object() if fresh_connections else connection)
+
+        await asyncio.gather(*(client(f"attacker{n}-", True) for n in range(3)), client("good", False))
+        scheduler.close()
+
+    asyncio.run(main())
+    good = [index for index, who in enumerate(calls) if who.startswith("good")]
+    assert len(good) == 12 and len(calls) == 48
+    # Each client sends its next request once answered: the good one waits for at most one
+    # request of each attacker, however many connections they open.
+    assert max(b - a for a, b in zip(good, good[1:])) <= 4, calls

