@@ -162,12 +162,15 @@ class Gate:
         rng = np.random.default_rng(self.seed)
         x, self.mean, self.std = self._inputs(log_probs)
         n, m, f = x.shape
-        init = lambda *shape: tf.Variable(rng.normal(scale=0.1, size=shape).astype(np.float32))  # noqa: E731
+        init = lambda *shape: tf.Variable(  # noqa: E731 (Glorot's scale, as Keras's Dense starts)
+            rng.normal(scale=np.sqrt(2 / sum(shape)), size=shape).astype(np.float32))
         zeros = lambda *shape: tf.Variable(np.zeros(shape, np.float32))  # noqa: E731
         if self.kind == "fixed":  # a weight per expert, none per product
             self.params = {"prior": zeros(m)}
         elif self.kind == "own-linear":  # expert m's weight reads expert m's confidence only
             self.params = {"w": zeros(m, f), "prior": zeros(m)}
+        elif self.kind == "shared-linear":  # one rule for every expert (as D is shared), a prior per expert
+            self.params = {"w": zeros(f), "prior": zeros(m)}
         elif self.kind == "all-linear":  # every weight reads every expert's confidence
             self.params = {"w": zeros(m * f, m), "prior": zeros(m)}
         elif self.kind == "shared-mlp":  # eq. 6's D, shared by the streams, reading [c_m, one-hot m]
@@ -206,7 +209,7 @@ class Gate:
         n, m, f = x.shape
         if self.kind == "fixed":
             return tf.zeros([tf.shape(x)[0], m]) + p["prior"]
-        if self.kind == "own-linear":
+        if self.kind in ("own-linear", "shared-linear"):
             return tf.reduce_sum(x * p["w"], -1) + p["prior"]
         if self.kind == "shared-mlp":
             identity = tf.broadcast_to(tf.eye(m), [tf.shape(x)[0], m, m])

@@ -75,12 +75,14 @@ def test_hanet_experts_starts_as_the_plain_product_of_the_three_experts():
     head, f_t, f_i, lexical, _ = _built_head()
     logits, s, log_probs = _reference(head, f_t.astype(np.float64), f_i.astype(np.float64), lexical.astype(np.float64))
     spread = np.stack([lp.std(-1) for lp in log_probs], 1)
-    # D's output layer, the prior and the temperature start at zero: each expert's share is its spread's.
+    # D's output layer and the prior start at zero: each expert's share is its spread's.
     np.testing.assert_allclose(s, spread / spread.sum(-1, keepdims=True), rtol=1e-5)
     got = head(f_t, f_i, lexical=lexical).numpy()
     np.testing.assert_allclose(got, logits, rtol=1e-5, atol=1e-4)
-    # ... and its class probabilities are the plain product's, softmax(log p_1 + log p_2 + log p_3).
-    np.testing.assert_allclose(_softmax(got.astype(np.float64)), _softmax(sum(log_probs)), rtol=1e-4, atol=1e-6)
+    # ... and its class probabilities are the experts' geometric mean, softmax((log p_1 + log p_2 + log p_3) / 3):
+    # the plain product's ranking.
+    np.testing.assert_allclose(_softmax(got.astype(np.float64)), _softmax(sum(log_probs) / 3), rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(got.argmax(-1), sum(log_probs).argmax(-1))
 
 
 def test_hanet_experts_logits_and_weights_are_its_m_stream_equations_from_its_own_weights():

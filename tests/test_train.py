@@ -47,6 +47,12 @@ def exported(distinct_preprocessed, tiny_bert_handle, tmp_path_factory):
     return logs, str(root / "model"), root / "work", Run(**stage_args)
 
 
+@pytest.fixture(scope="module")
+def served(exported):
+    """The exported SavedModel, loaded once: the tests below only call its signatures."""
+    return tf.saved_model.load(exported[1])
+
+
 def test_the_unimodal_models_train_first_then_the_fusion_each_leaving_checkpoints_and_logs(exported):
     logs, _, work, _ = exported
     assert list(logs) == stages_of("hanet") == [fusion.TEXT_ONLY, fusion.IMAGE_ONLY, fusion.HANET]
@@ -62,10 +68,9 @@ def test_the_unimodal_models_train_first_then_the_fusion_each_leaving_checkpoint
     assert settings["recipe"]["optimizer"] == recipe.SGD
 
 
-def test_the_fusion_learns_the_classes_far_above_the_majority_rate(exported, distinct_preprocessed):
-    _, model_dir, _, _ = exported
+def test_the_fusion_learns_the_classes_far_above_the_majority_rate(served, distinct_preprocessed):
     parsed, labels = eval_records(distinct_preprocessed)
-    predicted = tf.saved_model.load(model_dir).signatures[features.TRANSFORMED_SIGNATURE](**parsed)[
+    predicted = served.signatures[features.TRANSFORMED_SIGNATURE](**parsed)[
         features.OUTPUT_PROBABILITIES_KEY].numpy().argmax(-1)
     majority = np.bincount(labels).max() / len(labels)
     # 15 eval products and a validation split of a few: one seed's top-1 moves by 1/15 between CPUs
@@ -73,10 +78,10 @@ def test_the_fusion_learns_the_classes_far_above_the_majority_rate(exported, dis
     assert (predicted == labels).mean() >= min(1.0, majority + 0.2), (predicted, labels)
 
 
-def test_the_exported_model_is_hanet_computed_from_its_trained_weights(exported, distinct_preprocessed):
+def test_the_exported_model_is_hanet_computed_from_its_trained_weights(exported, served, distinct_preprocessed):
     """The served logits are eq. 1-7 (NumPy, from the trained head's own weights) on the trained
     encoders' features: the exported model is the paper's HANet, not only a model that learned."""
-    _, model_dir, _, run = exported
+    _, _, _, run = exported
     parsed, _ = eval_records(distinct_preprocessed)
     model = train_stages(run, fusion.HANET, run.train_config.seed)[fusion.HANET].model  # loaded, not trained again
     head = fusion_layer(model)
@@ -85,14 +90,13 @@ def test_the_exported_model_is_hanet_computed_from_its_trained_weights(exported,
     inputs = data.model_inputs(parsed, model.input[features.IMAGE_KEY].shape[1])
     f_t, f_i = (f.numpy().astype(np.float64) for f in streams(inputs))
     expected, _ = _reference_feature_logits(head, run.model_config.head, f_t, f_i)
-    served = tf.saved_model.load(model_dir).signatures[features.TRANSFORMED_SIGNATURE](**parsed)[
-        features.OUTPUT_LOGITS_KEY].numpy()
-    np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-4)
+    logits = served.signatures[features.TRANSFORMED_SIGNATURE](**parsed)[features.OUTPUT_LOGITS_KEY].numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
     # ... and tells it from a head that weighs the values by the keyless scores alone (eq. 3).
     v_t, v_i = _dense(head.values.text_value, f_t), _dense(head.values.image_value, f_i)
     s_l = _keyless_scores(head.keyless, v_t, v_i)
     keyless_only = _dense(head.classifier, np.concatenate([s_l[:, :1] * v_t, s_l[:, 1:] * v_i], -1))
-    assert np.abs(keyless_only - served).max() > 1e-2
+    assert np.abs(keyless_only - logits).max() > 1e-2
 
 
 def test_the_image_recipe_divides_the_learning_rate_by_10_every_decay_epochs():
@@ -113,11 +117,10 @@ def test_the_text_and_fusion_recipe_is_adamw_with_10_percent_linear_warmup_then_
         assert float(schedule(step)) == pytest.approx(lr, rel=1e-5, abs=1e-12), step
 
 
-def test_serving_signature_takes_raw_title_and_image_bytes(exported, distinct_preprocessed):
+def test_serving_signature_takes_raw_title_and_image_bytes(served, distinct_preprocessed):
     """The raw signature answers each product's top-k classes by name, with the probabilities the
     transformed signature gives the same product, best first."""
-    _, model_dir, _, _ = exported
-    model = tf.saved_model.load(model_dir)
+    model = served
     tft_output = tft.TFTransformOutput(distinct_preprocessed.transform_graph_dir)
     names = label_names(tft_output)
     titles = ["Turtle Check Men Navy Blue Shirt", "CASIO G-Shock Men Black Digital Watch"]
@@ -141,10 +144,9 @@ def test_serving_signature_takes_raw_title_and_image_bytes(exported, distinct_pr
             assert probabilities[row][names.index(c.decode())] == pytest.approx(score, rel=1e-5)
 
 
-def test_tf_example_and_transformed_signatures_agree_with_the_raw_one(exported, distinct_preprocessed):
+def test_tf_example_and_transformed_signatures_agree_with_the_raw_one(served, distinct_preprocessed):
     """No training/serving skew: the raw path and the stored transformed records give one answer."""
-    _, model_dir, _, _ = exported
-    model = tf.saved_model.load(model_dir)
+    model = served
     title, image = b"Turtle Check Men Navy Blue Shirt", (FASHION_DIR / "images" / "15970.jpg").read_bytes()
     raw = model.signatures[features.SERVING_SIGNATURE](title=tf.constant([title]), image_bytes=tf.constant([image]))
     example = tf.train.Example(features=tf.train.Features(feature={
