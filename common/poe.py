@@ -123,17 +123,18 @@ def _choose(make_features, cs, train_inputs, train_labels, validation_inputs, va
         return min(cs), {c: figure for c in cs}, scores, None
     features = make_features().fit(train_inputs)
     x, validation_x = features.transform(train_inputs), features.transform(validation_inputs)
-    previous = None
-    figures, scores, classifiers = {}, {}, {}
+    previous, figures, best = None, {}, None
     for c in sorted(cs):
         classifier = _classifier(c)
         _warm_start(classifier, previous)
         classifier.fit(x, train_labels)
-        scores[c] = _log_probs(classifier, validation_x, num_classes)
-        figures[c] = float(np.mean(scores[c].argmax(1) == validation_labels))
-        classifiers[c] = previous = classifier
-    best = max(cs, key=lambda c: (figures[c], -c))
-    return best, figures, scores[best], classifiers[best]
+        scores = _log_probs(classifier, validation_x, num_classes)
+        figures[c] = float(np.mean(scores.argmax(1) == validation_labels))
+        # C rises along the walk, so a tie keeps the smaller (more regularized) C already held.
+        if best is None or figures[c] > figures[best[0]]:
+            best = c, scores, classifier
+        previous = classifier
+    return best[0], figures, best[1], best[2]
 
 
 def _check(name: str, titles: list[str], images: np.ndarray, labels: np.ndarray) -> None:
