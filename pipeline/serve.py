@@ -54,6 +54,10 @@ def register(commands) -> None:
                         help="seconds a REST client has to send a request's body")
     limits.add_argument("--max-connections", type=int, default=ServerLimits.max_connections,
                         help="open REST connections; more are closed at once")
+    limits.add_argument("--max-parsing-per-client", type=int, default=ServerLimits.max_parsing_per_client,
+                        help="a client's (a connection's) jobs outside the model (inflating, parsing, the image "
+                        "header check, the answer) run at a time; the rest wait their turn, the clients taking "
+                        "turns")
     parser.set_defaults(func=main)
 
 
@@ -70,7 +74,8 @@ def main(args: argparse.Namespace) -> None:
         batching = load_batching_options(args.batching_parameters, args.enable_batching, args.max_enqueued_instances)
         limits = ServerLimits(max_body_bytes=int(args.max_body_mib * MIB), max_inflate_ratio=args.max_inflate_ratio,
                               header_timeout=args.header_timeout,
-                              body_timeout=args.body_timeout, max_connections=args.max_connections)
+                              body_timeout=args.body_timeout, max_connections=args.max_connections,
+                              max_parsing_per_client=args.max_parsing_per_client)
     except (BatchingParametersError, ValueError) as e:
         raise cli.UserError(str(e)) from None
     # TensorFlow (tens of seconds to import) only once the arguments are known to be good.

@@ -44,6 +44,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
 from serving.errors import InvalidArgument, ServingError, Unavailable
+from serving.fair import Turns
 
 # A small request arriving while a large one is computed waits for one piece: with the project's
 # model on two cores a piece of 2 products costs about 1.5 single-product requests (4: 2.5, and a
@@ -257,10 +258,7 @@ class BatchScheduler:
         self._tasks: set[_Task] = set()  # accepted and not yet answered (or cancelled)
         self._running: set[asyncio.Task] = set()
         self._timer: asyncio.TimerHandle | None = None
-        # client → when it was last served (a count of turns); a client first seen counts as served
-        # just before the last turn, so it waits behind the clients not served since (see _by_client).
-        self._turns: dict[object, float] = {}
-        self._turn = 0
+        self._turns = Turns()  # whose turn the next call is (see _by_client)
         # What the model has been asked to compute: batches and instances (tests and the benchmark read them).
         self.batches_started = 0
         self.batches_run = 0
@@ -283,12 +281,27 @@ class BatchScheduler:
         limit = self.options.max_execution_batch_size
         return sum(task.remaining for task in self._tasks if (task.size > limit) == split)
 
+    def _fits(self, size: int) -> bool:
+        waiting = self.waiting_instances(size > self.options.max_execution_batch_size)
+        return not waiting or waiting + size <= self.options.instance_capacity
+
+    def check_room(self) -> None:
+        """Refuses (UNAVAILABLE) any request while neither pool has room for its smallest task (one
+        instance; one more than a model call): a server may refuse before reading a request at all."""
+        limit = self.options.max_execution_batch_size
+        if not self._fits(1) and (limit >= self.options.max_batch_size or not self._fits(limit + 1)):
+            raise Unavailable(
+                "The batch scheduling queue is full: no request fits in it now "
+                f"(max_enqueued_instances {self.options.instance_capacity} of requests of one model call or less, "
+                "and as many of larger ones); retry later"
+            )
+
     def check_admission(self, size: int) -> None:
         """Refuses (UNAVAILABLE) a task of `size` instances that its pool has no room for; on the event
         loop. `run` checks again: a server may call this first, to refuse before costlier checks."""
         split = size > self.options.max_execution_batch_size
         waiting, capacity = self.waiting_instances(split), self.options.instance_capacity
-        if waiting and waiting + size > capacity:
+        if not self._fits(size):
             kind = "larger than one model call" if split else "of one model call or less"
             raise Unavailable(
                 "The batch scheduling queue to which this task was submitted is full: "
@@ -308,7 +321,7 @@ class BatchScheduler:
         task = _Task(key, run, inputs, size, loop.create_future(), loop.time(), client=client)
         self._tasks.add(task)
         task.future.add_done_callback(lambda _: self._tasks.discard(task))
-        self._turn_of(client)
+        self._turns.of(client)  # its place in the round is taken when it arrives
         self._queue.append(task)
         self._dispatch()
         # Awaiting the future directly: cancelling the caller cancels it, and _take_batch skips it.
@@ -323,27 +336,19 @@ class BatchScheduler:
             job.add_done_callback(self._running.discard)
 
     def _by_client(self) -> list[list[_Task]]:
-        """The queued tasks grouped by client, each client's oldest first, the clients in turn order:
-        the one whose last turn is the longest ago first, ties to the one with the oldest task. A new
-        client joins the round after the clients not served since the last turn, ahead of the client
-        served in it: an attacker opening a connection per request gets one turn a round like any
-        client, not every turn before a client it has already been served with."""
+        """The queued tasks grouped by client, each client's oldest first, the clients in turn order
+        (Turns: the one whose last turn is the longest ago first), ties to the one with the oldest task."""
         if any(task.future.done() for task in self._queue):  # cancelled by their callers
             self._queue = collections.deque(task for task in self._queue if not task.future.done())
         groups: dict[object, list[_Task]] = {}
         for task in self._queue:
             groups.setdefault(task.client, []).append(task)
-        return sorted(groups.values(), key=lambda tasks: self._turn_of(tasks[0].client))
-
-    def _turn_of(self, client: object) -> float:
-        return self._turns.setdefault(client, self._turn - 1.5)
+        return sorted(groups.values(), key=lambda tasks: self._turns.of(tasks[0].client))
 
     def _served(self, client: object) -> None:
-        self._turns[client] = self._turn
-        self._turn += 1
+        self._turns.served(client)
         if len(self._turns) > 1000 + 2 * len(self._queue):  # forget clients with nothing queued
-            queued = {task.client for task in self._queue}
-            self._turns = {c: t for c, t in self._turns.items() if c in queued}
+            self._turns.keep_only({task.client for task in self._queue})
 
     def _split(self, task: _Task) -> bool:
         return task.size > self.options.max_execution_batch_size

@@ -243,6 +243,22 @@ def parse_request(body: bytes) -> dict:
     return document
 
 
+def declared_batch_size(document: dict) -> int | None:
+    """The instances a parsed request holds, counted without decoding any (None when its form does
+    not say: request_tensors then refuses it or finds the batch): `instances`' length, or the first
+    dimension its `inputs` lists agree on."""
+    if INSTANCES_KEY in document:
+        instances = document[INSTANCES_KEY]
+        return len(instances) if isinstance(instances, list) and INPUTS_KEY not in document else None
+    inputs = document.get(INPUTS_KEY)
+    if isinstance(inputs, list):
+        return len(inputs)
+    if isinstance(inputs, dict) and inputs and all(isinstance(value, list) for value in inputs.values()):
+        sizes = {len(value) for value in inputs.values()}
+        return sizes.pop() if len(sizes) == 1 else None
+    return None
+
+
 def request_tensors(document: dict, dtypes: dict[str, tf.DType]) -> tuple[str, dict[str, np.ndarray]]:
     """(ROW | COLUMNAR, {input name: array}) of a parsed predict request, for a signature whose
     inputs have `dtypes`."""

@@ -25,8 +25,9 @@ class ServerLimits:
     body_timeout: float = 60.0
     # Open REST connections; one more is closed at once (each costs a file descriptor and a buffer).
     max_connections: int = 256
-    # Requests of one client (a connection) parsed and checked at a time, before the queue: the rest
-    # wait their turn, so 200 sent at once are not 200 jobs ahead of other clients' on the workers.
+    # Jobs of one client (a connection) outside the model (inflating, parsing, the header check, the
+    # answer) running at a time: the rest wait, and the clients take turns (serving/fair.py), so 200
+    # requests sent at once are not 200 jobs ahead of another client's on the workers.
     max_parsing_per_client: int = 2
 
     def __post_init__(self):
@@ -37,4 +38,4 @@ class ServerLimits:
     def describe(self) -> str:
         return (f"bodies up to {self.max_body_bytes // MIB} MiB (inflating at most {self.max_inflate_ratio:g}:1), headers within {self.header_timeout:g} s, "
                 f"bodies within {self.body_timeout:g} s, {self.max_connections} connections, "
-                f"{self.max_parsing_per_client} requests a client parsed at a time")
+                f"{self.max_parsing_per_client} jobs of a client outside the model at a time")

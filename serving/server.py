@@ -47,7 +47,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import json_tensor, tensor_proto
-from serving.batching import BatchingOptions, BatchScheduler, batch_size
+from serving.batching import BatchingOptions, BatchScheduler, _cpu_count, batch_size
 from serving.errors import (
     INTERNAL_ERROR_MESSAGE,
     InvalidArgument,
@@ -55,8 +55,10 @@ from serving.errors import (
     PayloadTooLarge,
     RequestTimeout,
     ServingError,
+    Unavailable,
     Unimplemented,
 )
+from serving.fair import FairWork
 from serving.limits import ServerLimits
 from serving.servables import MAX_VERSION, SIGNATURE_DEF_FIELD, Servable, ServableManager
 from common import features
@@ -98,7 +100,8 @@ def _batch_key(servable: Servable, signature: str, inputs) -> tuple:
     return (servable, signature, tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items())))
 
 
-async def _check_images(scheduler: BatchScheduler, executor, servable: Servable, signature: str, inputs) -> None:
+async def _check_images(scheduler: BatchScheduler, fair: FairWork, client: object, servable: Servable,
+                        signature: str, inputs) -> None:
     """The model's image header check before a request of one model call or less is queued, once the
     queue would take it: a request the queue refuses costs no image check, one the graph would refuse
     no model call. A larger request is left to the graph: its pieces are checked as they run, so one
@@ -107,37 +110,23 @@ async def _check_images(scheduler: BatchScheduler, executor, servable: Servable,
     scheduler.check_size(size)
     scheduler.check_admission(size)
     if size <= scheduler.options.max_execution_batch_size:
-        await asyncio.get_running_loop().run_in_executor(executor, servable.check_images, signature, inputs)
+        await fair.run(client, servable.check_images, signature, inputs)
 
 
-class ClientGate:
-    """The stages of a request before the queue (parsing, the image header check) let at most
-    `per_client` requests of one client (a connection) in at a time, the others waiting in order:
-    the workers they share are then taken in turns, as the model is, and one client's burst of 200
-    requests does not put 200 parsing jobs ahead of another client's one."""
-
-    def __init__(self, per_client: int):
-        self.per_client = per_client
-        self._clients: dict[object, list] = {}  # client → [its semaphore, requests holding or awaiting it]
-
-    @contextlib.asynccontextmanager
-    async def turn(self, client: object):
-        entry = self._clients.setdefault(client, [asyncio.Semaphore(self.per_client), 0])
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if not entry[1]:
-                del self._clients[client]
+def request_work(executor: concurrent.futures.Executor, limits: ServerLimits) -> FairWork:
+    """The work of requests outside the model (inflating, parsing, the header check, the answer),
+    shared by the clients in turns. As many jobs at once as cores: more only share the cores, and
+    each job then takes longer, the good client's too; and always one more than a client may hold,
+    so that one client's slow jobs never hold every slot."""
+    per_client = limits.max_parsing_per_client
+    return FairWork(executor, max(_cpu_count(), per_client + 1), per_client)
 
 
 _DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 class _Inflater:
-    """A gzip/deflate body inflated as it arrives (`feed`, a worker thread's work: zlib releases the GIL),
+    """A gzip/deflate body inflated as it arrives (`step`, a worker thread's work: zlib releases the GIL),
     refused as soon as it inflates past the limit, or past the limits' ratio to the bytes it came from.
     Concatenated gzip members are one body, as gzip reads them; bytes after a deflate stream are refused."""
 
@@ -147,20 +136,21 @@ class _Inflater:
         self._decompressor = zlib.decompressobj(_DECOMPRESSORS[encoding])
         self._parts: list[bytes] = []
 
-    def feed(self, data: bytes) -> None:
-        while data:
-            if self._decompressor.eof:
-                data = self._next_member(data)
-            try:
-                out = self._decompressor.decompress(data, _INFLATE_STEP)
-            except zlib.error as e:
-                raise self._invalid(str(e)) from None
-            tail = self._decompressor.unconsumed_tail or self._decompressor.unused_data
-            if not out and len(tail) == len(data):  # zlib neither read nor wrote: it never will
-                raise self._invalid("the compressed stream makes no progress")
-            self.consumed += len(data) - len(tail)
-            self._add(out)
-            data = tail
+    def step(self, data: bytes) -> bytes:
+        """Inflates at most _INFLATE_STEP bytes of `data`; what is left of it (b"" once all is read):
+        a bounded job, so that a body that inflates a lot takes its turns with other clients' work."""
+        if self._decompressor.eof:
+            data = self._next_member(data)
+        try:
+            out = self._decompressor.decompress(data, _INFLATE_STEP)
+        except zlib.error as e:
+            raise self._invalid(str(e)) from None
+        tail = self._decompressor.unconsumed_tail or self._decompressor.unused_data
+        if not out and len(tail) == len(data):  # zlib neither read nor wrote: it never will
+            raise self._invalid("the compressed stream makes no progress")
+        self.consumed += len(data) - len(tail)
+        self._add(out)
+        return tail
 
     def _next_member(self, data: bytes) -> bytes:
         if self.encoding == "deflate":
@@ -203,18 +193,19 @@ def _declared_length(request: web.BaseRequest, limit: int) -> None:
 
 
 class RestApi:
-    """TF Serving's REST API over a ServableManager: requests parsed and answered on `executor`
-    threads, the model run by `scheduler`, each client's cost bounded by `limits`."""
+    """TF Serving's REST API over a ServableManager: requests inflated, parsed and answered by
+    `fair` (each connection a client), metadata read on `executor` threads, the model run by
+    `scheduler`, each client's cost bounded by `limits`."""
 
     def __init__(self, manager: ServableManager, executor: concurrent.futures.Executor, scheduler: BatchScheduler,
                  limits: ServerLimits = ServerLimits(), connections: Connections | None = None,
-                 gate: ClientGate | None = None):
+                 fair: FairWork | None = None):
         self.manager = manager
         self.executor = executor
         self.scheduler = scheduler
         self.limits = limits
         self.connections = connections
-        self.gate = gate or ClientGate(limits.max_parsing_per_client)
+        self.fair = fair or request_work(executor, limits)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_body_bytes)
@@ -247,16 +238,14 @@ class RestApi:
         try:
             document = await self.respond(request)
             status = 200
-        except (PayloadTooLarge, RequestTimeout) as e:
-            response = self._error_response(e, e.http_status)
-            document = status = None
         except ServingError as e:
             document, status = {"error": e.message}, e.http_status
         except Exception:  # a bug here: TF Serving's error shape, a message that gives nothing away, the traceback in the log
             log.exception("%s %s failed", request.method, request.path)
             document, status = {"error": INTERNAL_ERROR_MESSAGE}, 500
-        if document is not None:
-            response = web.Response(text=json_tensor.dumps(document), status=status, content_type="application/json")
+        response = web.Response(text=json_tensor.dumps(document), status=status, content_type="application/json")
+        if not request.content.is_eof():
+            response.force_close()  # the body was not read to its end: the connection cannot carry another request
         await response.prepare(request)
         await response.write_eof()
         if self.connections is not None:
@@ -294,7 +283,8 @@ class RestApi:
             if size > limit:
                 raise PayloadTooLarge(f"the request body is larger than {limit} bytes, the server's limit")
             if inflater is not None:
-                await loop.run_in_executor(self.executor, inflater.feed, chunk)
+                while chunk:
+                    chunk = await self.fair.run(request.transport, inflater.step, chunk)
             else:
                 parts.append(chunk)
         return inflater.result() if inflater is not None else b"".join(parts)
@@ -307,17 +297,25 @@ class RestApi:
             if verb.lower() != "predict":
                 raise Unimplemented(f"this local server answers :predict only, not :{verb} (TF Serving does both)")
             version = _version_of(version, label)
+            client = request.transport
+            # The instances a body holds are known only once its JSON is parsed; what can be said before
+            # reading it is whether the queue has room for any request at all.
+            self.scheduler.check_room()
             body = await self._body(request)
-            async with self.gate.turn(request.transport):
-                servable, signature, request_format, inputs = await loop.run_in_executor(
-                    self.executor, self._request, name, version, body
-                )
-                await _check_images(self.scheduler, self.executor, servable, signature, inputs)
+            servable, signature, document = await self.fair.run(client, self._parse, name, version, body)
+            # Admission by the instances counted in the parsed document, before they are decoded
+            # (base64, arrays) and their images checked: a [1000] body the queue has no room for costs
+            # its parsing only.
+            if (declared := json_tensor.declared_batch_size(document)) is not None:
+                self.scheduler.check_size(declared)
+                self.scheduler.check_admission(declared)
+            request_format, inputs = await self.fair.run(client, self._tensors, servable, signature, document)
+            await _check_images(self.scheduler, self.fair, client, servable, signature, inputs)
             outputs = await self.scheduler.run(
                 _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs,
-                client=request.transport,
+                client=client,
             )
-            return await loop.run_in_executor(self.executor, json_tensor.response_json, outputs, request_format)
+            return await self.fair.run(client, json_tensor.response_json, outputs, request_format)
         if method == "GET" and (match := MODEL_STATUS_ROUTE.fullmatch(path)):
             name, version, label, metadata = match.groups()
             if not name:
@@ -328,17 +326,19 @@ class RestApi:
             return _status_json(self.manager.status(name, version))
         raise InvalidArgument(f"Malformed request: {method} {path}")
 
-    def _request(self, name: str, version: int | None, body: bytes):
+    def _parse(self, name: str, version: int | None, body: bytes):
         document = json_tensor.parse_request(body)
         servable = self.manager.servable(name, version)
         signature = document.get(json_tensor.SIGNATURE_KEY) or features.SERVING_SIGNATURE
+        servable.input_specs(signature)  # an unknown signature is refused before anything is decoded
+        return servable, signature, document
+
+    @staticmethod
+    def _tensors(servable: Servable, signature: str, document: dict):
         specs = servable.input_specs(signature)
-        instances = document.get(json_tensor.INSTANCES_KEY)
-        if isinstance(instances, list):
-            self.scheduler.check_size(len(instances))  # before decoding a request that will be refused
         request_format, inputs = json_tensor.request_tensors(document, {k: spec.dtype for k, spec in specs.items()})
         servable.check_inputs(signature, inputs)
-        return servable, signature, request_format, inputs
+        return request_format, inputs
 
 
 class _GuardedConnection(asyncio.Protocol):
@@ -490,11 +490,11 @@ def _declared_batch_size(request: predict_pb2.PredictRequest) -> int | None:
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ServableManager, executor: concurrent.futures.Executor, scheduler: BatchScheduler,
-                 gate: ClientGate | None = None):
+                 fair: FairWork | None = None):
         self.manager = manager
         self.executor = executor
         self.scheduler = scheduler
-        self.gate = gate or ClientGate(ServerLimits().max_parsing_per_client)
+        self.fair = fair or request_work(executor, ServerLimits())
 
     async def Predict(self, request: predict_pb2.PredictRequest, context):  # noqa: N802 (gRPC method name)
         return await _unary(context, self._predict(request, context.peer()))
@@ -518,19 +518,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return self.manager.servable(model_spec.name, model_spec.version.value if model_spec.HasField("version") else None)
 
     async def _predict(self, request: predict_pb2.PredictRequest, peer: str) -> predict_pb2.PredictResponse:
-        loop = asyncio.get_running_loop()
         # The queue's answer first, from the declared batch: a [1000] tensor of a few KB that the queue
         # has no room for is refused before its values are expanded (1000 copies of a photo).
         if (declared := _declared_batch_size(request)) is not None:
             self.scheduler.check_size(declared)
             self.scheduler.check_admission(declared)
-        async with self.gate.turn(peer):
-            servable, signature, inputs, wanted = await loop.run_in_executor(self.executor, self._request, request)
-            await _check_images(self.scheduler, self.executor, servable, signature, inputs)
+        servable, signature, inputs, wanted = await self.fair.run(peer, self._request, request)
+        await _check_images(self.scheduler, self.fair, peer, servable, signature, inputs)
         outputs = await self.scheduler.run(
             _batch_key(servable, signature, inputs), functools.partial(servable.run, signature), inputs, client=peer
         )
-        return await loop.run_in_executor(self.executor, self._response, servable, signature, outputs, wanted)
+        return await self.fair.run(peer, self._response, servable, signature, outputs, wanted)
 
     def _request(self, request: predict_pb2.PredictRequest):
         servable = self._servable(request.model_spec)
@@ -617,11 +615,11 @@ async def serve_async(
     stop = stop or asyncio.Event()
     await _poll_once(manager, loader)
     connections = Connections(limits)
-    gate = ClientGate(limits.max_parsing_per_client)
+    fair = request_work(executor, limits)  # one turn order for REST and gRPC clients
     # handler_cancellation: a client that disconnects cancels its handler, and so its queued work.
     # lingering_time 0: a body refused unread is not read to its end before the connection closes.
     runner = web.AppRunner(
-        RestApi(manager, executor, scheduler, limits, connections, gate).app(), access_log=None,
+        RestApi(manager, executor, scheduler, limits, connections, fair).app(), access_log=None,
         handler_cancellation=True, auto_decompress=False, lingering_time=0,
     )
     await runner.setup()
@@ -633,7 +631,7 @@ async def serve_async(
                        ("grpc.max_send_message_length", limits.max_body_bytes)]
             grpc_server = grpc.aio.server(options=options, interceptors=[GuardInterceptor()])
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-                PredictionService(manager, executor, scheduler, gate), grpc_server
+                PredictionService(manager, executor, scheduler, fair), grpc_server
             )
             model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), grpc_server)
             if grpc_server.add_insecure_port(f"{host}:{grpc_port}") == 0:

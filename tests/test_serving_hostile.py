@@ -4,6 +4,7 @@ leave behind; the queue's admission by instances; slow and surplus connections; 
 directories that must not break the server. Loops are bounded, waits end on conditions."""
 import argparse
 import base64
+import concurrent.futures
 import gzip
 import json
 import os
@@ -27,8 +28,10 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving import tensor_proto
+from serving import json_tensor, tensor_proto
+from serving import server as server_module
 from serving.client import GrpcClient
+from serving.fair import FairWork
 from serving.limits import ServerLimits
 from serving.servables import ServableManager, State
 from tests import hostile_images
@@ -315,7 +318,133 @@ def test_a_burst_of_one_client_is_parsed_a_few_at_a_time_while_another_client_is
     assert most[0] == 2 and len(parsed) == 21
 
 
-def test_the_queue_bound_is_a_flag_of_serve(monkeypatch, tmp_path):
+@pytest.fixture
+def one_slot(monkeypatch):
+    """The servers started in the test share their work outside the model one job at a time (the
+    clients' turns then show in the order jobs run): the FairWork of each, in a list."""
+    made = []
+
+    def request_work(executor, limits):
+        made.append(FairWork(executor, slots=1, per_client=1))
+        return made[-1]
+
+    monkeypatch.setattr(server_module, "request_work", request_work)
+    return made
+
+
+def test_a_good_clients_request_is_parsed_and_checked_within_one_round_of_a_flood(manager, monkeypatch, one_slot):
+    servable = manager.servable(features.MODEL_NAME)
+    check_inputs, check_images = servable.check_inputs, servable.check_images
+    jobs, held, release = [], threading.Event(), threading.Event()
+
+    def logged_inputs(signature, inputs):  # the parse job's last step; the flood's first waits for the test
+        jobs.append(("parse", inputs[features.TITLE_KEY][0]))
+        if len(jobs) == 1:
+            held.set()
+            release.wait(120)
+        return check_inputs(signature, inputs)
+
+    def logged_images(signature, inputs):
+        jobs.append(("check", inputs[features.TITLE_KEY][0]))
+        return check_images(signature, inputs)
+
+    monkeypatch.setattr(servable, "check_inputs", logged_inputs)
+    monkeypatch.setattr(servable, "check_images", logged_images)
+
+    def request(title: bytes) -> predict_pb2.PredictRequest:
+        single = _repeated_request(1)
+        single.inputs[features.TITLE_KEY].string_val[0] = title
+        return single
+
+    with Server(manager, num_batch_threads=1) as fair_server:
+        (work,) = one_slot
+        flood = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(fair_server.grpc))
+        other = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(fair_server.grpc, options=[("grpc.use_local_subchannel_pool", 1)]))
+        floods = [flood.Predict.future(request(b"flood"), timeout=120) for _ in range(30)]
+        wait_until(lambda: held.is_set() and work.waiting() == 29, "the flood's first parse to hold, 29 to wait")
+        answer = other.Predict.future(request(b"other"), timeout=120)
+        wait_until(lambda: work.waiting() == 30, "the other client's request to wait its turn")
+        release.set()
+        assert answer.result().outputs[features.OUTPUT_CLASSES_KEY].tensor_shape.dim[0].size == 1
+        assert all(f.result().outputs[features.OUTPUT_CLASSES_KEY].tensor_shape.dim[0].size == 1 for f in floods)
+    # One job of the flood a round: the other client's parse is the next job, its header check the
+    # one after the flood's next; in arrival order both would have come after the flood's 29 parses.
+    assert jobs[:4] == [("parse", b"flood"), ("parse", b"other"), ("parse", b"flood"), ("check", b"other")]
+    assert len(jobs) == 2 * 31
+
+
+def test_a_gzip_body_is_inflated_in_steps_that_take_turns_with_other_clients(manager, monkeypatch, one_slot):
+    jobs, held, release = [], threading.Event(), threading.Event()
+    step, parse = server_module._Inflater.step, json_tensor.parse_request
+
+    def logged_step(inflater, data):
+        jobs.append("inflate")
+        if len(jobs) == 1:
+            held.set()
+            release.wait(120)
+        return step(inflater, data)
+
+    monkeypatch.setattr(server_module._Inflater, "step", logged_step)
+    monkeypatch.setattr(json_tensor, "parse_request", lambda body: jobs.append("parse") or parse(body))
+    words = [f"word{i}" for i in range(5000)]
+    title = " ".join(words[(i * 7919) % len(words)] for i in range(80_000))  # 0.7 MB, compresses about 4:1
+    body = gzip.compress(json.dumps({"instances": [_instance(title=title)]}).encode())
+    limits = ServerLimits(max_body_bytes=2**21, inflate_ratio_after=2**18)
+    with Server(manager, limits=limits) as small, concurrent.futures.ThreadPoolExecutor(2) as clients:
+        (work,) = one_slot
+        zipped = clients.submit(requests.post, small.url + ":predict", data=body,
+                                headers={"Content-Encoding": "gzip"}, timeout=120)
+        wait_until(held.is_set, "the body's first inflating step to hold")
+        plain = clients.submit(requests.post, small.url + ":predict", data=_PLAIN, timeout=120)
+        wait_until(lambda: work.waiting() == 1, "the other client's parse to wait its turn")
+        release.set()
+        assert plain.result().status_code == 200
+        assert zipped.result().status_code == 200, zipped.text
+    # 256 KiB a step, each a turn: the other client's parse went between the body's first two.
+    assert jobs[:3] == ["inflate", "parse", "inflate"] and jobs.count("inflate") >= 3
+
+
+def test_a_rest_request_is_refused_before_its_body_is_read_when_no_request_fits_the_queue(manager, held):
+    with Server(manager, num_batch_threads=1, max_enqueued_instances=1) as full:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(full.grpc))
+        running = stub.Predict.future(_repeated_request(1), timeout=120)
+        wait_until(lambda: full.scheduler.batches_started == 1, "the first single to run")
+        waiting = [stub.Predict.future(_repeated_request(count), timeout=120) for count in (1, 1000)]
+        wait_until(lambda: full.scheduler.waiting_instances(split=False) == 1
+                   and full.scheduler.waiting_instances(split=True) == 1000, "both pools to fill")
+        # Headers only: the answer comes without the body, which would otherwise be awaited (60 s).
+        answer = _raw_http(full.rest_port, _post_head(full.rest_port, 1000))
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+        assert b"no request fits in it now" in answer and b"Connection: close" in answer
+        held.set()
+        assert all(f.result().outputs[features.OUTPUT_CLASSES_KEY].tensor_shape.dim[0].size == 1
+                   for f in (running, waiting[0]))
+        waiting[1].cancel()
+
+
+def test_a_rest_body_of_1000_instances_is_refused_by_their_count_before_they_are_decoded(manager, held, monkeypatch):
+    decoded, request_tensors = [], json_tensor.request_tensors
+    monkeypatch.setattr(json_tensor, "request_tensors",
+                        lambda document, dtypes: decoded.append(len(document.get("instances", ()))) or request_tensors(document, dtypes))
+    with Server(manager, num_batch_threads=1) as busy:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(busy.grpc))
+        large = stub.Predict.future(_repeated_request(1000), timeout=120)
+        wait_until(lambda: busy.scheduler.waiting_instances(split=True) > 0, "the large gRPC request to queue")
+        response = busy.post([_instance()] * 1000)
+        assert response.status_code == 503 and "max_enqueued_instances 1000" in response.json()["error"]
+        assert decoded == []  # counted in the parsed JSON, never base64-decoded into arrays
+        with concurrent.futures.ThreadPoolExecutor(1) as client:
+            single = client.submit(busy.post, [_instance()])  # a single still fits its own pool
+            wait_until(lambda: busy.scheduler.waiting_instances(split=False) == 1, "the single to queue")
+            held.set()
+            assert single.result().status_code == 200
+        assert large.result().outputs[features.OUTPUT_CLASSES_KEY].tensor_shape.dim[0].size == 1000
+    assert decoded == [1]
+
+
+def test_the_queue_bound_and_the_jobs_per_client_are_flags_of_serve(monkeypatch, tmp_path):
+    from pipeline import cli
     from pipeline import serve as serve_command
     from serving import server
 
@@ -323,9 +452,14 @@ def test_the_queue_bound_is_a_flag_of_serve(monkeypatch, tmp_path):
     monkeypatch.setattr(server, "serve", lambda manager, **options: started.update(options))
     parser = argparse.ArgumentParser()
     serve_command.register(parser.add_subparsers())
-    args = parser.parse_args(["serve", "--model-base", str(tmp_path), "--max-enqueued-instances", "200"])
+    args = parser.parse_args(["serve", "--model-base", str(tmp_path), "--max-enqueued-instances", "200",
+                              "--max-parsing-per-client", "3"])
     args.func(args)
     assert started["batching"].instance_capacity == 200
+    assert started["limits"].max_parsing_per_client == 3
+    args = parser.parse_args(["serve", "--model-base", str(tmp_path), "--max-parsing-per-client", "0"])
+    with pytest.raises(cli.UserError, match="^max_parsing_per_client must be positive, got 0$"):
+        args.func(args)
 
 
 # Bodies: bounded before parsing.

@@ -158,3 +158,23 @@ def test_a_number_a_float_input_cannot_hold_is_refused_as_tf_serving_words_it(va
         json_tensor.request_tensors({"instances": [value]}, {"x": dtype})
     assert raised.value.message.endswith(
         f"Error: Cannot convert JSON value: {value} to {dtype.name} without loss of precision.")
+
+
+@pytest.mark.parametrize("document, count", [
+    ({"instances": [{"title": "a"}] * 3}, 3),
+    ({"inputs": {"title": ["a", "b"], "image_bytes": [_b64(b"x"), _b64(b"y")]}}, 2),
+    ({"inputs": ["a", "b", "c", "d"]}, 4),
+    ({"inputs": {"title": ["a"], "image_bytes": [_b64(b"x"), _b64(b"y")]}}, None),  # disagree: request_tensors says so
+    ({"inputs": {"title": "a"}}, None),
+    ({"instances": {"title": "a"}}, None),
+    ({"instances": [1], "inputs": [1, 2]}, None),
+    ({}, None),
+])
+def test_the_declared_batch_is_counted_from_the_parsed_document_as_request_tensors_finds_it(document, count):
+    assert json_tensor.declared_batch_size(document) == count
+    if count is not None:
+        dtypes = {"title": tf.string} if isinstance(document.get("inputs"), list) else RAW
+        if "instances" in document:
+            dtypes = {"title": tf.string}
+        _, tensors = json_tensor.request_tensors(document, dtypes)
+        assert {array.shape[0] for array in tensors.values()} == {count}

@@ -1,0 +1,144 @@
+"""FairWork: the work of requests outside the model, run in turns across clients on real threads.
+Jobs wait on events the test sets; the tests count and order, they never time."""
+import asyncio
+import concurrent.futures
+import threading
+
+import pytest
+
+from serving.fair import FairWork
+
+
+class Recorder:
+    """Jobs that record the order they ran in; `hold` makes the next job wait until released."""
+
+    def __init__(self):
+        self.order, self.release = [], threading.Event()
+
+    def job(self, name: str, held: bool = False):
+        def run():
+            if held:
+                self.release.wait(60)
+            self.order.append(name)
+            return name
+        return run
+
+
+async def _until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0)
+
+
+def _run(main) -> None:
+    executor = concurrent.futures.ThreadPoolExecutor(8)
+    try:
+        asyncio.run(main(executor))
+    finally:
+        executor.shutdown(wait=True)
+
+
+def test_another_clients_job_runs_within_one_round_while_a_client_has_many_queued():
+    recorder = Recorder()
+
+    async def main(executor):
+        fair = FairWork(executor, slots=1, per_client=1)
+        flood = [asyncio.create_task(fair.run("flood", recorder.job("flood0", held=True)))]
+        await _until(lambda: fair.running == 1)
+        flood += [asyncio.create_task(fair.run("flood", recorder.job(f"flood{i}"))) for i in range(1, 50)]
+        good = asyncio.create_task(fair.run("good", recorder.job("good")))
+        await _until(lambda: fair.waiting() == 50)
+        assert fair.waiting("flood") == 49 and fair.waiting("good") == 1
+        recorder.release.set()
+        assert await good == "good"
+        await asyncio.gather(*flood)
+
+    _run(main)
+    # The flood's first job was running when the good client's arrived: the good one is next, not 51st.
+    assert recorder.order[:3] == ["flood0", "good", "flood1"] and len(recorder.order) == 51
+
+
+def test_clients_with_jobs_waiting_take_turns_the_longest_unserved_first():
+    recorder = Recorder()
+
+    async def main(executor):
+        fair = FairWork(executor, slots=1, per_client=1)
+        tasks = [asyncio.create_task(fair.run("a", recorder.job("a0", held=True)))]
+        await _until(lambda: fair.running == 1)
+        sent = [("a", 1), ("a", 2), ("a", 3), ("b", 0), ("c", 0), ("a", 4), ("b", 1)]
+        tasks += [asyncio.create_task(fair.run(client, recorder.job(f"{client}{i}"))) for client, i in sent]
+        await _until(lambda: fair.waiting() == len(sent))
+        recorder.release.set()
+        await asyncio.gather(*tasks)
+
+    _run(main)
+    assert recorder.order == ["a0", "b0", "c0", "a1", "b1", "a2", "a3", "a4"]
+
+
+def test_a_client_holds_at_most_per_client_slots_and_the_others_get_the_rest():
+    recorder = Recorder()
+
+    async def main(executor):
+        fair = FairWork(executor, slots=3, per_client=2)
+        held = [asyncio.create_task(fair.run("stuck", recorder.job(f"stuck{i}", held=True))) for i in range(10)]
+        await _until(lambda: fair.running == 2 and fair.waiting("stuck") == 8)
+        # The third slot is free for another client while the stuck one's two jobs hold theirs.
+        assert await fair.run("other", recorder.job("other")) == "other"
+        assert recorder.order == ["other"] and fair.waiting("stuck") == 8
+        recorder.release.set()
+        await asyncio.gather(*held)
+        assert fair.started == 11 and fair.running == 0
+
+    _run(main)
+
+
+def test_a_cancelled_callers_waiting_job_never_runs_and_errors_reach_their_caller():
+    recorder = Recorder()
+
+    async def main(executor):
+        fair = FairWork(executor, slots=1, per_client=1)
+        first = asyncio.create_task(fair.run("a", recorder.job("first", held=True)))
+        await _until(lambda: fair.running == 1)
+        gone = asyncio.create_task(fair.run("b", recorder.job("gone")))
+        await _until(lambda: fair.waiting("b") == 1)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert fair.dropped == 1 and fair.waiting() == 0
+
+        def fails():
+            raise ValueError("a bad body")
+
+        failing = asyncio.create_task(fair.run("c", fails))
+        recorder.release.set()
+        assert await first == "first"
+        with pytest.raises(ValueError, match="a bad body"):
+            await failing
+        assert await fair.run("d", recorder.job("after")) == "after"  # the failed job's slot was freed
+
+    _run(main)
+    assert recorder.order == ["first", "after"]
+
+
+def test_a_client_opening_a_connection_per_job_gets_one_turn_a_round():
+    recorder = Recorder()
+
+    async def main(executor):
+        fair = FairWork(executor, slots=1, per_client=1)
+
+        async def client(name: str, fresh_connections: bool):
+            connection = object()
+            for i in range(12):  # each sends its next job once the last is done, as a closed-loop client
+                await fair.run(object() if fresh_connections else connection, recorder.job(f"{name}{i}"))
+
+        await asyncio.gather(*(client(f"attacker{n}-", True) for n in range(3)), client("good", False))
+
+    _run(main)
+    good = [index for index, name in enumerate(recorder.order) if name.startswith("good")]
+    assert len(good) == 12 and len(recorder.order) == 48
+    assert max(b - a for a, b in zip(good, good[1:])) <= 4, recorder.order
+
+
+@pytest.mark.parametrize("slots, per_client", [(0, 1), (1, 0)])
+def test_slots_and_per_client_must_be_positive(slots, per_client):
+    with pytest.raises(ValueError, match="must be at least 1"):
+        FairWork(concurrent.futures.ThreadPoolExecutor(1), slots, per_client)
