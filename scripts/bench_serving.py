@@ -356,10 +356,11 @@ def attack(args, products, serving_base: str, setting: str, flags: list[str]) ->
 
         cores = (f"CPUs of {os.cpu_count()}: server {args.server_cpus or 'any'}, good client {args.client_cpus or 'any'}, "
                  f"attackers {args.attacker_cpus or 'any'}")
-        print(f"batching {setting}; good client: single-product gRPC requests, {args.seconds:g} s per phase; {args.attackers} attacking "
+        print(f"batching {setting} (server flags: {' '.join(flags) or 'none'}); good client: single-product gRPC requests, {args.seconds:g} s per phase; {args.attackers} attacking "
               f"processes; {cores}; each attack paired with an idle phase just before it (the machine's load drifts)", flush=True)
         print(f"{'attack':<24}{'idle p50':>9}{'idle p99':>9}{'count':>7}{'p50 ms':>9}{'p99 ms':>9}{'p99/idle':>9}"
               f"{'RSS MB':>8}{'load':>6}  attackers got", flush=True)
+        idle_p99s, attack_p99s = [], {}
         for name in args.attacks.split(","):
             idle = measure()
             command = [*(["taskset", "-c", args.attacker_cpus] if args.attacker_cpus else []), sys.executable, __file__, "--model", args.model, "--catalog", args.catalog, "--products", "1",
@@ -380,9 +381,17 @@ def attack(args, products, serving_base: str, setting: str, flags: list[str]) ->
                         attacker.kill()
             got = ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items()))
             idle_p99, p99 = np.percentile(idle, 99), np.percentile(figures, 99)
+            idle_p99s.append(idle_p99)
+            attack_p99s[name] = p99
             print(f"{name:<24}{np.percentile(idle, 50):>9.1f}{idle_p99:>9.1f}{len(figures):>7}"
                   f"{np.percentile(figures, 50):>9.1f}{p99:>9.1f}{p99 / idle_p99:>9.2f}{memory_mb(server.pid)[0]:>8.0f}"
                   f"{os.getloadavg()[0]:>6.1f}  {got}", flush=True)
+        # One idle phase's p99 can be a spike of the machine's load (seconds, with other jobs on the
+        # cores): each attack's p99 over the median of every idle phase's p99 is the steadier figure.
+        median = float(np.median(idle_p99s))
+        print(f"idle p99 over the {len(idle_p99s)} idle phases: {min(idle_p99s):.1f}-{max(idle_p99s):.1f} ms, "
+              f"median {median:.1f}; p99 / median idle p99: "
+              + ", ".join(f"{name} {p99 / median:.2f}" for name, p99 in attack_p99s.items()), flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -409,6 +418,9 @@ def main() -> None:
     parser.add_argument("--batching", default="off,on", help="server-side batching: off, on or both (comma-separated)")
     parser.add_argument("--batching-parameters", default=str(REPO_ROOT / "k8s" / "base" / "config" / "batching_parameters.txt"),
                         help="the BatchingParameters file of the server with batching on")
+    parser.add_argument("--serve-flag", dest="serve_flags", action="append", default=[], metavar="FLAG",
+                        help="one more flag (or its value) for `pipeline serve`, repeatable: "
+                        "--serve-flag=--max-parsing-per-client --serve-flag=1")
     parser.add_argument("--large", type=int, default=1000, help="products in the large request (large-in-flight)")
     parser.add_argument("--requests", type=int, default=400, help="at most this many requests per scenario")
     parser.add_argument("--seconds", type=float, default=60, help="at most this long per scenario (the idle phase of large-in-flight)")
@@ -428,7 +440,8 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     transports = args.transports.split(",")
     settings = args.batching.split(",")
-    flags = {"off": [], "on": ["--enable-batching", "--batching-parameters", args.batching_parameters]}
+    flags = {"off": [*args.serve_flags], "on": ["--enable-batching", "--batching-parameters", args.batching_parameters,
+                                                *args.serve_flags]}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as serving_base:
         push(args.model, serving_base)
         if args.mode == "large-in-flight":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import logging
 import os
@@ -55,7 +54,6 @@ from serving.errors import (
     PayloadTooLarge,
     RequestTimeout,
     ServingError,
-    Unavailable,
     Unimplemented,
 )
 from serving.fair import FairWork
