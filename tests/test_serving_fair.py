@@ -37,41 +37,34 @@ def _run(main) -> None:
         executor.shutdown(wait=True)
 
 
-def test_another_clients_job_runs_within_one_round_while_a_client_has_many_queued():
+def _order_after_a_held_job(first: tuple[str, str], then: list[tuple[str, str]]) -> list[str]:
+    """Runs job `first` (client, name) in the only slot, held until every job of `then` waits, then
+    lets them all run: the names in the order they ran."""
     recorder = Recorder()
 
     async def main(executor):
         fair = FairWork(executor, slots=1, per_client=1)
-        flood = [asyncio.create_task(fair.run("flood", recorder.job("flood0", held=True)))]
+        tasks = [asyncio.create_task(fair.run(first[0], recorder.job(first[1], held=True)))]
         await _until(lambda: fair.running == 1)
-        flood += [asyncio.create_task(fair.run("flood", recorder.job(f"flood{i}"))) for i in range(1, 50)]
-        good = asyncio.create_task(fair.run("good", recorder.job("good")))
-        await _until(lambda: fair.waiting() == 50)
-        assert fair.waiting("flood") == 49 and fair.waiting("good") == 1
+        tasks += [asyncio.create_task(fair.run(client, recorder.job(name))) for client, name in then]
+        await _until(lambda: fair.waiting() == len(then))
         recorder.release.set()
-        assert await good == "good"
-        await asyncio.gather(*flood)
+        assert await asyncio.gather(*tasks) == [first[1], *(name for _, name in then)]
 
     _run(main)
+    return recorder.order
+
+
+def test_another_clients_job_runs_within_one_round_while_a_client_has_many_queued():
+    order = _order_after_a_held_job(("flood", "flood0"), [("flood", f"flood{i}") for i in range(1, 50)] + [("good", "good")])
     # The flood's first job was running when the good client's arrived: the good one is next, not 51st.
-    assert recorder.order[:3] == ["flood0", "good", "flood1"] and len(recorder.order) == 51
+    assert order[:3] == ["flood0", "good", "flood1"] and len(order) == 51
 
 
 def test_clients_with_jobs_waiting_take_turns_the_longest_unserved_first():
-    recorder = Recorder()
-
-    async def main(executor):
-        fair = FairWork(executor, slots=1, per_client=1)
-        tasks = [asyncio.create_task(fair.run("a", recorder.job("a0", held=True)))]
-        await _until(lambda: fair.running == 1)
-        sent = [("a", 1), ("a", 2), ("a", 3), ("b", 0), ("c", 0), ("a", 4), ("b", 1)]
-        tasks += [asyncio.create_task(fair.run(client, recorder.job(f"{client}{i}"))) for client, i in sent]
-        await _until(lambda: fair.waiting() == len(sent))
-        recorder.release.set()
-        await asyncio.gather(*tasks)
-
-    _run(main)
-    assert recorder.order == ["a0", "b0", "c0", "a1", "b1", "a2", "a3", "a4"]
+    sent = [("a", 1), ("a", 2), ("a", 3), ("b", 0), ("c", 0), ("a", 4), ("b", 1)]
+    order = _order_after_a_held_job(("a", "a0"), [(client, f"{client}{i}") for client, i in sent])
+    assert order == ["a0", "b0", "c0", "a1", "b1", "a2", "a3", "a4"]
 
 
 def test_a_client_holds_at_most_per_client_slots_and_the_others_get_the_rest():
