@@ -154,6 +154,19 @@ def small_preprocessed(tmp_path_factory, bert_vocab_file):
                              max_seq_length=24, image_size=32)
 
 
+def cache_encoders_config(bert_handle):
+    """The encoders of the feature cache's tests (only the encoders' fields matter to a cache), with
+    trained image weights: a randomly initialised EfficientNet differs from one process or model build to
+    the next, and its outputs (about 1e-6) would pass any absolute tolerance of a comparison."""
+    from trainer.model import ModelConfig
+
+    weights = PRETRAINED_DIR / "efficientnet_lite0_imagenet.h5"
+    if not weights.exists():
+        pytest.fail(f"{weights} not found: run scripts/setup_encoders.sh first (see README)")
+    return ModelConfig(bert_handle=str(bert_handle), image_weights=str(weights), image_variant="lite0", image_size=32,
+                       max_seq_length=24)
+
+
 def eval_records(preprocessed) -> tuple:
     """A preprocessed run's eval split: the model's transformed inputs, and the label ids."""
     import numpy as np

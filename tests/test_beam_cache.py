@@ -8,16 +8,16 @@ import pytest
 import tensorflow as tf
 
 from common import features
+from tests.conftest import cache_encoders_config
 from trainer import beam_cache, features_cache
-from trainer.model import ModelConfig
 
 VALIDATION_FRACTION = 0.25
 PRODUCTS_PER_SHARD = 10
 
 
 @pytest.fixture(scope="module")
-def model_config(tiny_bert_handle):  # only the encoders' fields matter to a cache
-    return ModelConfig(bert_handle=str(tiny_bert_handle), image_weights=None, image_size=32, max_seq_length=24)
+def model_config(tiny_bert_handle):
+    return cache_encoders_config(tiny_bert_handle)
 
 
 @pytest.fixture(scope="module")
