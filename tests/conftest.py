@@ -167,6 +167,27 @@ def cache_encoders_config(bert_handle):
                        max_seq_length=24)
 
 
+def cache_split_records(cache_dir, split: str, metadata: dict) -> dict:
+    """A feature cache split's records in file-name order, parsed in both forms: {key: values over the
+    products}."""
+    import glob
+
+    import numpy as np
+    import tensorflow as tf
+
+    from common import features
+    from trainer import features_cache
+
+    files = sorted(glob.glob(os.path.join(cache_dir, split, f"*{features_cache.RECORD_SUFFIX}")))
+    spec = features_cache._spec(metadata, features_cache.FROZEN_FORM) | features_cache._spec(
+        metadata, features_cache.TOP_FORM) | {"text_length": tf.io.FixedLenFeature([], tf.int64)}
+    rows = [tf.io.parse_single_example(r, spec) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    out = {key: [row[key].numpy() for row in rows] for key in spec}
+    for key in (features.TEXT_HIDDEN_KEY, features.IMAGE_MAP_KEY):
+        out[key] = [np.frombuffer(value, np.float16).astype(np.float32) for value in out[key]]
+    return out
+
+
 def eval_records(preprocessed) -> tuple:
     """A preprocessed run's eval split: the model's transformed inputs, and the label ids."""
     import numpy as np

@@ -1,5 +1,7 @@
-"""Preprocess on Beam's DaskRunner (apache-beam[dask]) against a dask.distributed cluster of two worker
-processes, compared with what the shipped stage writes on the DirectRunner.
+"""The Beam jobs on Beam's DaskRunner (apache-beam[dask]) against a dask.distributed cluster of two worker
+processes, compared with what the shipped jobs write on the DirectRunner: preprocess and batch
+prediction (their own steps, in a harness: see below) and the feature cache (trainer/beam_cache.py,
+the shipped job itself, which uses none of what the runner gets wrong).
 
 What Beam 2.77's DaskRunner (apache_beam/runners/dask/) gets wrong, each pinned by a test at the end so
 that the day Beam fixes it the test fails and the harness can give way to the stage's own step:
@@ -18,6 +20,11 @@ DoFns (reading the catalog, the text checks, one row per id, the photo checks, t
 tf.Example) and TFT's transform of both splits with the DirectRunner's transform graph, each pipeline
 ending in one terminal step that writes its bundles itself, and the tests compare raw and transformed
 examples and the quarantine with the stage's. The analysis stays on the DirectRunner.
+Batch prediction (components/batch_predict/job.py) reads the catalog the same way, splits through
+tagged outputs, batches with RunInference's BatchElements and writes through three file sinks (of
+which only the last would run): its harness runs its DoFns and RunInference over its model handler on
+batches made after a grouping, one terminal step writing the records, the quarantine and the keys the
+job counts, and compares them with the job's.
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import REPO_ROOT, cache_encoders_config, catalog_of
+from tests.conftest import REPO_ROOT, cache_encoders_config, cache_split_records, catalog_of
 
 distributed = pytest.importorskip("distributed", reason="apache-beam[dask] is not installed (requirements.txt)")
 
@@ -133,31 +140,40 @@ def raw_tfxio():
     return tfxio.TFExampleBeamRecord(physical_format="tfrecord", schema=schema_utils.schema_from_feature_spec(RAW_FEATURE_SPEC))
 
 
-def build_validate(pipeline, *, catalog, columns, eval_fraction, out_dir):
-    """The stage's first pipeline (UniqueRows, the photo checks, the split), catalog to one WriteBundles
-    of ("raw", split, serialized raw tf.Example) and ("quarantine", json). Each multi-output DoFn runs
-    under TagsAsKeys and a Filter per split stands for beam.Partition (a multi-output ParDo too), so
-    UniqueRows' steps are spelled out here, with its own DoFns."""
+def unique_rows(pipeline, catalog, columns):
+    """UniqueRows' steps with its own DoFns, each multi-output one under TagsAsKeys: (every row read, the
+    text checks' (tag, value), the first of each id's (tag, value))."""
     from apache_beam.io import fileio
 
-    from components.preprocess import row_checks
-    from components.preprocess.catalog_rows import QUARANTINE_TAG, _CheckText, _KeepFirstOfEachId, _rows_of
-    from components.preprocess.job import _ToProduct, split_of
+    from components.preprocess.catalog_rows import _CheckText, _KeepFirstOfEachId, _rows_of
 
-    coder = raw_coder()
-    checked = (
+    rows = (
         pipeline
         | "Catalog" >> beam.Create([catalog])
         | "Match" >> fileio.MatchAll()
         | "Open" >> fileio.ReadMatches()
         | "Rows" >> beam.FlatMap(_rows_of)
-        | "CheckText" >> beam.ParDo(TagsAsKeys(_CheckText(columns)))
     )
+    checked = rows | "CheckText" >> beam.ParDo(TagsAsKeys(_CheckText(columns)))
     unique = (
         tagged(checked, TagsAsKeys.MAIN, "Valid")
         | "GroupById" >> beam.GroupByKey()
         | "KeepFirst" >> beam.ParDo(TagsAsKeys(_KeepFirstOfEachId(columns)))
     )
+    return rows, checked, unique
+
+
+def build_validate(pipeline, *, catalog, columns, eval_fraction, out_dir):
+    """The stage's first pipeline (UniqueRows, the photo checks, the split), catalog to one WriteBundles
+    of ("raw", split, serialized raw tf.Example) and ("quarantine", json). Each multi-output DoFn runs
+    under TagsAsKeys and a Filter per split stands for beam.Partition (a multi-output ParDo too), so
+    UniqueRows' steps are spelled out (unique_rows), with its own DoFns."""
+    from components.preprocess import row_checks
+    from components.preprocess.catalog_rows import QUARANTINE_TAG
+    from components.preprocess.job import _ToProduct, split_of
+
+    coder = raw_coder()
+    _, checked, unique = unique_rows(pipeline, catalog, columns)
     products = (
         tagged(unique, TagsAsKeys.MAIN, "First")
         | "Spread" >> beam.Reshuffle()
@@ -447,24 +463,6 @@ def cache_on_both_runners(dask_cluster, small_preprocessed, tiny_bert_handle, tm
     return root, direct, dask
 
 
-def cache_records(cache_dir, split: str, metadata: dict) -> dict:
-    """A split's records in file-name order, in both forms: {key: values over the products}."""
-    import numpy as np
-    import tensorflow as tf
-
-    from common import features
-    from trainer import features_cache
-
-    files = sorted(glob.glob(os.path.join(cache_dir, split, f"*{features_cache.RECORD_SUFFIX}")))
-    spec = features_cache._spec(metadata, features_cache.FROZEN_FORM) | features_cache._spec(
-        metadata, features_cache.TOP_FORM)
-    rows = [tf.io.parse_single_example(r, spec) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-    out = {key: [row[key].numpy() for row in rows] for key in spec}
-    for key in (features.TEXT_HIDDEN_KEY, features.IMAGE_MAP_KEY):
-        out[key] = [np.frombuffer(value, np.float16).astype(np.float32) for value in out[key]]
-    return out
-
-
 def test_the_feature_cache_on_dask_is_the_direct_runners(cache_on_both_runners):
     import numpy as np
 
@@ -476,10 +474,11 @@ def test_the_feature_cache_on_dask_is_the_direct_runners(cache_on_both_runners):
     for split, size in direct["split_sizes"].items():
         assert size > 0
         assert sorted(os.listdir(root / "dask" / split)) == sorted(os.listdir(root / "direct" / split))
-        expected, got = (cache_records(root / name, split, direct) for name in ("direct", "dask"))
+        expected, got = (cache_split_records(root / name, split, direct) for name in ("direct", "dask"))
         assert len(got[features.ID_KEY]) == size
         np.testing.assert_array_equal(got[features.ID_KEY], expected[features.ID_KEY])  # same products, same order
         np.testing.assert_array_equal(got[features.LABEL_ID_KEY], expected[features.LABEL_ID_KEY])
+        np.testing.assert_array_equal(got["text_length"], expected["text_length"])
         for key in (features.TEXT_FEATURES_KEY, features.IMAGE_FEATURES_KEY):  # other batches: float rounding
             np.testing.assert_allclose(np.stack(got[key]), np.stack(expected[key]), rtol=1e-4, atol=1e-5)
         for key in (features.TEXT_HIDDEN_KEY, features.IMAGE_MAP_KEY):  # float16: its rounding, at most
@@ -507,33 +506,20 @@ class Batches(beam.DoFn):
 
 def build_predict(pipeline, *, catalog, columns, model, top_k, batch_size, out_dir):
     """predict_catalog's steps, catalog to one WriteBundles of ("record", json), ("quarantine", json)
-    and ("counted", key): UniqueRows' steps spelled out as in build_validate, the photos read by the
+    and ("counted", key): UniqueRows' steps by unique_rows, the photos read by the
     job's _ToModelInput, RunInference over the job's ServingModelHandler on batches made by Batches,
-    the records and counts by the job's _ToRecord. The job's sinks and its Count are left out (a file
-    sink per output, and a combiner whose partial counts are emitted in finish_bundle)."""
+    the records and the keys it counts by the job's _ToRecord. The job's three file sinks are left out
+    (only the last step of a graph runs there), and with them its Count of the keys."""
     import zlib
 
-    from apache_beam.io import fileio
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
     from components.batch_predict.job import _ToModelInput, _ToRecord
     from components.batch_predict.model import ServingModelHandler
     from components.preprocess import row_checks
-    from components.preprocess.catalog_rows import QUARANTINE_TAG, _CheckText, _KeepFirstOfEachId, _rows_of
+    from components.preprocess.catalog_rows import QUARANTINE_TAG
 
-    rows = (
-        pipeline
-        | "Catalog" >> beam.Create([catalog])
-        | "Match" >> fileio.MatchAll()
-        | "Open" >> fileio.ReadMatches()
-        | "Rows" >> beam.FlatMap(_rows_of)
-    )
-    checked = rows | "CheckText" >> beam.ParDo(TagsAsKeys(_CheckText(columns)))
-    unique = (
-        tagged(checked, TagsAsKeys.MAIN, "Valid")
-        | "GroupById" >> beam.GroupByKey()
-        | "KeepFirst" >> beam.ParDo(TagsAsKeys(_KeepFirstOfEachId(columns)))
-    )
+    rows, checked, unique = unique_rows(pipeline, catalog, columns)
     inputs = tagged(unique, TagsAsKeys.MAIN, "First") | "ReadImages" >> beam.ParDo(
         TagsAsKeys(_ToModelInput(columns, row_checks.DEFAULT_MAX_IMAGE_PIXELS, labelled=True)))
     handler = KeyedModelHandler(ServingModelHandler(model, batch_size=batch_size)).with_no_batching()

@@ -205,9 +205,10 @@ def cache_features_beam(
     options = beam_job.beam_options(beam_args, beam_job.MULTI_THREADING)
     temp_dir = beam_job.scratch_dir(options, temp_dir, "feature-cache")
     handler = _handler(model_config, top, transform_graph_dir, shards, validation_fraction, batch_size, large_model)
-    pieces = [(source, path, index, pieces_per_file) for source in sources
-              for path in sorted(tf.io.gfile.glob(os.path.join(examples_dir, source, "*")))
-              for index in range(pieces_per_file)]
+    files = [(source, path) for source in sources for path in sorted(tf.io.gfile.glob(os.path.join(examples_dir, source, "*")))]
+    # Piece by piece over the files: the DaskRunner cuts this list into consecutive partitions, and with as
+    # many pieces a file as partitions each partition gets a share of every file.
+    pieces = [(source, path, index, pieces_per_file) for index in range(pieces_per_file) for source, path in files]
     tf.io.gfile.makedirs(temp_dir)
     with beam.Pipeline(options=options) as pipeline:
         _ = (
