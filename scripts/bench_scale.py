@@ -2,7 +2,7 @@
 at several catalog sizes, with the fitted slopes and a projection to the paper's 1.5M products.
 
 For each N of --products it writes a synthetic catalog (scripts/scale_catalog.py: K = min(--classes,
-N // 4) classes, Zipf tail, titles carrying a class token, the shared photos reused) and runs
+N // --products-per-class) classes, Zipf tail, titles carrying a class token, the shared photos reused) and runs
 
     python -m pipeline run-local --tune frozen --head-epochs 3 --epochs 2 ...
 
@@ -193,7 +193,10 @@ def report(results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--products", type=int, nargs="+", required=True)
-    parser.add_argument("--classes", type=int, default=5600, help="at most N // 4 at N products")
+    parser.add_argument("--classes", type=int, default=5600, help="at most N // --products-per-class at N products")
+    # At least a few products a class on average, so that the Zipf tail leaves most classes in train (a
+    # class has one product at least). It was 4, which gave 5,000 classes at 20K instead of 5,600.
+    parser.add_argument("--products-per-class", type=int, default=3, help="the fewest products a class on average")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="catalogs, work directories, results")
     parser.add_argument("extra", nargs="*", help="after --: more run-local flags")
     args = parser.parse_args()
@@ -203,7 +206,7 @@ def main() -> None:
     for products in args.products:
         if any(r["products"] == products for r in results):
             continue  # measured by an earlier invocation: the figures accumulate
-        results.append(run_once(products, min(args.classes, products // 4), args.out, args.extra))
+        results.append(run_once(products, min(args.classes, products // args.products_per_class), args.out, args.extra))
         results.sort(key=lambda r: r["products"])
         results_file.write_text(json.dumps(results, indent=1))
         print(report(results), flush=True)

@@ -154,6 +154,40 @@ def small_preprocessed(tmp_path_factory, bert_vocab_file):
                              max_seq_length=24, image_size=32)
 
 
+def cache_encoders_config(bert_handle):
+    """The encoders of the feature cache's tests (only the encoders' fields matter to a cache), with
+    trained image weights: a randomly initialised EfficientNet differs from one process or model build to
+    the next, and its outputs (about 1e-6) would pass any absolute tolerance of a comparison."""
+    from trainer.model import ModelConfig
+
+    weights = PRETRAINED_DIR / "efficientnet_lite0_imagenet.h5"
+    if not weights.exists():
+        pytest.fail(f"{weights} not found: run scripts/setup_encoders.sh first (see README)")
+    return ModelConfig(bert_handle=str(bert_handle), image_weights=str(weights), image_variant="lite0", image_size=32,
+                       max_seq_length=24)
+
+
+def cache_split_records(cache_dir, split: str, metadata: dict) -> dict:
+    """A feature cache split's records in file-name order, parsed in both forms: {key: values over the
+    products}."""
+    import glob
+
+    import numpy as np
+    import tensorflow as tf
+
+    from common import features
+    from trainer import features_cache
+
+    files = sorted(glob.glob(os.path.join(cache_dir, split, f"*{features_cache.RECORD_SUFFIX}")))
+    spec = features_cache._spec(metadata, features_cache.FROZEN_FORM) | features_cache._spec(
+        metadata, features_cache.TOP_FORM) | {"text_length": tf.io.FixedLenFeature([], tf.int64)}
+    rows = [tf.io.parse_single_example(r, spec) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    out = {key: [row[key].numpy() for row in rows] for key in spec}
+    for key in (features.TEXT_HIDDEN_KEY, features.IMAGE_MAP_KEY):
+        out[key] = [np.frombuffer(value, np.float16).astype(np.float32) for value in out[key]]
+    return out
+
+
 def eval_records(preprocessed) -> tuple:
     """A preprocessed run's eval split: the model's transformed inputs, and the label ids."""
     import numpy as np

@@ -1,23 +1,21 @@
 """The feature cache as a Beam job (trainer/beam_cache.py): the same cache as the in-process one
 (trainer/features_cache.py), read by the trainer unchanged."""
-import glob
 import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from common import features
+from tests.conftest import cache_encoders_config, cache_split_records
 from trainer import beam_cache, features_cache
-from trainer.model import ModelConfig
 
 VALIDATION_FRACTION = 0.25
 PRODUCTS_PER_SHARD = 10
 
 
 @pytest.fixture(scope="module")
-def model_config(tiny_bert_handle):  # only the encoders' fields matter to a cache
-    return ModelConfig(bert_handle=str(tiny_bert_handle), image_weights=None, image_size=32, max_seq_length=24)
+def model_config(tiny_bert_handle):
+    return cache_encoders_config(tiny_bert_handle)
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +37,6 @@ def both_caches(small_preprocessed, model_config, tmp_path_factory):
     return root, in_process, beam
 
 
-def _records(cache_dir: str, split: str, metadata: dict) -> dict:
-    """A split's records in file-name order, parsed in both forms: {key: values over the products}."""
-    files = sorted(glob.glob(os.path.join(cache_dir, split, f"*{features_cache.RECORD_SUFFIX}")))
-    spec = features_cache._spec(metadata, features_cache.FROZEN_FORM) | features_cache._spec(
-        metadata, features_cache.TOP_FORM) | {"text_length": tf.io.FixedLenFeature([], tf.int64)}
-    rows = [tf.io.parse_single_example(r, spec) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-    out = {key: [row[key].numpy() for row in rows] for key in spec}
-    for key in (features.TEXT_HIDDEN_KEY, features.IMAGE_MAP_KEY):
-        out[key] = [np.frombuffer(value, np.float16).astype(np.float32) for value in out[key]]
-    return out
-
-
 def test_the_beam_cache_holds_the_in_process_caches_products_in_its_order_with_its_features(both_caches):
     root, in_process, beam = both_caches
     assert beam == in_process  # the metadata: encoders, data, splits and their sizes, output shapes
@@ -59,7 +45,7 @@ def test_the_beam_cache_holds_the_in_process_caches_products_in_its_order_with_i
     train_shards = -(-train_products // PRODUCTS_PER_SHARD)
     assert train_shards > 1
     for split, size in in_process["split_sizes"].items():
-        expected, got = (_records(str(root / name), split, in_process) for name in ("in_process", "beam"))
+        expected, got = (cache_split_records(str(root / name), split, in_process) for name in ("in_process", "beam"))
         assert size > 0 and len(got[features.ID_KEY]) == size
         np.testing.assert_array_equal(got[features.ID_KEY], expected[features.ID_KEY])  # same products, same order
         np.testing.assert_array_equal(got[features.LABEL_ID_KEY], expected[features.LABEL_ID_KEY])

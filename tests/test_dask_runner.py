@@ -1,5 +1,7 @@
-"""Preprocess on Beam's DaskRunner (apache-beam[dask]) against a dask.distributed cluster of two worker
-processes, compared with what the shipped stage writes on the DirectRunner.
+"""The Beam jobs on Beam's DaskRunner (apache-beam[dask]) against a dask.distributed cluster of two worker
+processes, compared with what the shipped jobs write on the DirectRunner: preprocess and batch
+prediction (their own steps, in a harness: see below) and the feature cache (trainer/beam_cache.py,
+the shipped job itself, which uses none of what the runner gets wrong).
 
 What Beam 2.77's DaskRunner (apache_beam/runners/dask/) gets wrong, each pinned by a test at the end so
 that the day Beam fixes it the test fails and the harness can give way to the stage's own step:
@@ -18,6 +20,11 @@ DoFns (reading the catalog, the text checks, one row per id, the photo checks, t
 tf.Example) and TFT's transform of both splits with the DirectRunner's transform graph, each pipeline
 ending in one terminal step that writes its bundles itself, and the tests compare raw and transformed
 examples and the quarantine with the stage's. The analysis stays on the DirectRunner.
+Batch prediction (components/batch_predict/job.py) reads the catalog the same way, splits through
+tagged outputs, batches with RunInference's BatchElements and writes through three file sinks (of
+which only the last would run): its harness runs its DoFns and RunInference over its model handler on
+batches made after a grouping, one terminal step writing the records, the quarantine and the keys the
+job counts, and compares them with the job's.
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import REPO_ROOT, catalog_of
+from tests.conftest import REPO_ROOT, cache_encoders_config, cache_split_records, catalog_of
 
 distributed = pytest.importorskip("distributed", reason="apache-beam[dask] is not installed (requirements.txt)")
 
@@ -133,31 +140,40 @@ def raw_tfxio():
     return tfxio.TFExampleBeamRecord(physical_format="tfrecord", schema=schema_utils.schema_from_feature_spec(RAW_FEATURE_SPEC))
 
 
-def build_validate(pipeline, *, catalog, columns, eval_fraction, out_dir):
-    """The stage's first pipeline (UniqueRows, the photo checks, the split), catalog to one WriteBundles
-    of ("raw", split, serialized raw tf.Example) and ("quarantine", json). Each multi-output DoFn runs
-    under TagsAsKeys and a Filter per split stands for beam.Partition (a multi-output ParDo too), so
-    UniqueRows' steps are spelled out here, with its own DoFns."""
+def unique_rows(pipeline, catalog, columns):
+    """UniqueRows' steps with its own DoFns, each multi-output one under TagsAsKeys: (every row read, the
+    text checks' (tag, value), the first of each id's (tag, value))."""
     from apache_beam.io import fileio
 
-    from components.preprocess import row_checks
-    from components.preprocess.catalog_rows import QUARANTINE_TAG, _CheckText, _KeepFirstOfEachId, _rows_of
-    from components.preprocess.job import _ToProduct, split_of
+    from components.preprocess.catalog_rows import _CheckText, _KeepFirstOfEachId, _rows_of
 
-    coder = raw_coder()
-    checked = (
+    rows = (
         pipeline
         | "Catalog" >> beam.Create([catalog])
         | "Match" >> fileio.MatchAll()
         | "Open" >> fileio.ReadMatches()
         | "Rows" >> beam.FlatMap(_rows_of)
-        | "CheckText" >> beam.ParDo(TagsAsKeys(_CheckText(columns)))
     )
+    checked = rows | "CheckText" >> beam.ParDo(TagsAsKeys(_CheckText(columns)))
     unique = (
         tagged(checked, TagsAsKeys.MAIN, "Valid")
         | "GroupById" >> beam.GroupByKey()
         | "KeepFirst" >> beam.ParDo(TagsAsKeys(_KeepFirstOfEachId(columns)))
     )
+    return rows, checked, unique
+
+
+def build_validate(pipeline, *, catalog, columns, eval_fraction, out_dir):
+    """The stage's first pipeline (UniqueRows, the photo checks, the split), catalog to one WriteBundles
+    of ("raw", split, serialized raw tf.Example) and ("quarantine", json). Each multi-output DoFn runs
+    under TagsAsKeys and a Filter per split stands for beam.Partition (a multi-output ParDo too), so
+    UniqueRows' steps are spelled out (unique_rows), with its own DoFns."""
+    from components.preprocess import row_checks
+    from components.preprocess.catalog_rows import QUARANTINE_TAG
+    from components.preprocess.job import _ToProduct, split_of
+
+    coder = raw_coder()
+    _, checked, unique = unique_rows(pipeline, catalog, columns)
     products = (
         tagged(unique, TagsAsKeys.MAIN, "First")
         | "Spread" >> beam.Reshuffle()
@@ -417,3 +433,173 @@ def test_tft_analysis_fails_on_dask(dask_cluster, tmp_path):
 
     with pytest.raises(AssertionError):
         run_on_dask(dask_cluster, build)
+
+
+# ---- The feature cache (trainer/beam_cache.py): the shipped job itself, on both runners ----------
+
+
+@pytest.fixture(scope="module")
+def cache_on_both_runners(dask_cluster, small_preprocessed, tiny_bert_handle, tmp_path_factory):
+    """The top-form cache written by the shipped Beam job on the DirectRunner and on the DaskRunner (two
+    partitions, each examples file read in two pieces), with shards of 10 products so that a split spans
+    several hash shards."""
+    from trainer import beam_cache, features_cache
+
+    root = tmp_path_factory.mktemp("dask_cache")
+    config = cache_encoders_config(tiny_bert_handle)
+    common = dict(examples_dir=small_preprocessed.examples_dir, transform_graph_dir=small_preprocessed.transform_graph_dir,
+                  model_config=config, top=True, validation_fraction=0.25, batch_size=8)
+    patch = pytest.MonkeyPatch()
+    patch.setattr(features_cache, "RECORDS_PER_SHARD", 10)  # read by the launcher only: it counts the shards
+    try:
+        direct = beam_cache.cache_features_beam(cache_dir=str(root / "direct"), temp_dir=str(root / "direct_tmp"),
+                                                beam_args=["--direct_num_workers=2"], **common)
+        dask = beam_cache.cache_features_beam(
+            cache_dir=str(root / "dask"), temp_dir=str(root / "dask_tmp"), pieces_per_file=2,
+            beam_args=[f"--runner={DASK_RUNNER}", f"--dask_client_address={dask_cluster.scheduler_address}",
+                       "--dask_npartitions=2"], **common)
+    finally:
+        patch.undo()
+    return root, direct, dask
+
+
+def test_the_feature_cache_on_dask_is_the_direct_runners(cache_on_both_runners):
+    import numpy as np
+
+    from common import features
+
+    root, direct, dask = cache_on_both_runners
+    assert dask == direct  # the metadata: encoders, data, splits and their sizes, output shapes
+    assert set(direct["split_sizes"]) == {features.TRAIN_SPLIT, features.VALIDATION_SPLIT, features.EVAL_SPLIT}
+    for split, size in direct["split_sizes"].items():
+        assert size > 0
+        assert sorted(os.listdir(root / "dask" / split)) == sorted(os.listdir(root / "direct" / split))
+        expected, got = (cache_split_records(root / name, split, direct) for name in ("direct", "dask"))
+        assert len(got[features.ID_KEY]) == size
+        np.testing.assert_array_equal(got[features.ID_KEY], expected[features.ID_KEY])  # same products, same order
+        np.testing.assert_array_equal(got[features.LABEL_ID_KEY], expected[features.LABEL_ID_KEY])
+        np.testing.assert_array_equal(got["text_length"], expected["text_length"])
+        for key in (features.TEXT_FEATURES_KEY, features.IMAGE_FEATURES_KEY):  # other batches: float rounding
+            np.testing.assert_allclose(np.stack(got[key]), np.stack(expected[key]), rtol=1e-4, atol=1e-5)
+        for key in (features.TEXT_HIDDEN_KEY, features.IMAGE_MAP_KEY):  # float16: its rounding, at most
+            for mine, theirs in zip(got[key], expected[key], strict=True):
+                np.testing.assert_allclose(mine, theirs, rtol=2e-3, atol=2e-3)
+    assert len(os.listdir(root / "dask" / features.TRAIN_SPLIT)) > 1
+
+
+# ---- Batch prediction (components/batch_predict/job.py): the job's own steps on Dask ------------
+
+
+class Batches(beam.DoFn):
+    """(bucket, products) → lists of at most `size` products: RunInference's batches, made after a
+    grouping because the DaskRunner drops the last batch of each bundle that BatchElements makes."""
+
+    def __init__(self, size: int):
+        self._size = size
+
+    def process(self, bucket_products):
+        _, products = bucket_products
+        products = list(products)
+        for start in range(0, len(products), self._size):
+            yield products[start:start + self._size]
+
+
+def build_predict(pipeline, *, catalog, columns, model, top_k, batch_size, out_dir):
+    """predict_catalog's steps, catalog to one WriteBundles of ("record", json), ("quarantine", json)
+    and ("counted", key): UniqueRows' steps by unique_rows, the photos read by the
+    job's _ToModelInput, RunInference over the job's ServingModelHandler on batches made by Batches,
+    the records and the keys it counts by the job's _ToRecord. The job's three file sinks are left out
+    (only the last step of a graph runs there), and with them its Count of the keys."""
+    import zlib
+
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+    from components.batch_predict.job import _ToModelInput, _ToRecord
+    from components.batch_predict.model import ServingModelHandler
+    from components.preprocess import row_checks
+    from components.preprocess.catalog_rows import QUARANTINE_TAG
+
+    rows, checked, unique = unique_rows(pipeline, catalog, columns)
+    inputs = tagged(unique, TagsAsKeys.MAIN, "First") | "ReadImages" >> beam.ParDo(
+        TagsAsKeys(_ToModelInput(columns, row_checks.DEFAULT_MAX_IMAGE_PIXELS, labelled=True)))
+    handler = KeyedModelHandler(ServingModelHandler(model, batch_size=batch_size)).with_no_batching()
+    predicted = (
+        tagged(inputs, TagsAsKeys.MAIN, "Product")
+        | "Bucket" >> beam.Map(lambda keyed: (zlib.crc32(keyed[0][0].encode()) % 3, keyed))
+        | "GroupByBucket" >> beam.GroupByKey()
+        | "Batch" >> beam.ParDo(Batches(batch_size))
+        | "Predict" >> RunInference(handler)
+        | "Records" >> beam.ParDo(TagsAsKeys(_ToRecord(model, top_k, labelled=True)))
+    )
+    quarantined = (
+        tuple(tagged(p, QUARANTINE_TAG, f"Rejected{i}") for i, p in enumerate((checked, unique, inputs)))
+        | "AllQuarantined" >> beam.Flatten()
+        | "QuarantineJson" >> beam.Map(lambda q: ("quarantine", row_checks.Quarantined.to_json(q)))
+    )
+    outputs = (
+        tagged(predicted, TagsAsKeys.MAIN, "Record") | "RecordJson" >> beam.Map(lambda r: ("record", json.dumps(r))),
+        tagged(predicted, "counted", "Counted") | "KeyCounted" >> beam.Map(lambda key: ("counted", key)),
+        rows | "KeyRowsIn" >> beam.Map(lambda _: ("counted", ("rows_in",))),
+        quarantined,
+    )
+    _ = outputs | "AllOutputs" >> beam.Flatten() | "WriteBundles" >> beam.ParDo(WriteBundles(out_dir))
+
+
+@pytest.fixture(scope="module")
+def predictions_on_both_runners(dask_cluster, small_preprocessed, text_models, tmp_path_factory):
+    """The shipped job on the DirectRunner and its steps on Dask, over conftest's small catalog (48
+    products, a missing photo, a blank title, a repeated id) with the trained text model."""
+    from common import features
+    from components.batch_predict import job
+    from components.batch_predict.model import resolve
+
+    catalog = str(catalog_of(small_preprocessed))
+    root = tmp_path_factory.mktemp("dask_predict")
+    direct = job.predict_catalog_to_dir(output_dir=str(root / "direct"), catalog=catalog, model_dir=text_models["trained"],
+                                        label_column=LABEL_COLUMN, batch_size=8, beam_args=["--direct_num_workers=2"])
+    (root / "dask").mkdir()
+    with beam.Pipeline(options=dask_options(dask_cluster)) as pipeline:
+        build_predict(pipeline, catalog=catalog, columns=job.catalog_columns(LABEL_COLUMN),
+                      model=resolve(text_models["trained"]), top_k=features.DEFAULT_TOP_K, batch_size=8,
+                      out_dir=str(root / "dask"))
+    return direct, read_bundles(str(root / "dask"))
+
+
+def test_predictions_on_dask_are_the_direct_runners(predictions_on_both_runners):
+    from common import features
+
+    direct, items = predictions_on_both_runners
+    expected = {}
+    for path in sorted(glob.glob(os.path.join(direct.predictions_dir, "part-*"))):
+        with open(path) as f:
+            expected |= {r[features.ID_KEY]: r for r in map(json.loads, f)}
+    got = {}
+    for item in items:
+        if item[0] == "record":
+            record = json.loads(item[1])
+            assert record[features.ID_KEY] not in got, f"{record[features.ID_KEY]} predicted twice"
+            got[record[features.ID_KEY]] = record
+    assert len(expected) == direct.metrics["predicted"] == 48
+    assert sorted(got) == sorted(expected)
+    for product_id, record in expected.items():
+        mine = dict(got[product_id])
+        assert mine.pop(features.OUTPUT_SCORES_KEY) == pytest.approx(record.pop(features.OUTPUT_SCORES_KEY), abs=1e-5)
+        assert mine == record, product_id  # the classes in order, the label, the model and its version
+
+
+def test_batch_predictions_quarantine_and_counts_on_dask_are_the_direct_runners(predictions_on_both_runners):
+    import collections
+
+    from components.batch_predict.job import evaluate_counts
+
+    direct, items = predictions_on_both_runners
+    with open(direct.quarantine_file) as f:
+        expected_quarantine = sorted(f.read().splitlines())
+    assert len(expected_quarantine) == 3
+    assert sorted(item[1] for item in items if item[0] == "quarantine") == expected_quarantine
+    counted = collections.Counter(tuple(item[1]) for item in items if item[0] == "counted")
+    assert counted[("rows_in",)] == direct.metrics["rows_in"] == 51
+    predicted = {key[1]: n for key, n in counted.items() if key[0] == "predicted"}
+    assert predicted == direct.metrics["predicted_classes"]
+    labelled = collections.Counter({key[1:]: n for key, n in counted.items() if key[0] == "labelled"})
+    assert evaluate_counts(labelled, direct.model.label_vocabulary, LABEL_COLUMN) == direct.metrics["evaluation"]

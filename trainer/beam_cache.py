@@ -1,14 +1,23 @@
 """The feature cache as a Beam job: what trainer/features_cache.py writes in one process, written by
 Beam's workers, so that encoding the catalog spreads over machines (and GPUs) like the other Beam stages.
 
-    transformed TFRecords (train, eval)
-      → RunInference(EncoderHandler): the frozen encoders (trainer.model.encoder_model, inference mode) on
-        BatchElements batches of serialized records, loaded once per worker process and shared by its
-        threads; each product → (cache split, hash shard, order key, its cache record)
-        (the validation split carved from train by the same hash of the id as the trainer's)
+    transformed TFRecords (train, eval), listed by the launcher: (split, file, piece, pieces)
+      → each piece read (every pieces-th record of the file) into batches of serialized records
+      → RunInference(EncoderHandler, batches as they come): the frozen encoders (trainer.model.encoder_model,
+        inference mode), loaded once per worker process and shared by its threads; each product →
+        (cache split, hash shard, order key, its cache record) (the validation split carved from train by
+        the same hash of the id as the trainer's)
       → grouped by (split, hash shard) → each shard sorted by features_cache.order_key
-        → CACHE_DIR/<split>/part-<shard>.tfrecord.gz
-      → the records and output shapes of every shard → cache.json, written last by the launcher
+        → CACHE_DIR/<split>/part-<shard>.tfrecord.gz, and its records and output shapes → a counts file
+      → cache.json from the counts files, written last by the launcher
+
+The job uses nothing Beam's DaskRunner (2.77) cannot run (tests/test_dask_runner.py names what it
+cannot): no `beam.io.Read` (the files are listed by the launcher and read in a ParDo), no BatchElements
+(whose last batch of a bundle, emitted in finish_bundle, that runner drops: the batches are made while
+reading), no tagged outputs, no side inputs, and one terminal step that writes everything (that runner
+computes only the last step of a graph). The DaskRunner spreads work only over the partitions of the
+first step (`--dask_npartitions`; a Reshuffle is nothing there), so `pieces_per_file` makes more read
+tasks than files: each piece decompresses its whole file and keeps its share of the records.
 
 The files (one per hash shard of the split the products come from, each sorted by order key), their
 records and the metadata are features_cache's, so `tune frozen` / `top`, the decision models and
@@ -19,7 +28,7 @@ A shard is sorted in one worker's memory: RECORDS_PER_SHARD records, about 16,38
 the top form. The pipeline is built inside `cache_features_beam`, never at import time.
 
     python -m trainer.beam_cache --examples E --transform-graph T --cache-dir C [--top] \\
-        [--validation-fraction 0.1] [--bert-handle …] [Beam's options, e.g. --runner=DataflowRunner …]
+        [--validation-fraction 0.1] [--pieces-per-file 1] [--bert-handle …] [Beam's options, e.g. --runner=DataflowRunner …]
 """
 from __future__ import annotations
 
@@ -113,8 +122,25 @@ def _handler(model_config, top: bool, transform_graph_dir: str, shards: dict[str
     return EncoderHandler()
 
 
-def _write_shard(cache_dir: str, key: tuple[str, int], products: Iterable[tuple[bytes, bytes, dict]]) -> str:
-    """Writes one hash shard of a split, sorted by order key; returns its counts as a JSON line."""
+def _read_batches(piece: tuple[str, str, int, int], batch_size: int) -> Iterable[list[tuple[str, bytes]]]:
+    """(source split, file, piece, pieces) → batches of (source split, serialized record): every
+    pieces-th record of the file from the piece-th, `batch_size` a batch, the last one shorter."""
+    import tensorflow as tf
+
+    source, path, index, pieces = piece
+    batch = []
+    for record in tf.data.TFRecordDataset(path, compression_type="GZIP").shard(pieces, index).as_numpy_iterator():
+        batch.append((source, record))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_shard(cache_dir: str, counts_dir: str, key: tuple[str, int], products: Iterable[tuple[bytes, bytes, dict]]) -> str:
+    """Writes one hash shard of a split, sorted by order key, and its counts (a JSON file named after the
+    shard, so that a retried shard overwrites its own); returns the counts."""
     import tensorflow as tf
 
     from trainer import features_cache
@@ -127,7 +153,10 @@ def _write_shard(cache_dir: str, key: tuple[str, int], products: Iterable[tuple[
     with tf.io.TFRecordWriter(path, "GZIP") as writer:
         for _, record, _ in products:
             writer.write(record)
-    return json.dumps({"split": split, "records": len(products), "shapes": products[0][2]})
+    counts = json.dumps({"split": split, "records": len(products), "shapes": products[0][2]})
+    with tf.io.gfile.GFile(os.path.join(counts_dir, f"{_COUNTS_PREFIX}-{split}-{shard:05d}.json"), "w") as f:
+        f.write(counts)
+    return counts
 
 
 def cache_features_beam(
@@ -144,10 +173,12 @@ def cache_features_beam(
     beam_args: Sequence[str] = (),
     large_model: bool = False,
     temp_dir: str | None = None,
+    pieces_per_file: int = 1,
 ) -> dict:
     """features_cache.cache_features, run as a Beam job (`beam_args`: the runner and its options, as the
     preprocess stage takes them; the DirectRunner by default, a thread per core sharing one model).
-    Returns the cache's metadata; a finished cache of the same encoders, data and splits is reused."""
+    Returns the cache's metadata; a finished cache of the same encoders, data and splits is reused.
+    `pieces_per_file`: read tasks per examples file (see the module's docstring: for the DaskRunner)."""
     import apache_beam as beam
     import tensorflow as tf
     from apache_beam.io.filesystems import FileSystems
@@ -158,6 +189,8 @@ def cache_features_beam(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if pieces_per_file < 1:
+        raise ValueError(f"pieces_per_file must be at least 1, got {pieces_per_file}")
     for directory, holds in ((examples_dir, SPLIT_SIZES_FILE), (transform_graph_dir, "transformed_metadata")):
         if not tf.io.gfile.exists(os.path.join(directory, holds)):
             raise ValueError(f"{directory} holds no {holds}: not an output of the preprocess stage")
@@ -172,30 +205,31 @@ def cache_features_beam(
     options = beam_job.beam_options(beam_args, beam_job.MULTI_THREADING)
     temp_dir = beam_job.scratch_dir(options, temp_dir, "feature-cache")
     handler = _handler(model_config, top, transform_graph_dir, shards, validation_fraction, batch_size, large_model)
+    files = [(source, path) for source in sources for path in sorted(tf.io.gfile.glob(os.path.join(examples_dir, source, "*")))]
+    # Piece by piece over the files: the DaskRunner cuts this list into consecutive partitions, and with as
+    # many pieces a file as partitions each partition gets a share of every file.
+    pieces = [(source, path, index, pieces_per_file) for index in range(pieces_per_file) for source, path in files]
+    tf.io.gfile.makedirs(temp_dir)
     with beam.Pipeline(options=options) as pipeline:
-        records = [
-            pipeline
-            | f"Read{source}" >> beam.io.ReadFromTFRecord(os.path.join(examples_dir, source, "*"),
-                                                         compression_type=beam.io.filesystem.CompressionTypes.GZIP)
-            | f"Tag{source}" >> beam.Map(lambda record, source=source: (source, record))
-            for source in sources
-        ]
         _ = (
-            records
-            | "AllRecords" >> beam.Flatten()
-            | "Encode" >> RunInference(handler)
+            pipeline
+            | "Pieces" >> beam.Create(pieces)
+            | "SpreadPieces" >> beam.Reshuffle()
+            | "Read" >> beam.FlatMap(_read_batches, batch_size)
+            # The batches of one file go to several workers (the runners that fuse steps would
+            # otherwise encode a file where it was read).
+            | "SpreadBatches" >> beam.Reshuffle()
+            | "Encode" >> RunInference(handler.with_no_batching())
             | "OnlyAsked" >> beam.Filter(lambda product: product[0][0] in splits)
             | "ByShard" >> beam.GroupByKey()
-            | "WriteShards" >> beam.MapTuple(lambda key, products: _write_shard(cache_dir, key, products))
-            | "WriteCounts" >> beam.io.WriteToText(FileSystems.join(temp_dir, _COUNTS_PREFIX), file_name_suffix=".jsonl")
+            | "WriteShards" >> beam.MapTuple(lambda key, products: _write_shard(cache_dir, temp_dir, key, products))
         )
     split_sizes, shapes = {split: 0 for split in splits}, {}
-    for path in tf.io.gfile.glob(FileSystems.join(temp_dir, f"{_COUNTS_PREFIX}*")):
+    for path in tf.io.gfile.glob(FileSystems.join(temp_dir, f"{_COUNTS_PREFIX}-*.json")):
         with tf.io.gfile.GFile(path) as f:
-            for line in f:
-                counts = json.loads(line)
-                split_sizes[counts["split"]] += counts["records"]
-                shapes = counts["shapes"]
+            counts = json.load(f)
+            split_sizes[counts["split"]] += counts["records"]
+            shapes = counts["shapes"]
     beam_job.delete_dir(temp_dir)
     for split in splits:  # a split without products is an empty directory, as in the in-process cache
         tf.io.gfile.makedirs(os.path.join(cache_dir, split))
@@ -217,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--validation-fraction", type=float, default=0.0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--large-model", action="store_true", help="one encoder copy per machine")
+    parser.add_argument("--pieces-per-file", type=int, default=1,
+                        help="read tasks per examples file (the DaskRunner spreads only these: with --dask_npartitions)")
     defaults = ModelConfig()
     encoder_fields = defaults.encoder_fields(top=True)
     for name, default in encoder_fields.items():
@@ -230,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         metadata = cache_features_beam(
             examples_dir=args.examples, transform_graph_dir=args.transform_graph, cache_dir=args.cache_dir,
             model_config=config, top=args.top, validation_fraction=args.validation_fraction,
-            batch_size=args.batch_size, beam_args=beam_args, large_model=args.large_model)
+            batch_size=args.batch_size, beam_args=beam_args, large_model=args.large_model,
+            pieces_per_file=args.pieces_per_file)
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     print(json.dumps(metadata["split_sizes"]))
