@@ -355,3 +355,29 @@ def for_model(dataset: tf.data.Dataset, input_names) -> tf.data.Dataset:
     """Only the inputs a model takes (a text-only model has no image input)."""
     names = tuple(input_names)
     return dataset.map(lambda inputs, *rest: ({k: inputs[k] for k in names}, *rest))
+
+
+def titles_and_image_features(cache_dir: str, examples_dir: str, split: str,
+                              validation_fraction: float) -> tuple[list[str], np.ndarray, np.ndarray, list[bytes]]:
+    """(titles, the frozen image encoder's f_i [n, image_dim], label ids [n], ids) of a split: what
+    tfidf_image_poe reads. Titles from the transformed examples (with any extra text columns joined),
+    f_i from the cache of those examples, matched by id (the cache holds another order)."""
+    from common import baselines
+
+    image = {}
+    for inputs, _, ids in make_feature_dataset(cache_dir, split, 1024, False, with_ids=True):
+        image.update(zip(ids.numpy(), inputs[features.IMAGE_FEATURES_KEY].numpy()))
+    source, keep = data.split_predicate(split, validation_fraction)
+    records = data.select(data.read_records(os.path.join(examples_dir, source, "*"), shuffle=False), keep)
+    spec = baselines.record_spec()
+    titles, ids, labels = [], [], []
+    for batch in records.batch(1024).map(lambda s: tf.io.parse_example(s, spec)):
+        titles += baselines.decode_titles(batch[features.TITLE_KEY].numpy())
+        ids += list(batch[features.ID_KEY].numpy())
+        labels.append(batch[features.LABEL_ID_KEY].numpy())
+    missing = [i.decode("utf-8", errors="replace") for i in ids if i not in image]
+    if missing:
+        raise ValueError(f"the feature cache {cache_dir} has no image features for {len(missing)} {split} "
+                         f"products (e.g. {missing[0]}): it was built from other examples")
+    return (titles, np.stack([image[i] for i in ids]) if ids else np.zeros([0, 1], np.float32),
+            np.concatenate(labels) if labels else np.zeros([0], np.int64), ids)
