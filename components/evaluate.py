@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -243,7 +244,7 @@ class EvalFigures:
 
     def __init__(self, names: list[str], calibration: ModelCalibration, unimodal: dict, samples_per_kind: int,
                  baseline: baselines.TfidfSvm | None = None, baseline_error: str | None = None,
-                 poe_baseline: PoeOnEval | None = None, poe_error: str | None = None):
+                 poe_baseline: poe.EvalPredictions | None = None, poe_error: str | None = None):
         self.names, self.calibration, self.unimodal, self.baseline = names, calibration, unimodal, baseline
         self.baseline_error = baseline_error
         self.counts = ClassCounts(len(names))
@@ -399,54 +400,6 @@ def fit_baseline(examples_dir: str, num_classes: int, max_train_products: int = 
     return baselines.TfidfSvm.streamed(baselines.record_batches(batches), num_classes)
 
 
-@dataclasses.dataclass
-class PoeOnEval:
-    """tfidf_image_poe as the evaluate stage fits it: each eval product's top classes, by id (its image
-    features are in the trainer's cache, not in the records the candidate reads)."""
-
-    top_ids: dict  # eval product id (bytes) → its top-k class ids
-    train_products: int
-    fit_seconds: float
-    choices: dict  # TfidfImagePoe.choices()
-
-    def top_classes(self, ids) -> np.ndarray:
-        try:
-            return np.stack([self.top_ids[i] for i in ids])
-        except KeyError as e:
-            raise ValueError(f"{poe.TFIDF_IMAGE_POE} has no eval product {e.args[0]!r}: its feature cache holds "
-                             "other eval products than the records evaluated") from None
-
-
-def fit_poe(cache_dir: str, examples_dir: str, transform_graph_dir: str, num_classes: int) -> PoeOnEval:
-    """tfidf_image_poe fitted as the benchmark fits it (C chosen on the cache's validation split, then
-    refitted on train and validation), on the titles of `examples_dir` and the frozen image features the
-    trainer cached from them in `cache_dir`; ValueError, saying why, when that cache cannot serve."""
-    from trainer import data, features_cache
-
-    if not tf.io.gfile.exists(os.path.join(cache_dir, features_cache.METADATA_FILE)):
-        raise ValueError(f"the trainer left no finished feature cache in {cache_dir} (it caches the frozen image "
-                         "features for tune frozen and top, not full)")
-    metadata = features_cache.read_metadata(cache_dir)
-    if metadata.get("data") != data.fingerprint(examples_dir, transform_graph_dir):
-        raise ValueError(f"the feature cache in {cache_dir} was built from other examples or another transform graph")
-    sizes, fraction = metadata["split_sizes"], metadata["validation_fraction"]
-    train_products = sizes.get(features.TRAIN_SPLIT, 0) + sizes.get(features.VALIDATION_SPLIT, 0)
-    if train_products * num_classes > poe.MAX_EVALUATE_COST:
-        raise ValueError(f"{train_products} training products × {num_classes} classes is past what the evaluate "
-                         f"stage fits ({poe.MAX_EVALUATE_COST:,}); the benchmark reports it")
-
-    def split(name: str):
-        return features_cache.titles_and_image_features(cache_dir, examples_dir, name, fraction)
-
-    train = split(features.TRAIN_SPLIT)[:3]
-    validation = (split(features.VALIDATION_SPLIT)[:3] if fraction else
-                  ([], np.zeros([0, train[1].shape[1]], np.float32), np.zeros([0], np.int64)))
-    titles, images, _, ids = split(features.EVAL_SPLIT)
-    fitted = poe.TfidfImagePoe(train, validation, num_classes)
-    top = top_k_ids(fitted.scores(titles, images)) if ids else []
-    return PoeOnEval(dict(zip(ids, top)), fitted.train_products, fitted.fit_seconds, fitted.choices())
-
-
 def compare_with_served(served_model: tuple[int, str], candidate, examples_dir: str, batch_size: int,
                         load=tf.saved_model.load) -> dict:
     """ServedComparison.figures() of the served model (version, directory) and the candidate (a loaded
@@ -471,13 +424,14 @@ def evaluate_model(
     batch_size: int = 64,
     samples_per_kind: int = SAMPLES_PER_KIND,
     baseline_max_train_products: int = baselines.MAX_TRAIN_PRODUCTS,
-    feature_cache_dir: str | None = None,
+    poe_fit: Callable[[int], poe.EvalPredictions] | None = None,
 ) -> Evaluation:
     """The candidate's figures on the transformed eval split; Table 1 and the unimodal models'
     calibration when both unimodal model directories are given; the comparison with `served_model`
     (version, directory) on the raw eval split when given; the tfidf_svm baseline on the same eval
     products, fitted on at most about `baseline_max_train_products` train products (0: no baselines),
-    and tfidf_image_poe on them when the trainer's `feature_cache_dir` is given."""
+    and tfidf_image_poe on them when `poe_fit` (number of classes → its eval predictions, ValueError
+    saying why it cannot be fitted; the pipeline's: from the trainer's feature cache) is given."""
     import tensorflow_transform as tft
 
     tft_output = tft.TFTransformOutput(transform_graph_dir)
@@ -514,9 +468,9 @@ def evaluate_model(
             # after sampling) is said in the figures and the verdict, and the candidate is still judged.
             baseline_error = f"the {baselines.TFIDF_SVM} baseline could not be fitted: {e}"
     poe_baseline, poe_error = None, None
-    if baseline_max_train_products and feature_cache_dir:
+    if baseline_max_train_products and poe_fit:
         try:
-            poe_baseline = fit_poe(feature_cache_dir, examples_dir, transform_graph_dir, len(names))
+            poe_baseline = poe_fit(len(names))
         except ValueError as e:  # a yardstick too: said, and the candidate still judged
             poe_error = f"the {poe.TFIDF_IMAGE_POE} baseline was not fitted: {e}"
     figures = EvalFigures(names, ModelCalibration(calibrations.read(model_dir)), unimodal, samples_per_kind, baseline,

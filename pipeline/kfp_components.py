@@ -220,6 +220,7 @@ def evaluate(
     from components.evaluate import evaluate_model, gate
     from components.evaluation_report import render_html
     from components.push import newest_served_model
+    from trainer.features_cache import fit_poe
     from trainer.stages import FEATURE_CACHE_DIR
 
     unimodal = [m.path for m in (text_model, image_model) if os.path.exists(os.path.join(m.path, "saved_model.pb"))]
@@ -232,7 +233,8 @@ def evaluate(
         image_model_dir=unimodal[1] if len(unimodal) == 2 else None,
         served_model=served,
         baseline_max_train_products=baseline_max_train_products,
-        feature_cache_dir=os.path.join(training_state.path, FEATURE_CACHE_DIR),
+        poe_fit=lambda classes: fit_poe(os.path.join(training_state.path, FEATURE_CACHE_DIR), examples.path,
+                                        transform_graph.path, classes),
     )
     for name, value in evaluation.scalars().items():
         metrics.log_metric(name, value)

@@ -325,6 +325,14 @@ def feature_cache(distinct_preprocessed, tiny_bert_handle, tmp_path_factory) -> 
     return cache_dir
 
 
+def _poe_fit(cache_dir: str, records: tuple):
+    """What the KFP shell passes the evaluate stage: tfidf_image_poe fitted on a training run's cache of
+    `records` (examples, transform graph)."""
+    from trainer.features_cache import fit_poe
+
+    return lambda classes: fit_poe(cache_dir, *records, classes)
+
+
 def _cached_split(cache_dir: str, split: str, titles: dict) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(titles, image features, label ids) of a cached split, its titles looked up by id."""
     from trainer import features_cache
@@ -344,7 +352,7 @@ def test_tfidf_image_poe_is_fitted_on_the_trainers_cache_and_paired_with_the_can
     from common import poe
 
     records = (distinct_preprocessed.examples_dir, distinct_preprocessed.transform_graph_dir)
-    evaluation = evaluate_model(text_models["untrained"], *records, feature_cache_dir=feature_cache)
+    evaluation = evaluate_model(text_models["untrained"], *records, poe_fit=_poe_fit(feature_cache, records))
     titles = {}
     for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
         split_titles, _, ids = _split_titles(distinct_preprocessed.examples_dir, split)
@@ -371,7 +379,7 @@ def test_tfidf_image_poe_is_fitted_on_the_trainers_cache_and_paired_with_the_can
     # Reported, not gated on: the gate reads the tfidf_svm baseline only.
     verdict = gate(evaluation.metrics, 0.0, None, baseline=evaluation.baseline, baseline_tolerance=1.0)
     assert verdict.blessed and "tfidf_image_poe" not in verdict.reason
-    none = evaluate_model(text_models["untrained"], *records, feature_cache_dir=feature_cache,
+    none = evaluate_model(text_models["untrained"], *records, poe_fit=_poe_fit(feature_cache, records),
                           baseline_max_train_products=0)
     assert none.poe_baseline is None and not any(k.startswith("tfidf_image_poe") for k in none.scalars())
 
@@ -390,12 +398,12 @@ def test_a_feature_cache_that_cannot_serve_tfidf_image_poe_is_said_and_the_candi
     cases = {"no finished feature cache": str(tmp_path / "none"),  # the trainer ran tune full
              "built from other examples": str(other)}
     for reason, cache_dir in cases.items():
-        evaluation = evaluate_model(text_models["trained"], *records, feature_cache_dir=cache_dir)
+        evaluation = evaluate_model(text_models["trained"], *records, poe_fit=_poe_fit(cache_dir, records))
         assert evaluation.metrics["examples"] > 0 and evaluation.baseline["top1_accuracy"] > 0
         assert reason in evaluation.poe_baseline["error"] and evaluation.poe_baseline["error"].startswith(
             "the tfidf_image_poe baseline was not fitted: ")
         assert not any(k.startswith("tfidf_image_poe") for k in evaluation.scalars())
         assert reason in render_html(evaluation, gate(evaluation.metrics, 0.0), "model")
     monkeypatch.setattr(poe, "MAX_EVALUATE_COST", 10)
-    evaluation = evaluate_model(text_models["trained"], *records, feature_cache_dir=feature_cache)
+    evaluation = evaluate_model(text_models["trained"], *records, poe_fit=_poe_fit(feature_cache, records))
     assert "classes is past what the evaluate stage fits (10)" in evaluation.poe_baseline["error"]

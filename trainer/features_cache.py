@@ -381,3 +381,31 @@ def titles_and_image_features(cache_dir: str, examples_dir: str, split: str,
                          f"products (e.g. {missing[0]}): it was built from other examples")
     return (titles, np.stack([image[i] for i in ids]) if ids else np.zeros([0, 1], np.float32),
             np.concatenate(labels) if labels else np.zeros([0], np.int64), ids)
+
+
+def fit_poe(cache_dir: str, examples_dir: str, transform_graph_dir: str, num_classes: int):
+    """tfidf_image_poe (common/poe.py) fitted as the benchmark fits it, on the titles of `examples_dir` and
+    the frozen image features a training run cached from them in `cache_dir`: its EvalPredictions;
+    ValueError, saying why, when that cache cannot serve."""
+    from common import poe
+
+    if not tf.io.gfile.exists(os.path.join(cache_dir, METADATA_FILE)):
+        raise ValueError(f"the trainer left no finished feature cache in {cache_dir} (it caches the frozen image "
+                         "features for tune frozen and top, not full)")
+    metadata = read_metadata(cache_dir)
+    if metadata.get("data") != data.fingerprint(examples_dir, transform_graph_dir):
+        raise ValueError(f"the feature cache in {cache_dir} was built from other examples or another transform graph")
+    sizes, fraction = metadata["split_sizes"], metadata["validation_fraction"]
+    train_products = sizes.get(features.TRAIN_SPLIT, 0) + sizes.get(features.VALIDATION_SPLIT, 0)
+    if train_products * num_classes > poe.MAX_EVALUATE_COST:
+        raise ValueError(f"{train_products} training products × {num_classes} classes is past what the evaluate "
+                         f"stage fits ({poe.MAX_EVALUATE_COST:,}); the benchmark reports it")
+
+    def split(name: str):
+        return titles_and_image_features(cache_dir, examples_dir, name, fraction)
+
+    train = split(features.TRAIN_SPLIT)[:3]
+    validation = (split(features.VALIDATION_SPLIT)[:3] if fraction else
+                  ([], np.zeros([0, train[1].shape[1]], np.float32), np.zeros([0], np.int64)))
+    titles, images, _, ids = split(features.EVAL_SPLIT)
+    return poe.fit_for_eval(train, validation, (titles, images, ids), num_classes)
