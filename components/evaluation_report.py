@@ -39,6 +39,18 @@ th:first-child, td.name { text-align: left; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 img.chart { max-width: 100%; border: 1px solid #ddd; }
 </style></head><body>
+{% macro paired_table(b) %}
+<table>
+<tr><th>model</th><th>top-1 accuracy</th><th>top-5 accuracy</th><th>macro-F1</th><th>right where the other is wrong</th></tr>
+<tr><td class="name">candidate</td><td>{{ pct(e.metrics.top1_accuracy) }}</td><td>{{ pct(e.metrics.top5_accuracy) }}</td>
+<td>{{ '%.4f' % e.metrics.macro_f1 }}</td><td>{{ b.paired.candidate_only_right }}</td></tr>
+<tr><td class="name">{{ b.model }}</td><td>{{ pct(b.top1_accuracy) }}</td><td>{{ pct(b.top5_accuracy) }}</td>
+<td>{{ '%.4f' % b.macro_f1 }}</td><td>{{ b.paired.baseline_only_right }}</td></tr>
+</table>
+<p>McNemar's exact test on the {{ b.paired.candidate_only_right + b.paired.baseline_only_right }} products on which
+exactly one of them is right: p = {{ '%.3g' % b.paired.mcnemar_p_value }}{% if b.paired.mcnemar_p_value >= 0.05 %}
+(at 5 %, this eval split does not tell them apart){% endif %}.</p>
+{% endmacro %}
 <h1>Evaluation of {{ model }}</h1>
 <h2 class="{{ 'blessed' if verdict.blessed else 'refused' }}">{{ 'Blessed' if verdict.blessed else 'Not blessed' }}</h2>
 <p>{{ verdict.reason }}</p>
@@ -65,16 +77,7 @@ img.chart { max-width: 100%; border: 1px solid #ddd; }
 <h3>Against the baseline a user already has</h3>
 <p>{{ b.model }}: hashed TF-IDF of word 1–2 and character 2–5-grams + a linear SVM, fitted on the text of {{ b.train_products }}
 train products in {{ '%.1f' % b.fit_seconds }} s, on the same {{ b.examples }} eval products.</p>
-<table>
-<tr><th>model</th><th>top-1 accuracy</th><th>top-5 accuracy</th><th>macro-F1</th><th>right where the other is wrong</th></tr>
-<tr><td class="name">candidate</td><td>{{ pct(e.metrics.top1_accuracy) }}</td><td>{{ pct(e.metrics.top5_accuracy) }}</td>
-<td>{{ '%.4f' % e.metrics.macro_f1 }}</td><td>{{ b.paired.candidate_only_right }}</td></tr>
-<tr><td class="name">{{ b.model }}</td><td>{{ pct(b.top1_accuracy) }}</td><td>{{ pct(b.top5_accuracy) }}</td>
-<td>{{ '%.4f' % b.macro_f1 }}</td><td>{{ b.paired.baseline_only_right }}</td></tr>
-</table>
-<p>McNemar's exact test on the {{ b.paired.candidate_only_right + b.paired.baseline_only_right }} products on which
-exactly one of them is right: p = {{ '%.3g' % b.paired.mcnemar_p_value }}{% if b.paired.mcnemar_p_value >= 0.05 %}
-(at 5 %, this eval split does not tell them apart){% endif %}.</p>
+{{ paired_table(b) }}
 {% endif %}
 
 {% if e.poe_baseline %}{% set b = e.poe_baseline %}
@@ -84,16 +87,7 @@ exactly one of them is right: p = {{ '%.3g' % b.paired.mcnemar_p_value }}{% if b
 (C = {{ '%g' % b.choices.text_c }}), one on the frozen image encoder's features the trainer cached
 (C = {{ '%g' % b.choices.image_c }}), each C chosen on the validation split; fitted on {{ b.train_products }} products in
 {{ '%.1f' % b.fit_seconds }} s, on the same {{ b.examples }} eval products. Reported, not gated on.</p>
-<table>
-<tr><th>model</th><th>top-1 accuracy</th><th>top-5 accuracy</th><th>macro-F1</th><th>right where the other is wrong</th></tr>
-<tr><td class="name">candidate</td><td>{{ pct(e.metrics.top1_accuracy) }}</td><td>{{ pct(e.metrics.top5_accuracy) }}</td>
-<td>{{ '%.4f' % e.metrics.macro_f1 }}</td><td>{{ b.paired.candidate_only_right }}</td></tr>
-<tr><td class="name">{{ b.model }}</td><td>{{ pct(b.top1_accuracy) }}</td><td>{{ pct(b.top5_accuracy) }}</td>
-<td>{{ '%.4f' % b.macro_f1 }}</td><td>{{ b.paired.baseline_only_right }}</td></tr>
-</table>
-<p>McNemar's exact test on the {{ b.paired.candidate_only_right + b.paired.baseline_only_right }} products on which
-exactly one of them is right: p = {{ '%.3g' % b.paired.mcnemar_p_value }}{% if b.paired.mcnemar_p_value >= 0.05 %}
-(at 5 %, this eval split does not tell them apart){% endif %}.</p>
+{{ paired_table(b) }}
 {% endif %}{% endif %}
 
 {% if e.calibration %}{% set c = e.calibration %}
