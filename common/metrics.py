@@ -350,12 +350,18 @@ class StreamWeightCounts:
 
     def __init__(self):
         self.cells = np.zeros((2, WEIGHT_CELLS), np.int64)  # [wrong, right]
-        self.sums = np.zeros((2, 2), np.float64)  # [wrong, right] × (s_t, s_i)
+        self.sums = np.zeros((2, 3), np.float64)  # [wrong, right] × (s_t, s_i, s_lexical)
         self.outside = 0
+        self.lexical = False  # whether the weights had the expert fusions' third column
 
     def add(self, stream_weights: np.ndarray, right: np.ndarray) -> None:
-        """stream_weights [batch, 2] (s_t, s_i); right [batch] bool."""
+        """stream_weights [batch, 2] (s_t, s_i), or [batch, 3] with the lexical expert's share (part of
+        s_t) third; right [batch] bool."""
         weights = np.asarray(stream_weights, np.float64)
+        if weights.ndim != 2 or weights.shape[1] not in (2, 3):
+            raise ValueError(f"stream weights must be [batch, 2] or [batch, 3], got shape {weights.shape}")
+        self.lexical = self.lexical or weights.shape[1] == 3
+        weights = np.pad(weights, ((0, 0), (0, 3 - weights.shape[1])))
         right = np.asarray(right).astype(np.int64)
         s_t = weights[:, 0]
         self.outside += int(np.sum((s_t < 0) | (s_t > 1)))
@@ -378,7 +384,8 @@ class StreamWeightCounts:
         return {"edges": edges.tolist(), "right": pooled[1].tolist(), "wrong": pooled[0].tolist()}
 
     def summary(self) -> dict:
-        """Per kind: {products, mean_text_weight, mean_image_weight, text_weight_q10/q50/q90}."""
+        """Per kind: {products, mean_text_weight, mean_image_weight, text_weight_q10/q50/q90}, and
+        mean_lexical_weight when the weights had the lexical expert's share."""
         summary = {"outside_0_1": self.outside}
         for index, kind in ((1, "right"), (0, "wrong")):
             n = int(self.cells[index].sum())
@@ -386,6 +393,8 @@ class StreamWeightCounts:
             if n:
                 row["mean_text_weight"] = float(self.sums[index, 0] / n)
                 row["mean_image_weight"] = float(self.sums[index, 1] / n)
+                if self.lexical:
+                    row["mean_lexical_weight"] = float(self.sums[index, 2] / n)
                 cumulative = np.cumsum(self.cells[index])
                 for q in WEIGHT_QUANTILES:
                     cell = int(np.searchsorted(cumulative, q * n - 1e-9))
@@ -421,29 +430,41 @@ class RoutingCounts:
 
     def __init__(self):
         self.n, self.sum, self.sum_squares = 0, 0.0, 0.0
+        self.lexical_sum, self.lexical_sum_squares, self.lexical_n = 0.0, 0.0, 0
         self.text_decides: list[np.ndarray] = []
         self.image_decides: list[np.ndarray] = []
 
     def add(self, text_weight: np.ndarray, text_right: np.ndarray | None = None,
-            image_right: np.ndarray | None = None) -> None:
-        """text_weight [batch] (s_t); text_right, image_right [batch] bool: the unimodal models' top-1."""
+            image_right: np.ndarray | None = None, lexical_weight: np.ndarray | None = None) -> None:
+        """text_weight [batch] (s_t); text_right, image_right [batch] bool: the unimodal models' top-1;
+        lexical_weight [batch]: the lexical expert's share of s_t, for the expert fusions."""
         s_t = np.asarray(text_weight, np.float64).ravel()
         self.n += len(s_t)
         self.sum += float(s_t.sum())
         self.sum_squares += float(np.square(s_t).sum())
+        if lexical_weight is not None:
+            s_lexical = np.asarray(lexical_weight, np.float64).ravel()
+            self.lexical_n += len(s_lexical)
+            self.lexical_sum += float(s_lexical.sum())
+            self.lexical_sum_squares += float(np.square(s_lexical).sum())
         if text_right is not None and image_right is not None:
             text_right, image_right = np.asarray(text_right, bool), np.asarray(image_right, bool)
             self.text_decides.append(s_t[text_right & ~image_right])
             self.image_decides.append(s_t[~text_right & image_right])
 
     def figures(self) -> dict:
-        """{products, text_weight_mean, text_weight_std} and, with the unimodal models,
-        {text_decides_products, image_decides_products, their mean s_t, routing_auc}."""
+        """{products, text_weight_mean, text_weight_std}, lexical_weight_mean and _std when given, and,
+        with the unimodal models, {text_decides_products, image_decides_products, their mean s_t, routing_auc}."""
         if not self.n:
             return {"products": 0}
         mean = self.sum / self.n
         figures = {"products": self.n, "text_weight_mean": mean,
                    "text_weight_std": float(np.sqrt(max(0.0, self.sum_squares / self.n - mean * mean)))}
+        if self.lexical_n:
+            lexical = self.lexical_sum / self.lexical_n
+            figures["lexical_weight_mean"] = lexical
+            figures["lexical_weight_std"] = float(np.sqrt(max(0.0, self.lexical_sum_squares / self.lexical_n
+                                                              - lexical * lexical)))
         if self.text_decides:
             text, image = np.concatenate(self.text_decides), np.concatenate(self.image_decides)
             figures.update({

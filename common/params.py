@@ -127,7 +127,8 @@ class PipelineParams(CatalogParams):
     baseline_max_train_products: int = param(
         baselines.MAX_TRAIN_PRODUCTS, "the evaluate stage fits the tfidf_svm baseline (hashed TF-IDF word and character "
         "n-grams + linear SVM) on the text of at most about this many train products and reports the candidate "
-        "beside it on the same eval products (0: no baseline)",
+        "beside it on the same eval products, and tfidf_image_poe (TF-IDF × the trainer's cached image features, "
+        "a product of experts) beside it where the catalog is small enough (0: no baselines)",
     )
     baseline_tolerance: float = param(
         0.0, "the gate also refuses a model whose top-1 is more than this below the tfidf_svm baseline's "

@@ -18,6 +18,7 @@ minimum, so a warm start changes where lbfgs starts, not where it stops (within 
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -27,6 +28,10 @@ from common.metrics import ClassCounts, top_k_ids
 TFIDF_IMAGE_POE = "tfidf_image_poe"
 TEXT_CS = (3.0, 10.0, 30.0)
 IMAGE_CS = (0.003, 0.01, 0.03, 0.1)
+# The evaluate stage fits it only up to this many training products × classes: its cost is in lbfgs
+# iterations over the dense image features (hm, 5,000 × 40: about 430 CPU s with the grids above), and the
+# fit holds every training product's features in memory. Past it the stage says so; the benchmark reports it.
+MAX_EVALUATE_COST = 500_000
 # The log-probability of a class an expert never saw in training: finite, so that the other expert
 # can still rank it, and below any class the expert did see.
 LOG_PROB_FLOOR = float(np.log(1e-9))
@@ -203,3 +208,30 @@ def fit_and_score(train: tuple, validation: tuple, evaluations: dict[str, tuple]
         results[split] = counts.metrics()
     results["seconds"] = time.monotonic() - started
     return results
+
+
+@dataclasses.dataclass
+class EvalPredictions:
+    """tfidf_image_poe as the evaluate stage uses it: each eval product's top classes, by id (its image
+    features come from the trainer's cache, not from the records the candidate reads)."""
+
+    top_ids: dict  # eval product id (bytes) → its top-k class ids
+    train_products: int
+    fit_seconds: float
+    choices: dict  # TfidfImagePoe.choices()
+
+    def top_classes(self, ids) -> np.ndarray:
+        try:
+            return np.stack([self.top_ids[i] for i in ids])
+        except KeyError as e:
+            raise ValueError(f"{TFIDF_IMAGE_POE} has no eval product {e.args[0]!r}: its image features hold other "
+                             "eval products than the records evaluated") from None
+
+
+def fit_for_eval(train: tuple, validation: tuple, evaluated: tuple, num_classes: int) -> EvalPredictions:
+    """Fitted on train (C chosen on validation, then refitted on both); `evaluated`: (titles, image
+    features, ids) of the eval products."""
+    titles, images, ids = evaluated
+    fitted = TfidfImagePoe(train, validation, num_classes)
+    top = top_k_ids(fitted.scores(titles, images)) if len(ids) else []
+    return EvalPredictions(dict(zip(ids, top)), fitted.train_products, fitted.fit_seconds, fitted.choices())

@@ -13,6 +13,10 @@ One streamed pass over the transformed eval records feeds every batch to each mo
                          (common/baselines.py, fitted first on the train split's titles): its top-1,
                          top-5 and macro-F1, and on how many products each model is right where the
                          other is wrong (McNemar's exact test): does the fused model earn its cost?
+    tfidf_image_poe      the title and the frozen image features the trainer cached → the product of
+                         experts a user builds (common/poe.py, fitted first on the train and validation
+                         products of that cache): the same figures, paired with the candidate by id;
+                         reported, not gated on
 
 When a model is served, a second pass over the eval split's raw examples (RAW_EXAMPLES_DIR: the
 catalog's title and original image bytes, as a client sends them) feeds both the served model and the
@@ -22,17 +26,19 @@ those from the original photo (not the candidate's resized JPEG, which a model o
 would see upscaled and re-encoded), and classes are matched by name against the raw label.
 
 Memory is bounded by the number of classes (per-class counts, the confused pairs that occur) and fixed
-histograms (confidence, stream weights), never by the number of products.
+histograms (confidence, stream weights), never by the number of products; tfidf_image_poe alone holds
+its training products' image features, and is fitted only up to poe.MAX_EVALUATE_COST products × classes.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from common import baselines, features, splits
+from common import baselines, features, poe, splits
 from common import calibration as calibrations
 from common.labels import label_names
 from common.metrics import (
@@ -120,6 +126,8 @@ class SampleProducts:
             if features.OUTPUT_TEXT_WEIGHT_KEY in outputs:
                 sample["text_weight"] = float(outputs[features.OUTPUT_TEXT_WEIGHT_KEY][row])
                 sample["image_weight"] = float(outputs[features.OUTPUT_IMAGE_WEIGHT_KEY][row])
+            if features.OUTPUT_LEXICAL_WEIGHT_KEY in outputs:
+                sample["lexical_weight"] = float(outputs[features.OUTPUT_LEXICAL_WEIGHT_KEY][row])
             kind.append(sample)
 
 
@@ -173,6 +181,9 @@ class Evaluation:
     # ClassCounts.metrics(), "paired": PairedCounts.figures() of the candidate against it}, or {model,
     # error} when it could not be fitted.
     baseline: dict | None = None
+    # tfidf_image_poe on the same eval products: {model, train_products, fit_seconds, choices, its
+    # ClassCounts.metrics(), "paired" against the candidate}, or {model, error} when it was not fitted.
+    poe_baseline: dict | None = None
 
     def scalars(self) -> dict:
         """Every single-number figure, flat, as KFP's Metrics artifact takes them (undefined ones left out)."""
@@ -208,6 +219,14 @@ class Evaluation:
             scalars["baseline_only_right"] = paired["baseline_only_right"]
             scalars["candidate_only_right"] = paired["candidate_only_right"]
             scalars["baseline_mcnemar_p_value"] = paired["mcnemar_p_value"]
+        if self.poe_baseline and "error" not in self.poe_baseline:
+            name = poe.TFIDF_IMAGE_POE
+            for figure in ("top1_accuracy", "top5_accuracy", "macro_f1", "train_products"):
+                scalars[f"{name}_{figure}"] = self.poe_baseline[figure]
+            paired = self.poe_baseline["paired"]
+            scalars[f"{name}_only_right"] = paired["baseline_only_right"]
+            scalars[f"candidate_only_right_against_{name}"] = paired["candidate_only_right"]
+            scalars[f"{name}_mcnemar_p_value"] = paired["mcnemar_p_value"]
         return {k: v for k, v in scalars.items() if v is not None}
 
     def summary(self) -> dict:
@@ -224,12 +243,16 @@ class EvalFigures:
     stream weights and sample products, and with the unimodal models Table 1 and their calibration."""
 
     def __init__(self, names: list[str], calibration: ModelCalibration, unimodal: dict, samples_per_kind: int,
-                 baseline: baselines.TfidfSvm | None = None, baseline_error: str | None = None):
+                 baseline: baselines.TfidfSvm | None = None, baseline_error: str | None = None,
+                 poe_baseline: poe.EvalPredictions | None = None, poe_error: str | None = None):
         self.names, self.calibration, self.unimodal, self.baseline = names, calibration, unimodal, baseline
         self.baseline_error = baseline_error
         self.counts = ClassCounts(len(names))
         self.baseline_counts = ClassCounts(len(names)) if baseline else None
         self.paired = PairedCounts() if baseline else None
+        self.poe, self.poe_error = poe_baseline, poe_error
+        self.poe_counts = ClassCounts(len(names)) if poe_baseline else None
+        self.poe_paired = PairedCounts() if poe_baseline else None
         self.agreement = UnimodalAgreement() if unimodal else None
         self.weights = None
         self.routing = None
@@ -244,9 +267,10 @@ class EvalFigures:
         self.calibration.add(logits, labels)
         if features.OUTPUT_TEXT_WEIGHT_KEY in outputs:
             self.weights = self.weights or StreamWeightCounts()
-            self.weights.add(
-                np.stack([outputs[features.OUTPUT_TEXT_WEIGHT_KEY], outputs[features.OUTPUT_IMAGE_WEIGHT_KEY]], -1),
-                top_ids[:, 0] == labels)
+            # The expert fusions' third column: the lexical expert's share (part of s_t).
+            columns = (features.OUTPUT_TEXT_WEIGHT_KEY, features.OUTPUT_IMAGE_WEIGHT_KEY,
+                       *([features.OUTPUT_LEXICAL_WEIGHT_KEY] if features.OUTPUT_LEXICAL_WEIGHT_KEY in outputs else []))
+            self.weights.add(np.stack([outputs[c] for c in columns], -1), top_ids[:, 0] == labels)
             self.routing = self.routing or RoutingCounts()
         if not self.samples.full():
             self.samples.add({k: v.numpy() for k, v in batch.items()}, labels, top_ids, outputs, self.names,
@@ -260,11 +284,25 @@ class EvalFigures:
             self.agreement.add(labels, top1[features.TEXT_ONLY], top1[features.IMAGE_ONLY], top_ids[:, 0])
         if self.routing:
             self.routing.add(outputs[features.OUTPUT_TEXT_WEIGHT_KEY], *(
-                (top1[features.TEXT_ONLY] == labels, top1[features.IMAGE_ONLY] == labels) if self.agreement else ()))
+                (top1[features.TEXT_ONLY] == labels, top1[features.IMAGE_ONLY] == labels) if self.agreement else ()),
+                lexical_weight=outputs.get(features.OUTPUT_LEXICAL_WEIGHT_KEY))
         if self.baseline:
             baseline_ids = top_k_ids(self.baseline.scores(baselines.decode_titles(batch[features.TITLE_KEY].numpy())))
             self.baseline_counts.add(labels, baseline_ids)
             self.paired.add(top_ids[:, 0] == labels, baseline_ids[:, 0] == labels)
+        if self.poe:
+            poe_ids = self.poe.top_classes(batch[features.ID_KEY].numpy())
+            self.poe_counts.add(labels, poe_ids)
+            self.poe_paired.add(top_ids[:, 0] == labels, poe_ids[:, 0] == labels)
+
+    def poe_figures(self) -> dict | None:
+        if self.poe_error:
+            return {"model": poe.TFIDF_IMAGE_POE, "error": self.poe_error}
+        if not self.poe:
+            return None
+        return {"model": poe.TFIDF_IMAGE_POE, "train_products": self.poe.train_products,
+                "fit_seconds": self.poe.fit_seconds, "choices": self.poe.choices, **self.poe_counts.metrics(),
+                "paired": self.poe_paired.figures()}
 
     def baseline_figures(self) -> dict | None:
         if self.baseline_error:
@@ -291,6 +329,7 @@ class EvalFigures:
             stream_weights={"summary": self.weights.summary(), "histogram": self.weights.histogram(),
                             "routing": self.routing.figures()} if self.weights else None,
             baseline=self.baseline_figures(),
+            poe_baseline=self.poe_figures(),
         )
 
 
@@ -385,11 +424,14 @@ def evaluate_model(
     batch_size: int = 64,
     samples_per_kind: int = SAMPLES_PER_KIND,
     baseline_max_train_products: int = baselines.MAX_TRAIN_PRODUCTS,
+    poe_fit: Callable[[int], poe.EvalPredictions] | None = None,
 ) -> Evaluation:
     """The candidate's figures on the transformed eval split; Table 1 and the unimodal models'
     calibration when both unimodal model directories are given; the comparison with `served_model`
     (version, directory) on the raw eval split when given; the tfidf_svm baseline on the same eval
-    products, fitted on at most about `baseline_max_train_products` train products (0: no baseline)."""
+    products, fitted on at most about `baseline_max_train_products` train products (0: no baselines),
+    and tfidf_image_poe on them when `poe_fit` (number of classes → its eval predictions, ValueError
+    saying why it cannot be fitted; the pipeline's: from the trainer's feature cache) is given."""
     import tensorflow_transform as tft
 
     tft_output = tft.TFTransformOutput(transform_graph_dir)
@@ -425,8 +467,14 @@ def evaluate_model(
             # The baseline is a yardstick, not the candidate: a train split it cannot fit (no title left
             # after sampling) is said in the figures and the verdict, and the candidate is still judged.
             baseline_error = f"the {baselines.TFIDF_SVM} baseline could not be fitted: {e}"
+    poe_baseline, poe_error = None, None
+    if baseline_max_train_products and poe_fit:
+        try:
+            poe_baseline = poe_fit(len(names))
+        except ValueError as e:  # a yardstick too: said, and the candidate still judged
+            poe_error = f"the {poe.TFIDF_IMAGE_POE} baseline was not fitted: {e}"
     figures = EvalFigures(names, ModelCalibration(calibrations.read(model_dir)), unimodal, samples_per_kind, baseline,
-                          baseline_error)
+                          baseline_error, poe_baseline, poe_error)
     for batch in split_records(examples_dir, features.EVAL_SPLIT, spec, batch_size):
         outputs = candidate(batch)
         classes = outputs[features.OUTPUT_LOGITS_KEY].shape[-1]

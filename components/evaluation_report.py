@@ -39,6 +39,18 @@ th:first-child, td.name { text-align: left; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 img.chart { max-width: 100%; border: 1px solid #ddd; }
 </style></head><body>
+{% macro paired_table(b) %}
+<table>
+<tr><th>model</th><th>top-1 accuracy</th><th>top-5 accuracy</th><th>macro-F1</th><th>right where the other is wrong</th></tr>
+<tr><td class="name">candidate</td><td>{{ pct(e.metrics.top1_accuracy) }}</td><td>{{ pct(e.metrics.top5_accuracy) }}</td>
+<td>{{ '%.4f' % e.metrics.macro_f1 }}</td><td>{{ b.paired.candidate_only_right }}</td></tr>
+<tr><td class="name">{{ b.model }}</td><td>{{ pct(b.top1_accuracy) }}</td><td>{{ pct(b.top5_accuracy) }}</td>
+<td>{{ '%.4f' % b.macro_f1 }}</td><td>{{ b.paired.baseline_only_right }}</td></tr>
+</table>
+<p>McNemar's exact test on the {{ b.paired.candidate_only_right + b.paired.baseline_only_right }} products on which
+exactly one of them is right: p = {{ '%.3g' % b.paired.mcnemar_p_value }}{% if b.paired.mcnemar_p_value >= 0.05 %}
+(at 5 %, this eval split does not tell them apart){% endif %}.</p>
+{% endmacro %}
 <h1>Evaluation of {{ model }}</h1>
 <h2 class="{{ 'blessed' if verdict.blessed else 'refused' }}">{{ 'Blessed' if verdict.blessed else 'Not blessed' }}</h2>
 <p>{{ verdict.reason }}</p>
@@ -65,17 +77,18 @@ img.chart { max-width: 100%; border: 1px solid #ddd; }
 <h3>Against the baseline a user already has</h3>
 <p>{{ b.model }}: hashed TF-IDF of word 1–2 and character 2–5-grams + a linear SVM, fitted on the text of {{ b.train_products }}
 train products in {{ '%.1f' % b.fit_seconds }} s, on the same {{ b.examples }} eval products.</p>
-<table>
-<tr><th>model</th><th>top-1 accuracy</th><th>top-5 accuracy</th><th>macro-F1</th><th>right where the other is wrong</th></tr>
-<tr><td class="name">candidate</td><td>{{ pct(e.metrics.top1_accuracy) }}</td><td>{{ pct(e.metrics.top5_accuracy) }}</td>
-<td>{{ '%.4f' % e.metrics.macro_f1 }}</td><td>{{ b.paired.candidate_only_right }}</td></tr>
-<tr><td class="name">{{ b.model }}</td><td>{{ pct(b.top1_accuracy) }}</td><td>{{ pct(b.top5_accuracy) }}</td>
-<td>{{ '%.4f' % b.macro_f1 }}</td><td>{{ b.paired.baseline_only_right }}</td></tr>
-</table>
-<p>McNemar's exact test on the {{ b.paired.candidate_only_right + b.paired.baseline_only_right }} products on which
-exactly one of them is right: p = {{ '%.3g' % b.paired.mcnemar_p_value }}{% if b.paired.mcnemar_p_value >= 0.05 %}
-(at 5 %, this eval split does not tell them apart){% endif %}.</p>
+{{ paired_table(b) }}
 {% endif %}
+
+{% if e.poe_baseline %}{% set b = e.poe_baseline %}
+<h3>Against the title and photo model a user builds</h3>
+{% if 'error' in b %}<p>{{ b.error }}</p>{% else %}
+<p>{{ b.model }}: the product of two logistic regressions, one on TF-IDF of the title's word and character n-grams
+(C = {{ '%g' % b.choices.text_c }}), one on the frozen image encoder's features the trainer cached
+(C = {{ '%g' % b.choices.image_c }}), each C chosen on the validation split; fitted on {{ b.train_products }} products in
+{{ '%.1f' % b.fit_seconds }} s, on the same {{ b.examples }} eval products. Reported, not gated on.</p>
+{{ paired_table(b) }}
+{% endif %}{% endif %}
 
 {% if e.calibration %}{% set c = e.calibration %}
 <h2>Calibration: can the scores be trusted?</h2>
@@ -105,19 +118,22 @@ and sends {{ pct(r.review_share) }} to review.{% endif %}</p>
 
 {% if e.stream_weights %}{% set w = e.stream_weights.summary %}
 <h2>Which stream decided</h2>
-<p>The head's stream weights (s_t, s_i) per eval product: s_t near 1, the title decided; near 0, the photo.</p>
+<p>The head's stream weights (s_t, s_i) per eval product: s_t near 1, the title decided; near 0, the photo.{% if lexical %}
+s_t is the title's share: the text model's and the lexical expert's (s_lex, the title's word and character n-grams), together.{% endif %}</p>
 <table>
-<tr><th></th><th>products</th><th>mean s_t</th><th>mean s_i</th><th>s_t 10 %</th><th>s_t median</th><th>s_t 90 %</th></tr>
+<tr><th></th><th>products</th><th>mean s_t</th><th>mean s_i</th>{% if lexical %}<th>mean s_lex</th>{% endif %}<th>s_t 10 %</th><th>s_t median</th><th>s_t 90 %</th></tr>
 {% for kind in ("right", "wrong") %}{% set row = w[kind] %}
 <tr><td class="name">classified {{ kind }}</td><td>{{ row.products }}</td>
 {% if row.products %}<td>{{ '%.3f' % row.mean_text_weight }}</td><td>{{ '%.3f' % row.mean_image_weight }}</td>
+{% if lexical %}<td>{{ '%.3f' % row.mean_lexical_weight }}</td>{% endif %}
 <td>{{ '%.3f' % row.text_weight_q10 }}</td><td>{{ '%.3f' % row.text_weight_q50 }}</td><td>{{ '%.3f' % row.text_weight_q90 }}</td>
-{% else %}<td></td><td></td><td></td><td></td><td></td>{% endif %}</tr>
+{% else %}<td></td><td></td>{% if lexical %}<td></td>{% endif %}<td></td><td></td><td></td>{% endif %}</tr>
 {% endfor %}
 </table>
 {% set r = e.stream_weights.get('routing') or {} %}{% if r.get('products') %}
 <p>Does the head route? s_t varies over the products by a standard deviation of {{ '%.3f' % r.text_weight_std }}
-(mean {{ '%.3f' % r.text_weight_mean }}).{% if 'routing_auc' in r %} On the {{ r.text_decides_products }}
+(mean {{ '%.3f' % r.text_weight_mean }}).{% if 'lexical_weight_mean' in r %} The lexical expert's share s_lex: mean
+{{ '%.3f' % r.lexical_weight_mean }}, standard deviation {{ '%.3f' % r.lexical_weight_std }}.{% endif %}{% if 'routing_auc' in r %} On the {{ r.text_decides_products }}
 products only the text model gets right, mean s_t
 {{ '%.3f' % r.text_decides_mean_text_weight if r.text_decides_mean_text_weight is not none else '–' }}; on the
 {{ r.image_decides_products }} only the image model gets right,
@@ -170,7 +186,7 @@ image_only {{ pct(e.table1.image_only_top1_accuracy) }}, fused {{ pct(e.metrics.
 <div>true: {{ s.true }}</div>
 <div>predicted: {% for name, score in s.predicted %}{{ name }} {{ pct(score) }}{{ ', ' if not loop.last }}{% endfor %}</div>
 {% if s.needs_review %}<div class="review">needs review</div>{% endif %}
-{% if s.text_weight is defined %}<div>stream weights: text {{ '%.2f' % s.text_weight }}, image {{ '%.2f' % s.image_weight }}</div>{% endif %}
+{% if s.text_weight is defined %}<div>stream weights: text {{ '%.2f' % s.text_weight }}{% if s.lexical_weight is defined %} (lexical {{ '%.2f' % s.lexical_weight }}){% endif %}, image {{ '%.2f' % s.image_weight }}</div>{% endif %}
 </div>
 {% else %}<p>None.</p>
 {% endfor %}
@@ -320,6 +336,8 @@ def render_html(evaluation: Evaluation, verdict: Verdict, model: str) -> str:
         targets=[{"name": precision_name(p), "label": f"{100 * p:g} %"} for p in TARGET_PRECISIONS],
         calibration_rows=calibration_rows,
         charts=charts(evaluation),
+        lexical=any("mean_lexical_weight" in row for row in (evaluation.stream_weights or {}).get("summary", {}).values()
+                    if isinstance(row, dict)),
         pct=lambda x: f"{100 * x:.2f}%",
         b64=lambda data: base64.b64encode(data).decode("ascii"),
     )

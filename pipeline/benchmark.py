@@ -202,6 +202,8 @@ def evaluate_models(run, models: dict) -> dict:
             if "stream_weights" in outputs[name]:
                 weights = outputs[name]["stream_weights"].numpy()
                 out[features.OUTPUT_TEXT_WEIGHT_KEY], out[features.OUTPUT_IMAGE_WEIGHT_KEY] = weights[:, 0], weights[:, 1]
+                if weights.shape[1] > 2:  # the expert fusions: the lexical expert's share, part of s_t
+                    out[features.OUTPUT_LEXICAL_WEIGHT_KEY] = weights[:, 2]
             figures[name].add({features.LABEL_ID_KEY: labels}, out)
     results = {}
     for name, f in figures.items():

@@ -195,6 +195,7 @@ def evaluate(
     image_model: Input[Model],
     examples: Input[Dataset],
     transform_graph: Input[Artifact],
+    training_state: Input[Artifact],
     accuracy_threshold: float,
     accuracy_tolerance: float,
     baseline_max_train_products: int,
@@ -208,7 +209,8 @@ def evaluate(
 ) -> bool:
     """Figures of `model` on the eval split, against the newest version served under
     SERVING_BASE/MODEL_NAME; Table 1 when the trainer exported both unimodal models. `report` is the
-    HTML report; `blessing` the verdict (metadata) and every figure (JSON). Returns whether the model
+    HTML report; `blessing` the verdict (metadata) and every figure (JSON). `training_state` is the
+    trainer's work directory: tfidf_image_poe reads the frozen image features cached there. Returns whether the model
     is blessed: the single return value (not a NamedTuple field) keeps the `dsl.If` condition
     resolvable by kfp.local as well as by the cluster's backend."""
     import json
@@ -218,6 +220,8 @@ def evaluate(
     from components.evaluate import evaluate_model, gate
     from components.evaluation_report import render_html
     from components.push import newest_served_model
+    from trainer.features_cache import fit_poe
+    from trainer.stages import FEATURE_CACHE_DIR
 
     unimodal = [m.path for m in (text_model, image_model) if os.path.exists(os.path.join(m.path, "saved_model.pb"))]
     served = newest_served_model(serving_base, model_name)
@@ -229,6 +233,8 @@ def evaluate(
         image_model_dir=unimodal[1] if len(unimodal) == 2 else None,
         served_model=served,
         baseline_max_train_products=baseline_max_train_products,
+        poe_fit=lambda classes: fit_poe(os.path.join(training_state.path, FEATURE_CACHE_DIR), examples.path,
+                                        transform_graph.path, classes),
     )
     for name, value in evaluation.scalars().items():
         metrics.log_metric(name, value)

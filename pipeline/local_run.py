@@ -15,7 +15,7 @@ import re
 import shutil
 import time
 
-from common import baselines, console
+from common import baselines, console, poe
 from common.params import local_params
 from pipeline import cli, config
 
@@ -60,6 +60,9 @@ def final_block(result: dict) -> str:
     if "baseline_top1_accuracy" in m:
         rows.append(("tfidf_svm baseline", m["baseline_top1_accuracy"], m.get("baseline_top5_accuracy"),
                      m.get("baseline_macro_f1")))
+    if f"{poe.TFIDF_IMAGE_POE}_top1_accuracy" in m:
+        rows.append((f"{poe.TFIDF_IMAGE_POE} baseline", *(m.get(f"{poe.TFIDF_IMAGE_POE}_{name}")
+                                                          for name in ("top1_accuracy", "top5_accuracy", "macro_f1"))))
     if "served_top1_accuracy" in m:
         rows.append((f"served version {m['served_version']:g}", m["served_top1_accuracy"], None, None))
     width = max(len(row[0]) for row in rows)
@@ -67,6 +70,8 @@ def final_block(result: dict) -> str:
              + f"   ({m.get('examples', 0):g} eval products)"]
     lines += [f"{name:{width}}  " + "  ".join(f"{_figure(v):>8}" for v in values) for name, *values in rows]
     lines.append(f"gate: {'blessed' if result['blessed'] else 'not blessed'}: {result['reason']}")
+    if "error" in (result.get("poe_baseline") or {}):
+        lines.append(result["poe_baseline"]["error"])
     if below := baselines.below_baseline(m):
         lines.append(f"warning: {below}")
     lines.append(_calibration_line(m))
@@ -144,6 +149,7 @@ def run_local(
         "pushed_model": os.path.join(params.serving_base, params.model_name, str(pushed[-1])) if pushed else None,
         "report": report,
         "metrics_file": metrics_file,
+        "poe_baseline": figures.get("poe_baseline"),
     }
 
 

@@ -255,3 +255,43 @@ def test_gate_names_the_baseline_and_refuses_only_beyond_its_tolerance():
     assert "threshold" in gate({"top1_accuracy": 0.4}, 0.5, baseline=baseline).reason
     served = {"served_version": 2, "examples": 10, "served_top1_accuracy": 0.99, "candidate_top1_accuracy": 0.97}
     assert not gate({"top1_accuracy": 0.97}, 0.5, served, 0.0, baseline, 0.05).blessed
+
+
+def test_the_lexical_experts_share_is_summarized_beside_the_stream_weights_and_logged_flat():
+    """hanet_experts' third stream-weight output: its mean on right and wrong products, its mean and
+    spread over all, in the evaluation and its flat scalars; a two-stream head's figures stay as they were."""
+    import tensorflow as tf
+
+    from common import features
+    from components.evaluate import EvalFigures
+
+    rng = np.random.default_rng(11)
+    n, k = 300, 4
+    labels = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 2.0 * np.eye(k)[labels] * (rng.random((n, 1)) < 0.7)
+    s_lexical = rng.beta(2, 3, n) * 0.6
+    s_t = s_lexical + rng.beta(2, 5, n) * 0.4
+    figures = EvalFigures([str(c) for c in range(k)], ModelCalibration(Calibration()), {}, samples_per_kind=0)
+    plain = EvalFigures([str(c) for c in range(k)], ModelCalibration(Calibration()), {}, samples_per_kind=0)
+    for start in range(0, n, 64):
+        rows = slice(start, start + 64)
+        batch = {features.LABEL_ID_KEY: tf.constant(labels[rows])}
+        outputs = {features.OUTPUT_LOGITS_KEY: logits[rows], features.OUTPUT_TEXT_WEIGHT_KEY: s_t[rows],
+                   features.OUTPUT_IMAGE_WEIGHT_KEY: 1 - s_t[rows]}
+        plain.add(batch, dict(outputs))
+        figures.add(batch, {**outputs, features.OUTPUT_LEXICAL_WEIGHT_KEY: s_lexical[rows]})
+    evaluation = figures.evaluation(None)
+    right = logits.argmax(-1) == labels
+    summary = evaluation.stream_weights["summary"]
+    for kind, mask in (("right", right), ("wrong", ~right)):
+        assert summary[kind]["mean_lexical_weight"] == pytest.approx(s_lexical[mask].mean())
+        assert summary[kind]["mean_text_weight"] == pytest.approx(s_t[mask].mean())
+    routing = evaluation.stream_weights["routing"]
+    assert routing["lexical_weight_mean"] == pytest.approx(s_lexical.mean())
+    assert routing["lexical_weight_std"] == pytest.approx(s_lexical.std())
+    scalars = evaluation.scalars()
+    assert scalars["right_mean_lexical_weight"] == pytest.approx(s_lexical[right].mean())
+    assert scalars["lexical_weight_std"] == pytest.approx(s_lexical.std())
+    without = plain.evaluation(None)
+    assert not any("lexical" in name for name in without.scalars())
+    assert without.stream_weights["summary"]["right"]["mean_text_weight"] == summary["right"]["mean_text_weight"]

@@ -132,3 +132,47 @@ def test_a_model_that_weighs_no_streams_has_no_stream_section():
     assert "Which stream decided" not in " ".join(parsed.text)
     assert {i["alt"] for i in parsed.images if i.get("class") == "chart"} == {
         "reliability diagram", "coverage-precision curve", "per-class F1"}
+
+
+def test_the_report_shows_the_lexical_share_and_tfidf_image_poe_beside_the_candidate():
+    import dataclasses
+
+    rng = np.random.default_rng(3)
+    weights = StreamWeightCounts()
+    s_lexical = rng.beta(2, 3, 200) * 0.5
+    s_t = s_lexical + 0.3
+    right = rng.random(200) < 0.7
+    weights.add(np.stack([s_t, 1 - s_t, s_lexical], -1), right)
+    routing = {"products": 200, "text_weight_mean": float(s_t.mean()), "text_weight_std": float(s_t.std()),
+               "lexical_weight_mean": float(s_lexical.mean()), "lexical_weight_std": float(s_lexical.std())}
+    paired = {"examples": 100, "both_right": 70, "candidate_only_right": 9, "baseline_only_right": 4, "both_wrong": 17,
+              "mcnemar_p_value": 0.27}
+    poe_baseline = {"model": "tfidf_image_poe", "train_products": 812, "fit_seconds": 3.2, "examples": 100,
+                    "choices": {"text_c": 30.0, "image_c": 0.003}, "top1_accuracy": 0.74, "top5_accuracy": 0.97,
+                    "macro_f1": 0.7, "paired": paired}
+    evaluation = dataclasses.replace(
+        _evaluation(), stream_weights={"summary": weights.summary(), "histogram": weights.histogram(), "routing": routing},
+        poe_baseline=poe_baseline)
+    evaluation.samples["right"][0].update(lexical_weight=0.35)
+    parsed = _Page()
+    parsed.feed(render_html(evaluation, Verdict(True, "ok"), "model/uri"))
+    text = " ".join(parsed.text)
+    assert "mean s_lex" in text and f"{s_lexical[right].mean():.3f}" in text and f"{s_lexical[~right].mean():.3f}" in text
+    assert f"standard deviation {s_lexical.std():.3f}" in text
+    assert "stream weights: text 0.80 (lexical 0.35), image 0.20" in text
+    assert "Against the title and photo model a user builds" in text and "C = 30" in text and "C = 0.003" in text
+    assert "74.00%" in text and "97.00%" in text and "p = 0.27" in text and "does not tell them apart" in text
+
+    failed = dataclasses.replace(evaluation, poe_baseline={"model": "tfidf_image_poe",
+                                                           "error": "the tfidf_image_poe baseline was not fitted: why"})
+    parsed = _Page()
+    parsed.feed(render_html(failed, Verdict(True, "ok"), "model/uri"))
+    assert "the tfidf_image_poe baseline was not fitted: why" in " ".join(parsed.text)
+    # A two-stream head's report has no lexical column.
+    assert "mean s_lex" not in " ".join(_page_text(_evaluation()))
+
+
+def _page_text(evaluation) -> list[str]:
+    parsed = _Page()
+    parsed.feed(render_html(evaluation, Verdict(True, "ok"), "model/uri"))
+    return parsed.text

@@ -157,9 +157,11 @@ class _Page(html.parser.HTMLParser):
 
 
 def test_the_kfp_component_writes_metrics_confusion_matrix_table1_report_and_verdict(
-    distinct_preprocessed, text_models, image_model, tmp_path
+    distinct_preprocessed, text_models, image_model, feature_cache, tmp_path
 ):
     base = str(tmp_path / "serving")
+    state = tmp_path / "training_state"  # the trainer's work directory, with its feature cache
+    shutil.copytree(feature_cache, state / "feature_cache")
     push(text_models["untrained"], base)  # what is served: the candidate must beat it
     out = tmp_path / "outputs"
     out.mkdir()
@@ -173,6 +175,7 @@ def test_the_kfp_component_writes_metrics_confusion_matrix_table1_report_and_ver
         image_model=dsl.Model(uri=image_model),
         examples=dsl.Dataset(uri=distinct_preprocessed.examples_dir),
         transform_graph=dsl.Artifact(uri=distinct_preprocessed.transform_graph_dir),
+        training_state=dsl.Artifact(uri=str(state)),
         accuracy_threshold=0.5,
         accuracy_tolerance=TOLERANCE,
         baseline_max_train_products=100_000,
@@ -222,6 +225,8 @@ def test_the_kfp_component_writes_metrics_confusion_matrix_table1_report_and_ver
     assert figures["baseline_top1_accuracy"] == summary["baseline"]["top1_accuracy"]
     assert "Against the baseline a user already has" in page.text and "tfidf_svm" in " ".join(page.text)
     assert "tfidf_svm baseline's top-1" in blessing.metadata["reason"]
+    assert figures["tfidf_image_poe_top1_accuracy"] == summary["poe_baseline"]["top1_accuracy"]
+    assert "Against the title and photo model a user builds" in page.text
 
 
 def _split_titles(examples_dir: str, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -300,3 +305,105 @@ def test_a_baseline_that_cannot_be_fitted_is_said_and_the_candidate_still_judged
     verdict = gate(evaluation.metrics, 0.0, None, baseline=evaluation.baseline, baseline_tolerance=0.0)
     assert verdict.blessed and "baseline could not be fitted" in verdict.reason
     assert "baseline could not be fitted" in render_html(evaluation, verdict, "model")
+
+
+@pytest.fixture(scope="module")
+def feature_cache(distinct_preprocessed, tiny_bert_handle, tmp_path_factory) -> str:
+    """The trainer's frozen-feature cache of distinct_preprocessed (a fifth of train carved out for
+    validation), as a tune frozen or top run leaves it in its work directory."""
+    from trainer import features_cache
+    from trainer.fusion import HeadConfig
+    from trainer.model import ModelConfig
+
+    cache_dir = str(tmp_path_factory.mktemp("state") / "feature_cache")
+    config = ModelConfig(fusion="image_only", bert_handle=str(tiny_bert_handle), image_weights=None,
+                         image_size=conftest.SMALL_MODEL_IMAGE_SIZE, max_seq_length=conftest.SMALL_MODEL_SEQ_LENGTH,
+                         head=HeadConfig(width=16))
+    features_cache.cache_features(examples_dir=distinct_preprocessed.examples_dir,
+                                  transform_graph_dir=distinct_preprocessed.transform_graph_dir, cache_dir=cache_dir,
+                                  model_config=config, validation_fraction=0.2)
+    return cache_dir
+
+
+def _poe_fit(cache_dir: str, records: tuple):
+    """What the KFP shell passes the evaluate stage: tfidf_image_poe fitted on a training run's cache of
+    `records` (examples, transform graph)."""
+    from trainer.features_cache import fit_poe
+
+    return lambda classes: fit_poe(cache_dir, *records, classes)
+
+
+def _cached_split(cache_dir: str, split: str, titles: dict) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(titles, image features, label ids) of a cached split, its titles looked up by id."""
+    from trainer import features_cache
+
+    ids, images, labels = [], [], []
+    for inputs, batch_labels, batch_ids in features_cache.make_feature_dataset(cache_dir, split, 16, False,
+                                                                               with_ids=True):
+        ids += list(batch_ids.numpy())
+        images.append(inputs[features.IMAGE_FEATURES_KEY].numpy())
+        labels.append(batch_labels.numpy())
+    return [titles[i] for i in ids], np.concatenate(images), np.concatenate(labels)
+
+
+def test_tfidf_image_poe_is_fitted_on_the_trainers_cache_and_paired_with_the_candidate_on_the_same_products(
+    distinct_preprocessed, text_models, feature_cache
+):
+    from common import poe
+
+    records = (distinct_preprocessed.examples_dir, distinct_preprocessed.transform_graph_dir)
+    evaluation = evaluate_model(text_models["untrained"], *records, poe_fit=_poe_fit(feature_cache, records))
+    titles = {}
+    for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
+        split_titles, _, ids = _split_titles(distinct_preprocessed.examples_dir, split)
+        titles.update(zip(ids, split_titles))
+    train, validation, evaluated = (_cached_split(feature_cache, s, titles) for s in (
+        features.TRAIN_SPLIT, features.VALIDATION_SPLIT, features.EVAL_SPLIT))
+    assert len(validation[0]) > 0  # C is chosen on a validation split
+    classes = len(DISTINCT_CLASSES) + 1  # and the out-of-vocabulary class
+    direct = poe.TfidfImagePoe(train, validation, classes)
+    expected = np.mean(direct.scores(evaluated[0], evaluated[1]).argmax(1) == evaluated[2])
+    fitted = evaluation.poe_baseline
+    assert fitted["model"] == "tfidf_image_poe" and fitted["train_products"] == len(train[0]) + len(validation[0])
+    assert fitted["choices"] == direct.choices()
+    assert fitted["examples"] == len(evaluated[0]) == evaluation.metrics["examples"]
+    assert fitted["top1_accuracy"] == pytest.approx(expected)
+    assert fitted["top1_accuracy"] > evaluation.metrics["top1_accuracy"] + 0.2  # against an untrained candidate
+    paired = fitted["paired"]
+    assert (paired["both_right"] + paired["baseline_only_right"]) / paired["examples"] == pytest.approx(expected)
+    assert (paired["both_right"] + paired["candidate_only_right"]) / paired["examples"] == pytest.approx(
+        evaluation.metrics["top1_accuracy"])
+    scalars = evaluation.scalars()
+    assert scalars["tfidf_image_poe_top1_accuracy"] == fitted["top1_accuracy"]
+    assert scalars["tfidf_image_poe_only_right"] == paired["baseline_only_right"]
+    # Reported, not gated on: the gate reads the tfidf_svm baseline only.
+    verdict = gate(evaluation.metrics, 0.0, None, baseline=evaluation.baseline, baseline_tolerance=1.0)
+    assert verdict.blessed and "tfidf_image_poe" not in verdict.reason
+    none = evaluate_model(text_models["untrained"], *records, poe_fit=_poe_fit(feature_cache, records),
+                          baseline_max_train_products=0)
+    assert none.poe_baseline is None and not any(k.startswith("tfidf_image_poe") for k in none.scalars())
+
+
+def test_a_feature_cache_that_cannot_serve_tfidf_image_poe_is_said_and_the_candidate_still_judged(
+    distinct_preprocessed, text_models, feature_cache, tmp_path, monkeypatch
+):
+    from common import poe
+    from components.evaluation_report import render_html
+
+    records = (distinct_preprocessed.examples_dir, distinct_preprocessed.transform_graph_dir)
+    other = tmp_path / "other"
+    shutil.copytree(feature_cache, other)
+    metadata = json.loads((other / "cache.json").read_text())
+    (other / "cache.json").write_text(json.dumps({**metadata, "data": "0123456789abcdef"}))
+    cases = {"no finished feature cache": str(tmp_path / "none"),  # the trainer ran tune full
+             "built from other examples": str(other)}
+    for reason, cache_dir in cases.items():
+        evaluation = evaluate_model(text_models["trained"], *records, poe_fit=_poe_fit(cache_dir, records))
+        assert evaluation.metrics["examples"] > 0 and evaluation.baseline["top1_accuracy"] > 0
+        assert reason in evaluation.poe_baseline["error"] and evaluation.poe_baseline["error"].startswith(
+            "the tfidf_image_poe baseline was not fitted: ")
+        assert not any(k.startswith("tfidf_image_poe") for k in evaluation.scalars())
+        assert reason in render_html(evaluation, gate(evaluation.metrics, 0.0), "model")
+    monkeypatch.setattr(poe, "MAX_EVALUATE_COST", 10)
+    evaluation = evaluate_model(text_models["trained"], *records, poe_fit=_poe_fit(feature_cache, records))
+    assert "classes is past what the evaluate stage fits (10)" in evaluation.poe_baseline["error"]

@@ -366,3 +366,8 @@ def test_reliability_bins_split_at_cell_edges_when_neighbouring_cells_are_full()
     assert counts.reliability(4) == [
         {"products": 5, "confidence": pytest.approx(c[i:i + 5].mean()), "accuracy": pytest.approx(right[i:i + 5].mean())}
         for i in range(0, 20, 5)]
+
+
+def test_stream_weights_of_another_width_are_an_error_naming_the_shape():
+    with pytest.raises(ValueError, match=r"\[batch, 2\] or \[batch, 3\], got shape \(4, 4\)"):
+        metrics.StreamWeightCounts().add(np.full((4, 4), 0.25), np.ones(4, bool))

@@ -73,6 +73,9 @@ def test_run_local_pushes_a_versioned_model_that_learned_the_catalog_labels(tmp_
     assert candidate.split()[-3:] == [f"{figures[k]:.4f}" for k in ("top1_accuracy", "top5_accuracy", "macro_f1")]
     baseline = next(line for line in block if line.startswith("tfidf_svm baseline"))
     assert baseline.split()[2] == f"{figures['baseline_top1_accuracy']:.4f}"
+    # tfidf_image_poe on the frozen image features the train task cached (tune frozen here).
+    poe = next(line for line in block if line.startswith("tfidf_image_poe baseline"))
+    assert poe.split()[2] == f"{figures['tfidf_image_poe_top1_accuracy']:.4f}"
     assert any(line.startswith(f"calibration: ECE {figures['ece']:.4f}") for line in block)
     assert f"all figures: {tmp_path / 'run' / 'metrics.json'}" in block and len(block) <= 10
     # The gate's threshold is 0 here, so being pushed proves nothing: the pushed model must have learned,

@@ -267,27 +267,9 @@ def run_baseline(run: Run, classes: int) -> dict:
 def run_poe(run: Run, classes: int) -> dict:
     """tfidf_image_poe on the same products: titles from the examples, image features from the feature
     cache (the frozen encoder's f_i); C chosen on validation, refitted on train and validation, scored on eval."""
-    from trainer import data
-
-    spec = baselines.record_spec()
-
     def split(name):
-        image = {}
-        for inputs, _, ids in features_cache.make_feature_dataset(run.cache_dir, name, 1024, False, with_ids=True):
-            image.update(zip(ids.numpy(), inputs[features.IMAGE_FEATURES_KEY].numpy()))
-        source, keep = data.split_predicate(name, run.train_config.validation_fraction)
-        records = data.select(data.read_records(os.path.join(run.examples_dir, source, "*"), shuffle=False), keep)
-        titles, ids, labels = [], [], []
-        for batch in records.batch(1024).map(lambda s: tf.io.parse_example(s, spec)):
-            titles += baselines.decode_titles(batch[features.TITLE_KEY].numpy())
-            ids += list(batch[features.ID_KEY].numpy())
-            labels.append(batch[features.LABEL_ID_KEY].numpy())
-        missing = [i.decode() for i in ids if i not in image]
-        if missing:
-            raise ValueError(f"the feature cache {run.cache_dir} has no image features for {len(missing)} {name} "
-                             f"products (e.g. {missing[0]}): it was built from other examples")
-        return (titles, np.stack([image[i] for i in ids]) if ids else np.zeros([0, 1], np.float32),
-                np.concatenate(labels) if labels else np.zeros([0], np.int64))
+        return features_cache.titles_and_image_features(run.cache_dir, run.examples_dir, name,
+                                                        run.train_config.validation_fraction)[:3]
 
     return poe.fit_and_score(split(features.TRAIN_SPLIT), split(features.VALIDATION_SPLIT),
                              {features.EVAL_SPLIT: split(features.EVAL_SPLIT)}, classes)

@@ -355,3 +355,57 @@ def for_model(dataset: tf.data.Dataset, input_names) -> tf.data.Dataset:
     """Only the inputs a model takes (a text-only model has no image input)."""
     names = tuple(input_names)
     return dataset.map(lambda inputs, *rest: ({k: inputs[k] for k in names}, *rest))
+
+
+def titles_and_image_features(cache_dir: str, examples_dir: str, split: str,
+                              validation_fraction: float) -> tuple[list[str], np.ndarray, np.ndarray, list[bytes]]:
+    """(titles, the frozen image encoder's f_i [n, image_dim], label ids [n], ids) of a split: what
+    tfidf_image_poe reads. Titles from the transformed examples (with any extra text columns joined),
+    f_i from the cache of those examples, matched by id (the cache holds another order)."""
+    from common import baselines
+
+    image = {}
+    for inputs, _, ids in make_feature_dataset(cache_dir, split, 1024, False, with_ids=True):
+        image.update(zip(ids.numpy(), inputs[features.IMAGE_FEATURES_KEY].numpy()))
+    source, keep = data.split_predicate(split, validation_fraction)
+    records = data.select(data.read_records(os.path.join(examples_dir, source, "*"), shuffle=False), keep)
+    spec = baselines.record_spec()
+    titles, ids, labels = [], [], []
+    for batch in records.batch(1024).map(lambda s: tf.io.parse_example(s, spec)):
+        titles += baselines.decode_titles(batch[features.TITLE_KEY].numpy())
+        ids += list(batch[features.ID_KEY].numpy())
+        labels.append(batch[features.LABEL_ID_KEY].numpy())
+    missing = [i.decode("utf-8", errors="replace") for i in ids if i not in image]
+    if missing:
+        raise ValueError(f"the feature cache {cache_dir} has no image features for {len(missing)} {split} "
+                         f"products (e.g. {missing[0]}): it was built from other examples")
+    return (titles, np.stack([image[i] for i in ids]) if ids else np.zeros([0, 1], np.float32),
+            np.concatenate(labels) if labels else np.zeros([0], np.int64), ids)
+
+
+def fit_poe(cache_dir: str, examples_dir: str, transform_graph_dir: str, num_classes: int):
+    """tfidf_image_poe (common/poe.py) fitted as the benchmark fits it, on the titles of `examples_dir` and
+    the frozen image features a training run cached from them in `cache_dir`: its EvalPredictions;
+    ValueError, saying why, when that cache cannot serve."""
+    from common import poe
+
+    if not tf.io.gfile.exists(os.path.join(cache_dir, METADATA_FILE)):
+        raise ValueError(f"the trainer left no finished feature cache in {cache_dir} (it caches the frozen image "
+                         "features for tune frozen and top, not full)")
+    metadata = read_metadata(cache_dir)
+    if metadata.get("data") != data.fingerprint(examples_dir, transform_graph_dir):
+        raise ValueError(f"the feature cache in {cache_dir} was built from other examples or another transform graph")
+    sizes, fraction = metadata["split_sizes"], metadata["validation_fraction"]
+    train_products = sizes.get(features.TRAIN_SPLIT, 0) + sizes.get(features.VALIDATION_SPLIT, 0)
+    if train_products * num_classes > poe.MAX_EVALUATE_COST:
+        raise ValueError(f"{train_products} training products × {num_classes} classes is past what the evaluate "
+                         f"stage fits ({poe.MAX_EVALUATE_COST:,}); the benchmark reports it")
+
+    def split(name: str):
+        return titles_and_image_features(cache_dir, examples_dir, name, fraction)
+
+    train = split(features.TRAIN_SPLIT)[:3]
+    validation = (split(features.VALIDATION_SPLIT)[:3] if fraction else
+                  ([], np.zeros([0, train[1].shape[1]], np.float32), np.zeros([0], np.int64)))
+    titles, images, _, ids = split(features.EVAL_SPLIT)
+    return poe.fit_for_eval(train, validation, (titles, images, ids), num_classes)
