@@ -134,6 +134,21 @@ def catalog_of(preprocessed) -> pathlib.Path:
     return pathlib.Path(preprocessed.examples_dir).parent / "catalog.csv"
 
 
+def copy_preprocessed(preprocessed, output_dir: pathlib.Path) -> pathlib.Path:
+    """A preprocessed_once run copied into the preprocess command's layout (components/preprocess/job.py
+    preprocess_to_dir), where the commands that preprocess look for a finished run and reuse it."""
+    from components.preprocess import job
+
+    root = pathlib.Path(preprocessed.examples_dir).parent
+    output_dir.mkdir(parents=True)
+    shutil.copytree(preprocessed.examples_dir, output_dir / job.EXAMPLES_DIR)
+    shutil.copytree(preprocessed.transform_graph_dir, output_dir / job.TRANSFORM_GRAPH_DIR)
+    for name in (job.METRICS_FILE, job.QUARANTINE_FILE):
+        if (root / "report" / name).exists():  # no quarantine file when no row was bad
+            shutil.copy(root / "report" / name, output_dir / name)
+    return output_dir
+
+
 @pytest.fixture(scope="session")
 def small_preprocessed(tmp_path_factory, bert_vocab_file):
     """48 real products (and 3 bad rows) through the real preprocess stage, once per test run."""
@@ -212,6 +227,7 @@ def eval_records(preprocessed) -> tuple:
 DISTINCT_CLASSES = ("Watches", "Sunglasses", "Handbags")
 SMALL_MODEL_SEQ_LENGTH = 16
 SMALL_MODEL_IMAGE_SIZE = 32  # EfficientNet's smallest input
+DISTINCT_EVAL_FRACTION = 0.25
 
 
 @pytest.fixture(scope="session")
@@ -225,7 +241,7 @@ def distinct_preprocessed(tmp_path_factory, bert_vocab_file):
 
     return preprocessed_once(tmp_path_factory, "distinct_preprocessed", write_catalog, bert_vocab_file,
                              max_seq_length=SMALL_MODEL_SEQ_LENGTH, image_size=SMALL_MODEL_IMAGE_SIZE,
-                             eval_fraction=0.25)
+                             eval_fraction=DISTINCT_EVAL_FRACTION)
 
 
 def train_small_model(preprocessed, export_dir, fusion: str, epochs: int, learning_rate: float, bert_handle) -> str:
@@ -270,10 +286,80 @@ def text_models(distinct_preprocessed, tiny_bert_handle, tmp_path_factory) -> di
     return built_once(tmp_path_factory, "text_models", build)
 
 
+# One work directory of tune "frozen" on distinct_preprocessed for the tests of the feature cache,
+# the cross-fitted folds and the expert fusions (test_features_cache, test_experts): one cache, one
+# pair of unimodal heads and one set of folds, trained once per run instead of once per file.
+FROZEN_VALIDATION_FRACTION = 0.25
+FROZEN_FOLDS = 2
+
+
+def frozen_train_config():
+    """frozen_work's TrainConfig: heads only, on cached features, with a validation split and folds."""
+    from trainer import recipe
+    from trainer.model import FROZEN
+    from trainer.train import TrainConfig
+
+    return TrainConfig(head_recipe=recipe.Recipe(learning_rate=1e-2, epochs=3, batch_size=8), tune=FROZEN,
+                       validation_fraction=FROZEN_VALIDATION_FRACTION, crossfit_folds=FROZEN_FOLDS,
+                       mixed_precision=False)
+
+
+def frozen_model_config(bert_handle):
+    """frozen_work's ModelConfig of policy. hanet_experts trains in the same work dir with other head
+    options (key_dim), which the unimodal stages and the folds do not depend on."""
+    from trainer import fusion
+    from trainer.model import ModelConfig
+
+    return ModelConfig(fusion=fusion.POLICY, bert_handle=str(bert_handle), image_weights=None,
+                       image_size=SMALL_MODEL_IMAGE_SIZE, max_seq_length=SMALL_MODEL_SEQ_LENGTH,
+                       head=fusion.HeadConfig(width=16))
+
+
+def experts_model_config(model_config):
+    """frozen_work's hanet_experts: the policy's settings with another head."""
+    import dataclasses as dc
+
+    from common import features
+    from trainer import fusion
+
+    return dc.replace(model_config, fusion=features.HANET_EXPERTS, head=fusion.HeadConfig(width=16, key_dim=8))
+
+
+@pytest.fixture(scope="session")
+def frozen_work(distinct_preprocessed, tiny_bert_handle, tmp_path_factory) -> dict:
+    """tune "frozen" on distinct_preprocessed in one work dir, once per run: policy (so text_only,
+    image_only, the cross-fitted folds, then policy), exported with text_only; then hanet_experts
+    (the lexical expert, then its head) on the same cache, unimodal stages and folds, exported, with
+    what its training printed. Read-only: a test that writes into the work dir copies it first.
+    {"work": dir, "exports": {stage: dir}, "experts_log": text}"""
+
+    def build(root):
+        import contextlib
+        import io
+
+        from common import features
+        from trainer import fusion
+        from trainer.train import train
+
+        model_config, train_config = frozen_model_config(tiny_bert_handle), frozen_train_config()
+        paths = {"examples_dir": distinct_preprocessed.examples_dir,
+                 "transform_graph_dir": distinct_preprocessed.transform_graph_dir, "work_dir": str(root / "work")}
+        exports = {stage: str(root / stage) for stage in (fusion.POLICY, fusion.TEXT_ONLY, features.HANET_EXPERTS)}
+        train(export_dir=exports[fusion.POLICY], model_config=model_config, train_config=train_config,
+              unimodal_export_dirs={fusion.TEXT_ONLY: exports[fusion.TEXT_ONLY]}, **paths)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            train(export_dir=exports[features.HANET_EXPERTS], model_config=experts_model_config(model_config),
+                  train_config=train_config, **paths)
+        return {"work": paths["work_dir"], "exports": exports, "experts_log": printed.getvalue()}
+
+    return built_once(tmp_path_factory, "frozen_work", build)
+
+
 # What makes a test slow: a fixture under it that preprocesses a catalog, trains a model, runs a Beam
 # job or a whole system, or runs every documented command (seconds to minutes each). `-m "not slow"`
 # leaves these tests out, and those below and those marked slow by hand.
-HEAVY_FIXTURES = frozenset({"small_preprocessed", "distinct_preprocessed", "text_models", "benchmark_run",
+HEAVY_FIXTURES = frozenset({"small_preprocessed", "distinct_preprocessed", "text_models", "frozen_work", "benchmark_run",
                             "cli_run", "transform_output", "helps",
                             "limited"})  # test_serving_pixel_limit: a preprocess run and an export
 # Tests slow by their own work, about 3 CPU seconds or more each (measured with scripts/cpu_durations.py):

@@ -9,7 +9,9 @@ import tensorflow as tf
 
 from common import features
 from pipeline.__main__ import main
-from tests.conftest import write_small_catalog
+from pipeline import benchmark
+from tests.conftest import (DISTINCT_EVAL_FRACTION, FROZEN_VALIDATION_FRACTION as VALIDATION_FRACTION,
+                            SMALL_MODEL_IMAGE_SIZE, SMALL_MODEL_SEQ_LENGTH, catalog_of, copy_preprocessed)
 from trainer import ablation, data, features_cache
 from trainer.model import FROZEN, TOP
 
@@ -17,23 +19,28 @@ MODELS = {"text_only", "image_only", "decision_level", "hanet"}
 
 
 @pytest.fixture(scope="module")
-def benchmark_run(tmp_path_factory, tiny_bert_handle):
+def benchmark_run(tmp_path_factory, tiny_bert_handle, distinct_preprocessed):
+    """The command on distinct_preprocessed's catalog: its preprocess run (the same sequence length and
+    image size) is copied where the command looks for its own, which it reuses. (root, results, catalog)"""
     root = tmp_path_factory.mktemp("benchmark")
-    catalog = write_small_catalog(root / "catalog.csv", 60)
+    copy_preprocessed(distinct_preprocessed, root / "out" / benchmark.PREPROCESS_DIR)
+    catalog = catalog_of(distinct_preprocessed)
     args = [
         "benchmark", "--catalog", str(catalog), "--label-column", "articleType", "--out", str(root / "out"),
         "--seeds", "1", "--models", ",".join(sorted(MODELS)), "--tune", "frozen,top",
         "--bert-handle", str(tiny_bert_handle), "--text-pooling", "pooled", "--image-weights", "",
-        "--image-variant", "b0", "--image-size", "32", "--max-seq-length", "16", "--head-width", "32",
+        "--image-variant", "b0", "--image-size", str(SMALL_MODEL_IMAGE_SIZE),
+        "--max-seq-length", str(SMALL_MODEL_SEQ_LENGTH), "--head-width", "32",
         "--learning-rates", "1e-2,3e-2", "--max-epochs", "3", "--patience", "2", "--top-epochs", "1",
         # One fine-tuning rate and one EfficientNet block (the default's two are test_features_cache's):
         # the benchmark's own logic is what this module tests, at the least training that shows it.
         "--top-learning-rates", "1e-4", "--image-top-blocks", "1",
-        "--crossfit-folds", "2", "--validation-fraction", "0.2", "--beam-arg=--direct_running_mode=in_memory",
+        "--crossfit-folds", "2", "--validation-fraction", str(VALIDATION_FRACTION),
+        "--eval-fraction", str(DISTINCT_EVAL_FRACTION), "--beam-arg=--direct_running_mode=in_memory",
     ]
     assert main(args) == 0
     with open(root / "out" / "results.json") as f:
-        return root, json.load(f)
+        return root, json.load(f), catalog
 
 
 def _cached_ids(out, split):
@@ -42,7 +49,7 @@ def _cached_ids(out, split):
 
 
 def test_validation_is_carved_out_of_train_and_eval_is_untouched(benchmark_run):
-    root, _ = benchmark_run
+    root, _, _ = benchmark_run
     out = root / "out"
     train, validation = _cached_ids(out, features.TRAIN_SPLIT), _cached_ids(out, features.VALIDATION_SPLIT)
     spec = {features.ID_KEY: tf.io.FixedLenFeature([], tf.string)}
@@ -54,13 +61,13 @@ def test_validation_is_carved_out_of_train_and_eval_is_untouched(benchmark_run):
 
     assert validation and not set(train) & set(validation)
     assert sorted(train + validation) == sorted(preprocessed(features.TRAIN_SPLIT))
-    assert data.in_validation(tf.constant(validation), 0.2).numpy().all()
+    assert data.in_validation(tf.constant(validation), VALIDATION_FRACTION).numpy().all()
     # The cache orders products by a hash of their id: the same products, each once, in its own order.
     assert sorted(_cached_ids(out, features.EVAL_SPLIT)) == sorted(preprocessed(features.EVAL_SPLIT))
 
 
 def test_every_model_seed_and_tune_is_reported_consistently(benchmark_run):
-    _, results = benchmark_run
+    _, results, _ = benchmark_run
     summary, raw = results["summary"], results["raw"]
     assert set(summary["tunes"]) == {FROZEN, TOP} and summary["tune"] == TOP
     # the last tune's models, and the baselines
@@ -91,7 +98,7 @@ def test_every_model_seed_and_tune_is_reported_consistently(benchmark_run):
 
 
 def test_the_chosen_learning_rate_and_decision_training_are_the_best_on_validation(benchmark_run):
-    _, results = benchmark_run
+    _, results, _ = benchmark_run
     for tune in (FROZEN, TOP):
         raw = results["raw"][tune]
         for model, candidates in raw["selection"].items():
@@ -105,7 +112,7 @@ def test_the_chosen_learning_rate_and_decision_training_are_the_best_on_validati
 
 
 def test_top_fine_tunes_from_the_frozen_heads_and_the_tuned_blocks_train(benchmark_run):
-    root, results = benchmark_run
+    root, results, _ = benchmark_run
     work = root / "out" / "runs"
     for seed in (0,):
         rate = results["raw"][TOP]["learning_rates"]["text_only"]
@@ -126,9 +133,9 @@ def test_top_fine_tunes_from_the_frozen_heads_and_the_tuned_blocks_train(benchma
 def test_the_baseline_is_tfidf_svm_on_the_same_titles_and_split(benchmark_run):
     from common.baselines import TfidfSvm
 
-    root, results = benchmark_run
+    root, results, catalog = benchmark_run
     out = root / "out"
-    with open(root / "catalog.csv", newline="") as f:
+    with open(catalog, newline="") as f:
         rows = {row["id"]: row for row in csv.DictReader(f)}
     train = [rows[i] for i in _cached_ids(out, features.TRAIN_SPLIT)]
     evaluated = [rows[i] for i in _cached_ids(out, features.EVAL_SPLIT)]
@@ -149,9 +156,9 @@ def test_the_baseline_is_tfidf_svm_on_the_same_titles_and_split(benchmark_run):
 def test_tfidf_image_poe_is_the_product_of_its_experts_on_the_cached_image_features(benchmark_run):
     from common import poe
 
-    root, results = benchmark_run
+    root, results, catalog = benchmark_run
     out = root / "out"
-    with open(root / "catalog.csv", newline="") as f:
+    with open(catalog, newline="") as f:
         rows = {row["id"]: row for row in csv.DictReader(f)}
     names = sorted({r["articleType"] for r in rows.values()})
 
