@@ -171,22 +171,18 @@ def _raw_eval_products(examples_dir):
 
 
 def test_hanet_experts_trains_on_crossfit_lexical_scores_and_serves_the_whole_train_expert_from_the_title(
-        distinct_preprocessed, tiny_bert_handle, tmp_path):
-    from tests.conftest import SMALL_MODEL_IMAGE_SIZE, SMALL_MODEL_SEQ_LENGTH
+        distinct_preprocessed, frozen_work, tiny_bert_handle):
+    """On tests/conftest.py's frozen_work: hanet_experts trained (tune frozen) after the policy, in its
+    work dir, on its cache, unimodal stages and cross-fitted folds."""
+    from tests.conftest import FROZEN_FOLDS, experts_model_config, frozen_model_config, frozen_train_config
     from trainer import data, lexical
     from trainer.decision_models import probability_dataset
-    from trainer.model import ModelConfig
-    from trainer.recipe import Recipe
-    from trainer.train import Run, TrainConfig, train, train_stages
+    from trainer.train import Run, train_stages
 
-    model_config = ModelConfig(fusion=features.HANET_EXPERTS, bert_handle=str(tiny_bert_handle), image_weights=None,
-                               image_size=SMALL_MODEL_IMAGE_SIZE, max_seq_length=SMALL_MODEL_SEQ_LENGTH,
-                               head=fusion.HeadConfig(width=16, key_dim=8))
-    train_config = TrainConfig(tune="frozen", head_recipe=Recipe(learning_rate=1e-2, epochs=3, batch_size=8),
-                               validation_fraction=0.25, crossfit_folds=2, mixed_precision=False)
+    model_config = experts_model_config(frozen_model_config(tiny_bert_handle))
+    train_config = frozen_train_config()
     paths = {"examples_dir": distinct_preprocessed.examples_dir,
-             "transform_graph_dir": distinct_preprocessed.transform_graph_dir, "work_dir": str(tmp_path / "work")}
-    train(export_dir=str(tmp_path / "export"), model_config=model_config, train_config=train_config, **paths)
+             "transform_graph_dir": distinct_preprocessed.transform_graph_dir, "work_dir": frozen_work["work"]}
 
     # The run's expert, as training left it: C chosen on validation, train products scored out of fold.
     run = Run(model_config=model_config, train_config=train_config, log=lambda line: None, **paths)
@@ -200,8 +196,8 @@ def test_hanet_experts_trains_on_crossfit_lexical_scores_and_serves_the_whole_tr
     by_id = {i: (t, y) for i, t, y in zip(*records)}
     train_titles = [by_id[i][0] for i in train_ids]
     train_labels = np.array([by_id[i][1] for i in train_ids])
-    folds = data.fold_of(tf.constant(train_ids), 2).numpy()
-    for k in (0, 1):
+    folds = data.fold_of(tf.constant(train_ids), FROZEN_FOLDS).numpy()
+    for k in range(FROZEN_FOLDS):
         inside, outside = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
         # An expert fitted without fold k (its vocabulary too): the scores the head trained on for fold k.
         vocabulary = lexical.learn_vocabulary([train_titles[i] for i in inside])
@@ -214,7 +210,7 @@ def test_hanet_experts_trains_on_crossfit_lexical_scores_and_serves_the_whole_tr
         whole = expert.layer(tf.constant([train_titles[i] for i in outside])).numpy()
         assert np.abs(stored - whole).max() > 1e-3  # not the whole-train expert, which saw fold k's labels
     # ... and the decision network's training records carry exactly those scores.
-    records_dir = tf.io.gfile.glob(str(tmp_path / "work" / "probabilities" / "crossfit2-*"))[0]
+    records_dir = tf.io.gfile.glob(f"{frozen_work['work']}/probabilities/crossfit{FROZEN_FOLDS}-*")[0]
     for inputs, _ in probability_dataset(records_dir, features.TRAIN_SPLIT, run.classes, 64, False, lexical=expert):
         assert {features.LEXICAL_LOG_PROBS_KEY, features.TEXT_PROBABILITIES_KEY} <= set(inputs)
     seen = [inputs for inputs, _ in probability_dataset(records_dir, features.TRAIN_SPLIT, run.classes, 64, False,
@@ -230,7 +226,8 @@ def test_hanet_experts_trains_on_crossfit_lexical_scores_and_serves_the_whole_tr
     products = _raw_eval_products(distinct_preprocessed.examples_dir)
     assert set(products) == set(expected) and len(products) >= 5
     order = sorted(products)
-    served = _serve_without_tensorflow_text(str(tmp_path / "export"), [products[i][0] for i in order],
+    served = _serve_without_tensorflow_text(frozen_work["exports"][features.HANET_EXPERTS],
+                                            [products[i][0] for i in order],
                                             [products[i][1] for i in order])
     assert served["unregistered"] == [] and not served["tensorflow_text_loaded"]
     top = np.sort(np.stack([expected[i] for i in order]), axis=1)[:, ::-1][:, :len(served["logits"][0])]
