@@ -1,4 +1,5 @@
 """Shared fixtures: real data from ../shared, encoders built by the set-up command."""
+import contextlib
 import dataclasses
 import json
 import os
@@ -182,7 +183,30 @@ def cache_encoders_config(bert_handle):
                        max_seq_length=24)
 
 
-def cache_split_records(cache_dir, split: str, metadata: dict) -> dict:
+CACHE_VALIDATION_FRACTION = 0.25
+CACHE_PRODUCTS_PER_SHARD = 10
+
+
+def cache_job_args(preprocessed, bert_handle) -> dict:
+    """The feature cache tests' job: the top form (which holds the frozen one too) of `preprocessed`, a
+    validation split, batches of 8."""
+    return dict(examples_dir=preprocessed.examples_dir, transform_graph_dir=preprocessed.transform_graph_dir,
+                model_config=cache_encoders_config(bert_handle), top=True,
+                validation_fraction=CACHE_VALIDATION_FRACTION, batch_size=8)
+
+
+@contextlib.contextmanager
+def small_cache_shards():
+    """Hash shards of CACHE_PRODUCTS_PER_SHARD products while caches are built, so that a small split
+    spans several (read by the launchers only: they count the shards)."""
+    from trainer import features_cache
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(features_cache, "RECORDS_PER_SHARD", CACHE_PRODUCTS_PER_SHARD)
+        yield
+
+
+def _cache_split_records(cache_dir, split: str, metadata: dict) -> dict:
     """A feature cache split's records in file-name order, parsed in both forms: {key: values over the
     products}."""
     import glob
@@ -201,6 +225,29 @@ def cache_split_records(cache_dir, split: str, metadata: dict) -> dict:
     for key in (features.TEXT_HIDDEN_KEY, features.IMAGE_MAP_KEY):
         out[key] = [np.frombuffer(value, np.float16).astype(np.float32) for value in out[key]]
     return out
+
+
+def assert_same_cache(got_dir, expected_dir, metadata: dict) -> None:
+    """Two top-form feature caches of `metadata`: every split the same files (one per hash shard, none
+    empty), the same products in the same order, features equal to float rounding (the encoders saw
+    other batches)."""
+    import numpy as np
+
+    from common import features
+
+    for split, size in metadata["split_sizes"].items():
+        assert size > 0
+        assert sorted(os.listdir(os.path.join(got_dir, split))) == sorted(os.listdir(os.path.join(expected_dir, split)))
+        got, expected = (_cache_split_records(d, split, metadata) for d in (got_dir, expected_dir))
+        assert len(got[features.ID_KEY]) == size
+        np.testing.assert_array_equal(got[features.ID_KEY], expected[features.ID_KEY])
+        np.testing.assert_array_equal(got[features.LABEL_ID_KEY], expected[features.LABEL_ID_KEY])
+        np.testing.assert_array_equal(got["text_length"], expected["text_length"])
+        for key in (features.TEXT_FEATURES_KEY, features.IMAGE_FEATURES_KEY):
+            np.testing.assert_allclose(np.stack(got[key]), np.stack(expected[key]), rtol=1e-4, atol=1e-5)
+        for key in (features.TEXT_HIDDEN_KEY, features.IMAGE_MAP_KEY):  # float16: its rounding, at most
+            for mine, theirs in zip(got[key], expected[key], strict=True):
+                np.testing.assert_allclose(mine, theirs, rtol=2e-3, atol=2e-3)
 
 
 def eval_records(preprocessed) -> tuple:

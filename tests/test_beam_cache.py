@@ -2,15 +2,21 @@
 (trainer/features_cache.py), read by the trainer unchanged."""
 import os
 
-import numpy as np
 import pytest
 
 from common import features
-from tests.conftest import cache_encoders_config, cache_split_records
+from tests.conftest import (
+    CACHE_PRODUCTS_PER_SHARD,
+    CACHE_VALIDATION_FRACTION,
+    assert_same_cache,
+    cache_encoders_config,
+    cache_job_args,
+    small_cache_shards,
+)
 from trainer import beam_cache, features_cache
 
-VALIDATION_FRACTION = 0.25
-PRODUCTS_PER_SHARD = 10
+VALIDATION_FRACTION = CACHE_VALIDATION_FRACTION
+PRODUCTS_PER_SHARD = CACHE_PRODUCTS_PER_SHARD
 
 
 @pytest.fixture(scope="module")
@@ -19,21 +25,16 @@ def model_config(tiny_bert_handle):
 
 
 @pytest.fixture(scope="module")
-def both_caches(small_preprocessed, model_config, tmp_path_factory):
+def both_caches(small_preprocessed, tiny_bert_handle, tmp_path_factory):
     """The top-form cache (which holds the frozen form too) built in process and by Beam, with shards of
     10 products, so that each split spans several hash shards."""
     root = tmp_path_factory.mktemp("beam_cache")
-    patch = pytest.MonkeyPatch()
-    patch.setattr(features_cache, "RECORDS_PER_SHARD", PRODUCTS_PER_SHARD)
-    common = dict(examples_dir=small_preprocessed.examples_dir, transform_graph_dir=small_preprocessed.transform_graph_dir,
-                  model_config=model_config, top=True, validation_fraction=VALIDATION_FRACTION, batch_size=8)
-    try:
+    common = cache_job_args(small_preprocessed, tiny_bert_handle)
+    with small_cache_shards():
         in_process = features_cache.cache_features(cache_dir=str(root / "in_process"), **common)
         # Two worker threads: batches reach the model in another composition and order than in process.
         beam = beam_cache.cache_features_beam(cache_dir=str(root / "beam"), temp_dir=str(root / "tmp"),
                                               beam_args=["--direct_num_workers=2"], **common)
-    finally:
-        patch.undo()
     return root, in_process, beam
 
 
@@ -44,21 +45,7 @@ def test_the_beam_cache_holds_the_in_process_caches_products_in_its_order_with_i
     train_products = in_process["split_sizes"][features.TRAIN_SPLIT] + in_process["split_sizes"][features.VALIDATION_SPLIT]
     train_shards = -(-train_products // PRODUCTS_PER_SHARD)
     assert train_shards > 1
-    for split, size in in_process["split_sizes"].items():
-        expected, got = (cache_split_records(str(root / name), split, in_process) for name in ("in_process", "beam"))
-        assert size > 0 and len(got[features.ID_KEY]) == size
-        np.testing.assert_array_equal(got[features.ID_KEY], expected[features.ID_KEY])  # same products, same order
-        np.testing.assert_array_equal(got[features.LABEL_ID_KEY], expected[features.LABEL_ID_KEY])
-        np.testing.assert_array_equal(got["text_length"], expected["text_length"])
-        for key in (features.TEXT_FEATURES_KEY, features.IMAGE_FEATURES_KEY):
-            np.testing.assert_allclose(np.stack(got[key]), np.stack(expected[key]), rtol=1e-4, atol=1e-5)
-        for key in (features.TEXT_HIDDEN_KEY, features.IMAGE_MAP_KEY):  # float16: its rounding, at most
-            for mine, theirs in zip(got[key], expected[key]):
-                np.testing.assert_allclose(mine, theirs, rtol=2e-3, atol=2e-3)
-    # The same files: one per hash shard of the split the products come from, none empty.
-    for split in in_process["split_sizes"]:
-        files = sorted(os.listdir(root / "beam" / split))
-        assert files == sorted(os.listdir(root / "in_process" / split))
+    assert_same_cache(root / "beam", root / "in_process", in_process)
     assert 1 < len(os.listdir(root / "beam" / features.TRAIN_SPLIT)) <= train_shards
 
 

@@ -36,7 +36,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import REPO_ROOT, cache_encoders_config, cache_split_records, catalog_of
+from tests.conftest import REPO_ROOT, assert_same_cache, cache_job_args, catalog_of, small_cache_shards
 
 distributed = pytest.importorskip("distributed", reason="apache-beam[dask] is not installed (requirements.txt)")
 
@@ -443,47 +443,27 @@ def cache_on_both_runners(dask_cluster, small_preprocessed, tiny_bert_handle, tm
     """The top-form cache written by the shipped Beam job on the DirectRunner and on the DaskRunner (two
     partitions, each examples file read in two pieces), with shards of 10 products so that a split spans
     several hash shards."""
-    from trainer import beam_cache, features_cache
+    from trainer import beam_cache
 
     root = tmp_path_factory.mktemp("dask_cache")
-    config = cache_encoders_config(tiny_bert_handle)
-    common = dict(examples_dir=small_preprocessed.examples_dir, transform_graph_dir=small_preprocessed.transform_graph_dir,
-                  model_config=config, top=True, validation_fraction=0.25, batch_size=8)
-    patch = pytest.MonkeyPatch()
-    patch.setattr(features_cache, "RECORDS_PER_SHARD", 10)  # read by the launcher only: it counts the shards
-    try:
+    common = cache_job_args(small_preprocessed, tiny_bert_handle)
+    with small_cache_shards():
         direct = beam_cache.cache_features_beam(cache_dir=str(root / "direct"), temp_dir=str(root / "direct_tmp"),
                                                 beam_args=["--direct_num_workers=2"], **common)
         dask = beam_cache.cache_features_beam(
             cache_dir=str(root / "dask"), temp_dir=str(root / "dask_tmp"), pieces_per_file=2,
             beam_args=[f"--runner={DASK_RUNNER}", f"--dask_client_address={dask_cluster.scheduler_address}",
                        "--dask_npartitions=2"], **common)
-    finally:
-        patch.undo()
     return root, direct, dask
 
 
 def test_the_feature_cache_on_dask_is_the_direct_runners(cache_on_both_runners):
-    import numpy as np
-
     from common import features
 
     root, direct, dask = cache_on_both_runners
     assert dask == direct  # the metadata: encoders, data, splits and their sizes, output shapes
     assert set(direct["split_sizes"]) == {features.TRAIN_SPLIT, features.VALIDATION_SPLIT, features.EVAL_SPLIT}
-    for split, size in direct["split_sizes"].items():
-        assert size > 0
-        assert sorted(os.listdir(root / "dask" / split)) == sorted(os.listdir(root / "direct" / split))
-        expected, got = (cache_split_records(root / name, split, direct) for name in ("direct", "dask"))
-        assert len(got[features.ID_KEY]) == size
-        np.testing.assert_array_equal(got[features.ID_KEY], expected[features.ID_KEY])  # same products, same order
-        np.testing.assert_array_equal(got[features.LABEL_ID_KEY], expected[features.LABEL_ID_KEY])
-        np.testing.assert_array_equal(got["text_length"], expected["text_length"])
-        for key in (features.TEXT_FEATURES_KEY, features.IMAGE_FEATURES_KEY):  # other batches: float rounding
-            np.testing.assert_allclose(np.stack(got[key]), np.stack(expected[key]), rtol=1e-4, atol=1e-5)
-        for key in (features.TEXT_HIDDEN_KEY, features.IMAGE_MAP_KEY):  # float16: its rounding, at most
-            for mine, theirs in zip(got[key], expected[key], strict=True):
-                np.testing.assert_allclose(mine, theirs, rtol=2e-3, atol=2e-3)
+    assert_same_cache(root / "dask", root / "direct", direct)
     assert len(os.listdir(root / "dask" / features.TRAIN_SPLIT)) > 1
 
 
