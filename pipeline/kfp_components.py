@@ -129,16 +129,22 @@ def train(
     text_model: Output[Model],
     image_model: Output[Model],
     training_state: Output[Artifact],
+    poe_features: Output[Dataset],
 ):
     """`model` is the fusion's serving model. `text_model` and `image_model` are the unimodal models
     of the pretraining stages, with the same signatures, when the fusion trains them (metadata
-    "trained"); epochs/batch_size/learning_rate are the AdamW stages' (text and fusion)."""
+    "trained"); epochs/batch_size/learning_rate are the AdamW stages' (text and fusion).
+    `training_state` is the work directory (checkpoints, backups, the feature cache), for resuming;
+    `poe_features` the frozen image features evaluate fits tfidf_image_poe on, or why there are none
+    (trainer/features_cache.py, write_poe_features): evaluate is sent that, not the work directory."""
     import dataclasses
+    import os
     import shlex
 
     from common import features
     from trainer import recipe
     from trainer import train as training
+    from trainer.features_cache import write_poe_features
     from trainer.model import ModelConfig
 
     adamw = dataclasses.replace(recipe.PAPER_FUSION, learning_rate=learning_rate, epochs=epochs, batch_size=batch_size)
@@ -187,6 +193,9 @@ def train(
         for name, value in logs.get(stage, {}).items():
             if isinstance(value, (int, float)):
                 artifact.metadata[f"train_{name}"] = value
+    written = write_poe_features(os.path.join(training_state.path, training.FEATURE_CACHE_DIR), transform_graph.path,
+                                 poe_features.path)
+    poe_features.metadata.update({"refused": written["refused"]} if "refused" in written else written["split_sizes"])
 
 
 def evaluate(
@@ -195,7 +204,7 @@ def evaluate(
     image_model: Input[Model],
     examples: Input[Dataset],
     transform_graph: Input[Artifact],
-    training_state: Input[Artifact],
+    poe_features: Input[Dataset],
     accuracy_threshold: float,
     accuracy_tolerance: float,
     baseline_max_train_products: int,
@@ -209,10 +218,12 @@ def evaluate(
 ) -> bool:
     """Figures of `model` on the eval split, against the newest version served under
     SERVING_BASE/MODEL_NAME; Table 1 when the trainer exported both unimodal models. `report` is the
-    HTML report; `blessing` the verdict (metadata) and every figure (JSON). `training_state` is the
-    trainer's work directory: tfidf_image_poe reads the frozen image features cached there. Returns whether the model
-    is blessed: the single return value (not a NamedTuple field) keeps the `dsl.If` condition
-    resolvable by kfp.local as well as by the cluster's backend."""
+    HTML report; `blessing` the verdict (metadata) and every figure (JSON). `poe_features` are the
+    frozen image features tfidf_image_poe is fitted on (or why the train stage wrote none): the
+    launcher copies every input artifact into the pod, and these are bounded by the fit's cap where
+    the trainer's work directory grows with the catalog. Returns whether the model is blessed: the
+    single return value (not a NamedTuple field) keeps the `dsl.If` condition resolvable by kfp.local
+    as well as by the cluster's backend."""
     import json
     import os
 
@@ -221,7 +232,6 @@ def evaluate(
     from components.evaluation_report import render_html
     from components.push import newest_served_model
     from trainer.features_cache import fit_poe
-    from trainer.stages import FEATURE_CACHE_DIR
 
     unimodal = [m.path for m in (text_model, image_model) if os.path.exists(os.path.join(m.path, "saved_model.pb"))]
     served = newest_served_model(serving_base, model_name)
@@ -233,8 +243,7 @@ def evaluate(
         image_model_dir=unimodal[1] if len(unimodal) == 2 else None,
         served_model=served,
         baseline_max_train_products=baseline_max_train_products,
-        poe_fit=lambda classes: fit_poe(os.path.join(training_state.path, FEATURE_CACHE_DIR), examples.path,
-                                        transform_graph.path, classes),
+        poe_fit=lambda classes: fit_poe(poe_features.path, examples.path, transform_graph.path, classes),
     )
     for name, value in evaluation.scalars().items():
         metrics.log_metric(name, value)

@@ -36,7 +36,7 @@ def create_training_pipeline(ops: Components, tasks: config.Tasks | None = None,
         data = {"examples": prep.outputs["examples"], "transform_graph": prep.outputs["transform_graph"]}
         trained = task(ops.train, "train", **data)
         models = {name: trained.outputs[name] for name in ("model", "text_model", "image_model")}
-        evaluated = task(ops.evaluate, "evaluate", **models, **data, training_state=trained.outputs["training_state"])
+        evaluated = task(ops.evaluate, "evaluate", **models, **data, poe_features=trained.outputs["poe_features"])
         with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712 (a KFP condition)
             task(ops.push, "push", model=trained.outputs["model"])
         return Outputs(**{name: evaluated.outputs[name] for name in Outputs._fields})

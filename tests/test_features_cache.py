@@ -332,3 +332,29 @@ def test_a_cache_built_for_top_serves_frozen_without_rebuilding(top_run, distinc
         cache_dir=str(root / "work" / FEATURE_CACHE_DIR), model_config=hanet, top=False,
         validation_fraction=config.validation_fraction)
     assert metadata["top"] and "[cache]" not in capsys.readouterr().out
+
+
+def test_the_poe_features_of_a_top_run_are_the_image_features_alone(top_run, distinct_preprocessed, tmp_path):
+    """What the evaluate stage is sent instead of the work directory (write_poe_features): the ids and
+    f_i of the splits tfidf_image_poe fits on; not the checkpoints, the backups, f_t or the inputs of
+    the top blocks, which the top run's work directory holds beside them."""
+    root, _, _ = top_run
+    work, poe_dir = root / "work", tmp_path / "poe_features"
+    cache = features_cache.read_metadata(str(work / FEATURE_CACHE_DIR))
+    written = features_cache.write_poe_features(str(work / FEATURE_CACHE_DIR),
+                                                distinct_preprocessed.transform_graph_dir, str(poe_dir))
+    assert cache["top"] and written["split_sizes"] == cache["split_sizes"] and set(cache["split_sizes"]) == set(
+        features_cache.SPLITS)
+    files = {p.name: p.stat().st_size for p in poe_dir.iterdir()}
+    assert set(files) == {features_cache.POE_METADATA_FILE, *(
+        os.path.basename(features_cache.poe_split_file(str(poe_dir), s)) for s in features_cache.SPLITS)}
+    # Each split's file is its products' float32 f_i and ids, and a few hundred bytes of zip and npy headers.
+    for split, products in cache["split_sizes"].items():
+        path = features_cache.poe_split_file(str(poe_dir), split)
+        with np.load(path) as archive:
+            payload = products * cache["image_dim"] * 4 + archive[features_cache.POE_IDS_KEY].nbytes
+        assert payload <= files[os.path.basename(path)] <= payload + 1024, split
+    assert files[features_cache.POE_METADATA_FILE] < 1024
+    sizes = {name: sum(p.stat().st_size for p in (work / name).rglob("*") if p.is_file())
+             for name in (FEATURE_CACHE_DIR, STAGES_DIR)}
+    assert sum(files.values()) < sizes[STAGES_DIR] / 10

@@ -157,11 +157,9 @@ class _Page(html.parser.HTMLParser):
 
 
 def test_the_kfp_component_writes_metrics_confusion_matrix_table1_report_and_verdict(
-    distinct_preprocessed, text_models, image_model, feature_cache, tmp_path
+    distinct_preprocessed, text_models, image_model, poe_features, tmp_path
 ):
     base = str(tmp_path / "serving")
-    state = tmp_path / "training_state"  # the trainer's work directory, with its feature cache
-    shutil.copytree(feature_cache, state / "feature_cache")
     push(text_models["untrained"], base)  # what is served: the candidate must beat it
     out = tmp_path / "outputs"
     out.mkdir()
@@ -175,7 +173,7 @@ def test_the_kfp_component_writes_metrics_confusion_matrix_table1_report_and_ver
         image_model=dsl.Model(uri=image_model),
         examples=dsl.Dataset(uri=distinct_preprocessed.examples_dir),
         transform_graph=dsl.Artifact(uri=distinct_preprocessed.transform_graph_dir),
-        training_state=dsl.Artifact(uri=str(state)),
+        poe_features=dsl.Dataset(uri=poe_features),
         accuracy_threshold=0.5,
         accuracy_tolerance=TOLERANCE,
         baseline_max_train_products=100_000,
@@ -325,12 +323,26 @@ def feature_cache(distinct_preprocessed, tiny_bert_handle, tmp_path_factory) -> 
     return cache_dir
 
 
-def _poe_fit(cache_dir: str, records: tuple):
-    """What the KFP shell passes the evaluate stage: tfidf_image_poe fitted on a training run's cache of
-    `records` (examples, transform graph)."""
+def _write_poe_features(cache_dir: str, preprocessed, poe_dir) -> str:
+    """What the train component writes beside its work directory: the poe features of its cache."""
+    from trainer.features_cache import write_poe_features
+
+    write_poe_features(cache_dir, preprocessed.transform_graph_dir, str(poe_dir))
+    return str(poe_dir)
+
+
+@pytest.fixture(scope="module")
+def poe_features(distinct_preprocessed, feature_cache, tmp_path_factory) -> str:
+    """The train component's poe_features artifact of feature_cache."""
+    return _write_poe_features(feature_cache, distinct_preprocessed, tmp_path_factory.mktemp("poe") / "poe_features")
+
+
+def _poe_fit(poe_dir: str, records: tuple):
+    """What the KFP shell passes the evaluate stage: tfidf_image_poe fitted on the poe features a
+    training run wrote from its cache of `records` (examples, transform graph)."""
     from trainer.features_cache import fit_poe
 
-    return lambda classes: fit_poe(cache_dir, *records, classes)
+    return lambda classes: fit_poe(poe_dir, *records, classes)
 
 
 def _cached_split(cache_dir: str, split: str, titles: dict) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -347,12 +359,12 @@ def _cached_split(cache_dir: str, split: str, titles: dict) -> tuple[list[str], 
 
 
 def test_tfidf_image_poe_is_fitted_on_the_trainers_cache_and_paired_with_the_candidate_on_the_same_products(
-    distinct_preprocessed, text_models, feature_cache
+    distinct_preprocessed, text_models, feature_cache, poe_features
 ):
     from common import poe
 
     records = (distinct_preprocessed.examples_dir, distinct_preprocessed.transform_graph_dir)
-    evaluation = evaluate_model(text_models["untrained"], *records, poe_fit=_poe_fit(feature_cache, records))
+    evaluation = evaluate_model(text_models["untrained"], *records, poe_fit=_poe_fit(poe_features, records))
     titles = {}
     for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
         split_titles, _, ids = _split_titles(distinct_preprocessed.examples_dir, split)
@@ -379,31 +391,111 @@ def test_tfidf_image_poe_is_fitted_on_the_trainers_cache_and_paired_with_the_can
     # Reported, not gated on: the gate reads the tfidf_svm baseline only.
     verdict = gate(evaluation.metrics, 0.0, None, baseline=evaluation.baseline, baseline_tolerance=1.0)
     assert verdict.blessed and "tfidf_image_poe" not in verdict.reason
-    none = evaluate_model(text_models["untrained"], *records, poe_fit=_poe_fit(feature_cache, records),
+    none = evaluate_model(text_models["untrained"], *records, poe_fit=_poe_fit(poe_features, records),
                           baseline_max_train_products=0)
     assert none.poe_baseline is None and not any(k.startswith("tfidf_image_poe") for k in none.scalars())
 
 
-def test_a_feature_cache_that_cannot_serve_tfidf_image_poe_is_said_and_the_candidate_still_judged(
-    distinct_preprocessed, text_models, feature_cache, tmp_path, monkeypatch
+def test_the_poe_features_give_the_very_predictions_the_feature_cache_gave(distinct_preprocessed, feature_cache,
+                                                                           poe_features):
+    """The artifact against the cache it came from: what evaluate fitted on before it had the artifact
+    (the cache read by titles_and_image_features, as the benchmark still reads it), product by product."""
+    from common import poe
+    from trainer.features_cache import fit_poe, poe_split_file, titles_and_image_features
+
+    examples, transform_graph = distinct_preprocessed.examples_dir, distinct_preprocessed.transform_graph_dir
+    classes = len(DISTINCT_CLASSES) + 1
+    train, validation, evaluated = (titles_and_image_features(feature_cache, examples, s, 0.2) for s in (
+        features.TRAIN_SPLIT, features.VALIDATION_SPLIT, features.EVAL_SPLIT))
+    from_cache = poe.fit_for_eval(train[:3], validation[:3], (evaluated[0], evaluated[1], evaluated[3]), classes)
+    from_artifact = fit_poe(poe_features, examples, transform_graph, classes)
+    assert set(from_artifact.top_ids) == set(from_cache.top_ids) == set(evaluated[3])
+    for product, top in from_cache.top_ids.items():
+        np.testing.assert_array_equal(from_artifact.top_ids[product], top)
+    assert from_artifact.choices == from_cache.choices and from_artifact.train_products == from_cache.train_products
+    # The same float32 features, bit for bit: nothing was rounded on the way.
+    with np.load(poe_split_file(poe_features, features.EVAL_SPLIT)) as archive:
+        stored = dict(zip(archive["ids"].tolist(), archive[features.IMAGE_FEATURES_KEY]))
+    np.testing.assert_array_equal(np.stack([stored[i] for i in evaluated[3]]), evaluated[1])
+
+
+def _poe_files(poe_dir: str) -> set[str]:
+    return set(os.listdir(poe_dir))
+
+
+def test_poe_features_that_cannot_serve_tfidf_image_poe_are_said_and_the_candidate_still_judged(
+    distinct_preprocessed, text_models, feature_cache, poe_features, tmp_path, monkeypatch
 ):
     from common import poe
     from components.evaluation_report import render_html
+    from trainer.features_cache import POE_METADATA_FILE
 
     records = (distinct_preprocessed.examples_dir, distinct_preprocessed.transform_graph_dir)
     other = tmp_path / "other"
     shutil.copytree(feature_cache, other)
     metadata = json.loads((other / "cache.json").read_text())
     (other / "cache.json").write_text(json.dumps({**metadata, "data": "0123456789abcdef"}))
-    cases = {"no finished feature cache": str(tmp_path / "none"),  # the trainer ran tune full
-             "built from other examples": str(other)}
-    for reason, cache_dir in cases.items():
-        evaluation = evaluate_model(text_models["trained"], *records, poe_fit=_poe_fit(cache_dir, records))
+    refused = _write_poe_features(str(tmp_path / "none"), distinct_preprocessed, tmp_path / "poe_none")
+    assert _poe_files(refused) == {POE_METADATA_FILE}  # the trainer ran tune full: nothing but why
+    with monkeypatch.context() as patch:
+        patch.setattr(poe, "MAX_EVALUATE_COST", 10)
+        past_cap = _write_poe_features(feature_cache, distinct_preprocessed, tmp_path / "poe_past_cap")
+    assert _poe_files(past_cap) == {POE_METADATA_FILE}
+    cases = {"no finished feature cache": refused,
+             "built from other examples": _write_poe_features(str(other), distinct_preprocessed, tmp_path / "poe_other"),
+             "classes is past what the evaluate stage fits (10)": past_cap}
+    for reason, poe_dir in cases.items():
+        evaluation = evaluate_model(text_models["trained"], *records, poe_fit=_poe_fit(poe_dir, records))
         assert evaluation.metrics["examples"] > 0 and evaluation.baseline["top1_accuracy"] > 0
         assert reason in evaluation.poe_baseline["error"] and evaluation.poe_baseline["error"].startswith(
             "the tfidf_image_poe baseline was not fitted: ")
         assert not any(k.startswith("tfidf_image_poe") for k in evaluation.scalars())
         assert reason in render_html(evaluation, gate(evaluation.metrics, 0.0), "model")
+    # The cap holds at the fit too, for features written under a higher one.
     monkeypatch.setattr(poe, "MAX_EVALUATE_COST", 10)
-    evaluation = evaluate_model(text_models["trained"], *records, poe_fit=_poe_fit(feature_cache, records))
+    evaluation = evaluate_model(text_models["trained"], *records, poe_fit=_poe_fit(poe_features, records))
     assert "classes is past what the evaluate stage fits (10)" in evaluation.poe_baseline["error"]
+
+
+def _truncated(path: pathlib.Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _one_byte_flipped(path: pathlib.Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF  # inside the image features: only zip's CRC can tell
+    path.write_bytes(bytes(raw))
+
+
+def _wrong_shape(path: pathlib.Path) -> None:
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    np.savez(path, ids=arrays["ids"][:-1], image_features=arrays[features.IMAGE_FEATURES_KEY])
+
+
+def _pickled(path: pathlib.Path) -> None:
+    np.savez(path, ids=np.array([b"a", None], dtype=object), image_features=np.zeros([2, 3]))
+
+
+@pytest.mark.parametrize("damage, file, says", [
+    (_truncated, "train.npz", "cannot be read"),
+    (_one_byte_flipped, "train.npz", "cannot be read"),
+    (lambda path: path.write_bytes(b""), "validation.npz", "cannot be read"),
+    (lambda path: path.unlink(), "eval.npz", "cannot be read"),
+    (_wrong_shape, "eval.npz", "its metadata says"),
+    (_pickled, "train.npz", "cannot be read"),
+    (lambda path: path.write_text('{"data": '), "poe_features.json", "is not the JSON"),
+    (lambda path: path.write_text("[]"), "poe_features.json", "is not the metadata"),
+], ids=["truncated", "one byte flipped", "empty", "missing", "wrong shape", "pickled", "cut json", "not metadata"])
+def test_damaged_poe_features_are_refused_in_one_line_naming_the_file(
+    distinct_preprocessed, poe_features, tmp_path, damage, file, says
+):
+    from trainer.features_cache import fit_poe
+
+    damaged = tmp_path / "poe_features"
+    shutil.copytree(poe_features, damaged)
+    damage(damaged / file)
+    with pytest.raises(ValueError, match=says) as error:
+        fit_poe(str(damaged), distinct_preprocessed.examples_dir, distinct_preprocessed.transform_graph_dir,
+                len(DISTINCT_CLASSES) + 1)
+    assert str(damaged / file) in str(error.value) and "\n" not in str(error.value)

@@ -117,7 +117,7 @@ def test_every_component_output_is_a_typed_artifact_for_lineage(shipped):
         "preprocess": {"examples": "system.Dataset", "transform_graph": "system.Artifact", "report": "system.Artifact",
                        "quarantine": "system.Dataset", "label_vocabulary": "system.Artifact", "metrics": "system.Metrics"},
         "train": {"model": "system.Model", "text_model": "system.Model", "image_model": "system.Model",
-                  "training_state": "system.Artifact"},
+                  "training_state": "system.Artifact", "poe_features": "system.Dataset"},
         "evaluate": {"metrics": "system.Metrics", "blessing": "system.Artifact"},
         "push": {"pushed_model": "system.Model"},
     }
@@ -130,6 +130,11 @@ def test_every_component_output_is_a_typed_artifact_for_lineage(shipped):
         assert set(outputs.get("parameters", {})) <= {"Output"}, stage
     # push consumes train's model artifact itself (not a path string): the UI draws model → pushed model.
     assert task(spec, "push")["inputs"]["artifacts"]["model"] == {"componentInputArtifact": "pipelinechannel--train-model"}
+    # evaluate is sent the bounded poe features, not the work directory (checkpoints, the feature cache), which a
+    # cluster's launcher would copy into its pod whole.
+    evaluated = task(spec, "evaluate")["inputs"]["artifacts"]
+    assert evaluated["poe_features"] == {"taskOutputArtifact": {"producerTask": "train", "outputArtifactKey": "poe_features"}}
+    assert "training_state" not in evaluated
 
 
 def test_the_parameters_are_exactly_pipeline_params_with_the_configs_defaults(shipped, shipped_config):

@@ -12,6 +12,10 @@ makes every model a fraction of the cost. One pass writes both forms. The cache 
 written as their batch is encoded, in shards, and never held in memory. Its metadata (written last)
 names the encoders, the data's fingerprint and the validation split it was built for; a cache that
 differs in any of them is built again.
+
+The evaluate stage's tfidf_image_poe reads only f_i of the splits it fits on: `write_poe_features`
+copies those out of a finished cache into a directory of their own (the train stage's `poe_features`
+artifact), bounded by the fit's cap, and `fit_poe` fits from it.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ import json
 import math
 import os
 import time
+import zipfile
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -357,18 +363,21 @@ def for_model(dataset: tf.data.Dataset, input_names) -> tf.data.Dataset:
     return dataset.map(lambda inputs, *rest: ({k: inputs[k] for k in names}, *rest))
 
 
-def titles_and_image_features(cache_dir: str, examples_dir: str, split: str,
-                              validation_fraction: float) -> tuple[list[str], np.ndarray, np.ndarray, list[bytes]]:
-    """(titles, the frozen image encoder's f_i [n, image_dim], label ids [n], ids) of a split: what
-    tfidf_image_poe reads. Titles from the transformed examples (with any extra text columns joined),
-    f_i from the cache of those examples, matched by id (the cache holds another order)."""
+def _cached_image_features(cache_dir: str, split: str):
+    """(ids [batch], f_i [batch, image_dim]) batches of a cached split, in the cache's order."""
+    for inputs, _, ids in make_feature_dataset(cache_dir, split, 1024, False, with_ids=True):
+        yield ids.numpy(), inputs[features.IMAGE_FEATURES_KEY].numpy()
+
+
+def _with_titles(image: dict, examples_dir: str, split: str, validation_fraction: float,
+                 source: str) -> tuple[list[str], np.ndarray, np.ndarray, list[bytes]]:
+    """(titles, f_i [n, image_dim], label ids [n], ids) of a split: titles from the transformed examples
+    (with any extra text columns joined), f_i looked up by id in `image` (id → f_i, read from `source`,
+    which errors name): the examples and the features hold their products in different orders."""
     from common import baselines
 
-    image = {}
-    for inputs, _, ids in make_feature_dataset(cache_dir, split, 1024, False, with_ids=True):
-        image.update(zip(ids.numpy(), inputs[features.IMAGE_FEATURES_KEY].numpy()))
-    source, keep = data.split_predicate(split, validation_fraction)
-    records = data.select(data.read_records(os.path.join(examples_dir, source, "*"), shuffle=False), keep)
+    source_dir, keep = data.split_predicate(split, validation_fraction)
+    records = data.select(data.read_records(os.path.join(examples_dir, source_dir, "*"), shuffle=False), keep)
     spec = baselines.record_spec()
     titles, ids, labels = [], [], []
     for batch in records.batch(1024).map(lambda s: tf.io.parse_example(s, spec)):
@@ -377,32 +386,169 @@ def titles_and_image_features(cache_dir: str, examples_dir: str, split: str,
         labels.append(batch[features.LABEL_ID_KEY].numpy())
     missing = [i.decode("utf-8", errors="replace") for i in ids if i not in image]
     if missing:
-        raise ValueError(f"the feature cache {cache_dir} has no image features for {len(missing)} {split} "
-                         f"products (e.g. {missing[0]}): it was built from other examples")
+        raise ValueError(f"{source} has no image features for {len(missing)} {split} products (e.g. {missing[0]}): "
+                         "it was built from other examples")
     return (titles, np.stack([image[i] for i in ids]) if ids else np.zeros([0, 1], np.float32),
             np.concatenate(labels) if labels else np.zeros([0], np.int64), ids)
 
 
-def fit_poe(cache_dir: str, examples_dir: str, transform_graph_dir: str, num_classes: int):
-    """tfidf_image_poe (common/poe.py) fitted as the benchmark fits it, on the titles of `examples_dir` and
-    the frozen image features a training run cached from them in `cache_dir`: its EvalPredictions;
-    ValueError, saying why, when that cache cannot serve."""
+def titles_and_image_features(cache_dir: str, examples_dir: str, split: str,
+                              validation_fraction: float) -> tuple[list[str], np.ndarray, np.ndarray, list[bytes]]:
+    """(titles, the frozen image encoder's f_i [n, image_dim], label ids [n], ids) of a split: what
+    tfidf_image_poe reads, f_i from the feature cache of those examples (the benchmark's source)."""
+    image = {}
+    for ids, image_features in _cached_image_features(cache_dir, split):
+        image.update(zip(ids, image_features))
+    return _with_titles(image, examples_dir, split, validation_fraction, f"the feature cache {cache_dir}")
+
+
+# The evaluate stage's tfidf_image_poe features (`write_poe_features`): POE_METADATA_FILE, and per
+# split the fit reads an .npz of the products' ids (POE_IDS_KEY) and f_i (features.IMAGE_FEATURES_KEY).
+POE_METADATA_FILE = "poe_features.json"
+POE_IDS_KEY = "ids"
+_POE_DTYPE = np.dtype("<f4")  # the cache's own precision: the fit sees the very features the cache holds
+
+
+def poe_split_file(poe_dir: str, split: str) -> str:
+    return os.path.join(poe_dir, f"{split}.npz")
+
+
+def _past_cap(split_sizes: dict, num_classes: int) -> str | None:
+    """Why the evaluate stage does not fit tfidf_image_poe on splits of these sizes, or None."""
     from common import poe
 
-    if not tf.io.gfile.exists(os.path.join(cache_dir, METADATA_FILE)):
-        raise ValueError(f"the trainer left no finished feature cache in {cache_dir} (it caches the frozen image "
-                         "features for tune frozen and top, not full)")
-    metadata = read_metadata(cache_dir)
-    if metadata.get("data") != data.fingerprint(examples_dir, transform_graph_dir):
-        raise ValueError(f"the feature cache in {cache_dir} was built from other examples or another transform graph")
-    sizes, fraction = metadata["split_sizes"], metadata["validation_fraction"]
-    train_products = sizes.get(features.TRAIN_SPLIT, 0) + sizes.get(features.VALIDATION_SPLIT, 0)
+    train_products = split_sizes.get(features.TRAIN_SPLIT, 0) + split_sizes.get(features.VALIDATION_SPLIT, 0)
     if train_products * num_classes > poe.MAX_EVALUATE_COST:
-        raise ValueError(f"{train_products} training products × {num_classes} classes is past what the evaluate "
-                         f"stage fits ({poe.MAX_EVALUATE_COST:,}); the benchmark reports it")
+        return (f"{train_products} training products × {num_classes} classes is past what the evaluate stage fits "
+                f"({poe.MAX_EVALUATE_COST:,}); the benchmark reports it")
+    return None
+
+
+def _write_npz_member(archive: zipfile.ZipFile, name: str, shape: tuple, dtype: np.dtype, chunks) -> int:
+    """Writes `chunks` (arrays of `dtype`, rows of shape[1:]) as the .npy member `name`, a chunk at a
+    time (np.savez would want the whole array in memory); returns the rows written."""
+    rows = 0
+    with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array_header_2_0(member, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                      "fortran_order": False, "shape": shape})
+        for chunk in chunks:
+            member.write(np.ascontiguousarray(chunk, dtype).tobytes())
+            rows += len(chunk)
+    return rows
+
+
+def write_poe_features(cache_dir: str, transform_graph_dir: str, poe_dir: str) -> dict:
+    """What the evaluate stage fits tfidf_image_poe from (fit_poe), out of a training run's finished
+    feature cache, so that the stage is not sent the whole work directory (checkpoints, backups, the
+    top form's inputs). Writes into `poe_dir`:
+        per split the fit reads (train, validation if any, eval), poe_split_file: an .npz of the
+            products' ids (POE_IDS_KEY, bytes [n]) and f_i (IMAGE_FEATURES_KEY, float32 [n, image_dim]),
+            in the cache's order, written a batch at a time;
+        POE_METADATA_FILE: what fit_poe checks (the data's fingerprint, the split sizes, the validation
+            fraction), the image dimension and the classes.
+    When the fit would be refused (no finished cache, as tune full leaves; training products × classes
+    past poe.MAX_EVALUATE_COST) only POE_METADATA_FILE is written, {"refused": why}, which the
+    evaluate stage reports. Returns the metadata.
+
+    Its size is bounded by the cap, whatever the checkpoints or the cache hold: at most
+    MAX_EVALUATE_COST / classes training products (train and validation), 500,000 / 2 in the worst
+    case, × image_dim × 4 bytes (5 KiB a product at EfficientNet's 1280: 1.3 GB at most, 64 MB at
+    hm's 40 classes), plus the eval split's products × the same (a fraction of what the stage already
+    reads: the eval examples with their photos), plus the ids.
+    """
+    from common.labels import num_classes
+
+    tf.io.gfile.makedirs(poe_dir)
+    classes = num_classes(tft.TFTransformOutput(transform_graph_dir))
+    if not tf.io.gfile.exists(os.path.join(cache_dir, METADATA_FILE)):
+        written = {"refused": f"the trainer left no finished feature cache in {cache_dir} (it caches the frozen "
+                              "image features for tune frozen and top, not full)"}
+    else:
+        cache = read_metadata(cache_dir)
+        sizes = {split: cache["split_sizes"][split] for split in SPLITS if split in cache["split_sizes"]}
+        refused = _past_cap(sizes, classes)
+        written = {"refused": refused} if refused else {
+            "data": cache["data"], "split_sizes": sizes, "validation_fraction": cache["validation_fraction"],
+            "image_dim": cache["image_dim"], "classes": classes}
+    for split, size in written.get("split_sizes", {}).items():
+        ids = []
+
+        def image_features():
+            for batch_ids, batch_features in _cached_image_features(cache_dir, split):
+                ids.extend(batch_ids)
+                yield batch_features
+
+        # A local path (a KFP artifact's): zipfile seeks back into what it wrote, which a GFile does not.
+        with zipfile.ZipFile(poe_split_file(poe_dir, split), "w") as archive:
+            rows = _write_npz_member(archive, features.IMAGE_FEATURES_KEY, (size, written["image_dim"]), _POE_DTYPE,
+                                     image_features())
+            if rows != size:
+                raise ValueError(f"the feature cache {cache_dir} holds {rows} {split} products, its metadata says "
+                                 f"{size}: it is damaged; delete it and train again")
+            id_array = np.array(ids, dtype=bytes)
+            _write_npz_member(archive, POE_IDS_KEY, id_array.shape, id_array.dtype, [id_array])
+    # Last, as the cache's own metadata: a directory without it was not finished.
+    with tf.io.gfile.GFile(os.path.join(poe_dir, POE_METADATA_FILE), "w") as f:
+        json.dump(written, f, indent=2)
+    return written
+
+
+def _read_poe_metadata(poe_dir: str) -> dict:
+    """The metadata of a poe features directory; ValueError saying why the fit cannot use it."""
+    path = os.path.join(poe_dir, POE_METADATA_FILE)
+    if not tf.io.gfile.exists(path):
+        raise ValueError(f"{poe_dir} holds no {POE_METADATA_FILE}: it is not the poe features a train stage wrote, "
+                         "or their writing did not finish")
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            metadata = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not the JSON a train stage writes ({e})") from None
+    if isinstance(metadata, dict) and "refused" in metadata:
+        raise ValueError(str(metadata["refused"]))
+    fields = ("data", "split_sizes", "validation_fraction", "image_dim")
+    if not isinstance(metadata, dict) or not all(k in metadata for k in fields):
+        raise ValueError(f"{path} is not the metadata a train stage writes: it lacks one of {', '.join(fields)}")
+    return metadata
+
+
+def _read_poe_split(poe_dir: str, split: str, metadata: dict) -> dict:
+    """{id: f_i} of one split of a poe features directory; ValueError naming the file when it is missing,
+    truncated, corrupt (zip's CRC) or not of the shape its metadata says."""
+    path = poe_split_file(poe_dir, split)
+    size, dim = metadata["split_sizes"].get(split), metadata["image_dim"]
+    if size is None:
+        raise ValueError(f"{os.path.join(poe_dir, POE_METADATA_FILE)} names no {split} split, which the fit reads")
+    try:
+        with np.load(path) as archive:  # allow_pickle stays False: an array, never code
+            ids, image = archive[POE_IDS_KEY], archive[features.IMAGE_FEATURES_KEY]
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"the tfidf_image_poe features file {path} cannot be read (missing, truncated or "
+                         f"corrupt: {type(e).__name__}: {e}); train again to rewrite it") from None
+    if ids.dtype.kind != "S" or ids.shape != (size,) or image.dtype != _POE_DTYPE or image.shape != (size, dim):
+        raise ValueError(f"the tfidf_image_poe features file {path} holds ids {ids.dtype} {ids.shape} and image "
+                         f"features {image.dtype} {image.shape}; its metadata says {size} products × {dim} float32")
+    return dict(zip(ids.tolist(), image))
+
+
+def fit_poe(poe_dir: str, examples_dir: str, transform_graph_dir: str, num_classes: int):
+    """tfidf_image_poe (common/poe.py) fitted as the benchmark fits it, on the titles of `examples_dir` and
+    the frozen image features a training run wrote from them into `poe_dir` (write_poe_features): its
+    EvalPredictions; ValueError, saying why, when they cannot serve."""
+    from common import poe
+
+    metadata = _read_poe_metadata(poe_dir)
+    if metadata["data"] != data.fingerprint(examples_dir, transform_graph_dir):
+        raise ValueError(f"the tfidf_image_poe features in {poe_dir} were built from other examples or another "
+                         "transform graph")
+    fraction = metadata["validation_fraction"]
+    refused = _past_cap(metadata["split_sizes"], num_classes)
+    if refused:
+        raise ValueError(refused)
 
     def split(name: str):
-        return titles_and_image_features(cache_dir, examples_dir, name, fraction)
+        image = _read_poe_split(poe_dir, name, metadata)
+        return _with_titles(image, examples_dir, name, fraction, f"the tfidf_image_poe features in {poe_dir}")
 
     train = split(features.TRAIN_SPLIT)[:3]
     validation = (split(features.VALIDATION_SPLIT)[:3] if fraction else
