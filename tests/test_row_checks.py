@@ -100,6 +100,8 @@ def test_an_image_file_over_the_byte_limit_is_not_read_whole(tmp_path, monkeypat
     _save(tmp_path, PIL.Image.effect_noise((64, 64), 50).convert("RGB"))
     size = (tmp_path / "img.jpg").stat().st_size
     assert isinstance(row_checks.to_product(_row(tmp_path), COLUMNS, 10_000), row_checks.RawProduct)
+    monkeypatch.setattr(row_checks, "MAX_IMAGE_FILE_BYTES", size)  # exactly the limit: still read
+    assert isinstance(row_checks.to_product(_row(tmp_path), COLUMNS, 10_000), row_checks.RawProduct)
     monkeypatch.setattr(row_checks, "MAX_IMAGE_FILE_BYTES", size - 1)
     result = row_checks.to_product(_row(tmp_path), COLUMNS, 10_000)
     assert result.reason == row_checks.IMAGE_TOO_LARGE and f"larger than {size - 1} bytes" in result.message
@@ -501,3 +503,60 @@ def test_a_product_becomes_the_raw_example_of_the_transform_graph():
     product = row_checks.RawProduct("c.csv", 3, "42é", "Blue Shirt", "Shirts", b"\xff\xd8")
     assert product.as_raw_example() == {"id": "42é".encode(), "title": b"Blue Shirt", "label": b"Shirts",
                                         "image_bytes": b"\xff\xd8"}
+
+
+def test_a_quarantine_line_is_the_documented_record_with_its_text_as_written():
+    """docs/preprocessing.md's quarantine record: users read these keys; non-ASCII stays readable."""
+    record = row_checks.Quarantined("c.csv", 7, "42é", row_checks.MISSING_TITLE, "column 'title' is empty",
+                                    {"title": "", "image": b"\x89PNG", "price": float("nan")})
+    line = record.to_json()
+    assert json.loads(line) == {"source": "c.csv", "row_number": 7, "id": "42é", "reason": "missing_title",
+                                "message": "column 'title' is empty",
+                                "fields": {"title": "", "image": "<4 bytes>", "price": "nan"}}
+    assert "42é" in line  # not \\u00e9
+
+
+@pytest.mark.parametrize("raw_id", ["", b"", None])
+def test_a_row_without_an_id_is_quarantined_with_a_null_id(tmp_path, raw_id):
+    fields = {"title": "Blue Shirt", "image": "img.jpg", "articleType": "Shirts"}
+    if raw_id is not None:
+        fields["id"] = raw_id
+    record = row_checks.quarantine(CatalogRow(str(tmp_path / "products.csv"), 3, fields), COLUMNS,
+                                   row_checks.MISSING_ID, "no id")
+    assert record.id is None and json.loads(record.to_json())["id"] is None
+
+
+def test_an_internal_error_names_the_innermost_frame_even_in_another_module(tmp_path, monkeypatch):
+    """The frame that raised, where the bug is: here inside the json module, two calls below the check."""
+    import traceback
+
+    _save(tmp_path, PIL.Image.new("RGB", (8, 8)))
+    monkeypatch.setattr(row_checks, "normalize_image", lambda *args: json.loads("{"))
+    result = row_checks.to_product(_row(tmp_path), COLUMNS, 10_000)
+    try:
+        json.loads("{")
+    except json.JSONDecodeError as e:
+        innermost = traceback.extract_tb(e.__traceback__)[-1]
+    assert innermost.filename != __file__
+    assert result.reason == row_checks.INTERNAL_ERROR
+    assert result.message.endswith(
+        f"(at {os.path.basename(innermost.filename)}:{innermost.lineno} in {innermost.name})"), result.message
+
+
+def test_a_png_tensorflow_decodes_is_passed_as_its_own_bytes_not_reencoded(tmp_path):
+    """Saved uncompressed, so that re-encoding (Pillow's default compression) would change the bytes."""
+    for mode in ("RGB", "L"):
+        _save(tmp_path, PIL.Image.effect_noise((16, 16), 40).convert(mode), name=f"{mode}.png", format="PNG",
+              compress_level=0)
+        product = row_checks.to_product(_row(tmp_path, image=f"{mode}.png"), COLUMNS, 10_000)
+        assert product.image_bytes == (tmp_path / f"{mode}.png").read_bytes(), mode
+
+
+def test_32_bit_grayscale_is_scaled_to_8_bits_by_its_range_not_clipped(tmp_path):
+    image = PIL.Image.new("I", (4, 1))
+    image.putdata([0, 256 * 64, 256 * 128, 65535])
+    _save(tmp_path, image, name="g.tif", format="TIFF")
+    assert PIL.Image.open(tmp_path / "g.tif").mode == "I"
+    product = row_checks.to_product(_row(tmp_path, image="g.tif"), COLUMNS, 10_000)
+    decoded = PIL.Image.open(io.BytesIO(product.image_bytes))
+    assert [decoded.getpixel((x, 0)) for x in range(4)] == [(0, 0, 0), (64, 64, 64), (128, 128, 128), (255, 255, 255)]
