@@ -88,7 +88,8 @@ def _scalar(value, dtype: tf.DType):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _type_error(value, dtype)
     if dtype.is_floating:
-        if isinstance(value, int) and abs(value) > 2 ** np.finfo(dtype.as_numpy_dtype).nmant + 1:
+        # TF Serving's IsLosslessDecimal: an integer up to 2^digits - 1 (digits = the mantissa's bits + 1).
+        if isinstance(value, int) and abs(value) > 2 ** (np.finfo(dtype.as_numpy_dtype).nmant + 1) - 1:
             raise InvalidArgument(f"Cannot convert JSON value: {_dump(value)} to {dtype.name} without loss of precision.")
         if math.isfinite(value) and abs(value) > np.finfo(dtype.as_numpy_dtype).max:
             raise InvalidArgument(f"Cannot convert JSON value: {_dump(value)} to {dtype.name} without loss of precision.")

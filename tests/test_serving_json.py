@@ -178,3 +178,44 @@ def test_the_declared_batch_is_counted_from_the_parsed_document_as_request_tenso
             dtypes = {"title": tf.string}
         _, tensors = json_tensor.request_tensors(document, dtypes)
         assert {array.shape[0] for array in tensors.values()} == {count}
+
+
+@pytest.mark.parametrize("dtype, digits", [(tf.float32, 24), (tf.float64, 53)])
+def test_integers_a_float_input_holds_exactly_are_taken_up_to_tf_servings_bound(dtype, digits):
+    """TF Serving's IsLosslessDecimal: |n| ≤ 2^digits − 1 is taken, 2^digits is refused."""
+    largest = 2**digits - 1
+    _, tensors = json_tensor.request_tensors({"instances": [largest, -largest]}, {"x": dtype})
+    assert tensors["x"].tolist() == [largest, -largest]
+    for value in (2**digits, -(2**digits)):
+        with pytest.raises(InvalidArgument, match="without loss of precision"):
+            json_tensor.request_tensors({"instances": [value]}, {"x": dtype})
+
+
+def test_a_list_deeper_than_the_first_elements_shape_is_refused_not_a_crash():
+    with pytest.raises(InvalidArgument) as raised:
+        json_tensor.request_tensors({"instances": [[1.0, 2.0], [3.0, [4.0]]]}, {"x": tf.float32})
+    assert raised.value.message.endswith("Error: Encountered list at unexpected level: 1 expected < 1")
+
+
+def test_a_one_product_answer_is_a_one_row_prediction_list():
+    outputs = {"scores": np.array([[0.25, 0.75]], np.float32), "ids": np.array([[b"a", b"b"]], object)}
+    assert json_tensor.response_json(outputs, json_tensor.ROW) == {
+        "predictions": [{"scores": [0.25, 0.75], "ids": ["a", "b"]}]}
+    assert json_tensor.response_json({"scores": outputs["scores"]}, json_tensor.COLUMNAR) == {"outputs": [[0.25, 0.75]]}
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"", "JSON Parse error: The document is empty"),
+    (b"[1]", "JSON Value: [1] Is not object"),
+    (b"[" * 100_000, "JSON Parse error: the document nests arrays or objects too deeply"),
+])
+def test_a_body_that_is_not_a_json_object_gets_tf_servings_words(body, message):
+    with pytest.raises(InvalidArgument) as raised:
+        json_tensor.parse_request(body)
+    assert raised.value.message == message
+
+
+def test_a_document_without_instances_or_inputs_gets_tf_servings_words():
+    with pytest.raises(InvalidArgument) as raised:
+        json_tensor.request_tensors({"signature_name": "serving_default"}, RAW)
+    assert raised.value.message == "Missing 'inputs' or 'instances' key"
