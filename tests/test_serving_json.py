@@ -219,3 +219,13 @@ def test_a_document_without_instances_or_inputs_gets_tf_servings_words():
     with pytest.raises(InvalidArgument) as raised:
         json_tensor.request_tensors({"signature_name": "serving_default"}, RAW)
     assert raised.value.message == "Missing 'inputs' or 'instances' key"
+
+
+@pytest.mark.parametrize("dtype", [tf.int32, tf.int64])
+def test_an_integer_input_takes_its_whole_range_and_nothing_past_it(dtype):
+    low, high = dtype.min, dtype.max
+    _, tensors = json_tensor.request_tensors({"instances": [low, high]}, {"ids": dtype})
+    assert tensors["ids"].tolist() == [low, high]
+    for value in (low - 1, high + 1):
+        with pytest.raises(InvalidArgument, match=f"is not of expected type: {dtype.name}"):
+            json_tensor.request_tensors({"instances": [value]}, {"ids": dtype})
