@@ -36,7 +36,8 @@ from mutmut import ALL, Context, list_mutations, mutate
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # module → its own fast test files.
 TARGETS = {
-    "trainer/fusion.py": ["tests/test_fusion.py"],
+    # test_experts: hanet_experts' layers (expert_streams to HanetExpertsHead) are checked there.
+    "trainer/fusion.py": ["tests/test_fusion.py", "tests/test_experts.py"],
     "common/metrics.py": ["tests/test_metrics.py", "tests/test_routing.py"],  # routing: roc_auc, RoutingCounts
     "components/preprocess/row_checks.py": ["tests/test_row_checks.py"],
     "serving/json_tensor.py": ["tests/test_serving_json.py"],
