@@ -480,3 +480,13 @@ def test_the_smallest_valid_head_config_builds():
     config = fusion.HeadConfig(width=1, key_dim=1, hybrid_hidden_units=1, policy_top_k=1, dropout=0.0)
     assert fusion.HeadConfig(**config.as_dict()) == config
     assert fusion.fusion_head(fusion.HANET, 2, config)(*_stream_features()).shape == (6, 2)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_keyless_scores_restored_from_config_share_their_scorer_as_the_original_does(shared):
+    layer = fusion.KeylessScores(shared_scorer=shared)
+    v_t, v_i = (tf.constant(np.random.default_rng(0).normal(size=(2, 4)), tf.float32) for _ in range(2))
+    layer(v_t, v_i)
+    restored = keras.layers.deserialize(keras.layers.serialize(layer))
+    restored(v_t, v_i)
+    assert len(restored.weights) == len(layer.weights) == (2 if shared else 4)
