@@ -490,3 +490,12 @@ def test_keyless_scores_restored_from_config_share_their_scorer_as_the_original_
     restored = keras.layers.deserialize(keras.layers.serialize(layer))
     restored(v_t, v_i)
     assert len(restored.weights) == len(layer.weights) == (2 if shared else 4)
+
+
+def test_each_expert_layer_round_trips_through_its_config():
+    """hanet_experts' M-stream layers (eq. 1–7 over M experts): a saved head must rebuild them."""
+    layers = [fusion.MultiKeylessScores(3, 5), fusion.MultiKeyBasedScores(3, 4), fusion.MultiHybridScores(3, 7),
+              fusion.ExpertProduct(3)]
+    for layer in layers:
+        restored = keras.layers.deserialize(keras.layers.serialize(layer))
+        assert type(restored) is type(layer) and restored.get_config() == layer.get_config()
