@@ -371,3 +371,45 @@ def test_reliability_bins_split_at_cell_edges_when_neighbouring_cells_are_full()
 def test_stream_weights_of_another_width_are_an_error_naming_the_shape():
     with pytest.raises(ValueError, match=r"\[batch, 2\] or \[batch, 3\], got shape \(4, 4\)"):
         metrics.StreamWeightCounts().add(np.full((4, 4), 0.25), np.ones(4, bool))
+
+
+def test_the_lexical_experts_share_is_summed_over_batches_as_numpy_computes_it():
+    """The expert fusions' third weight column: per kind its mean, and over all products its mean and
+    std, streamed in uneven batches, equal NumPy's on the whole arrays; two-column weights say nothing of it."""
+    from common.metrics import RoutingCounts, StreamWeightCounts
+
+    rng = np.random.default_rng(3)
+    s_t = rng.uniform(0.05, 0.95, 50)
+    weights = np.stack([s_t, 1 - s_t, s_t * rng.uniform(0.1, 0.9, 50)], axis=1)
+    right = rng.uniform(size=50) < 0.6
+    counts, routing = StreamWeightCounts(), RoutingCounts()
+    for start, stop in ((0, 7), (7, 30), (30, 50)):
+        counts.add(weights[start:stop], right[start:stop])
+        routing.add(weights[start:stop, 0], lexical_weight=weights[start:stop, 2])
+    summary = counts.summary()
+    for kind, mask in (("right", right), ("wrong", ~right)):
+        assert summary[kind]["mean_lexical_weight"] == pytest.approx(weights[mask, 2].mean(), rel=1e-12)
+        assert summary[kind]["mean_text_weight"] == pytest.approx(weights[mask, 0].mean(), rel=1e-12)
+    figures = routing.figures()
+    assert figures["lexical_weight_mean"] == pytest.approx(weights[:, 2].mean(), rel=1e-12)
+    assert figures["lexical_weight_std"] == pytest.approx(weights[:, 2].std(), rel=1e-9)
+    two_columns = StreamWeightCounts()
+    two_columns.add(weights[:, :2], right)
+    assert "mean_lexical_weight" not in two_columns.summary()["right"]
+    assert "lexical_weight_mean" not in RoutingCounts().figures() and "lexical_weight_mean" not in _routing(s_t)
+
+
+def _routing(s_t):
+    from common.metrics import RoutingCounts
+
+    routing = RoutingCounts()
+    routing.add(s_t)
+    return routing.figures()
+
+
+def test_a_weight_of_exactly_0_or_1_is_inside_the_range_not_counted_outside():
+    from common.metrics import StreamWeightCounts
+
+    counts = StreamWeightCounts()
+    counts.add(np.array([[0.0, 1.0], [1.0, 0.0], [-0.01, 1.01], [1.01, -0.01]]), np.array([True, False, True, False]))
+    assert counts.summary()["outside_0_1"] == 2
