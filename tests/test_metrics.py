@@ -396,15 +396,9 @@ def test_the_lexical_experts_share_is_summed_over_batches_as_numpy_computes_it()
     two_columns = StreamWeightCounts()
     two_columns.add(weights[:, :2], right)
     assert "mean_lexical_weight" not in two_columns.summary()["right"]
-    assert "lexical_weight_mean" not in RoutingCounts().figures() and "lexical_weight_mean" not in _routing(s_t)
-
-
-def _routing(s_t):
-    from common.metrics import RoutingCounts
-
-    routing = RoutingCounts()
-    routing.add(s_t)
-    return routing.figures()
+    without = RoutingCounts()
+    without.add(s_t)
+    assert "lexical_weight_mean" not in RoutingCounts().figures() and "lexical_weight_mean" not in without.figures()
 
 
 def test_a_weight_of_exactly_0_or_1_is_inside_the_range_not_counted_outside():

@@ -429,9 +429,11 @@ def test_an_absent_or_empty_column_is_quarantined_with_a_message_naming_it(tmp_p
 
 
 def test_images_tensorflow_decodes_as_they_are_pass_unchanged_others_are_reencoded(tmp_path):
+    # PNGs saved uncompressed, so that re-encoding (Pillow's default compression) would change their bytes.
     for mode, fmt, name in (("RGB", "PNG", "a.png"), ("L", "PNG", "b.png"), ("RGB", "JPEG", "c.jpg"),
                             ("L", "JPEG", "d.jpg")):
-        _save(tmp_path, PIL.Image.new(mode, (8, 8), 90), name=name, format=fmt)
+        _save(tmp_path, PIL.Image.effect_noise((16, 16), 40).convert(mode), name=name, format=fmt,
+              **({"compress_level": 0} if fmt == "PNG" else {}))
         product = row_checks.to_product(_row(tmp_path, image=name), COLUMNS, 10_000)
         assert product.image_bytes == (tmp_path / name).read_bytes(), (mode, fmt)
     _save(tmp_path, PIL.Image.new("RGB", (8, 8), (1, 2, 3)), name="e.bmp", format="BMP")
@@ -440,11 +442,13 @@ def test_images_tensorflow_decodes_as_they_are_pass_unchanged_others_are_reencod
     assert PIL.Image.open(io.BytesIO(product.image_bytes)).getpixel((0, 0)) == (1, 2, 3)
 
 
-def test_16_bit_grayscale_is_scaled_to_8_bits_by_its_range_not_clipped(tmp_path):
-    image = PIL.Image.new("I;16", (4, 1))
+@pytest.mark.parametrize("mode, name, fmt", [("I;16", "g.png", "PNG"), ("I", "g.tif", "TIFF")])
+def test_16_and_32_bit_grayscale_is_scaled_to_8_bits_by_its_range_not_clipped(tmp_path, mode, name, fmt):
+    image = PIL.Image.new(mode, (4, 1))
     image.putdata([0, 256 * 64, 256 * 128, 65535])
-    _save(tmp_path, image, name="g.png", format="PNG")
-    product = row_checks.to_product(_row(tmp_path, image="g.png"), COLUMNS, 10_000)
+    _save(tmp_path, image, name=name, format=fmt)
+    assert PIL.Image.open(tmp_path / name).mode == mode
+    product = row_checks.to_product(_row(tmp_path, image=name), COLUMNS, 10_000)
     decoded = PIL.Image.open(io.BytesIO(product.image_bytes))
     assert decoded.mode == "RGB"
     assert [decoded.getpixel((x, 0)) for x in range(4)] == [(0, 0, 0), (64, 64, 64), (128, 128, 128), (255, 255, 255)]
@@ -541,22 +545,3 @@ def test_an_internal_error_names_the_innermost_frame_even_in_another_module(tmp_
     assert result.reason == row_checks.INTERNAL_ERROR
     assert result.message.endswith(
         f"(at {os.path.basename(innermost.filename)}:{innermost.lineno} in {innermost.name})"), result.message
-
-
-def test_a_png_tensorflow_decodes_is_passed_as_its_own_bytes_not_reencoded(tmp_path):
-    """Saved uncompressed, so that re-encoding (Pillow's default compression) would change the bytes."""
-    for mode in ("RGB", "L"):
-        _save(tmp_path, PIL.Image.effect_noise((16, 16), 40).convert(mode), name=f"{mode}.png", format="PNG",
-              compress_level=0)
-        product = row_checks.to_product(_row(tmp_path, image=f"{mode}.png"), COLUMNS, 10_000)
-        assert product.image_bytes == (tmp_path / f"{mode}.png").read_bytes(), mode
-
-
-def test_32_bit_grayscale_is_scaled_to_8_bits_by_its_range_not_clipped(tmp_path):
-    image = PIL.Image.new("I", (4, 1))
-    image.putdata([0, 256 * 64, 256 * 128, 65535])
-    _save(tmp_path, image, name="g.tif", format="TIFF")
-    assert PIL.Image.open(tmp_path / "g.tif").mode == "I"
-    product = row_checks.to_product(_row(tmp_path, image="g.tif"), COLUMNS, 10_000)
-    decoded = PIL.Image.open(io.BytesIO(product.image_bytes))
-    assert [decoded.getpixel((x, 0)) for x in range(4)] == [(0, 0, 0), (64, 64, 64), (128, 128, 128), (255, 255, 255)]

@@ -445,7 +445,7 @@ def write_poe_features(cache_dir: str, transform_graph_dir: str, poe_dir: str) -
             products' ids (POE_IDS_KEY, bytes [n]) and f_i (IMAGE_FEATURES_KEY, float32 [n, image_dim]),
             in the cache's order, written a batch at a time;
         POE_METADATA_FILE: what fit_poe checks (the data's fingerprint, the split sizes, the validation
-            fraction), the image dimension and the classes.
+            fraction) and the image dimension.
     When the fit would be refused (no finished cache, as tune full leaves; training products × classes
     past poe.MAX_EVALUATE_COST) only POE_METADATA_FILE is written, {"refused": why}, which the
     evaluate stage reports. Returns the metadata.
@@ -469,7 +469,7 @@ def write_poe_features(cache_dir: str, transform_graph_dir: str, poe_dir: str) -
         refused = _past_cap(sizes, classes)
         written = {"refused": refused} if refused else {
             "data": cache["data"], "split_sizes": sizes, "validation_fraction": cache["validation_fraction"],
-            "image_dim": cache["image_dim"], "classes": classes}
+            "image_dim": cache["image_dim"]}
     for split, size in written.get("split_sizes", {}).items():
         ids = []
 
