@@ -33,8 +33,9 @@ BYTES_SUFFIX = "_bytes"
 _MAX_ERROR_VALUE_CHARS = 200
 # A JSON tensor may nest lists this deep (numpy's, and so TensorFlow's host arrays', limit on dimensions).
 MAX_RANK = 64
-# Digits that always read back as the same value (C++'s max_digits10).
-_MAX_DIGITS10 = {np.dtype(np.float16): 5, np.dtype(np.float32): 9, np.dtype(np.float64): 17}
+# Digits that always read back as the same value (C++'s max_digits10). float16 has no entry: %g's
+# six digits read back as the same float16 for every one of its values, so it never needs more.
+_MAX_DIGITS10 = {np.dtype(np.float32): 9, np.dtype(np.float64): 17}
 
 
 def _dump(value) -> str:
@@ -236,8 +237,7 @@ def parse_request(body: bytes) -> dict:
         ) from None
     if not isinstance(document, dict):
         raise InvalidArgument(f"JSON Value: {_dump(document)} Is not object")
-    signature = document.get(SIGNATURE_KEY, "")
-    if not isinstance(signature, str):
+    if SIGNATURE_KEY in document and not isinstance(document[SIGNATURE_KEY], str):
         raise InvalidArgument(
             f"JSON Value: {_dump(document)} not formatted correctly. 'signature_name' key must be a string value."
         )
@@ -291,7 +291,7 @@ def _float(value: float, numpy_type) -> float:
 
 
 def _json_values(array: np.ndarray, as_bytes: bool):
-    if array.dtype == object or array.dtype.kind in "SU":
+    if array.dtype == object:  # TensorFlow's strings, as .numpy() gives them
         if as_bytes:
             convert = lambda b: {BASE64_KEY: base64.b64encode(b).decode("ascii")}  # noqa: E731
         else:
