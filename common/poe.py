@@ -15,6 +15,12 @@ The C grid is walked cheaply: each expert's features (the TF-IDF vocabulary, the
 fitted once per training set, not once per C, and each LogisticRegression starts from the previous C's
 solution (and the refit on train and validation from the chosen C's). The L2-regularized loss has one
 minimum, so a warm start changes where lbfgs starts, not where it stops (within its tolerance).
+
+The fit runs with one BLAS thread (FIT_BLAS_THREADS). lbfgs's steps are many small products (a
+[products, 1280] by [1280, classes] one, and L-BFGS-B's own vector updates) on which OpenBLAS's
+threads spend more time spinning than working: on hm-products (4,371 train products, 39 classes) the
+whole fit took 195.7 CPU s with OpenBLAS's default two threads and 57.7 with one, on a loaded 2-core
+machine (scripts/bench_poe.py). One thread also gives the same fit whatever the machine's cores.
 """
 from __future__ import annotations
 
@@ -35,6 +41,8 @@ MAX_EVALUATE_COST = 500_000
 # The log-probability of a class an expert never saw in training: finite, so that the other expert
 # can still rank it, and below any class the expert did see.
 LOG_PROB_FLOOR = float(np.log(1e-9))
+# BLAS threads while fitting (None: the library's default); the module docstring says why one.
+FIT_BLAS_THREADS = 1
 
 
 def text_features():
@@ -156,7 +164,14 @@ class TfidfImagePoe:
 
     def __init__(self, train: tuple, validation: tuple, num_classes: int,
                  text_cs=TEXT_CS, image_cs=IMAGE_CS):
+        from threadpoolctl import threadpool_limits
+
         started = time.monotonic()
+        with threadpool_limits(limits=FIT_BLAS_THREADS, user_api="blas"):
+            self._fit(train, validation, num_classes, text_cs, image_cs)
+        self.fit_seconds = time.monotonic() - started
+
+    def _fit(self, train: tuple, validation: tuple, num_classes: int, text_cs, image_cs) -> None:
         for name, split in (("train", train), ("validation", validation)):
             _check(name, *split)
         if not len(train[0]):
@@ -183,7 +198,6 @@ class TfidfImagePoe:
         self.text = Expert(text_expert, self.text_c, all_titles, all_labels, num_classes, start=text_start)
         self.image = Expert(image_expert, self.image_c, all_images, all_labels, num_classes, start=image_start)
         self.train_products = len(all_titles)
-        self.fit_seconds = time.monotonic() - started
 
     def scores(self, titles: list[str], images: np.ndarray) -> np.ndarray:
         """[n, num_classes]: log p_text + log p_image."""
