@@ -18,9 +18,10 @@ minimum, so a warm start changes where lbfgs starts, not where it stops (within 
 
 The fit runs with one BLAS thread (FIT_BLAS_THREADS). lbfgs's steps are many small products (a
 [products, 1280] by [1280, classes] one, and L-BFGS-B's own vector updates) on which OpenBLAS's
-threads spend more time spinning than working: on hm-products (4,371 train products, 39 classes) the
-whole fit took 195.7 CPU s with OpenBLAS's default two threads and 57.7 with one, on a loaded 2-core
-machine (scripts/bench_poe.py). One thread also gives the same fit whatever the machine's cores.
+threads spend more time spinning than working: on hm-products (4,371 train products, 40 classes) the
+evaluate stage's fit took 179.9 CPU s (363 s wall) with OpenBLAS's default two threads and 62.0 (105 s)
+with one, on a loaded 2-core machine (scripts/bench_poe.py). One thread also gives the same fit
+whatever the machine's cores.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ TFIDF_IMAGE_POE = "tfidf_image_poe"
 TEXT_CS = (3.0, 10.0, 30.0)
 IMAGE_CS = (0.003, 0.01, 0.03, 0.1)
 # The evaluate stage fits it only up to this many training products × classes: its cost is in lbfgs
-# iterations over the dense image features (hm, 5,000 × 40: about 430 CPU s with the grids above), and the
+# iterations over the dense image features (hm, 5,000 × 40: about 60 CPU s with the grids above), and the
 # fit holds every training product's features in memory. Past it the stage says so; the benchmark reports it.
 MAX_EVALUATE_COST = 500_000
 # The log-probability of a class an expert never saw in training: finite, so that the other expert
