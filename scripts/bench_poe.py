@@ -1,9 +1,9 @@
 """The evaluate stage's tfidf_image_poe fit (common/poe.py through trainer.features_cache.fit_poe, the
 code the stage runs), timed on a finished run's artifacts, with each number of BLAS threads asked for.
 
-    .venv/bin/python scripts/bench_poe.py work/pipeline_root/<run> [--blas-threads 1,0]
+    .venv/bin/python scripts/bench_poe.py work/pipeline_root/RUN [--blas-threads 1,0]
 
-<run> is a run-local run's directory (it holds preprocess/examples, preprocess/transform_graph and
+RUN is a run-local run's directory (it holds preprocess/examples, preprocess/transform_graph and
 train/poe_features). 0 threads: the BLAS library's default. Prints, per setting, the fit's CPU and wall
 seconds, the Cs chosen on validation and the eval top-1.
 """
