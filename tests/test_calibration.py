@@ -62,6 +62,49 @@ def test_a_validation_split_without_errors_leaves_the_temperature_at_1():
     assert calibrations.fit(logits, np.array([0, 1, 0])).temperature == 1.0
 
 
+class _RecordingLogits(calibrations.SpilledLogits):
+    """SpilledLogits that records the rows of every read."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reads = []
+
+    def __getitem__(self, rows):
+        chunk = super().__getitem__(rows)
+        self.reads.append(len(chunk))
+        return chunk
+
+
+def test_the_fit_reads_spilled_logits_a_bounded_step_at_a_time_and_equals_the_fit_in_memory(monkeypatch, tmp_path):
+    # 8 classes, steps of 8 × 64 logits: 64 rows a step, so 3,000 products are read in 47 steps a pass,
+    # never all at once, whatever their number (the bound is the step, not the products × classes).
+    monkeypatch.setattr(calibrations, "CHUNK_VALUES", 8 * 64)
+    rng = np.random.default_rng(3)
+    logits, labels = _calibrated_logits(rng, 3000)
+    logits = (4 * logits).astype(np.float32)
+    with _RecordingLogits(8, directory=str(tmp_path)) as spilled:
+        for start in range(0, 3000, 256):  # as the trainer writes them: a batch at a time
+            spilled.append(logits[start:start + 256])
+        assert spilled.shape == (3000, 8) and len(list(tmp_path.iterdir())) == 0  # an unnamed temporary file
+        np.testing.assert_array_equal(spilled[100:900], logits[100:900])
+        spilled.reads.clear()
+        fitted = calibrations.fit(spilled, labels)
+        assert spilled.reads and max(spilled.reads) == 64
+        assert sum(spilled.reads) >= 10 * 3000  # a pass per NLL evaluation: the logits are kept, not held
+    in_memory = calibrations.fit(logits, labels)
+    assert fitted.temperature == pytest.approx(in_memory.temperature, rel=1e-6)
+    assert fitted.review_thresholds == in_memory.review_thresholds
+    assert fitted.validation == pytest.approx(in_memory.validation, rel=1e-9)
+    with pytest.raises(ValueError, match=r"need logits \[batch, 8\]"):
+        calibrations.SpilledLogits(8).append(np.zeros((2, 7), np.float32))
+
+
+def test_steps_hold_chunk_values_logits_whatever_the_classes():
+    assert calibrations.chunk_rows(8) == calibrations.CHUNK_VALUES // 8
+    assert calibrations.chunk_rows(5600) * 5600 <= calibrations.CHUNK_VALUES
+    assert calibrations.chunk_rows(10 * calibrations.CHUNK_VALUES) == 1
+
+
 # A hand-computed case: 10 products, 5 pairs of equal top-1 confidence, so 5 equal-mass bins are the pairs.
 HAND_CONFIDENCES = [0.55, 0.55, 0.6, 0.6, 0.7, 0.7, 0.8, 0.8, 0.95, 0.95]
 HAND_RIGHT = [1, 0, 1, 0, 1, 1, 1, 0, 1, 1]

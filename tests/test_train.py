@@ -163,3 +163,39 @@ def test_tf_example_and_transformed_signatures_agree_with_the_raw_one(served, di
     )[features.OUTPUT_PROBABILITIES_KEY].numpy()
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(np.sort(probabilities[0])[::-1][: raw["scores"].shape[-1]], raw["scores"][0], rtol=1e-5)
+
+
+def test_calibrate_spills_the_validation_logits_batch_by_batch_and_fits_what_it_would_fit_in_memory(monkeypatch):
+    """Run.calibrate never gathers the validation products × classes in memory: the batches go one by one
+    to the fit's SpilledLogits on disk (capped at CALIBRATION_PRODUCTS), and the fit is the one on the
+    same logits as an array."""
+    import types
+
+    from trainer import calibration
+    from trainer import train as training
+
+    monkeypatch.setattr(training, "CALIBRATION_PRODUCTS", 1000)
+    rng = np.random.default_rng(0)
+    logits = (rng.normal(size=(1300, 12)) * 4).astype(np.float32)
+    labels = rng.integers(0, 12, size=1300)
+    pulled, seen = [], {}
+
+    def batch_logits(trained, split):
+        assert split == features.VALIDATION_SPLIT
+        for start in range(0, 1300, 256):
+            pulled.append(start)
+            yield logits[start:start + 256], labels[start:start + 256], None
+
+    real_fit = calibration.fit
+
+    def fit(spilled, fit_labels):
+        seen["type"], seen["rows"], seen["batches"] = type(spilled), len(spilled), list(pulled)
+        return real_fit(spilled, fit_labels)
+
+    monkeypatch.setattr(calibration, "fit", fit)
+    run = types.SimpleNamespace(validation=True, classes=12, batch_logits=batch_logits, log=lambda line: None)
+    fitted = Run.calibrate(run, types.SimpleNamespace(name="hanet"))
+    assert seen == {"type": calibration.SpilledLogits, "rows": 1000, "batches": [0, 256, 512, 768]}
+    expected = real_fit(logits[:1000], labels[:1000])
+    assert fitted.temperature == pytest.approx(expected.temperature, rel=1e-6)
+    assert fitted.review_thresholds == expected.review_thresholds and fitted.validation_products == 1000

@@ -54,8 +54,8 @@ from trainer.stages import (  # noqa: F401
     CROSSFIT, FEATURE_CACHE_DIR, PROBABILITIES_DIR, STAGES_DIR, TrainConfig, Trained, stages_of,
 )
 
-# Temperature scaling needs the logits of held-out products in memory (n × classes): one scalar is
-# pinned by far fewer products than the paper's 150K validation ones.
+# Temperature scaling reads the logits of held-out products many times (kept on disk meanwhile, n ×
+# classes float32): one scalar is pinned by far fewer products than the paper's 150K validation ones.
 CALIBRATION_PRODUCTS = 50_000
 
 
@@ -92,17 +92,20 @@ class Run(DecisionModels):
         without one: the model is then exported uncalibrated)."""
         if not self.validation:
             return None
-        logits, labels, count = [], [], 0
-        for batch_logits, batch_labels, _ in self.batch_logits(trained, features.VALIDATION_SPLIT):
-            logits.append(batch_logits)
-            labels.append(batch_labels)
-            count += len(batch_labels)
-            if count >= CALIBRATION_PRODUCTS:
-                break
-        if not count:
-            return None
-        logits, labels = np.concatenate(logits)[:CALIBRATION_PRODUCTS], np.concatenate(labels)[:CALIBRATION_PRODUCTS]
-        fitted = calibration.fit(logits, labels)
+        # The logits go to a temporary file a batch at a time and the fit reads them back in steps
+        # (trainer/calibration.py SpilledLogits): memory is a batch and a step, not products × classes.
+        with calibration.SpilledLogits(self.classes) as logits:
+            labels = []
+            for batch_logits, batch_labels, _ in self.batch_logits(trained, features.VALIDATION_SPLIT):
+                take = CALIBRATION_PRODUCTS - len(logits)
+                logits.append(batch_logits[:take])
+                labels.append(batch_labels[:take])
+                if len(logits) >= CALIBRATION_PRODUCTS:
+                    break
+            if not len(logits):
+                return None
+            labels = np.concatenate(labels)  # n int64s: 12 MB at 1.5M products, and capped at CALIBRATION_PRODUCTS
+            fitted = calibration.fit(logits, labels)
         self.log(f"[{trained.name}] calibration on {len(labels)} validation products: temperature "
                  f"{fitted.temperature:.3f}, ECE {fitted.validation['ece_before']:.4f} → {fitted.validation['ece_after']:.4f}")
         return fitted
