@@ -78,6 +78,14 @@ def image_expert(c: float):
     return make_pipeline(image_features(), _classifier(c))
 
 
+def fit_threads():
+    """A context in which scikit-learn's lbfgs fits run on FIT_BLAS_THREADS BLAS threads (the module
+    docstring says why one); trainer/lexical.py's expert fits in it too."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=FIT_BLAS_THREADS, user_api="blas")
+
+
 def _warm_start(classifier, start) -> None:
     """Starts `classifier`'s next fit from `start`'s solution when they model the same classes."""
     if start is not None and hasattr(start, "coef_"):
@@ -165,10 +173,8 @@ class TfidfImagePoe:
 
     def __init__(self, train: tuple, validation: tuple, num_classes: int,
                  text_cs=TEXT_CS, image_cs=IMAGE_CS):
-        from threadpoolctl import threadpool_limits
-
         started = time.monotonic()
-        with threadpool_limits(limits=FIT_BLAS_THREADS, user_api="blas"):
+        with fit_threads():
             self._fit(train, validation, num_classes, text_cs, image_cs)
         self.fit_seconds = time.monotonic() - started
 

@@ -196,7 +196,10 @@ def _fit_weights(x, labels: np.ndarray, c: float, num_classes: int, vocabulary_s
         bias = np.full(num_classes, -1e4, np.float32)
         bias[classes[0]] = 0.0
         return kernel, bias
-    return _weights(LogisticRegression(C=c, max_iter=300).fit(x, labels), num_classes, vocabulary_size)
+    from common.poe import fit_threads
+
+    with fit_threads():  # one BLAS thread: OpenBLAS's spin on lbfgs's small products (hm: 31.4 → 14.8 CPU s)
+        return _weights(LogisticRegression(C=c, max_iter=300).fit(x, labels), num_classes, vocabulary_size)
 
 
 def _top1(kernel, bias, x, labels) -> float:
