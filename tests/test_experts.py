@@ -100,6 +100,22 @@ def test_hanet_experts_logits_and_weights_are_its_m_stream_equations_from_its_ow
                                logits, rtol=1e-4, atol=1e-4)
 
 
+def test_a_hanet_experts_model_explains_its_predictions_by_the_weights_it_applied():
+    """The export serves each product's lexical_weight from trainer/model.py's explained_model: a
+    hanet_experts model gives its stream weights beside the logits, the ones its logits used."""
+    from trainer import model as model_lib
+
+    head, f_t, f_i, lexical, rng = _built_head()
+    inputs = [keras.Input([7]), keras.Input([9]), keras.Input([NUM_CLASSES])]
+    model = keras.Model(inputs, head(inputs[0], inputs[1], lexical=inputs[2]))
+    head.set_weights([rng.normal(scale=0.7, size=w.shape).astype(np.float32) for w in head.get_weights()])
+    logits, s, _ = _reference(head, f_t.astype(np.float64), f_i.astype(np.float64), lexical.astype(np.float64))
+    out = model_lib.explained_model(model)([f_t, f_i, lexical])
+    np.testing.assert_allclose(out["logits"].numpy(), logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out["stream_weights"].numpy(), np.stack([s[:, 0] + s[:, 2], s[:, 1], s[:, 2]], -1),
+                               rtol=1e-4, atol=1e-6)
+
+
 def test_hanet_experts_refuses_to_run_without_the_lexical_scores_and_round_trips():
     head, f_t, f_i, lexical, _ = _built_head()
     # Keras wraps it in what it adds of the call: the message is a line of its own.
