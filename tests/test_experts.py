@@ -116,6 +116,20 @@ def test_a_hanet_experts_model_explains_its_predictions_by_the_weights_it_applie
                                rtol=1e-4, atol=1e-6)
 
 
+def test_hanet_experts_explains_a_product_without_its_training_dropout():
+    """With dropout on the scorers' inputs, the weights a product is explained by are still the ones its
+    served (inference) logits used, the same at every call."""
+    config = fusion.HeadConfig(width=5, key_dim=3, hybrid_hidden_units=4, dropout=0.5)
+    head = fusion.fusion_head(features.HANET_EXPERTS, NUM_CLASSES, config)
+    _, f_t, f_i, lexical, rng = _built_head()
+    head(f_t, f_i, lexical=lexical)
+    head.set_weights([rng.normal(scale=0.7, size=w.shape).astype(np.float32) for w in head.get_weights()])
+    _, s, _ = _reference(head, f_t.astype(np.float64), f_i.astype(np.float64), lexical.astype(np.float64))
+    for _ in range(2):
+        np.testing.assert_allclose(head.stream_weights(f_t, f_i, lexical=lexical).numpy(),
+                                   np.stack([s[:, 0] + s[:, 2], s[:, 1], s[:, 2]], -1), rtol=1e-4, atol=1e-6)
+
+
 def test_hanet_experts_refuses_to_run_without_the_lexical_scores_and_round_trips():
     head, f_t, f_i, lexical, _ = _built_head()
     # Keras wraps it in what it adds of the call: the message is a line of its own.
