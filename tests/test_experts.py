@@ -130,6 +130,16 @@ def test_hanet_experts_explains_a_product_without_its_training_dropout():
                                    np.stack([s[:, 0] + s[:, 2], s[:, 1], s[:, 2]], -1), rtol=1e-4, atol=1e-6)
 
 
+def test_an_experts_confidence_at_two_classes_and_at_one():
+    """c = (top probability, top-1 − top-2 probability, entropy / log C): with two classes the margin is
+    the difference of the two; a one-class expert is certain (margin 1, entropy 0), three features still."""
+    _, _, confidence, _ = fusion.expert_streams(tf.math.log(tf.constant([[0.7, 0.3]])))
+    h = -(0.7 * np.log(0.7) + 0.3 * np.log(0.3)) / np.log(2)
+    np.testing.assert_allclose(confidence.numpy(), [[0.7, 0.4, h]], rtol=1e-5)
+    _, _, confidence, _ = fusion.expert_streams(tf.zeros([2, 1]))
+    np.testing.assert_allclose(confidence.numpy(), [[1.0, 1.0, 0.0]] * 2, atol=1e-6)
+
+
 def test_hanet_experts_refuses_to_run_without_the_lexical_scores_and_round_trips():
     head, f_t, f_i, lexical, _ = _built_head()
     # Keras wraps it in what it adds of the call: the message is a line of its own.

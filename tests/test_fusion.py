@@ -131,6 +131,15 @@ def test_policy_serves_the_chosen_models_probabilities_and_trains_on_their_mixtu
     np.testing.assert_allclose(trained, pi[:, :1] * p_t + pi[:, 1:] * p_i, rtol=1e-5)
 
 
+def test_an_undecided_policy_serves_the_text_models_prediction():
+    """p_argmax π: at a tie (π_t = π_i) argmax takes the first, the text model."""
+    head = fusion.PolicyFusion(3, fusion.HeadConfig(width=4, policy_top_k=2, dropout=0.0))
+    head(tf.zeros([1, 3]), tf.zeros([1, 3]))
+    _set_dense(head.choice, np.zeros((4, 2)), [0.0, 0.0])  # π = (1/2, 1/2) for every product
+    p_t, p_i = tf.constant([[0.6, 0.3, 0.1]]), tf.constant([[0.1, 0.2, 0.7]])
+    np.testing.assert_allclose(head.fuse(p_t, p_i, training=False).numpy(), np.log(p_t.numpy()), rtol=1e-6)
+
+
 @pytest.mark.parametrize("training", [False, True])
 def test_policy_logits_are_exact_log_probabilities_down_to_tiny_ones_and_finite_at_zero(training):
     """The policy's logits are log-probabilities: a class both models give 1e-10 still ranks below one they
