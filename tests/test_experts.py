@@ -100,15 +100,71 @@ def test_hanet_experts_logits_and_weights_are_its_m_stream_equations_from_its_ow
                                logits, rtol=1e-4, atol=1e-4)
 
 
+def test_a_hanet_experts_model_explains_its_predictions_by_the_weights_it_applied():
+    """The export serves each product's lexical_weight from trainer/model.py's explained_model: a
+    hanet_experts model gives its stream weights beside the logits, the ones its logits used."""
+    from trainer import model as model_lib
+
+    head, f_t, f_i, lexical, rng = _built_head()
+    inputs = [keras.Input([7]), keras.Input([9]), keras.Input([NUM_CLASSES])]
+    model = keras.Model(inputs, head(inputs[0], inputs[1], lexical=inputs[2]))
+    head.set_weights([rng.normal(scale=0.7, size=w.shape).astype(np.float32) for w in head.get_weights()])
+    logits, s, _ = _reference(head, f_t.astype(np.float64), f_i.astype(np.float64), lexical.astype(np.float64))
+    out = model_lib.explained_model(model)([f_t, f_i, lexical])
+    np.testing.assert_allclose(out["logits"].numpy(), logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out["stream_weights"].numpy(), np.stack([s[:, 0] + s[:, 2], s[:, 1], s[:, 2]], -1),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_hanet_experts_explains_a_product_without_its_training_dropout():
+    """With dropout on the scorers' inputs, the weights a product is explained by are still the ones its
+    served (inference) logits used, the same at every call."""
+    config = fusion.HeadConfig(width=5, key_dim=3, hybrid_hidden_units=4, dropout=0.5)
+    head = fusion.fusion_head(features.HANET_EXPERTS, NUM_CLASSES, config)
+    _, f_t, f_i, lexical, rng = _built_head()
+    head(f_t, f_i, lexical=lexical)
+    head.set_weights([rng.normal(scale=0.7, size=w.shape).astype(np.float32) for w in head.get_weights()])
+    _, s, _ = _reference(head, f_t.astype(np.float64), f_i.astype(np.float64), lexical.astype(np.float64))
+    for _ in range(2):
+        np.testing.assert_allclose(head.stream_weights(f_t, f_i, lexical=lexical).numpy(),
+                                   np.stack([s[:, 0] + s[:, 2], s[:, 1], s[:, 2]], -1), rtol=1e-4, atol=1e-6)
+
+
+def test_an_experts_confidence_at_two_classes_and_at_one():
+    """c = (top probability, top-1 − top-2 probability, entropy / log C): with two classes the margin is
+    the difference of the two; a one-class expert is certain (margin 1, entropy 0), three features still."""
+    _, _, confidence, _ = fusion.expert_streams(tf.math.log(tf.constant([[0.7, 0.3]])))
+    h = -(0.7 * np.log(0.7) + 0.3 * np.log(0.3)) / np.log(2)
+    np.testing.assert_allclose(confidence.numpy(), [[0.7, 0.4, h]], rtol=1e-5)
+    _, _, confidence, _ = fusion.expert_streams(tf.zeros([2, 1]))
+    np.testing.assert_allclose(confidence.numpy(), [[1.0, 1.0, 0.0]] * 2, atol=1e-6)
+
+
 def test_hanet_experts_refuses_to_run_without_the_lexical_scores_and_round_trips():
     head, f_t, f_i, lexical, _ = _built_head()
-    with pytest.raises(ValueError, match="hanet_experts fuses the lexical expert"):
+    # Keras wraps it in what it adds of the call: the message is a line of its own.
+    with pytest.raises(ValueError, match=r"(?m)^hanet_experts fuses the lexical expert: call it with "
+                                         r"lexical=<its log-probabilities>$"):
         head(f_t, f_i)
     restored = keras.layers.deserialize(keras.layers.serialize(head))
     assert type(restored) is fusion.HanetExpertsHead and restored.get_config() == head.get_config()
     restored(f_t, f_i, lexical=lexical)
     restored.set_weights(head.get_weights())
     np.testing.assert_allclose(restored(f_t, f_i, lexical=lexical).numpy(), head(f_t, f_i, lexical=lexical).numpy())
+
+
+def test_a_hanet_experts_checkpoint_holds_its_weights_under_the_keys_trained_checkpoints_have(tmp_path):
+    """Training resumes from, and the export loads, TF checkpoints (trainer/loop.py) read with
+    expect_partial(): a weight whose key changed would silently keep its initial value. A checkpoint
+    keys a layer's sublayers by attribute and its own weights by their add_weight names: these."""
+    head, *_ = _built_head()
+    path = tf.train.Checkpoint(head=head).write(str(tmp_path / "ckpt"))
+    keys = {name.removeprefix("head/").removesuffix("/.ATTRIBUTES/VARIABLE_VALUE")
+            for name, _ in tf.train.list_variables(path) if name.startswith("head/")}
+    dense = ["text_head/classifier", "image_head/classifier", "keyless/scorer", "hybrid/hidden", "hybrid/out"]
+    dense += [f"{layer}/{m}" for layer in ("keyless/values", "key_based/keys", "key_based/queries") for m in range(3)]
+    assert keys == {f"{d}/{w}" for d in dense for w in ("kernel", "bias")} | {"hybrid/stream_prior",
+                                                                               "product/log_temperature"}
 
 
 def test_the_key_based_scores_over_two_streams_are_the_papers():
@@ -121,7 +177,7 @@ def test_the_key_based_scores_over_two_streams_are_the_papers():
     q_t, q_i = _dense(layer.queries[0], xs[0]), _dense(layer.queries[1], xs[1])
     expected = _softmax(np.stack([(k_t * q_i).sum(-1), (k_i * q_t).sum(-1)], -1) / np.sqrt(3))
     np.testing.assert_allclose(s, expected, rtol=1e-5)
-    with pytest.raises(ValueError, match="at least two streams"):
+    with pytest.raises(ValueError, match="^key-based attention needs at least two streams, got 1$"):
         fusion.MultiKeyBasedScores(1, 3)
 
 

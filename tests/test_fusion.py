@@ -1,6 +1,9 @@
 """The fusion heads against HANET.md: each layer on hand-computed cases, each whole head against a NumPy
 re-implementation of the paper's equations from the head's own weights, and the registry, configs and
 saved models (also those saved before one class per fusion)."""
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -126,6 +129,29 @@ def test_policy_serves_the_chosen_models_probabilities_and_trains_on_their_mixtu
     np.testing.assert_allclose(served, np.stack([p_t[0], p_i[1]]), rtol=1e-5)
     trained = np.exp(head(f_t, f_i, training=True).numpy())
     np.testing.assert_allclose(trained, pi[:, :1] * p_t + pi[:, 1:] * p_i, rtol=1e-5)
+
+
+def test_an_undecided_policy_serves_the_text_models_prediction():
+    """p_argmax π: at a tie (π_t = π_i) argmax takes the first, the text model."""
+    head = fusion.PolicyFusion(3, fusion.HeadConfig(width=4, policy_top_k=2, dropout=0.0))
+    head(tf.zeros([1, 3]), tf.zeros([1, 3]))
+    _set_dense(head.choice, np.zeros((4, 2)), [0.0, 0.0])  # π = (1/2, 1/2) for every product
+    p_t, p_i = tf.constant([[0.6, 0.3, 0.1]]), tf.constant([[0.1, 0.2, 0.7]])
+    np.testing.assert_allclose(head.fuse(p_t, p_i, training=False).numpy(), np.log(p_t.numpy()), rtol=1e-6)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_policy_logits_are_exact_log_probabilities_down_to_tiny_ones_and_finite_at_zero(training):
+    """The policy's logits are log-probabilities: a class both models give 1e-10 still ranks below one they
+    give 1e-9 (the top-k a user sees) at its true log-probability; one they give exactly 0 (float32
+    softmax underflows) gets a finite logit, lower still, so the loss stays finite."""
+    head = fusion.PolicyFusion(4, fusion.HeadConfig(width=4, policy_top_k=2, dropout=0.0))
+    head(tf.zeros([1, 4]), tf.zeros([1, 4]))
+    # Both models agree, so the chosen probabilities and the mixture are p whatever the policy.
+    p = tf.constant([[1.0, 1e-9, 1e-10, 0.0]])
+    logits = head.fuse(p, p, training=training).numpy()[0]
+    np.testing.assert_allclose(logits[:3], np.log([1.0, 1e-9, 1e-10]), rtol=1e-5, atol=1e-6)
+    assert np.isfinite(logits[3]) and logits[3] < logits[2] - 5
 
 
 @pytest.mark.parametrize("name", fusion.PAPER_FUSIONS)
@@ -346,11 +372,17 @@ def test_every_fusion_of_the_paper_has_its_own_registered_class():
         assert type(fusion.fusion_head(name, 3, name="head")) is cls
 
 
+def _whole(message):
+    """pytest.raises' match for exactly `message` (match searches: a part would pass inside a longer text)."""
+    return f"^{re.escape(message)}$"
+
+
 def test_a_fusion_registered_twice_or_unknown_is_rejected_by_name():
-    with pytest.raises(ValueError, match="'hanet' is already registered to HanetHead"):
+    with pytest.raises(ValueError, match=_whole("fusion 'hanet' is already registered to HanetHead")):
         fusion.register(fusion.HANET)(type("Other", (fusion.FeatureHead,), {}))
     assert fusion.FUSION_HEADS[fusion.HANET] is fusion.HanetHead
-    with pytest.raises(ValueError, match="unknown fusion 'late'.*policy"):
+    # What a user who mistyped --fusion reads: the name and every fusion there is.
+    with pytest.raises(ValueError, match=_whole(f"unknown fusion 'late'; expected one of {fusion.FUSIONS}")):
         fusion.fusion_head("late", 3)
 
 
@@ -383,7 +415,7 @@ def test_each_equation_layer_round_trips_through_its_config():
     for layer in layers:
         restored = keras.layers.deserialize(keras.layers.serialize(layer))
         assert type(restored) is type(layer) and restored.get_config() == layer.get_config()
-    with pytest.raises(ValueError, match="normalize must be one of"):
+    with pytest.raises(ValueError, match=_whole("normalize must be one of ('softmax', 'sigmoid', 'none'), got 'tanh'")):
         fusion.HybridScores(2, "tanh")
 
 
@@ -432,6 +464,22 @@ def test_a_model_saved_before_one_class_per_fusion_loads_with_equal_outputs(name
 
 
 @pytest.mark.parametrize("name", fusion.PAPER_FUSIONS)
+def test_a_checkpoint_written_before_one_class_per_fusion_restores_every_weight_by_name(name, tmp_path):
+    """The quick half of the test above (which saves SavedModels, slow): the heads name and order their
+    weights as the old FeatureHead switch did (HDF5 weight files and get/set_weights line up on them) and
+    its TF checkpoint restores into them whole: training resumes from such checkpoints."""
+    from tests.fixtures import fusion_before_registry as before
+
+    old, new = _head_model(before, name), _head_model(fusion, name)
+    assert [w.name for w in new.weights] == [w.name for w in old.weights]
+    _random_weights(old)
+    path = tf.train.Checkpoint(model=old).write(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(model=new).read(path).assert_consumed()
+    for mine, theirs in zip(new.weights, old.weights):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+
+
+@pytest.mark.parametrize("name", fusion.PAPER_FUSIONS)
 def test_a_saved_model_reloads_its_fusion_layer_and_outputs(name, tmp_path):
     model = _head_model(fusion, name)
     _random_weights(model)
@@ -464,16 +512,32 @@ def test_the_default_head_is_the_one_docs_training_md_argues_for():
     assert defaults.policy_top_k == features.DEFAULT_TOP_K  # "policy on the top-5": the serving top-k
 
 
+POSITIVE = "width, key_dim, hybrid_hidden_units and policy_top_k must be positive"
+
+
 @pytest.mark.parametrize("options, message", [
-    ({"hybrid_normalize": "tanh"}, "hybrid_normalize must be one of"), ({"combine": "max"}, "combine must be one of"),
-    ({"width": 0}, "must be positive"), ({"key_dim": 0}, "must be positive"),
-    ({"hybrid_hidden_units": 0}, "must be positive"), ({"policy_top_k": 0}, "must be positive"),
-    ({"dropout": 1.0}, "dropout must be in"), ({"dropout": -0.1}, "dropout must be in"),
-    ({"stream_dropout": -0.1}, "stream_dropout must be in"),
+    ({"hybrid_normalize": "tanh"}, "hybrid_normalize must be one of ('softmax', 'sigmoid', 'none'), got 'tanh'"),
+    ({"combine": "max"}, "combine must be one of ('concat', 'sum'), got 'max'"),
+    ({"width": 0}, POSITIVE), ({"key_dim": 0}, POSITIVE), ({"hybrid_hidden_units": 0}, POSITIVE),
+    ({"policy_top_k": 0}, POSITIVE),
+    ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"), ({"dropout": -0.1}, "dropout must be in [0, 1), got -0.1"),
+    ({"stream_dropout": -0.1}, "stream_dropout must be in [0, 1), got -0.1"),
 ])
 def test_a_head_config_out_of_range_is_refused_naming_the_option(options, message):
-    with pytest.raises(ValueError, match=message):
+    """The options come from the command line: the whole message is what its user reads."""
+    with pytest.raises(ValueError, match=_whole(message)):
         fusion.HeadConfig(**options)
+
+
+def test_a_head_config_cannot_be_changed_under_the_heads_that_share_it():
+    """Heads built without a config share the one default HeadConfig: a change made through one head
+    would reach every other. A config is a value: frozen, equal and hashable by its options."""
+    concat, hanet = fusion.fusion_head(fusion.CONCAT, 3), fusion.fusion_head(fusion.HANET, 3)
+    assert concat.config is hanet.config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        concat.config.width = 8
+    assert hanet.config.width == fusion.HeadConfig().width == 512
+    assert len({fusion.HeadConfig(width=8), fusion.HeadConfig(width=8), fusion.HeadConfig()}) == 2
 
 
 def test_the_smallest_valid_head_config_builds():
