@@ -581,7 +581,6 @@ keras.utils.get_custom_objects().update(
 # the others (common/poe.py's floor).
 EXPERT_LOG_PROB_FLOOR = -20.7  # ln(1e-9)
 EXPERT_PROFILE_TOP_K = 5
-EXPERT_CONFIDENCE_FEATURES = 3
 
 
 def expert_streams(log_probs, top_k: int = EXPERT_PROFILE_TOP_K):
