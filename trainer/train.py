@@ -104,7 +104,7 @@ class Run(DecisionModels):
                     break
             if not len(logits):
                 return None
-            labels = np.concatenate(labels)  # n int64s: 12 MB at 1.5M products, and capped at CALIBRATION_PRODUCTS
+            labels = np.concatenate(labels)  # at most CALIBRATION_PRODUCTS int64s
             fitted = calibration.fit(logits, labels)
         self.log(f"[{trained.name}] calibration on {len(labels)} validation products: temperature "
                  f"{fitted.temperature:.3f}, ECE {fitted.validation['ece_before']:.4f} → {fitted.validation['ece_after']:.4f}")
