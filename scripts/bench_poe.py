@@ -37,10 +37,7 @@ def main() -> None:
     missing = [p for p in paths.values() if not os.path.isdir(p)]
     if missing:
         sys.exit(f"bench_poe: {args.run_dir} is not a finished run's directory: no {missing[0]}")
-    metadata = features_cache._read_poe_metadata(paths["poe"])
-    _, _, labels, ids = features_cache._with_titles(
-        features_cache._read_poe_split(paths["poe"], features.EVAL_SPLIT, metadata), paths["examples"],
-        features.EVAL_SPLIT, metadata["validation_fraction"], paths["poe"])
+    _, _, labels, ids = features_cache.poe_split(paths["poe"], paths["examples"], features.EVAL_SPLIT)
     num_classes = len(label_names(tft.TFTransformOutput(paths["graph"])))  # as the evaluate stage counts them
     print(f"{len(ids)} eval products, {num_classes} classes")
     for threads in (int(t) for t in args.blas_threads.split(",")):

@@ -531,6 +531,14 @@ def _read_poe_split(poe_dir: str, split: str, metadata: dict) -> dict:
     return dict(zip(ids.tolist(), image))
 
 
+def poe_split(poe_dir: str, examples_dir: str, split: str, metadata: dict | None = None) -> tuple:
+    """(titles, image features, label ids, ids) of one split of a poe_features artifact, each product's
+    title read from `examples_dir`; `metadata` as _read_poe_metadata gives it (read when None)."""
+    metadata = _read_poe_metadata(poe_dir) if metadata is None else metadata
+    return _with_titles(_read_poe_split(poe_dir, split, metadata), examples_dir, split,
+                        metadata["validation_fraction"], f"the tfidf_image_poe features in {poe_dir}")
+
+
 def fit_poe(poe_dir: str, examples_dir: str, transform_graph_dir: str, num_classes: int):
     """tfidf_image_poe (common/poe.py) fitted as the benchmark fits it, on the titles of `examples_dir` and
     the frozen image features a training run wrote from them into `poe_dir` (write_poe_features): its
@@ -547,8 +555,7 @@ def fit_poe(poe_dir: str, examples_dir: str, transform_graph_dir: str, num_class
         raise ValueError(refused)
 
     def split(name: str):
-        image = _read_poe_split(poe_dir, name, metadata)
-        return _with_titles(image, examples_dir, name, fraction, f"the tfidf_image_poe features in {poe_dir}")
+        return poe_split(poe_dir, examples_dir, name, metadata)
 
     train = split(features.TRAIN_SPLIT)[:3]
     validation = (split(features.VALIDATION_SPLIT)[:3] if fraction else
