@@ -429,6 +429,12 @@ def test_a_precision_exactly_at_the_target_reaches_it():
     assert _reference_coverage(c, labels == 0, 0.9)[0] == 1.0
     assert counts.coverage_at(0.9) == (1.0, pytest.approx(float(metrics.cell_edge(400))))
     assert counts.coverage_at(0.95) == (0.9, pytest.approx(float(metrics.cell_edge(500))))
+    # The most confident product wrong instead: no threshold reaches 0.95, nothing is filed automatically.
+    top_wrong = metrics.CalibrationCounts()
+    top_wrong.add(np.log(np.stack([c, 1 - c], -1)), np.where(cells == 1300, 1, 0))
+    assert _reference_coverage(c, cells != 1300, 0.95) == (0.0, None)
+    assert top_wrong.coverage_at(0.95) == (0.0, None)
+    assert top_wrong.figures(target_precisions=(0.95,))["coverage_at_95"] == 0.0
 
 
 def test_a_product_of_confidence_below_0_002_is_in_the_first_bin():
