@@ -1,6 +1,7 @@
 """Mutation testing: the share of mutmut's mutants of each guarded module that its own fast tests kill.
 
     .venv/bin/python scripts/mutation.py [--sample 0.3] [--seed 0] [--only fusion.py,metrics.py] [--report FILE]
+    .venv/bin/python scripts/mutation.py --only metrics.py --survivors FILE
 
 For each module of TARGETS, mutmut's operators (mutmut.list_mutations) give every mutant of it: a
 number, operator, keyword, string or name changed, an argument or a decorator dropped. With `--sample`
@@ -9,7 +10,9 @@ random sample it ran). Each mutant is written into a scratch copy of the project
 module's own test files run against it in one pytest process (`-x`, their quick tests: `-m "not slow"`): the mutant is killed when they
 fail or run over three times the clean run. Each run is a fork of one process that imported
 TensorFlow and the other heavy libraries once (PRELOAD). It prints killed / run and the score per module, and each
-survivor as its changed line, to read and judge.
+survivor as its changed line, to read and judge. `--survivors FILE` reruns only the survivors an
+earlier `--report FILE` lists: when tests were only added since (the module unchanged, so its mutants
+are the same), the mutants that run killed stay killed, and the survivors are all that can change.
 
 mutmut's own `run` is not used: it mutates the working tree in place (an interrupted run leaves a
 mutant in the source) and cannot sample; its mutation operators are what matters, and they are the same.
@@ -132,13 +135,25 @@ def changed_line(source: str, mutated: str) -> str:
     return " | ".join(line.strip() for line in diff)
 
 
-def mutation_score(repo: pathlib.Path, module: str, tests: list[str], sample: float, seed: int) -> Result:
+def mutation_score(repo: pathlib.Path, module: str, tests: list[str], sample: float, seed: int,
+                   survivors: list[str] | None = None) -> Result:
     """Runs the sampled mutants in their random order, so that a run stopped early (Ctrl-C, SIGTERM)
-    still reports a random sample: what ran so far."""
+    still reports a random sample: what ran so far. With `survivors` (an earlier report's changed
+    lines), only those mutants run."""
     path = repo / module
     source = path.read_text()
     ids = mutants(source, module)
-    chosen = random.Random(seed).sample(ids, max(1, round(sample * len(ids))))
+    if survivors is None:
+        chosen = random.Random(seed).sample(ids, max(1, round(sample * len(ids))))
+    else:
+        # A changed line names its mutant as long as the module is the one the report ran on.
+        on_lines = {int(line.split(":")[0].removeprefix("line ")) for line in survivors}
+        by_line = {f"line {m.line_number + 1}: "
+                   f"{changed_line(source, mutate(Context(source=source, filename=module, mutation_id=m))[0])}": m
+                   for m in ids if m.line_number + 1 in on_lines}
+        if missing := [line for line in survivors if line not in by_line]:
+            raise SystemExit(f"{module} changed since the report: no mutant gives {missing[0]!r}")
+        chosen = [by_line[line] for line in survivors]
     result = Result(module, len(ids))
     passed, clean = run_tests(repo, tests, None)
     if not passed:
@@ -169,6 +184,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
     parser.add_argument("--only", default="", help="comma-separated module file names (e.g. fusion.py); default all")
     parser.add_argument("--report", help="also write the results as JSON to this file")
+    parser.add_argument("--survivors", metavar="FILE",
+                        help="run only the survivors of an earlier --report FILE (its modules unchanged)")
     args = parser.parse_args(argv)
     if not 0.0 < args.sample <= 1.0:
         parser.error("--sample must be in (0, 1]")
@@ -181,7 +198,11 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     repo = scratch_copy(REPO_ROOT)
     try:
-        results = [mutation_score(repo, module, tests, args.sample, args.seed) for module, tests in targets.items()]
+        earlier = ({r["module"]: r["survivors"] for r in json.loads(pathlib.Path(args.survivors).read_text())}
+                   if args.survivors else None)
+        results = [mutation_score(repo, module, tests, args.sample, args.seed,
+                                  None if earlier is None else earlier.get(module, []))
+                   for module, tests in targets.items()]
     finally:
         shutil.rmtree(repo.parent, ignore_errors=True)
     print("\nmodule                                  killed / run   score   (mutants in module)")

@@ -56,6 +56,22 @@ def test_class_counts_match_scikit_learn_over_several_batches():
     assert counts.per_class(NAMES) == expected
 
 
+def test_per_class_figures_are_0_where_undefined_as_scikit_learns_zero_division_0():
+    # Class 2 is never predicted (no precision), class 3 never true (no recall): the random
+    # predictions above predict every class, so neither case occurs there.
+    labels, predicted = np.array([0, 0, 1, 2, 2]), np.array([0, 3, 1, 1, 0])
+    counts = metrics.ClassCounts(5)
+    counts.add(labels, predicted[:, None])
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=[0, 1, 2, 3],
+                                                                     zero_division=0)
+    rows = {row["label"]: row for row in counts.per_class(NAMES)}
+    assert sorted(rows) == NAMES[:4]  # class 4 neither true nor predicted: not a row
+    for c in range(4):
+        assert (rows[NAMES[c]]["precision"], rows[NAMES[c]]["recall"], rows[NAMES[c]]["f1"]) == pytest.approx(
+            (precision[c], recall[c], f1[c])), c
+    assert rows[NAMES[2]]["precision"] == 0.0 and rows[NAMES[3]]["recall"] == 0.0
+
+
 def test_top5_counts_only_the_first_five_of_longer_rankings():
     counts = metrics.ClassCounts(8)
     counts.add(np.array([5, 6]), np.array([[0, 1, 2, 3, 4, 5, 6, 7], [6, 0, 1, 2, 3, 4, 5, 7]]))
@@ -76,13 +92,18 @@ def test_confused_pairs_are_the_most_frequent_errors_with_their_share_of_the_tru
     assert len(counts.confused_pairs(NAMES)) == min(len(expected), metrics.CONFUSED_PAIRS) == 20
 
 
-@pytest.mark.parametrize("max_classes", [5, 30])
+# None: the default, what components/evaluate.py shows: the 20 most frequent classes and the rest pooled.
+@pytest.mark.parametrize("max_classes", [5, 30, None])
 def test_the_confusion_matrix_pools_all_but_the_most_frequent_classes_and_still_adds_up(max_classes):
     labels, scores = _predictions(seed=2)
     predicted = scores.argmax(-1)
     counts = metrics.ClassCounts(30)
     counts.add(labels, metrics.top_k_ids(scores))
-    categories, matrix = counts.confusion_matrix(NAMES, max_classes)
+    if max_classes is None:
+        categories, matrix = counts.confusion_matrix(NAMES)
+        max_classes = 20
+    else:
+        categories, matrix = counts.confusion_matrix(NAMES, max_classes)
 
     present = set(labels) | set(predicted)
     order = sorted(present, key=lambda c: (-np.sum(labels == c), NAMES[c]))
@@ -92,7 +113,7 @@ def test_the_confusion_matrix_pools_all_but_the_most_frequent_classes_and_still_
     to_row = np.vectorize(lambda c: shown.index(c) if c in shown else other)
     expected = confusion_matrix(to_row(labels), to_row(predicted), labels=range(len(shown) + int(pooled)))
     assert categories == [NAMES[c] for c in shown] + ([metrics.OTHER_CLASSES] if pooled else [])
-    assert pooled == (max_classes == 5)
+    assert pooled == (max_classes < 30)
     np.testing.assert_array_equal(matrix, expected)
     assert np.sum(matrix) == 200
 
@@ -100,7 +121,7 @@ def test_the_confusion_matrix_pools_all_but_the_most_frequent_classes_and_still_
 def test_counts_of_nothing():
     counts = metrics.ClassCounts(3)
     assert counts.macro_f1() == 0.0
-    with pytest.raises(ValueError, match="eval split is empty"):
+    with pytest.raises(ValueError, match=r"^no eval examples: the eval split is empty$"):
         counts.metrics()
     assert counts.per_class(NAMES) == [] and counts.confused_pairs(NAMES) == []
     assert counts.confusion_matrix(NAMES) == ([], [])
@@ -260,7 +281,7 @@ def test_a_confidence_that_rounds_to_one_keeps_its_doubt():
 
 
 def test_calibration_of_nothing_is_an_error():
-    with pytest.raises(ValueError, match="no products"):
+    with pytest.raises(ValueError, match=r"^no products: the split is empty$"):
         metrics.CalibrationCounts().figures()
 
 
@@ -286,6 +307,16 @@ def test_stream_weight_summary_matches_numpy_on_right_and_wrong_products():
                                                              abs=1e-3)
 
 
+def test_a_quantile_that_falls_exactly_on_a_cells_running_count_is_that_cell():
+    # 10 products: q10 and q50 are reached exactly (1 and 5 products) at the end of a cell followed by a gap.
+    s_t = np.array([0.1004] + [0.2004] * 4 + [0.9004] * 5)
+    counts = metrics.StreamWeightCounts()
+    counts.add(np.stack([s_t, 1 - s_t], -1), np.ones(10, bool))
+    row = counts.summary()["right"]
+    for q in (10, 50, 90):
+        assert row[f"text_weight_q{q}"] == pytest.approx(np.quantile(s_t, q / 100, method="inverted_cdf"), abs=1e-3)
+
+
 def test_stream_weights_outside_0_1_are_counted_and_pooled_in_the_end_cells():
     counts = metrics.StreamWeightCounts()
     counts.add(np.array([[-0.5, 1.5], [1.2, 0.1], [0.5, 0.5], [1.0, 0.0]]), np.array([True, False, True, True]))
@@ -296,6 +327,8 @@ def test_stream_weights_outside_0_1_are_counted_and_pooled_in_the_end_cells():
                                 "text_weight_q10": 0.9995, "text_weight_q50": 0.9995, "text_weight_q90": 0.9995}
     assert metrics.StreamWeightCounts().summary() == {"outside_0_1": 0, "right": {"products": 0},
                                                       "wrong": {"products": 0}}
+    # components/evaluate.py reads the summary's rows by KINDS.
+    assert set(metrics.StreamWeightCounts.KINDS) == set(summary) - {"outside_0_1"}
 
 
 def test_the_histogram_spans_the_range_the_weights_occupy():
@@ -313,7 +346,7 @@ def test_the_histogram_spans_the_range_the_weights_occupy():
 
     spread = metrics.StreamWeightCounts()
     spread.add(np.array([[0.0, 1.0], [0.999, 0.001]]), np.array([True, False]))
-    histogram = spread.histogram(bins=20)
+    histogram = spread.histogram()  # the default, as components/evaluate.py calls it: 20 bins
     assert histogram["edges"] == pytest.approx(np.linspace(0, 1, 21).tolist())
     assert histogram["right"] == [1] + [0] * 19 and histogram["wrong"] == [0] * 19 + [1]
     assert metrics.StreamWeightCounts().histogram() == {"edges": [0.0, 1.0], "right": [0], "wrong": [0]}
@@ -357,6 +390,66 @@ def test_the_default_figures_give_coverage_at_the_catalog_teams_precisions():
     assert len(figures) == 5 + 2 * 3
 
 
+def test_by_default_the_report_has_15_equal_mass_bins_and_a_curve_of_200_points():
+    """The defaults components/evaluate.py reports with, against a direct computation."""
+    logits, labels, c = _spread_logits(seed=10)
+    counts = metrics.CalibrationCounts()
+    counts.add(logits, labels)
+    right = labels == 0
+    order = np.split(np.argsort(c), 15)  # 150 products in distinct cells: 15 bins of 10
+    assert counts.reliability() == [{"products": 10, "confidence": pytest.approx(c[i].mean()),
+                                     "accuracy": pytest.approx(right[i].mean())} for i in order]
+    assert counts.figures()["ece"] == pytest.approx(sum(abs(right[i].mean() - c[i].mean()) for i in order) / 15)
+
+    logits, labels, c = _spread_logits(n=600, seed=11)
+    many = metrics.CalibrationCounts()
+    many.add(logits, labels)
+    curve = many.coverage_curve()
+    assert len(curve) == 200
+    coverage = np.array([point["coverage"] for point in curve])
+    assert coverage[0] == 1 / 600 and coverage[-1] == 1.0
+    assert np.all(np.diff(coverage) <= 4 / 600)  # evenly spread: 599 steps of 1/600 over 199 gaps, rounded
+
+
+def test_a_cells_lowest_confidence_as_threshold_admits_that_cell():
+    """A threshold on a cell edge (what coverage_at gives, and what at_threshold is exact for) starts
+    at that cell, not the next: brute force over the edges, where float64 still resolves them."""
+    edges = metrics.cell_edge(np.arange(3000))
+    for cell in range(1, 3000, 7):
+        assert metrics.first_cell_at(float(edges[cell])) == int(np.argmax(edges >= edges[cell])) == cell
+
+
+def test_a_precision_exactly_at_the_target_reaches_it():
+    # 10 products in distinct cells, the least confident one wrong: 9 / 10 right is precision 0.9 exactly.
+    cells = np.arange(400, 1400, 100)  # confidences 0.55 to 0.93 over 2 classes: class 0 is the top-1
+    c = -np.expm1(-(cells + 0.5) * metrics.DOUBT_CELL)
+    labels = np.where(cells == 400, 1, 0)
+    counts = metrics.CalibrationCounts()
+    counts.add(np.log(np.stack([c, 1 - c], -1)), labels)
+    assert _reference_coverage(c, labels == 0, 0.9)[0] == 1.0
+    assert counts.coverage_at(0.9) == (1.0, pytest.approx(float(metrics.cell_edge(400))))
+    assert counts.coverage_at(0.95) == (0.9, pytest.approx(float(metrics.cell_edge(500))))
+    # The most confident product wrong instead: no threshold reaches 0.95, nothing is filed automatically.
+    top_wrong = metrics.CalibrationCounts()
+    top_wrong.add(np.log(np.stack([c, 1 - c], -1)), np.where(cells == 1300, 1, 0))
+    assert _reference_coverage(c, cells != 1300, 0.95) == (0.0, None)
+    assert top_wrong.coverage_at(0.95) == (0.0, None)
+    assert top_wrong.figures(target_precisions=(0.95,))["coverage_at_95"] == 0.0
+
+
+def test_a_product_of_confidence_below_0_002_is_in_the_first_bin():
+    # Near-uniform scores over 1000 classes: confidence 0.001, the doubt scale's first cell.
+    logits = np.zeros((4, 1000))
+    logits[2:, 0] = 20.0
+    labels = np.array([0, 1, 0, 0])
+    counts = metrics.CalibrationCounts()
+    counts.add(logits, labels)
+    confident = np.exp(20.0) / (np.exp(20.0) + 999)
+    assert counts.reliability(2) == [
+        {"products": 2, "confidence": pytest.approx(0.001), "accuracy": 0.5},
+        {"products": 2, "confidence": pytest.approx(confident), "accuracy": 1.0}]
+
+
 def test_reliability_bins_split_at_cell_edges_when_neighbouring_cells_are_full():
     cells = np.arange(500, 520)  # 20 products in 20 adjacent doubt cells
     c = -np.expm1(-(cells + 0.5) * metrics.DOUBT_CELL)
@@ -369,7 +462,7 @@ def test_reliability_bins_split_at_cell_edges_when_neighbouring_cells_are_full()
 
 
 def test_stream_weights_of_another_width_are_an_error_naming_the_shape():
-    with pytest.raises(ValueError, match=r"\[batch, 2\] or \[batch, 3\], got shape \(4, 4\)"):
+    with pytest.raises(ValueError, match=r"^stream weights must be \[batch, 2\] or \[batch, 3\], got shape \(4, 4\)$"):
         metrics.StreamWeightCounts().add(np.full((4, 4), 0.25), np.ones(4, bool))
 
 

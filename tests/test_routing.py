@@ -47,10 +47,21 @@ def test_routing_counts_stream_over_batches_and_split_the_disagreement_products(
     assert figures["text_decides_products"] == len(text_decides)
     assert figures["image_decides_products"] == len(image_decides)
     assert np.isclose(figures["text_decides_mean_text_weight"], text_decides.mean())
+    assert np.isclose(figures["image_decides_mean_text_weight"], image_decides.mean())
     assert np.isclose(figures["routing_auc"], _pairwise_auc(text_decides, image_decides))
     without_unimodal = RoutingCounts()
     without_unimodal.add(s_t)
     assert "routing_auc" not in without_unimodal.figures()
+    assert RoutingCounts().figures() == {"products": 0}
+
+
+def test_routing_with_no_image_decides_product_has_no_mean_and_no_auc():
+    counts = RoutingCounts()
+    counts.add(np.array([0.9, 0.6, 0.4]), np.array([1, 1, 0], bool), np.array([0, 1, 0], bool))
+    figures = counts.figures()
+    assert figures["text_decides_products"] == 1 and figures["image_decides_products"] == 0
+    assert figures["text_decides_mean_text_weight"] == 0.9
+    assert figures["image_decides_mean_text_weight"] is None and figures["routing_auc"] is None
 
 
 def test_the_evaluation_reports_the_spread_and_the_routing_auc():
