@@ -17,8 +17,26 @@ CONFUSED_PAIRS = 20
 
 
 def top_k_ids(probabilities: np.ndarray, k: int = TOP_K) -> np.ndarray:
-    """[batch, classes] → [batch, min(k, classes)] class ids by decreasing probability."""
-    return np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
+    """[batch, classes] → [batch, min(k, classes)] class ids by decreasing probability, ties by class id."""
+    negated = -np.asarray(probabilities)
+    k = min(k, negated.shape[-1])
+    if negated.ndim != 2 or not k or negated.shape[-1] <= 8 * k:
+        return np.argsort(negated, axis=-1, kind="stable")[:, :k]
+    # A full sort of every row was 28 ms a batch of 64 products × 5,249 classes, four times a batch in the
+    # evaluate stage (14 CPU s of its 733 at 40K products). So: every class at or above a row's k-th score
+    # (a partition), then a stable sort of those alone, in class order: the full sort's first k, ties
+    # included. Rows with more than k such classes (a tie at the k-th place) or NaNs take the full sort.
+    kth = np.partition(negated, k - 1, axis=-1)[:, k - 1:k]
+    candidates = negated <= kth
+    exact = candidates.sum(axis=-1) == k
+    top = np.empty([len(negated), k], np.intp)
+    if exact.any():
+        columns = np.nonzero(candidates[exact])[1].reshape(-1, k)  # each row's k classes, in class order
+        order = np.argsort(np.take_along_axis(negated[exact], columns, -1), axis=-1, kind="stable")
+        top[exact] = np.take_along_axis(columns, order, -1)
+    if not exact.all():
+        top[~exact] = np.argsort(negated[~exact], axis=-1, kind="stable")[:, :k]
+    return top
 
 
 class ClassCounts:
