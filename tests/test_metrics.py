@@ -33,6 +33,21 @@ def test_top_k_ids_rank_by_decreasing_probability_ties_by_class_id():
     assert metrics.top_k_ids(np.zeros((1, 9))).tolist() == [[0, 1, 2, 3, 4]]  # TOP_K = 5 by default
 
 
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_top_k_ids_of_many_classes_equal_a_full_stable_sort_ties_nan_and_inf_included(k):
+    # Past 8 × k classes top_k_ids partitions first; a full stable sort is the independent answer.
+    rng = np.random.default_rng(k)
+    p = rng.random((12, 200)).astype(np.float32)
+    p[1, [7, 50, 120, 199]] = 2.0  # four tied at the top: more than k for k = 1, 3
+    p[2, :] = 0.5  # every class tied
+    p[3, 60] = np.nan
+    p[4, [3, 9]] = -np.inf
+    p[5, [10, 11, 12, 13, 14, 15]] = 1.5  # a tie across the k-th place for every k here
+    p[6] = np.round(p[6], 1)  # many ties everywhere
+    expected = np.argsort(-p, axis=-1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(metrics.top_k_ids(p, k), expected)
+
+
 def test_class_counts_match_scikit_learn_over_several_batches():
     labels, scores = _predictions()
     counts = metrics.ClassCounts(30)
