@@ -6,8 +6,8 @@ start-time fair queuing).
 Why not plain round robin: a good client is closed-loop (one request at a time, the next once this
 one is answered), so under round robin among itself and 4 attackers with requests queued it waits
 behind one job or model call of each attacker at every stage, about 5 service times a request
-whatever the details: its fair share is 1/5. Measured with a trained model (a model call of some
-40 ms, the server on one core), its p99 was 5-6.5 times the idle one. A client with one request
+whatever the details: its fair share is 1/5. Measured with a trained model (an idle request of
+some 44 ms at the median, the server on one core), its p99 was 5-6.5 times the idle one. A client with one request
 waiting is served before clients with 49 queued instead, so it waits for the job or call already
 running and no more; a backlogged client still gets every turn no lighter client wants (at least
 every other turn beside one closed-loop client), and clients equally loaded (say, an attacker's
