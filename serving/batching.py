@@ -27,8 +27,9 @@ that order, one request of each client a round (of a split request, a share of t
 instances), so concurrent single-product requests of different clients share one call and the
 lightest clients' requests are in its first round. A call holding a piece of a split
 task runs with the cores to itself (concurrent calls share them unevenly: a small request beside
-a large piece ran 3-4 times slower), and the task goes to the back of the queue after each piece
-(round robin), so a small request waits for one piece at most. And a task whose client has gone
+a large piece ran 3-4 times slower), and the task goes back to the queue after each piece, lighter
+by that piece, so a small request waits for one piece at most (of two split tasks, the one with
+fewer instances left goes first: the shortest remaining work first, not their pieces in turn). And a task whose client has gone
 away (a gRPC deadline, a closed HTTP connection) is dropped from the queue: only the piece already
 running is computed for it. Without --enable-batching the same scheduler runs each task on its own (no merging).
 

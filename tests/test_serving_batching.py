@@ -335,6 +335,15 @@ def test_a_split_request_weighs_its_instances_not_yet_handed_to_the_model():
     assert answers[0] == big
 
 
+def test_of_two_split_requests_the_one_with_fewer_instances_left_goes_first():
+    first, second = [f"a{i}" for i in range(6)], [f"b{i}" for i in range(6)]
+    calls, answers = _recorded_calls(BatchScheduler(BatchingOptions(num_batch_threads=1, max_execution_batch_size=2)),
+                                     ("a", first), [("b", second)])
+    # a had 4 left after its first piece, b 6: a finishes first (round robin alternated a, b, a, b).
+    assert calls == [["a0", "a1"], ["a2", "a3"], ["a4", "a5"], ["b0", "b1"], ["b2", "b3"], ["b4", "b5"]]
+    assert answers == [first, second]
+
+
 def test_a_single_goes_before_a_client_with_more_instances_waiting_even_if_served_more_recently():
     singles = [("flood", [f"flood{i}"]) for i in range(3)]
     big = [f"big{i}" for i in range(10)]
