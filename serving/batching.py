@@ -14,15 +14,22 @@ took to send. Requests of one model call or less (small) and larger ones (split)
 pools of `max_enqueued_instances` each, a task admitted when its pool is empty or it fits: large
 requests never lock small ones out, and single-product requests queue by the hundred without
 batching (TF Serving's count of 10 batches of one refused the 11th). And the next task is not the
-oldest but the oldest of the client (a connection) whose last turn is the longest ago: a client
-with 200 requests queued takes one turn among the others', not 200 before them, and a new client
-joins the round behind the clients not served since the last turn (an attacker opening a connection
-per request takes one turn a round too). With batching, a call is filled a round at a time, one
-request of each client a round (of a split request, a share of the call's instances), so concurrent
-single-product requests of different clients share one call. A call holding a piece of a split
+oldest but the oldest of the client (a connection) first in serving/fair.py's LightFirst order: the
+fewest instances waiting (not handed to the model yet) first, ties to the client whose last turn is
+the longest ago. So a client with one single-product request waits for the call already running,
+not behind one call of each client with 50 queued or a [1000] request (a closed-loop client under
+plain round robin among 5 got a fifth of the model, its p99 5-6.5 times idle: see fair.py); a new
+client joins the round behind the clients not served since the last turn (an attacker opening a
+connection per request, one request each, takes one turn a round as the good client does). Load is
+counted in instances, as the queue admits: a [1000] request weighs its instances not yet handed
+out, heavy until its last pieces. With batching, a call is filled a round at a time, the clients in
+that order, one request of each client a round (of a split request, a share of the call's
+instances), so concurrent single-product requests of different clients share one call and the
+lightest clients' requests are in its first round. A call holding a piece of a split
 task runs with the cores to itself (concurrent calls share them unevenly: a small request beside
-a large piece ran 3-4 times slower), and the task goes to the back of the queue after each piece
-(round robin), so a small request waits for one piece at most. And a task whose client has gone
+a large piece ran 3-4 times slower), and the task goes back to the queue after each piece, lighter
+by that piece, so a small request waits for one piece at most (of two split tasks, the one with
+fewer instances left goes first: the shortest remaining work first, not their pieces in turn). And a task whose client has gone
 away (a gRPC deadline, a closed HTTP connection) is dropped from the queue: only the piece already
 running is computed for it. Without --enable-batching the same scheduler runs each task on its own (no merging).
 
@@ -44,7 +51,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
 from serving.errors import InvalidArgument, ServingError, Unavailable
-from serving.fair import Turns
+from serving.fair import LightFirst
 
 # A small request arriving while a large one is computed waits for one piece: with the project's
 # model on two cores a piece of 2 products costs about 1.5 single-product requests (4: 2.5, and a
@@ -258,7 +265,7 @@ class BatchScheduler:
         self._tasks: set[_Task] = set()  # accepted and not yet answered (or cancelled)
         self._running: set[asyncio.Task] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self._turns = Turns()  # whose turn the next call is (see _by_client)
+        self._order = LightFirst()  # whose turn the next call is (see _by_client)
         # What the model has been asked to compute: batches and instances (tests and the benchmark read them).
         self.batches_started = 0
         self.batches_run = 0
@@ -321,7 +328,7 @@ class BatchScheduler:
         task = _Task(key, run, inputs, size, loop.create_future(), loop.time(), client=client)
         self._tasks.add(task)
         task.future.add_done_callback(lambda _: self._tasks.discard(task))
-        self._turns.of(client)  # its place in the round is taken when it arrives
+        self._order.arrived(client)
         self._queue.append(task)
         self._dispatch()
         # Awaiting the future directly: cancelling the caller cancels it, and _take_batch skips it.
@@ -336,27 +343,31 @@ class BatchScheduler:
             job.add_done_callback(self._running.discard)
 
     def _by_client(self) -> list[list[_Task]]:
-        """The queued tasks grouped by client, each client's oldest first, the clients in turn order
-        (Turns: the one whose last turn is the longest ago first), ties to the one with the oldest task."""
+        """The queued tasks grouped by client, each client's oldest first, the clients in LightFirst
+        order: fewest instances waiting first, then the longest unserved, then the oldest task (its
+        place in the queue). Cancelled tasks are dropped first, so they weigh nothing."""
         if any(task.future.done() for task in self._queue):  # cancelled by their callers
             self._queue = collections.deque(task for task in self._queue if not task.future.done())
         groups: dict[object, list[_Task]] = {}
         for task in self._queue:
             groups.setdefault(task.client, []).append(task)
-        return sorted(groups.values(), key=lambda tasks: self._turns.of(tasks[0].client))
+        place = {client: number for number, client in enumerate(groups)}
+        return sorted(groups.values(), key=lambda tasks: self._order.key(
+            tasks[0].client, sum(task.remaining for task in tasks), place[tasks[0].client]))
 
     def _served(self, client: object) -> None:
-        self._turns.served(client)
-        if len(self._turns) > 1000 + 2 * len(self._queue):  # forget clients with nothing queued
-            self._turns.keep_only({task.client for task in self._queue})
+        self._order.served(client)
+        if len(self._order) > 1000 + 2 * len(self._queue):  # forget clients with nothing queued
+            self._order.keep_only({task.client for task in self._queue})
 
     def _split(self, task: _Task) -> bool:
         return task.size > self.options.max_execution_batch_size
 
     def _take_batch(self) -> list[_Slice] | None:
         """The next model call: the head client's oldest task, or its split task's next piece; with
-        batching, merged with other clients' tasks of the same signature in rounds, one task (or one
-        share of a split task's instances) per client a round, until the call is full. A call holding
+        batching, merged with other clients' tasks of the same signature in rounds, the clients in
+        _by_client's order, one task (or one share of a split task's instances) per client a round,
+        until the call is full. A call holding
         a piece of a split task runs with no other call beside it."""
         options = self.options
         clients = self._by_client()

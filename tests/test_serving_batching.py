@@ -244,7 +244,7 @@ def test_the_scheduler_checks_batch_dimensions():
         asyncio.run(attempt({"a": np.zeros(())}))
 
 
-def test_a_client_with_many_requests_queued_takes_turns_with_the_others():
+def test_the_client_with_fewest_instances_waiting_is_served_first_ties_in_turns():
     order, gate = [], threading.Event()
 
     def run(inputs):
@@ -264,8 +264,9 @@ def test_a_client_with_many_requests_queued_takes_turns_with_the_others():
         scheduler.close()
 
     asyncio.run(main())
-    # a0 was running when the others arrived; then each client in turn, the longest unserved first.
-    assert order == ["a0", "b0", "c0", "a1", "b1", "a2", "a3", "a4"]
+    # a0 was running when the others arrived; then c (1 waiting), b (2, then 1), a (4). Round robin
+    # ran b0 c0 a1 b1.
+    assert order == ["a0", "c0", "b0", "b1", "a1", "a2", "a3", "a4"]
 
 
 def _recorded_calls(scheduler: BatchScheduler, first: tuple, then: list[tuple]) -> tuple[list[list[str]], list]:
@@ -313,13 +314,79 @@ def test_with_batching_each_client_takes_its_share_of_a_merged_call():
     options = BatchingOptions(num_batch_threads=1, max_execution_batch_size=8, enable_batching=True)
     calls, answers = _recorded_calls(BatchScheduler(options), ("many", ["first"]),
                                      [*many, ("good", ["good0"]), ("big", big)])
-    # Clients not served yet first, then a round at a time: one request of each client and a share
-    # of 8 // 3 = 2 instances of the split request a round, until the call is full (the split
-    # request's instances stay one contiguous piece).
-    assert calls[1] == ["good0", "big0", "big1", "big2", "big3", "big4", "many0", "many1"]
+    # The lightest clients first (good 1 instance waiting, many 20, big 100), a round at a time: one
+    # request of each client and a share of 8 // 3 = 2 instances of the split request a round,
+    # until the call is full (the split request's instances stay one contiguous piece). Round robin
+    # put big before many: ["good0", "big0", ..., "big4", "many0", "many1"].
+    assert calls[1] == ["good0", "many0", "big0", "big1", "big2", "big3", "many1", "many2"]
     assert all(len(call) == 8 for call in calls[1:-1])
     assert sorted(sum(calls, [])) == sorted(["first", *(tags[0] for _, tags in many), "good0", *big])
     assert answers[-1] == big and answers[0] == ["first"]
+
+
+def test_a_split_request_weighs_its_instances_not_yet_handed_to_the_model():
+    big = [f"big{i}" for i in range(6)]
+    many = [("many", [f"many{i}"]) for i in range(5)]
+    calls, answers = _recorded_calls(BatchScheduler(BatchingOptions(num_batch_threads=1, max_execution_batch_size=2)),
+                                     ("big", big), many)
+    # While its first piece ran, big had 4 instances left against many's 5: its pieces go first.
+    # Counted by requests (1 against 5) it would too, but by its size (6) it would go last.
+    assert calls == [["big0", "big1"], ["big2", "big3"], ["big4", "big5"], *(tags for _, tags in many)]
+    assert answers[0] == big
+
+
+def test_of_two_split_requests_the_one_with_fewer_instances_left_goes_first():
+    first, second = [f"a{i}" for i in range(6)], [f"b{i}" for i in range(6)]
+    calls, answers = _recorded_calls(BatchScheduler(BatchingOptions(num_batch_threads=1, max_execution_batch_size=2)),
+                                     ("a", first), [("b", second)])
+    # a had 4 left after its first piece, b 6: a finishes first (round robin alternated a, b, a, b).
+    assert calls == [["a0", "a1"], ["a2", "a3"], ["a4", "a5"], ["b0", "b1"], ["b2", "b3"], ["b4", "b5"]]
+    assert answers == [first, second]
+
+
+def test_a_single_goes_before_a_client_with_more_instances_waiting_even_if_served_more_recently():
+    singles = [("flood", [f"flood{i}"]) for i in range(3)]
+    big = [f"big{i}" for i in range(10)]
+    calls, _ = _recorded_calls(BatchScheduler(BatchingOptions(num_batch_threads=1, max_execution_batch_size=2)),
+                               ("good", ["good0"]), [*singles, ("big", big), ("good", ["good1"])])
+    # good was served last: round robin ran flood0, then big0-1, then good1.
+    assert calls[1:4] == [["good1"], ["flood0"], ["flood1"]]
+    assert calls[-1] == ["big8", "big9"]
+
+
+def test_cancelled_requests_weigh_nothing():
+    calls, gate = [], threading.Event()
+
+    def run(inputs):
+        gate.wait(60)
+        calls.append(list(inputs["who"]))
+        return inputs
+
+    async def main():
+        scheduler = BatchScheduler(BatchingOptions(num_batch_threads=1, max_execution_batch_size=2))
+
+        def send(client, tags):
+            return asyncio.create_task(scheduler.run(("key",), run, {"who": np.array(tags)}, client=client))
+
+        sent = [send("first", ["first"])]
+        while scheduler.batches_started == 0:
+            await asyncio.sleep(0)
+        sent.append(send("y", ["y0"]))
+        gone = send("x", [f"gone{i}" for i in range(50)])
+        sent += [send("x", ["x0"]), send("y", ["y1"])]
+        while len(scheduler._queue) < 4:
+            await asyncio.sleep(0)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        gate.set()
+        await asyncio.gather(*sent)
+        scheduler.close()
+
+    asyncio.run(main())
+    # x's 50 cancelled instances are dropped, not counted: x (1 waiting) goes before y (2), which
+    # sent first (round robin ran y0 x0 y1; counting the cancelled, y0 y1 x0).
+    assert calls == [["first"], ["x0"], ["y0"], ["y1"]]
 
 
 def test_a_client_opening_a_connection_per_request_gets_one_turn_a_round():

@@ -61,10 +61,43 @@ def test_another_clients_job_runs_within_one_round_while_a_client_has_many_queue
     assert order[:3] == ["flood0", "good", "flood1"] and len(order) == 51
 
 
-def test_clients_with_jobs_waiting_take_turns_the_longest_unserved_first():
+def test_the_client_with_fewest_jobs_waiting_goes_first_ties_to_the_longest_unserved():
     sent = [("a", 1), ("a", 2), ("a", 3), ("b", 0), ("c", 0), ("a", 4), ("b", 1)]
     order = _order_after_a_held_job(("a", "a0"), [(client, f"{client}{i}") for client, i in sent])
-    assert order == ["a0", "b0", "c0", "a1", "b1", "a2", "a3", "a4"]
+    # c has 1 waiting, b 2, a 4: c, then b (down to 1), then a. Round robin ran b0 c0 a1 b1.
+    assert order == ["a0", "c0", "b0", "b1", "a1", "a2", "a3", "a4"]
+
+
+def test_equally_loaded_clients_take_turns_the_longest_unserved_first():
+    sent = [("a", 1), ("b", 0), ("c", 0), ("a", 2), ("b", 1), ("c", 1)]
+    order = _order_after_a_held_job(("a", "a0"), [(client, f"{client}{i}") for client, i in sent])
+    # b and c are new, behind nobody served since, and go before a, served last; once b is down
+    # to one job it is the lightest, then c is, and a (served longest ago but heaviest) is last.
+    assert order == ["a0", "b0", "b1", "c0", "c1", "a1", "a2"]
+    order = _order_after_a_held_job(("a", "a0"), [("a", "a1"), ("b", "b0"), ("c", "c0")])
+    assert order == ["a0", "b0", "c0", "a1"]  # one job each: round robin, as before
+
+
+def test_a_client_with_one_job_waiting_goes_before_one_with_many_even_if_served_more_recently():
+    order = _order_after_a_held_job(("good", "good0"), [*(("flood", f"flood{i}") for i in range(5)), ("good", "good1")])
+    # good was served last, so round robin ran flood0 next; good's one job goes before flood's five.
+    assert order == ["good0", "good1", "flood0", "flood1", "flood2", "flood3", "flood4"]
+
+
+def test_a_backlogged_client_gets_every_other_turn_beside_a_closed_loop_light_one():
+    recorder = Recorder()
+
+    async def main(executor):
+        fair = FairWork(executor, slots=1, per_client=1)
+        flood = [asyncio.create_task(fair.run("flood", recorder.job(f"flood{i}"))) for i in range(20)]
+        for i in range(8):  # the good client sends its next job once the last is answered
+            await fair.run("good", recorder.job(f"good{i}"))
+        await asyncio.gather(*flood)
+
+    _run(main)
+    # Each good job waits for the flood's running one at most, and the flood is never starved: the
+    # good client's next job arrives after the flood's next has started.
+    assert recorder.order == [name for i in range(8) for name in (f"good{i}", f"flood{i}")] + [f"flood{i}" for i in range(8, 20)]
 
 
 def test_a_client_holds_at_most_per_client_slots_and_the_others_get_the_rest():

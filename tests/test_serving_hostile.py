@@ -368,8 +368,9 @@ def test_a_good_clients_request_is_parsed_and_checked_within_one_round_of_a_floo
         release.set()
         assert answer.result().outputs[features.OUTPUT_CLASSES_KEY].tensor_shape.dim[0].size == 1
         assert all(f.result().outputs[features.OUTPUT_CLASSES_KEY].tensor_shape.dim[0].size == 1 for f in floods)
-    # One job of the flood a round: the other client's parse is the next job, its header check the
-    # one after the flood's next; in arrival order both would have come after the flood's 29 parses.
+    # The other client (one job waiting) goes before the flood (29): its parse is the next job, its
+    # header check the one after the flood's next, which took the slot its parse freed before the
+    # check was queued; in arrival order both would have come after the flood's 29 parses.
     assert jobs[:4] == [("parse", b"flood"), ("parse", b"other"), ("parse", b"flood"), ("check", b"other")]
     assert len(jobs) == 2 * 31
 
