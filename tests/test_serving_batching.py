@@ -269,9 +269,11 @@ def test_the_client_with_fewest_instances_waiting_is_served_first_ties_in_turns(
     assert order == ["a0", "c0", "b0", "b1", "a1", "a2", "a3", "a4"]
 
 
-def _recorded_calls(scheduler: BatchScheduler, first: tuple, then: list[tuple]) -> tuple[list[list[str]], list]:
-    """Sends `first` (client, tags), holds its model call until every request of `then` is queued,
-    and returns the tags of each model call in order, with each request's answer (first's first)."""
+def _recorded_calls(scheduler: BatchScheduler, first: tuple, then: list[tuple],
+                    cancel: tuple[int, ...] = ()) -> tuple[list[list[str]], list]:
+    """Sends `first` (client, tags), holds its model call until every request of `then` is queued
+    (and those at the indices `cancel` are cancelled by their callers), and returns the tags of each
+    model call in order, with each answered request's answer (first's first)."""
     calls, gate = [], threading.Event()
 
     def run(inputs):
@@ -289,8 +291,12 @@ def _recorded_calls(scheduler: BatchScheduler, first: tuple, then: list[tuple]) 
         sent += [send(*request) for request in then]
         while sum(task.remaining for task in scheduler._queue) < sum(len(tags) for _, tags in then):
             await asyncio.sleep(0)
+        for index in cancel:
+            sent[1 + index].cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sent[1 + index]
         gate.set()
-        answers = await asyncio.gather(*sent)
+        answers = await asyncio.gather(*(task for i, task in enumerate(sent) if i - 1 not in cancel))
         scheduler.close()
         return answers
 
@@ -355,35 +361,9 @@ def test_a_single_goes_before_a_client_with_more_instances_waiting_even_if_serve
 
 
 def test_cancelled_requests_weigh_nothing():
-    calls, gate = [], threading.Event()
-
-    def run(inputs):
-        gate.wait(60)
-        calls.append(list(inputs["who"]))
-        return inputs
-
-    async def main():
-        scheduler = BatchScheduler(BatchingOptions(num_batch_threads=1, max_execution_batch_size=2))
-
-        def send(client, tags):
-            return asyncio.create_task(scheduler.run(("key",), run, {"who": np.array(tags)}, client=client))
-
-        sent = [send("first", ["first"])]
-        while scheduler.batches_started == 0:
-            await asyncio.sleep(0)
-        sent.append(send("y", ["y0"]))
-        gone = send("x", [f"gone{i}" for i in range(50)])
-        sent += [send("x", ["x0"]), send("y", ["y1"])]
-        while len(scheduler._queue) < 4:
-            await asyncio.sleep(0)
-        gone.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await gone
-        gate.set()
-        await asyncio.gather(*sent)
-        scheduler.close()
-
-    asyncio.run(main())
+    gone = ("x", [f"gone{i}" for i in range(50)])
+    calls, _ = _recorded_calls(BatchScheduler(BatchingOptions(num_batch_threads=1, max_execution_batch_size=2)),
+                               ("first", ["first"]), [("y", ["y0"]), gone, ("x", ["x0"]), ("y", ["y1"])], cancel=(1,))
     # x's 50 cancelled instances are dropped, not counted: x (1 waiting) goes before y (2), which
     # sent first (round robin ran y0 x0 y1; counting the cancelled, y0 y1 x0).
     assert calls == [["first"], ["x0"], ["y0"], ["y1"]]
