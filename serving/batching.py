@@ -351,9 +351,9 @@ class BatchScheduler:
         groups: dict[object, list[_Task]] = {}
         for task in self._queue:
             groups.setdefault(task.client, []).append(task)
-        place = {client: number for number, client in enumerate(groups)}
-        return sorted(groups.values(), key=lambda tasks: self._order.key(
-            tasks[0].client, sum(task.remaining for task in tasks), place[tasks[0].client]))
+        # sorted() is stable and the groups are in their oldest task's queue order: the last tie-break.
+        return sorted(groups.values(), key=lambda tasks: self._order.key(tasks[0].client,
+                                                                         sum(task.remaining for task in tasks)))
 
     def _served(self, client: object) -> None:
         self._order.served(client)

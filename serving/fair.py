@@ -48,31 +48,19 @@ class Turns:
         self._last = {client: turn for client, turn in self._last.items() if client in clients}
 
 
-class LightFirst:
+class LightFirst(Turns):
     """The order in which clients with work waiting are served: fewest waiting first (jobs for
     FairWork, instances for the model's queue), ties to the one whose last turn is the longest ago
-    (Turns), then to the one with the oldest work. The load is what waits, not what runs: a job or
-    call already running delays nobody any more than it will anyway."""
-
-    def __init__(self):
-        self._turns = Turns()
+    (Turns); callers break the remaining ties by their oldest work. The load is what waits, not what
+    runs: a job or call already running delays nobody any more than it will anyway."""
 
     def arrived(self, client: object) -> None:
         """A client's work has been queued: a new client takes its place in the round now."""
-        self._turns.of(client)
+        self.of(client)
 
-    def served(self, client: object) -> None:
-        self._turns.served(client)
-
-    def key(self, client: object, waiting: int, oldest: int) -> tuple:
-        """Sorts the clients in serving order: `waiting` its load, `oldest` its oldest work's arrival."""
-        return waiting, self._turns.of(client), oldest
-
-    def __len__(self) -> int:
-        return len(self._turns)
-
-    def keep_only(self, clients: set) -> None:
-        self._turns.keep_only(clients)
+    def key(self, client: object, waiting: int) -> tuple:
+        """Sorts the clients in serving order: `waiting` its load."""
+        return waiting, self.of(client)
 
 
 @dataclasses.dataclass(eq=False)
@@ -141,7 +129,8 @@ class FairWork:
         ready = [client for client, jobs in self._waiting.items() if self._running[client] < self.per_client]
         if not ready:
             return None
-        return min(ready, key=lambda client: self._order.key(client, len(self._waiting[client]), self._waiting[client][0].number))
+        return min(ready, key=lambda client: (*self._order.key(client, len(self._waiting[client])),
+                                              self._waiting[client][0].number))
 
     def _dispatch(self) -> None:
         while self.running < self.slots and (client := self._next_client()) is not None:
