@@ -135,6 +135,15 @@ def changed_line(source: str, mutated: str) -> str:
     return " | ".join(line.strip() for line in diff)
 
 
+def _mutated(source: str, module: str, mutation_id) -> str:
+    return mutate(Context(source=source, filename=module, mutation_id=mutation_id))[0]
+
+
+def mutant_line(source: str, mutation_id, mutated: str) -> str:
+    """How a report names a mutant ("line N: the changed line"), and how --survivors finds it again."""
+    return f"line {mutation_id.line_number + 1}: {changed_line(source, mutated)}"
+
+
 def mutation_score(repo: pathlib.Path, module: str, tests: list[str], sample: float, seed: int,
                    survivors: list[str] | None = None) -> Result:
     """Runs the sampled mutants in their random order, so that a run stopped early (Ctrl-C, SIGTERM)
@@ -148,9 +157,7 @@ def mutation_score(repo: pathlib.Path, module: str, tests: list[str], sample: fl
     else:
         # A changed line names its mutant as long as the module is the one the report ran on.
         on_lines = {int(line.split(":")[0].removeprefix("line ")) for line in survivors}
-        by_line = {f"line {m.line_number + 1}: "
-                   f"{changed_line(source, mutate(Context(source=source, filename=module, mutation_id=m))[0])}": m
-                   for m in ids if m.line_number + 1 in on_lines}
+        by_line = {mutant_line(source, m, _mutated(source, module, m)): m for m in ids if m.line_number + 1 in on_lines}
         if missing := [line for line in survivors if line not in by_line]:
             raise SystemExit(f"{module} changed since the report: no mutant gives {missing[0]!r}")
         chosen = [by_line[line] for line in survivors]
@@ -161,10 +168,10 @@ def mutation_score(repo: pathlib.Path, module: str, tests: list[str], sample: fl
     print(f"{module}: {len(ids)} mutants, running {len(chosen)}; clean test run {clean:.0f} s", flush=True)
     try:
         for number, mutation_id in enumerate(chosen, 1):
-            mutated, _ = mutate(Context(source=source, filename=module, mutation_id=mutation_id))
+            mutated = _mutated(source, module, mutation_id)
             path.write_text(mutated)
             survived, seconds = run_tests(repo, tests, max(30.0, TIMEOUT_FACTOR * clean))
-            line = f"line {mutation_id.line_number + 1}: {changed_line(source, mutated)}"
+            line = mutant_line(source, mutation_id, mutated)
             if survived:
                 result.survivors.append(line)
             else:
