@@ -58,6 +58,11 @@ def register(commands) -> None:
                         help="a client's (a connection's) jobs outside the model (inflating, parsing, the image "
                         "header check, the answer) run at a time; the rest wait their turn, the clients taking "
                         "turns")
+    limits.add_argument("--refusal-delay", type=float, default=ServerLimits.refusal_delay,
+                        help="seconds a refusal for a full queue (503 / UNAVAILABLE) is held before it is answered, "
+                        "so a client retrying in a loop costs one request per delay; 0: at once")
+    limits.add_argument("--max-held-refusals", type=int, default=ServerLimits.max_held_refusals,
+                        help="refusals held at a time; more are answered at once")
     parser.set_defaults(func=main)
 
 
@@ -75,7 +80,8 @@ def main(args: argparse.Namespace) -> None:
         limits = ServerLimits(max_body_bytes=int(args.max_body_mib * MIB), max_inflate_ratio=args.max_inflate_ratio,
                               header_timeout=args.header_timeout,
                               body_timeout=args.body_timeout, max_connections=args.max_connections,
-                              max_parsing_per_client=args.max_parsing_per_client)
+                              max_parsing_per_client=args.max_parsing_per_client,
+                              refusal_delay=args.refusal_delay, max_held_refusals=args.max_held_refusals)
     except (BatchingParametersError, ValueError) as e:
         raise cli.UserError(str(e)) from None
     # TensorFlow (tens of seconds to import) only once the arguments are known to be good.

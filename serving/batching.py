@@ -35,7 +35,7 @@ running is computed for it. Without --enable-batching the same scheduler runs ea
 
 Without a file the defaults are TF Serving's (max_batch_size 1000, batch_timeout_micros 0,
 max_enqueued_batches 10, one batch thread per core) except that large tasks are split, into pieces
-of DEFAULT_EXECUTION_BATCH_SIZE (DEFAULT_MERGED_BATCH_SIZE with batching): TF Serving without
+of DEFAULT_EXECUTION_BATCH_SIZE, one on a one-core server (DEFAULT_MERGED_BATCH_SIZE with batching): TF Serving without
 batching runs a 1,000-instance request as one call.
 """
 from __future__ import annotations
@@ -55,7 +55,9 @@ from serving.fair import LightFirst
 
 # A small request arriving while a large one is computed waits for one piece: with the project's
 # model on two cores a piece of 2 products costs about 1.5 single-product requests (4: 2.5, and a
-# small request's p99 rose 3.2-fold), for some 20% more time per product than pieces of 16.
+# small request's p99 rose 3.2-fold), for some 20% more time per product than pieces of 16. On one
+# core a piece of 2 gains nothing (a trained hm model: 58 ms against 27 for one product), so pieces
+# are no larger than the cores (default_execution_batch_size).
 DEFAULT_EXECUTION_BATCH_SIZE = 2
 # With --enable-batching and no file, batches of up to this many (k8s/base's max_batch_size for the
 # CPU pod): pieces of 2 would leave nothing to merge; a large request then waits in pieces of 32.
@@ -112,6 +114,11 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def default_execution_batch_size() -> int:
+    """A split request's pieces without batching: DEFAULT_EXECUTION_BATCH_SIZE, one on a one-core server."""
+    return min(DEFAULT_EXECUTION_BATCH_SIZE, _cpu_count())
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchingOptions:
     """What the scheduler does; `from_parameters` fills it from a BatchingParameters message."""
@@ -121,7 +128,8 @@ class BatchingOptions:
     max_enqueued_batches: int = 10
     num_batch_threads: int = dataclasses.field(default_factory=_cpu_count)
     enable_large_batch_splitting: bool = True
-    max_execution_batch_size: int = DEFAULT_EXECUTION_BATCH_SIZE  # the most instances one model call takes
+    # The most instances one model call takes.
+    max_execution_batch_size: int = dataclasses.field(default_factory=default_execution_batch_size)
     enable_batching: bool = False  # merge concurrent requests into one model call
     # Instances each pool of waiting tasks (small, split) may hold; None: max_enqueued_batches full
     # batches, and at least one request of max_batch_size.

@@ -158,3 +158,31 @@ class FairWork:
             else:
                 job.future.set_result(result.result())
         self._dispatch()
+
+
+class Pushback:
+    """Refusals for a full queue answered after `delay` seconds instead of at once: a client retrying
+    in a loop (a retry storm, or an attacker) then costs the server a request per `delay`, not one per
+    round trip. Measured with a trained model on a one-core server, 4 clients resending a [1000]
+    tensor that the full queue refused got 3,700-6,600 refusals in 8 s, each parsed and answered on
+    the server's core beside the good client's calls (its p99 6-8 times idle); held 0.1 s, some 220,
+    and the p99 fell under 3 times idle (docs/serving.md). A held refusal costs a waiting coroutine
+    and its request's buffer; at most `max_held` are held at once, the rest answered at once, so a
+    flood of refusals cannot pile up. A client that goes away while held is simply forgotten."""
+
+    def __init__(self, delay: float, max_held: int):
+        self.delay, self.max_held = delay, max_held
+        self.held = 0  # refusals being held now
+        self.at_once = 0  # refusals answered at once because max_held were held (tests read it)
+
+    async def hold(self) -> None:
+        if self.delay <= 0:
+            return
+        if self.held >= self.max_held:
+            self.at_once += 1
+            return
+        self.held += 1
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.held -= 1

@@ -29,13 +29,20 @@ class ServerLimits:
     # answer) running at a time: the rest wait, and the clients take turns (serving/fair.py), so 200
     # requests sent at once are not 200 jobs ahead of another client's on the workers.
     max_parsing_per_client: int = 2
+    # Seconds a refusal for a full queue (UNAVAILABLE, 503) is held before it is answered, so that a
+    # client retrying in a loop costs a request per delay (serving/fair.py, Pushback); 0: at once. At
+    # most max_held_refusals are held at a time, the rest answered at once.
+    refusal_delay: float = 0.1
+    max_held_refusals: int = 64
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
-            if not getattr(self, field.name) > 0:
-                raise ValueError(f"{field.name} must be positive, got {getattr(self, field.name)}")
+            value = getattr(self, field.name)
+            if not (value >= 0 if field.name == "refusal_delay" else value > 0):
+                raise ValueError(f"{field.name} must be {'at least 0' if field.name == 'refusal_delay' else 'positive'}, got {value}")
 
     def describe(self) -> str:
         return (f"bodies up to {self.max_body_bytes // MIB} MiB (inflating at most {self.max_inflate_ratio:g}:1), headers within {self.header_timeout:g} s, "
                 f"bodies within {self.body_timeout:g} s, {self.max_connections} connections, "
-                f"{self.max_parsing_per_client} jobs of a client outside the model at a time")
+                f"{self.max_parsing_per_client} jobs of a client outside the model at a time, "
+                f"refusals of a full queue held {self.refusal_delay:g} s (at most {self.max_held_refusals})")

@@ -13,6 +13,7 @@ import pytest
 import requests
 import tensorflow as tf
 
+from serving import batching
 from serving.batching import (
     BatchingOptions,
     BatchingParametersError,
@@ -191,8 +192,12 @@ def test_an_unexpected_error_is_internal_without_details(manager, monkeypatch):
     assert raised.value.code() == grpc.StatusCode.INTERNAL and raised.value.details() == INTERNAL_ERROR_MESSAGE
 
 
-def test_without_a_file_large_requests_are_split_and_batching_merges_up_to_32():
+def test_without_a_file_large_requests_are_split_and_batching_merges_up_to_32(monkeypatch):
+    monkeypatch.setattr(batching.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert (BatchingOptions().max_batch_size, BatchingOptions().max_execution_batch_size) == (1000, 2)
+    # On one core a piece of 2 costs two single-product calls and more: pieces of one.
+    monkeypatch.setattr(batching.os, "sched_getaffinity", lambda pid: {3})
+    assert (BatchingOptions().max_execution_batch_size, BatchingOptions().num_batch_threads) == (1, 1)
     assert load_batching_options(None, False) == BatchingOptions()
     merged = load_batching_options(None, True)
     assert merged.enable_batching and merged.max_execution_batch_size == 32 and merged.max_batch_size == 1000

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from serving.fair import FairWork
+from serving.fair import FairWork, Pushback
 
 
 class Recorder:
@@ -168,3 +168,34 @@ def test_a_client_opening_a_connection_per_job_gets_one_turn_a_round():
 def test_slots_and_per_client_must_be_positive(slots, per_client):
     with pytest.raises(ValueError, match="must be at least 1"):
         FairWork(concurrent.futures.ThreadPoolExecutor(1), slots, per_client)
+
+
+def test_a_refusal_is_held_up_to_max_held_at_once_the_rest_answered_at_once_and_a_cancelled_one_forgotten():
+    async def main():
+        pushback = Pushback(delay=600, max_held=2)
+        held = [asyncio.create_task(pushback.hold()) for _ in range(2)]
+        await _until(lambda: pushback.held == 2)
+        await asyncio.wait_for(pushback.hold(), 60)  # a third: both places taken, so at once
+        assert pushback.at_once == 1 and not any(task.done() for task in held)
+        held[0].cancel()  # its client went away
+        await _until(lambda: pushback.held == 1)
+        late = asyncio.create_task(pushback.hold())  # the freed place is taken again
+        await _until(lambda: pushback.held == 2)
+        assert pushback.at_once == 1
+        for task in (held[1], late):
+            task.cancel()
+        await _until(lambda: pushback.held == 0)
+
+    asyncio.run(main())
+
+
+def test_a_refusal_delay_of_0_answers_at_once_and_a_short_one_after_it():
+    async def main():
+        await asyncio.wait_for(Pushback(delay=0, max_held=1).hold(), 60)
+        short = Pushback(delay=0.01, max_held=1)
+        task = asyncio.create_task(short.hold())
+        await _until(lambda: short.held == 1)
+        await asyncio.wait_for(task, 60)  # it ends: held, then answered
+        assert short.held == 0 and short.at_once == 0
+
+    asyncio.run(main())

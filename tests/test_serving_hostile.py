@@ -31,7 +31,7 @@ from tensorflow_serving.apis import (
 from serving import json_tensor, tensor_proto
 from serving import server as server_module
 from serving.client import GrpcClient
-from serving.fair import FairWork
+from serving.fair import FairWork, Pushback
 from serving.limits import ServerLimits
 from serving.servables import ServableManager, State
 from tests import hostile_images
@@ -253,6 +253,26 @@ def test_large_requests_cannot_lock_single_products_out(manager, held, monkeypat
             future.cancel()
 
 
+def test_a_full_queues_refusal_is_held_so_a_retrying_client_waits_and_past_the_cap_refusals_come_at_once(
+        manager, held, monkeypatch):
+    made = []  # the server's Pushback, to see what it holds
+    monkeypatch.setattr(server_module, "refusal_pushback",
+                        lambda limits: made.append(Pushback(limits.refusal_delay, limits.max_held_refusals)) or made[-1])
+    with Server(manager, limits=ServerLimits(refusal_delay=600, max_held_refusals=1), num_batch_threads=1) as busy:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(busy.grpc))
+        large = stub.Predict.future(_repeated_request(1000), timeout=120)
+        wait_until(lambda: busy.scheduler.waiting_instances(split=True) > 0, "the large request to queue")
+        retried = stub.Predict.future(_repeated_request(1000), timeout=120)
+        wait_until(lambda: made[0].held == 1, "the refusal to be held")
+        over = busy.post([_instance()] * 1000)  # REST too; the one place is taken, so at once
+        assert over.status_code == 503 and "max_enqueued_instances 1000" in over.json()["error"]
+        assert made[0].at_once == 1 and not retried.done()
+        retried.cancel()  # the client gives up: its held refusal is forgotten
+        wait_until(lambda: made[0].held == 0, "the cancelled refusal to be dropped")
+        held.set()
+        large.cancel()
+
+
 def test_without_batching_200_concurrent_singles_are_queued_and_answered(manager):
     with Server(manager) as plain:
         assert not plain.scheduler.options.enable_batching
@@ -454,10 +474,14 @@ def test_the_queue_bound_and_the_jobs_per_client_are_flags_of_serve(monkeypatch,
     parser = argparse.ArgumentParser()
     serve_command.register(parser.add_subparsers())
     args = parser.parse_args(["serve", "--model-base", str(tmp_path), "--max-enqueued-instances", "200",
-                              "--max-parsing-per-client", "3"])
+                              "--max-parsing-per-client", "3", "--refusal-delay", "0", "--max-held-refusals", "5"])
     args.func(args)
     assert started["batching"].instance_capacity == 200
     assert started["limits"].max_parsing_per_client == 3
+    assert (started["limits"].refusal_delay, started["limits"].max_held_refusals) == (0, 5)
+    args = parser.parse_args(["serve", "--model-base", str(tmp_path), "--refusal-delay", "-1"])
+    with pytest.raises(cli.UserError, match="^refusal_delay must be at least 0, got -1.0$"):
+        args.func(args)
     args = parser.parse_args(["serve", "--model-base", str(tmp_path), "--max-parsing-per-client", "0"])
     with pytest.raises(cli.UserError, match="^max_parsing_per_client must be positive, got 0$"):
         args.func(args)
