@@ -126,22 +126,6 @@ def refusal_pushback(limits: ServerLimits) -> Pushback:
     return Pushback(limits.refusal_delay, limits.max_held_refusals)
 
 
-def _thread_per_call(calls: int) -> None:
-    """Gives TensorFlow's inter-op pool a thread for each of the server's calls that may run at once
-    (the batch threads' model calls and the request jobs' image header checks). TensorFlow sizes it by
-    the cores it may run on: on a one-core server (a cpuset of one) a single thread, on which a
-    request's header check waited for another client's whole model call (measured, the server pinned
-    to one core under 50 concurrent singles of 4 clients: the good client's check 30.7 ms at the
-    median against 2.3 idle; with a thread per call, 2.5-4.8 ms). Only before TensorFlow starts its
-    runtime: a server started in a process that already ran TensorFlow keeps that process's pool."""
-    if calls <= _cpu_count() or tf.config.threading.get_inter_op_parallelism_threads():
-        return
-    try:
-        tf.config.threading.set_inter_op_parallelism_threads(calls)
-    except RuntimeError:  # the runtime has started
-        log.info("TensorFlow's inter-op threads were already set; %d calls may share them", calls)
-
-
 _DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
@@ -639,10 +623,9 @@ async def serve_async(
     loader = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    fair = request_work(executor, limits)  # one turn order for REST and gRPC clients
-    _thread_per_call(scheduler.options.num_batch_threads + fair.slots)
     await _poll_once(manager, loader)
     connections = Connections(limits)
+    fair = request_work(executor, limits)  # one turn order for REST and gRPC clients
     pushback = refusal_pushback(limits)
     # handler_cancellation: a client that disconnects cancels its handler, and so its queued work.
     # lingering_time 0: a body refused unread is not read to its end before the connection closes.
