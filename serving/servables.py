@@ -138,8 +138,8 @@ class Servable:
 
     def check_images(self, signature_name: str, inputs: dict[str, np.ndarray]) -> None:
         """The model's own header check of checked inputs' raw images (check_inputs), for a server to run
-        before the request waits for a model call: an image its graph would refuse then costs this
-        check, not a turn of the model (the graph checks again)."""
+        just before a model call: an image its graph would refuse then costs this check, not the model
+        call (the graph checks again)."""
         signature_name = signature_name or features.SERVING_SIGNATURE
         if self._image_check is None or signature_name not in (features.SERVING_SIGNATURE, features.TF_EXAMPLE_SIGNATURE):
             return

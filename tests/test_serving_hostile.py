@@ -243,7 +243,10 @@ def test_large_requests_cannot_lock_single_products_out(manager, held, monkeypat
         refused = [f for f in large if f.done()]
         assert all(f.exception().code() == grpc.StatusCode.UNAVAILABLE for f in refused)
         assert "max_enqueued_instances 1000" in refused[0].exception().details()
-        assert checked == []  # 1000 headers are the graph's to check, a piece at a time
+        # The admitted request's headers are checked a piece at a time, as each piece's call runs (held
+        # here: one so far); the refused ones' never.
+        wait_until(lambda: checked, "the first piece's headers to be checked")
+        assert checked == [busy.scheduler.options.max_execution_batch_size]
         assert expanded == [1000, 1000]  # the refused requests' inputs were never expanded: only the admitted one's two
         singles = [stub.Predict.future(_repeated_request(1), timeout=120) for _ in range(20)]
         wait_until(lambda: busy.scheduler.waiting_instances(split=False) == 20, "the singles to queue")
@@ -271,6 +274,19 @@ def test_a_full_queues_refusal_is_held_so_a_retrying_client_waits_and_past_the_c
         wait_until(lambda: made[0].held == 0, "the cancelled refusal to be dropped")
         held.set()
         large.cancel()
+
+
+def test_headers_are_checked_on_the_batch_thread_without_batching_and_before_the_queue_with_it(manager, monkeypatch):
+    servable = manager.servable(features.MODEL_NAME)
+    threads, check = [], servable.check_images
+    monkeypatch.setattr(servable, "check_images",
+                        lambda signature, inputs: threads.append(threading.current_thread().name) or check(signature, inputs))
+    for batching in (False, True):
+        with Server(manager, num_batch_threads=1, enable_batching=batching) as running:
+            assert running.post([_instance()]).status_code == 200
+    # Without batching a check before the queue waited for another client's whole model call on a
+    # one-core server; with batching, unchecked requests filled every call (server.py, _queued_call).
+    assert [name.startswith("batch") for name in threads] == [True, False]
 
 
 def test_without_batching_200_concurrent_singles_are_queued_and_answered(manager):
@@ -352,7 +368,7 @@ def one_slot(monkeypatch):
     return made
 
 
-def test_a_good_clients_request_is_parsed_and_checked_within_one_round_of_a_flood(manager, monkeypatch, one_slot):
+def test_a_good_clients_request_is_parsed_within_one_round_of_a_flood_and_checked_once(manager, monkeypatch, one_slot):
     servable = manager.servable(features.MODEL_NAME)
     check_inputs, check_images = servable.check_inputs, servable.check_images
     jobs, held, release = [], threading.Event(), threading.Event()
@@ -388,11 +404,12 @@ def test_a_good_clients_request_is_parsed_and_checked_within_one_round_of_a_floo
         release.set()
         assert answer.result().outputs[features.OUTPUT_CLASSES_KEY].tensor_shape.dim[0].size == 1
         assert all(f.result().outputs[features.OUTPUT_CLASSES_KEY].tensor_shape.dim[0].size == 1 for f in floods)
-    # The other client (one job waiting) goes before the flood (29): its parse is the next job, its
-    # header check the one after the flood's next, which took the slot its parse freed before the
-    # check was queued; in arrival order both would have come after the flood's 29 parses.
-    assert jobs[:4] == [("parse", b"flood"), ("parse", b"other"), ("parse", b"flood"), ("check", b"other")]
-    assert len(jobs) == 2 * 31
+    # The other client (one job waiting) goes before the flood (29): its parse is the next job; in
+    # arrival order it would have come after the flood's 29 parses. Headers are checked on the batch
+    # thread as each request's model call runs, once a request.
+    parses = [job for job in jobs if job[0] == "parse"]
+    assert parses[:3] == [("parse", b"flood"), ("parse", b"other"), ("parse", b"flood")]
+    assert len(parses) == 31 and sorted(title for kind, title in jobs if kind == "check") == [b"flood"] * 30 + [b"other"]
 
 
 def test_a_gzip_body_is_inflated_in_steps_that_take_turns_with_other_clients(manager, monkeypatch, one_slot):
