@@ -56,8 +56,9 @@ from serving.fair import LightFirst
 # A small request arriving while a large one is computed waits for one piece: with the project's
 # model on two cores a piece of 2 products costs about 1.5 single-product requests (4: 2.5, and a
 # small request's p99 rose 3.2-fold), for some 20% more time per product than pieces of 16. On one
-# core a piece of 2 gains nothing (a trained hm model: 58 ms against 27 for one product), so pieces
-# are no larger than the cores (default_execution_batch_size).
+# core a piece of 2 costs 1.4-2.2 single-product calls (a trained hm model, medians of several runs
+# of scripts/bench_call_cost.py), so there pieces are of one (default_execution_batch_size): the
+# same trade again, a small request's wait before a large request's time per product.
 DEFAULT_EXECUTION_BATCH_SIZE = 2
 # With --enable-batching and no file, batches of up to this many (k8s/base's max_batch_size for the
 # CPU pod): pieces of 2 would leave nothing to merge; a large request then waits in pieces of 32.
