@@ -2,6 +2,8 @@
 image model's and the lexical expert's log-probabilities. The head against a NumPy re-implementation of
 its M-stream equations from its own weights; its training on cross-fitted lexical scores; the exported
 model, whose lexical expert reads the raw title and serves without tensorflow_text."""
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -138,6 +140,17 @@ def test_an_experts_confidence_at_two_classes_and_at_one():
     np.testing.assert_allclose(confidence.numpy(), [[0.7, 0.4, h]], rtol=1e-5)
     _, _, confidence, _ = fusion.expert_streams(tf.zeros([2, 1]))
     np.testing.assert_allclose(confidence.numpy(), [[1.0, 1.0, 0.0]] * 2, atol=1e-6)
+
+
+def test_an_expert_without_an_opinion_has_zero_values_and_a_small_positive_spread():
+    """A uniform expert (every class equally likely, or every score at the floor): nothing to
+    standardize, so its values are 0 and its spread the guard 1e-6, positive, so the product's scale
+    (its temperature times the spreads' sum) keeps its sign; its confidence says it knows nothing."""
+    for log_probs in (tf.fill([2, 4], math.log(0.25)), tf.fill([1, 4], fusion.EXPERT_LOG_PROB_FLOOR)):
+        values, spread, confidence, _ = fusion.expert_streams(log_probs)
+        np.testing.assert_array_equal(values.numpy(), np.zeros(log_probs.shape))
+        np.testing.assert_allclose(spread.numpy(), 1e-6, rtol=1e-3)
+    np.testing.assert_allclose(confidence.numpy()[0, :2], [math.exp(fusion.EXPERT_LOG_PROB_FLOOR), 0.0], atol=1e-9)
 
 
 def test_hanet_experts_refuses_to_run_without_the_lexical_scores_and_round_trips():
