@@ -563,3 +563,19 @@ def test_each_expert_layer_round_trips_through_its_config():
     for layer in layers:
         restored = keras.layers.deserialize(keras.layers.serialize(layer))
         assert type(restored) is type(layer) and restored.get_config() == layer.get_config()
+
+
+def test_every_layer_a_paper_head_holds_is_registered_with_keras_by_its_name():
+    """A saved model finds each layer by "hanet>ClassName": one left unregistered loads only with
+    custom_objects. FeatureHead too, the class models saved before the heads were split hold, and
+    DecisionNetwork, a decision head's network saved as a layer alone."""
+    import tf_keras as keras
+
+    classes = {fusion.FeatureHead, fusion.DecisionNetwork}
+    for name in fusion.PAPER_FUSIONS:
+        head = fusion.fusion_head(name, 5, fusion.HeadConfig(width=8, key_dim=4))
+        head(tf.random.normal([2, 12]), tf.random.normal([2, 20]))
+        classes |= {type(layer) for layer in head._flatten_layers() if type(layer).__module__ == fusion.__name__}
+    assert fusion.HybridScores in classes  # the walk reaches nested layers
+    for cls in classes:
+        assert keras.utils.get_registered_object(f"{fusion.PACKAGE}>{cls.__name__}") is cls, cls.__name__
