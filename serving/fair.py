@@ -20,6 +20,8 @@ import concurrent.futures
 import dataclasses
 import itertools
 
+from serving.errors import Unavailable
+
 
 class Turns:
     """When each client (any hashable: a connection) was last served, as a count of turns. The next
@@ -175,8 +177,9 @@ class Pushback:
         self.held = 0  # refusals being held now
         self.at_once = 0  # refusals answered at once because max_held were held (tests read it)
 
-    async def hold(self) -> None:
-        if self.delay <= 0:
+    async def hold(self, error: Exception) -> None:
+        """Waits out the delay if `error` is a full queue's refusal (UNAVAILABLE) and a place is free."""
+        if not isinstance(error, Unavailable) or self.delay <= 0:
             return
         if self.held >= self.max_held:
             self.at_once += 1

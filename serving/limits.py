@@ -38,8 +38,11 @@ class ServerLimits:
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if not (value >= 0 if field.name == "refusal_delay" else value > 0):
-                raise ValueError(f"{field.name} must be {'at least 0' if field.name == 'refusal_delay' else 'positive'}, got {value}")
+            if field.name == "refusal_delay":  # 0 turns the hold off
+                if value < 0:
+                    raise ValueError(f"refusal_delay must be at least 0, got {value}")
+            elif not value > 0:
+                raise ValueError(f"{field.name} must be positive, got {value}")
 
     def describe(self) -> str:
         return (f"bodies up to {self.max_body_bytes // MIB} MiB (inflating at most {self.max_inflate_ratio:g}:1), headers within {self.header_timeout:g} s, "

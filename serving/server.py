@@ -54,7 +54,6 @@ from serving.errors import (
     PayloadTooLarge,
     RequestTimeout,
     ServingError,
-    Unavailable,
     Unimplemented,
 )
 from serving.fair import FairWork, Pushback
@@ -262,8 +261,7 @@ class RestApi:
             status = 200
         except ServingError as e:
             document, status = {"error": e.message}, e.http_status
-            if isinstance(e, Unavailable):
-                await self.pushback.hold()
+            await self.pushback.hold(e)
         except Exception:  # a bug here: TF Serving's error shape, a message that gives nothing away, the traceback in the log
             log.exception("%s %s failed", request.method, request.path)
             document, status = {"error": INTERNAL_ERROR_MESSAGE}, 500
@@ -495,8 +493,8 @@ async def _unary(context: grpc.aio.ServicerContext, call, pushback: Pushback | N
     try:
         return await call
     except ServingError as e:
-        if pushback is not None and isinstance(e, Unavailable):
-            await pushback.hold()
+        if pushback is not None:
+            await pushback.hold(e)
         await context.abort(e.code, e.message)
 
 

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from serving.errors import InvalidArgument, Unavailable
 from serving.fair import FairWork, Pushback
 
 
@@ -170,16 +171,19 @@ def test_slots_and_per_client_must_be_positive(slots, per_client):
         FairWork(concurrent.futures.ThreadPoolExecutor(1), slots, per_client)
 
 
+FULL = Unavailable("The batch scheduling queue to which this task was submitted is full")
+
+
 def test_a_refusal_is_held_up_to_max_held_at_once_the_rest_answered_at_once_and_a_cancelled_one_forgotten():
     async def main():
         pushback = Pushback(delay=600, max_held=2)
-        held = [asyncio.create_task(pushback.hold()) for _ in range(2)]
+        held = [asyncio.create_task(pushback.hold(FULL)) for _ in range(2)]
         await _until(lambda: pushback.held == 2)
-        await asyncio.wait_for(pushback.hold(), 60)  # a third: both places taken, so at once
+        await asyncio.wait_for(pushback.hold(FULL), 60)  # a third: both places taken, so at once
         assert pushback.at_once == 1 and not any(task.done() for task in held)
         held[0].cancel()  # its client went away
         await _until(lambda: pushback.held == 1)
-        late = asyncio.create_task(pushback.hold())  # the freed place is taken again
+        late = asyncio.create_task(pushback.hold(FULL))  # the freed place is taken again
         await _until(lambda: pushback.held == 2)
         assert pushback.at_once == 1
         for task in (held[1], late):
@@ -189,11 +193,14 @@ def test_a_refusal_is_held_up_to_max_held_at_once_the_rest_answered_at_once_and_
     asyncio.run(main())
 
 
-def test_a_refusal_delay_of_0_answers_at_once_and_a_short_one_after_it():
+def test_a_refusal_delay_of_0_answers_at_once_and_a_short_one_after_it_and_other_errors_are_never_held():
     async def main():
-        await asyncio.wait_for(Pushback(delay=0, max_held=1).hold(), 60)
+        await asyncio.wait_for(Pushback(delay=0, max_held=1).hold(FULL), 60)
+        never = Pushback(delay=600, max_held=1)
+        await asyncio.wait_for(never.hold(InvalidArgument("a bad image")), 60)  # a 400 is not a full queue
+        assert never.held == 0 and never.at_once == 0
         short = Pushback(delay=0.01, max_held=1)
-        task = asyncio.create_task(short.hold())
+        task = asyncio.create_task(short.hold(FULL))
         await _until(lambda: short.held == 1)
         await asyncio.wait_for(task, 60)  # it ends: held, then answered
         assert short.held == 0 and short.at_once == 0
