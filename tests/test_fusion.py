@@ -575,7 +575,7 @@ def test_every_layer_a_paper_head_holds_is_registered_with_keras_by_its_name():
     for name in fusion.PAPER_FUSIONS:
         head = fusion.fusion_head(name, 5, fusion.HeadConfig(width=8, key_dim=4))
         head(tf.random.normal([2, 12]), tf.random.normal([2, 20]))
-        classes |= {type(layer) for layer in head._flatten_layers() if type(layer).__module__ == fusion.__name__}
+        classes |= {type(layer) for layer in (head, *head.submodules) if type(layer).__module__ == fusion.__name__}
     assert fusion.HybridScores in classes  # the walk reaches nested layers
     for cls in classes:
         assert keras.utils.get_registered_object(f"{fusion.PACKAGE}>{cls.__name__}") is cls, cls.__name__
